@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Configures and builds cartridge.cpp in build/ (Release, Ninja, ccache, 2 jobs) against the libtorch of
+# the torch==2.13.0 wheel in .venv. Run scripts/setup.sh first (the README commands do).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-2}
+TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
+if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" \
+    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DPython3_EXECUTABLE="$PWD/.venv/bin/python" >/dev/null
+fi
+cmake --build "$BUILD_DIR" -j"$JOBS" "$@"
