@@ -1,0 +1,41 @@
+// A terminal progress bar for long work (prefill, synthesis, training): `label [####....] 12/40 tokens
+// 35.2 tok/s ETA 0:12 | extra`. Redraws in place on a terminal (at most 10 times a second) and prints one
+// line per 10% when stderr is not a terminal, so logs stay short.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace cartridge {
+
+class ProgressBar {
+ public:
+  // `total` units of work named `unit` ("tokens", "steps", ...); `enabled=false` makes every call a no-op.
+  ProgressBar(std::string label, int64_t total, std::string unit, bool enabled = true);
+  ~ProgressBar();
+
+  // Advances by `amount` units; `extra` is shown after the rate (e.g. "loss 1.234").
+  void advance(int64_t amount = 1, const std::string& extra = "");
+  // Ends the bar with a final line (idempotent; also called by the destructor).
+  void finish();
+
+  int64_t done() const { return done_; }
+
+ private:
+  void draw(bool final_line);
+
+  std::string label_;
+  std::string unit_;
+  std::string extra_;
+  int64_t total_;
+  int64_t done_ = 0;
+  bool enabled_;
+  bool finished_ = false;
+  bool is_terminal_;
+  int last_decile_ = -1;
+  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point last_draw_;
+};
+
+}  // namespace cartridge
