@@ -1,0 +1,31 @@
+// The `cartridge` CLI: one subcommand per file, each registering itself on the app. Commands are thin:
+// they parse options, call the library, and print. Anything a library user would need lives in src/.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "generate/loaded_model.h"
+
+namespace cartridge::tools {
+
+// Each add_*_command adds a subcommand whose callback may throw cartridge::Error (main prints it in one
+// line and exits 1).
+void add_generate_command(CLI::App& app);
+void add_inspect_model_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
+void add_chat_command(CLI::App& app);
+
+// Options shared by every command that loads a model.
+struct ModelOptions {
+  std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string dtype = "fp32";
+  std::string device = "auto";
+  bool quiet = false;  // no progress bars
+};
+void add_model_options(CLI::App& command, ModelOptions& options);
+LoadedModel load_model_from_options(const ModelOptions& options);
+
+}  // namespace cartridge::tools

@@ -1,0 +1,61 @@
+// Entry point of the `cartridge` command-line tool.
+#include <cstdio>
+#include <exception>
+
+#include <c10/util/Exception.h>
+
+#include "tools/commands.h"
+#include "util/error.h"
+
+namespace cartridge::tools {
+
+void add_model_options(CLI::App& command, ModelOptions& options) {
+  command.add_option("-m,--model", options.model,
+                     "A GGUF file, a Hugging Face model folder, or a Hub id (org/name) in the local HF cache")
+      ->capture_default_str();
+  command.add_option("--dtype", options.dtype, "Compute dtype: fp32 (exact parity) or bf16 (faster, half memory)")
+      ->capture_default_str();
+  command.add_option("--device", options.device, "cpu, cuda, cuda:N, or auto (CUDA when available)")
+      ->capture_default_str();
+  command.add_flag("-q,--quiet", options.quiet, "No progress bars or loading messages");
+}
+
+LoadedModel load_model_from_options(const ModelOptions& options) {
+  LoadOptions load;
+  load.dtype = parse_dtype(options.dtype);
+  load.device = parse_device(options.device);
+  load.show_progress = !options.quiet;
+  return load_model(options.model, load);
+}
+
+}  // namespace cartridge::tools
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "cartridge: train and use Cartridges, small trained KV-cache prefixes that stand in for a long document.\n"
+      "Adapters are read and written in Hugging Face PEFT's CARTRIDGE format.\n"
+      "Run `cartridge <command> --help` for each command's options and an example."};
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  cartridge::tools::add_generate_command(app);
+  cartridge::tools::add_chat_command(app);
+  cartridge::tools::add_tokenize_command(app);
+  cartridge::tools::add_inspect_model_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error);
+  } catch (const cartridge::Error& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  } catch (const c10::Error& error) {
+    // An internal check failed: report the first line only, which names the check.
+    std::string message = error.what_without_backtrace();
+    std::fprintf(stderr, "internal error: %s\n", message.substr(0, message.find('\n')).c_str());
+    return 2;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}
