@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/checked_math.h"
+#include "io/quoted.h"
 #include "util/error.h"
 
 namespace cartridge {
@@ -129,18 +130,18 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     fail("safetensors header is not valid JSON: " + detail);
   }
   if (!header.is_object()) fail("safetensors header is JSON but not an object");
-  if (!repeated_key.empty()) fail("tensor \"" + repeated_key + "\" appears twice in the header");
+  if (!repeated_key.empty()) fail("tensor " + quote_name(repeated_key) + " appears twice in the header");
 
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) fail("safetensors __metadata__ is not an object of strings");
       for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string()) fail("safetensors __metadata__ value for \"" + key + "\" is not a string");
+        if (!value.is_string()) fail("safetensors __metadata__ value for " + quote_name(key) + " is not a string");
         metadata_[key] = value.get<std::string>();
       }
       continue;
     }
-    const std::string where = "tensor \"" + name + "\"";
+    const std::string where = "tensor " + quote_name(name);
     if (!entry.is_object()) fail(where + " is not a JSON object");
     const auto dtype_field = entry.find("dtype");
     const auto shape_field = entry.find("shape");
@@ -158,7 +159,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
       // A FormatError (not UnsupportedError) because the header promises FormatError for every file we
       // cannot read; the message says it is a dtype we do not support.
       throw FormatError(describe_file_problem(
-          path, where + " has dtype \"" + dtype_name + "\", which is not supported",
+          path, where + " has dtype " + quote_name(dtype_name) + ", which is not supported",
           "supported: BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64"));
     }
 
@@ -210,7 +211,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     const SafetensorsTensorInfo& previous = *by_offset[i - 1];
     const SafetensorsTensorInfo& current = *by_offset[i];
     if (current.begin < previous.end) {
-      fail("tensors \"" + previous.name + "\" and \"" + current.name + "\" have overlapping data_offsets");
+      fail("tensors " + quote_name(previous.name) + " and " + quote_name(current.name) + " have overlapping data_offsets");
     }
   }
 }
@@ -236,7 +237,7 @@ std::string serialize_safetensors(const std::vector<SafetensorsTensorBytes>& ten
       throw InvalidArgumentError("safetensors: a tensor cannot be named \"__metadata__\" (reserved for metadata)");
     }
     if (!names.insert(tensor.name).second) {
-      throw InvalidArgumentError("safetensors: tensor \"" + tensor.name + "\" is given twice; names must be unique");
+      throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor.name) + " is given twice; names must be unique");
     }
     ordered.push_back(&tensor);
   }
@@ -266,15 +267,15 @@ std::string serialize_safetensors(const std::vector<SafetensorsTensorBytes>& ten
     uint64_t element_count = 1;
     for (int64_t dim : tensor->shape) {
       if (dim < 0 || !checked_multiply(element_count, static_cast<uint64_t>(dim), &element_count)) {
-        throw InvalidArgumentError("safetensors: tensor \"" + tensor->name + "\" has a negative or overflowing shape");
+        throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor->name) + " has a negative or overflowing shape");
       }
     }
     uint64_t byte_count = 0;
     if (!checked_multiply(element_count, safetensors_dtype_size(tensor->dtype), &byte_count)) {
-      throw InvalidArgumentError("safetensors: tensor \"" + tensor->name + "\" is too large");
+      throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor->name) + " is too large");
     }
     if (byte_count > 0 && tensor->data == nullptr) {
-      throw InvalidArgumentError("safetensors: tensor \"" + tensor->name + "\" has no data");
+      throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor->name) + " has no data");
     }
     if (header.size() > 1) header += ',';
     append_json_string(header, tensor->name);
