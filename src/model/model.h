@@ -18,6 +18,8 @@
 
 namespace cartridge {
 
+class WeightSource;
+
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // kFloat (exact parity), kBFloat16 or kHalf
   at::Device device = at::kCPU;       // e.g. at::Device(at::kCUDA, 0) when torch::cuda::is_available()
@@ -84,6 +86,10 @@ class Model {
 
  private:
   Model() = default;
+
+  // Reads every tensor from `source`, checks shapes against `config`, converts to options.dtype/device.
+  static std::shared_ptr<const Model> build(const ModelConfig& config, WeightSource& source,
+                                            const LoadOptions& options);
 
   // cos and sin [B, 1, T, D] in the model dtype for RoPE positions [B, T].
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;
