@@ -97,8 +97,9 @@ at::Tensor hf_final_norm(const ModelFiles& files) {
         throw UnsupportedError(describe_file_problem(path, name + " is " + safetensors_dtype_name(info->dtype),
                                                      "expected F32, F16 or BF16"));
     }
-    // from_blob does not own the mapping: convert (copy) before `file` goes out of scope.
-    return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->element_count()}, dtype).to(at::kFloat);
+    // from_blob does not own the mapping: copy (always, even when already float32) before `file` unmaps.
+    return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->element_count()}, dtype)
+        .to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
   }
   throw FormatError(describe_file_problem(files.folder, "has no " + name + " in its weights",
                                           "is this a Llama/Qwen checkpoint?"));
