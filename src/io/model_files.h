@@ -28,14 +28,17 @@ struct ModelFiles {
 };
 
 // Resolves `spec`:
-//  - an existing file ending in .gguf -> kGguf;
+//  - an existing file ending in .gguf (or starting with the GGUF magic) -> kGguf;
 //  - an existing folder with config.json -> kHuggingFaceFolder (weights: model.safetensors, or
-//    model.safetensors.index.json and its shards, each checked to exist);
+//    model.safetensors.index.json and its shards, each checked to exist, in file-name order; weight_paths is
+//    left empty when the folder has neither, for the weight loader to report);
 //  - otherwise, if it looks like `org/name`, the snapshot folder in the HF cache
-//    ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub; models--org--name/snapshots/<rev>,
+//    ($HF_HUB_CACHE, else $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub,
+//    else ~/.cache/huggingface/hub, as huggingface_hub chooses; models--org--name/snapshots/<rev>,
 //    the revision named by refs/main when present, else the newest snapshot).
-// Throws FileNotFoundError listing the paths searched, or FormatError for a folder without config.json or
-// with an index naming a missing shard.
+// Throws FileNotFoundError listing the paths searched, FormatError for an existing file that is not GGUF,
+// a folder without config.json, or an index that is not JSON or names a missing shard, and
+// InvalidArgumentError for an empty spec.
 ModelFiles resolve_model_files(const std::string& spec);
 
 }  // namespace cartridge

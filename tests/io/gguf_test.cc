@@ -368,7 +368,7 @@ TEST(Gguf, FuzzedFilesNeverCrash) {
   TemporaryFolder folder;
   std::mt19937 random(7);
   int errors = 0, opened = 0;
-  for (int iteration = 0; iteration < 3000; ++iteration) {
+  for (int iteration = 0; iteration < 1500; ++iteration) {
     std::string bytes = real;
     if (iteration % 4 == 0) {
       bytes.resize(random() % bytes.size());
@@ -398,8 +398,8 @@ TEST(Gguf, FuzzedFilesNeverCrash) {
       ++errors;
     }
   }
-  EXPECT_GT(errors, 300);
-  EXPECT_GT(opened, 100);
+  EXPECT_GT(errors, 150);
+  EXPECT_GT(opened, 50);
 }
 
 }  // namespace
