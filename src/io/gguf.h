@@ -61,7 +61,9 @@ class GgufFile {
   const std::string& path() const { return file_.path(); }
   uint32_t version() const { return version_; }
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
-  const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
+  const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }  // in file order
+  uint64_t alignment() const { return alignment_; }      // bytes (general.alignment, default 32)
+  uint64_t data_offset() const { return data_offset_; }  // bytes from the start of the file to the data section
 
   // Metadata lookups; `find` returns nullptr when absent, `get` throws FormatError naming the key.
   const GgufValue* find(const std::string& key) const;
@@ -71,7 +73,9 @@ class GgufFile {
   // Raw bytes of a tensor in the mapping (byte_size bytes).
   const uint8_t* tensor_data(const GgufTensorInfo& tensor) const;
 
-  // Dequantises a tensor into `out` (element_count() floats, ggml order = row-major over reversed dims).
+  // Dequantises a tensor into `out` (element_count() floats, ggml order = row-major over reversed dims),
+  // bit-identical to the `gguf` package's dequantize. Throws UnsupportedError (naming the file and tensor)
+  // for types without a dequantiser (IQ*, TQ*, MXFP4, Q8_1, Q8_K, ...). Large tensors use several threads.
   void dequantize(const GgufTensorInfo& tensor, float* out) const;
 
  private:

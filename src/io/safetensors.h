@@ -31,8 +31,10 @@ struct SafetensorsTensorInfo {
 
 class SafetensorsFile {
  public:
-  // Opens and validates `path`: header length within the file, JSON well formed, known dtypes, offsets in
-  // range, consistent with shape*dtype, not overlapping. Throws FormatError naming the path and the problem.
+  // Opens and validates `path`: header length within the file (and at most 100 MB), JSON well formed, no
+  // repeated names, known dtypes, offsets in range, consistent with shape*dtype (overflow-checked), not
+  // overlapping. Throws FormatError naming the path and the problem (an unknown dtype such as F8_E4M3 too).
+  // Unlike the Rust library it tolerates gaps between tensors and bytes after the last one.
   explicit SafetensorsFile(const std::string& path);
 
   const std::string& path() const { return file_.path(); }
@@ -57,6 +59,9 @@ struct SafetensorsTensorBytes {
 };
 
 // The complete file bytes, identical to safetensors.torch.save_file(tensors, metadata=metadata or None).
+// With two or more metadata keys the library's key order varies from run to run (a Rust HashMap); we
+// write them sorted, so the bytes match one of its orders. Throws InvalidArgumentError for repeated names,
+// the reserved name "__metadata__", negative dims, or missing data.
 std::string serialize_safetensors(const std::vector<SafetensorsTensorBytes>& tensors,
                                   const std::map<std::string, std::string>& metadata);
 

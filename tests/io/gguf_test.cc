@@ -61,6 +61,8 @@ void expect_value_equal(const std::string& key, const GgufValue& ours, const std
 void expect_matches_package_reader(const GgufFile& file, const std::string& stem) {
   const auto description = nlohmann::json::parse(read_bytes(fixture_path("gguf/" + stem + ".metadata.json")));
   EXPECT_EQ(file.version(), description["header"]["version"].get<uint32_t>());
+  EXPECT_EQ(file.alignment(), description["header"]["alignment"].get<uint64_t>());
+  EXPECT_EQ(file.data_offset(), description["header"]["data_offset"].get<uint64_t>());
   const auto& metadata = description["metadata"];
   EXPECT_EQ(file.metadata().size(), metadata.size());
   for (const auto& [key, entry] : metadata.items()) {
