@@ -245,6 +245,29 @@ std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, c
   return warnings;
 }
 
+Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const ModelConfig& config,
+                                    const ModelFiles* files, std::vector<std::string>* warnings) {
+  if (specs.empty()) throw InvalidArgumentError("no cartridge given");
+  std::vector<LoadedAdapter> adapters;
+  for (const std::string& spec : specs) adapters.push_back(load_adapter(spec));
+  std::optional<ModelFingerprint> model_fingerprint;
+  const bool any_fingerprint =
+      std::any_of(adapters.begin(), adapters.end(), [](const LoadedAdapter& a) { return a.fingerprint.has_value(); });
+  if (files != nullptr && any_fingerprint) model_fingerprint = fingerprint_model(*files, config);
+  const std::string model_name = files != nullptr ? files->name : std::string("the model");
+  std::vector<Cartridge> parts;
+  for (const LoadedAdapter& adapter : adapters) {
+    std::vector<std::string> found =
+        check_adapter_for_model(adapter, config, model_fingerprint ? &*model_fingerprint : nullptr, model_name);
+    if (warnings != nullptr) {
+      warnings->insert(warnings->end(), adapter.warnings.begin(), adapter.warnings.end());
+      warnings->insert(warnings->end(), found.begin(), found.end());
+    }
+    parts.push_back(adapter.cartridge);
+  }
+  return parts.size() == 1 ? parts.front() : Cartridge::compose(parts);
+}
+
 void save_adapter(const std::string& folder, const Cartridge& cartridge, const AdapterConfig& config,
                   const ModelFingerprint* fingerprint, bool overwrite) {
   TORCH_CHECK(config.num_virtual_tokens == cartridge.num_virtual_tokens() &&

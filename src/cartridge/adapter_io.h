@@ -49,6 +49,13 @@ std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, c
                                                  const ModelFingerprint* model_fingerprint,
                                                  const std::string& model_name);
 
+// Loads the adapters `specs` (at least one) for a model, refuses any that does not fit `config`, compares
+// fingerprints with the model in `files` (computed only when some adapter has one; skipped when `files`
+// is null) and composes them in order (spec §A4.4) into one cartridge. Warnings (fingerprint differences,
+// ignored config keys) are appended to `warnings` when given.
+Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const ModelConfig& config,
+                                    const ModelFiles* files, std::vector<std::string>* warnings);
+
 // Writes `cartridge` as a PEFT adapter folder at `folder`: adapter_config.json (`config`, whose
 // num_virtual_tokens / num_frozen_tokens / shape must agree with the cartridge), adapter_model.safetensors
 // (F32, metadata {"format": "pt"}, exactly as PeftModel.save_pretrained) and, when given,

@@ -3,10 +3,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <ATen/ATen.h>
 
+#include "model/kv_cache.h"
+#include "model/model.h"
 #include "model/model_config.h"
 
 namespace cartridge {
@@ -26,5 +29,13 @@ KvPrefix kv_prefix_from_prompt_embeddings(const at::Tensor& prompt_embeddings, c
 
 // The inverse: per-layer keys/values [H_kv, P, D] -> [P, 2*L*H_kv*D] float32 on the CPU.
 at::Tensor prompt_embeddings_from_kv_prefix(const KvPrefix& prefix);
+
+// A KV cache of `batch_size` rows that all start with `prefix` (shared, not copied), or an empty cache
+// when `prefix` is null: real tokens then go at positions P+i.
+KvCache kv_cache_with_prefix(const Model& model, const KvPrefix* prefix, int64_t batch_size = 1);
+
+// The logits [T, V] float32 of every position of `token_ids` run after `prefix` (null = none), as
+// PeftModel.forward(input_ids) gives them for a CARTRIDGE adapter. For parity checks (--logits-out).
+at::Tensor prompt_logits(const Model& model, const KvPrefix* prefix, const std::vector<int32_t>& token_ids);
 
 }  // namespace cartridge
