@@ -55,6 +55,10 @@ ChatTemplateOptions options_for(const nlohmann::ordered_json& test_case) {
   return options;
 }
 
+const nlohmann::ordered_json& messages_of(const nlohmann::ordered_json& test_case) {
+  return fixture().at("conversations").at(test_case.at("conversation").get<std::string>());
+}
+
 const nlohmann::ordered_json* find_template(const std::string& name) {
   for (const auto& entry : fixture().at("templates")) {
     if (entry.at("name") == name) return &entry;
@@ -128,7 +132,7 @@ TemplateResult check_template(const nlohmann::ordered_json& entry) {
   for (const auto& test_case : entry.at("cases")) {
     const std::string id = test_case.at("id").get<std::string>();
     try {
-      const std::string ours = chat_template->render_json(test_case.at("messages"), options_for(test_case));
+      const std::string ours = chat_template->render_json(messages_of(test_case), options_for(test_case));
       if (!test_case.contains("expected")) {
         result.status = TemplateResult::Status::kWrong;
         result.reason = id + ": transformers raised " + test_case.at("error").get<std::string>() +
@@ -269,7 +273,7 @@ TEST(ChatTemplate, ConcurrentRendersAgree) {
             const auto& test_case = entry->at("cases")[i];
             if (!test_case.contains("expected")) continue;
             try {
-              if (shared.render_json(test_case.at("messages"), options_for(test_case)) != test_case.at("expected")) {
+              if (shared.render_json(messages_of(test_case), options_for(test_case)) != test_case.at("expected")) {
                 ++mismatches;
               }
             } catch (const Error&) {
@@ -294,7 +298,7 @@ TEST(ChatTemplate, RenderOfRoleContentMessagesEqualsRenderJson) {
     if (!test_case.contains("expected")) continue;
     std::vector<ChatMessage> messages;
     bool plain = true;
-    for (const auto& message : test_case.at("messages")) {
+    for (const auto& message : messages_of(test_case)) {
       plain &= message.size() == 2 && message.contains("role") && message.contains("content") &&
                message["content"].is_string();
       if (plain) messages.push_back({message["role"].get<std::string>(), message["content"].get<std::string>()});
