@@ -1,0 +1,128 @@
+// Model forward speed: prefill tokens/s (batch 1) and decode tokens/s (batch 1 and 8) for a model in a
+// given dtype on a given device. Prints one JSON object per measurement on stdout; bench/model_bench.py runs
+// this and transformers in the same run and prints the markdown table.
+//
+//   model_bench --model models/SmolLM2-135M-Instruct.Q4_1.gguf [--dtype f32|bf16] [--device cpu|cuda]
+//               [--prompt-tokens 256] [--decode-steps 32] [--batches 1,8] [--repeats 3]
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <c10/core/InferenceMode.h>
+#include <torch/cuda.h>
+
+#include "io/model_files.h"
+#include "model/model.h"
+#include "util/error.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void synchronize(const at::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize();
+}
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void print_result(const std::string& phase, int64_t batch, int64_t tokens, double seconds, const std::string& dtype,
+                  const std::string& device) {
+  std::printf("{\"impl\": \"cartridge.cpp\", \"phase\": \"%s\", \"batch\": %lld, \"tokens\": %lld, \"seconds\": %.6f, "
+              "\"tokens_per_second\": %.3f, \"dtype\": \"%s\", \"device\": \"%s\", \"threads\": %d}\n",
+              phase.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), seconds, tokens / seconds,
+              dtype.c_str(), device.c_str(), at::get_num_threads());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("cartridge.cpp model forward benchmark");
+  std::string model_path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string dtype_name = "f32";
+  std::string device_name = "cpu";
+  int64_t prompt_tokens = 256;
+  int64_t decode_steps = 32;
+  std::vector<int64_t> batches = {1, 8};
+  int repeats = 3;
+  app.add_option("--model", model_path, "GGUF file or Hugging Face folder");
+  app.add_option("--dtype", dtype_name, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--device", device_name, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--prompt-tokens", prompt_tokens, "prefill length (tokens)");
+  app.add_option("--decode-steps", decode_steps, "decode steps after a prefill");
+  app.add_option("--batches", batches, "decode batch sizes")->delimiter(',');
+  app.add_option("--repeats", repeats, "best of N runs");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    cartridge::LoadOptions options;
+    options.dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
+    if (device_name == "cuda") {
+      if (!torch::cuda::is_available()) throw cartridge::UnsupportedError("--device cuda: no CUDA device available");
+      options.device = at::Device(at::kCUDA, 0);
+    }
+    options.show_progress = false;
+    const auto load_start = Clock::now();
+    const auto model = cartridge::Model::load(cartridge::resolve_model_files(model_path), options);
+    std::fprintf(stderr, "loaded %s in %.2f s (%d threads)\n", model_path.c_str(), seconds_since(load_start),
+                 at::get_num_threads());
+    const int64_t vocab = model->config().vocab_size;
+    c10::InferenceMode inference;
+    at::manual_seed(0);
+    const auto ids_options = at::TensorOptions().dtype(at::kLong).device(options.device);
+
+    // Prefill: one prompt, all positions through the model, logits of the last one.
+    {
+      const at::Tensor ids = at::randint(vocab, {1, prompt_tokens}, ids_options);
+      const at::Tensor mask = at::ones({1, prompt_tokens}, ids_options.dtype(at::kBool));
+      cartridge::ForwardOptions last_only;
+      last_only.last_token_only = true;
+      double best = 1e30;
+      for (int run = 0; run <= repeats; ++run) {  // run 0 warms up
+        cartridge::KvCache cache = model->new_cache(1);
+        synchronize(options.device);
+        const auto start = Clock::now();
+        model->forward(ids, mask, cache, last_only);
+        synchronize(options.device);
+        if (run > 0) best = std::min(best, seconds_since(start));
+      }
+      print_result("prefill", 1, prompt_tokens, best, dtype_name, device_name);
+    }
+
+    // Decode: after a short prefill, `decode_steps` single-token steps per row.
+    for (const int64_t batch : batches) {
+      const int64_t context = 32;  // tokens of prompt before decoding
+      const at::Tensor ids = at::randint(vocab, {batch, context}, ids_options);
+      const at::Tensor mask = at::ones({batch, context}, ids_options.dtype(at::kBool));
+      const at::Tensor step_mask = at::ones({batch, 1}, ids_options.dtype(at::kBool));
+      cartridge::ForwardOptions last_only;
+      last_only.last_token_only = true;
+      double best = 1e30;
+      for (int run = 0; run <= repeats; ++run) {
+        cartridge::KvCache cache = model->new_cache(batch);
+        at::Tensor logits = model->forward(ids, mask, cache, last_only);
+        cache.reserve(decode_steps);
+        synchronize(options.device);
+        const auto start = Clock::now();
+        for (int64_t step = 0; step < decode_steps; ++step) {
+          const at::Tensor next = logits.argmax(-1);  // [B, 1]
+          logits = model->forward(next, step_mask, cache, last_only);
+        }
+        synchronize(options.device);
+        if (run > 0) best = std::min(best, seconds_since(start));
+      }
+      print_result("decode", batch, batch * decode_steps, best, dtype_name, device_name);
+    }
+  } catch (const cartridge::Error& error) {
+    std::fprintf(stderr, "error: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,139 @@
+// KvCache operations used by generation and serving (fork, select rows, concatenate rows, drop padding
+// columns, clone, reserve) must not change what the model computes. The reference is the same model
+// (the tiny Qwen3 whose forward matches transformers, model_parity_test.cc) run on an untouched cache.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include "model/model.h"
+#include "model_test_util.h"
+
+namespace cartridge {
+namespace {
+
+using testing::fixture_path;
+using testing::max_abs_diff;
+
+constexpr double kTolerance = 1e-5;
+
+class KvCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LoadOptions options;
+    options.show_progress = false;
+    model_ = Model::load(testing::hf_model_files(fixture_path("model/qwen3")), options);
+    cases_ = testing::read_tensors(fixture_path("model/qwen3_cases.safetensors"));
+  }
+
+  // Logits [B, V] of one decode step with `tokens` [B] on `cache`.
+  at::Tensor step(KvCache& cache, const at::Tensor& tokens) const {
+    ForwardOptions last_only;
+    last_only.last_token_only = true;
+    return model_->forward(tokens.view({-1, 1}), at::ones({tokens.size(0), 1}, at::kBool), cache, last_only)
+        .squeeze(1);
+  }
+
+  KvCache prefill(const at::Tensor& ids, const at::Tensor& mask) const {
+    KvCache cache = model_->new_cache(ids.size(0));
+    model_->forward(ids, mask, cache);
+    return cache;
+  }
+
+  at::Tensor tokens(std::vector<int64_t> values) const { return at::tensor(values, at::kLong); }
+
+  std::shared_ptr<const Model> model_;
+  std::map<std::string, at::Tensor> cases_;
+};
+
+TEST_F(KvCacheTest, ShallowCopiesSharingCapacityDoNotOverwriteEachOther) {
+  c10::InferenceMode inference;
+  const at::Tensor& ids = testing::get(cases_, "padded_ids");
+  const at::Tensor& mask = testing::get(cases_, "padded_mask");
+  KvCache original = prefill(ids, mask);
+  original.reserve(8);
+  KvCache fork = original;  // shares the growth buffers
+  KvCache reference = original.clone();
+
+  const at::Tensor first = step(original, tokens({1, 2, 3}));  // writes slot 7 in place
+  const at::Tensor forked = step(fork, tokens({4, 5, 6}));     // must not write into the same slot
+  const at::Tensor expected = step(reference, tokens({4, 5, 6}));
+  EXPECT_LE(max_abs_diff(forked, expected), kTolerance);
+  // The original continues from its own token, unaffected by the fork.
+  KvCache original_reference = prefill(ids, mask);
+  step(original_reference, tokens({1, 2, 3}));
+  EXPECT_LE(max_abs_diff(step(original, tokens({7, 8, 9})), step(original_reference, tokens({7, 8, 9}))),
+            kTolerance);
+  EXPECT_GT(max_abs_diff(first, forked), 0.0);
+}
+
+TEST_F(KvCacheTest, SelectRowsKeepsEachRowsComputation) {
+  c10::InferenceMode inference;
+  KvCache cache = prefill(testing::get(cases_, "padded_ids"), testing::get(cases_, "padded_mask"));
+  KvCache selected = cache.select_rows(tokens({2, 0}));
+  EXPECT_EQ(selected.batch_size(), 2);
+  const at::Tensor full = step(cache, tokens({11, 22, 33}));
+  const at::Tensor subset = step(selected, tokens({33, 11}));
+  EXPECT_LE(max_abs_diff(subset[0], full[2]), kTolerance);
+  EXPECT_LE(max_abs_diff(subset[1], full[0]), kTolerance);
+}
+
+TEST_F(KvCacheTest, ConcatRowsOfDifferentLengthsEqualsSeparateRows) {
+  c10::InferenceMode inference;
+  const at::Tensor& ids = testing::get(cases_, "padded_ids");
+  KvCache long_row = prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
+  KvCache short_row = prefill(ids.narrow(0, 0, 1).narrow(1, 0, 4), at::ones({1, 4}, at::kBool));
+  KvCache both = KvCache::concat_rows({long_row, short_row});
+  EXPECT_EQ(both.batch_size(), 2);
+  EXPECT_EQ(both.length(), 7);
+  EXPECT_EQ(both.slot_mask[1].sum().item<int64_t>(), 4);
+  EXPECT_EQ(both.next_positions[1].item<int64_t>(), 4);
+  const at::Tensor together = step(both, tokens({5, 6}));
+  EXPECT_LE(max_abs_diff(together[0], step(long_row, tokens({5}))[0]), kTolerance);
+  EXPECT_LE(max_abs_diff(together[1], step(short_row, tokens({6}))[0]), kTolerance);
+}
+
+TEST_F(KvCacheTest, DropPaddingColumnsKeepsResults) {
+  c10::InferenceMode inference;
+  KvCache cache = prefill(testing::get(cases_, "padded_ids"), testing::get(cases_, "padded_mask"));
+  KvCache right_padded = cache.select_rows(tokens({1}));  // 5 real tokens, then 2 padding slots
+  KvCache trimmed = right_padded;
+  trimmed.drop_padding_columns();
+  EXPECT_EQ(trimmed.length(), 5);
+  EXPECT_TRUE(trimmed.slot_mask.all().item<bool>());
+  EXPECT_EQ(trimmed.keys[0].size(2), 5);
+  EXPECT_LE(max_abs_diff(step(trimmed, tokens({9})), step(right_padded, tokens({9}))), kTolerance);
+}
+
+TEST_F(KvCacheTest, EmptyCacheAndBytesPerToken) {
+  const KvCache cache = model_->new_cache(4);
+  EXPECT_EQ(cache.batch_size(), 4);
+  EXPECT_EQ(cache.length(), 0);
+  EXPECT_EQ(cache.num_layers(), model_->config().num_layers);
+  EXPECT_EQ(cache.keys[0].sizes(), at::IntArrayRef({4, model_->config().num_key_value_heads, 0,
+                                                    model_->config().head_dim}));
+  EXPECT_TRUE(cache.next_positions.equal(at::zeros({4}, at::kLong)));
+}
+
+TEST_F(KvCacheTest, GradientFlowsThroughSeveralCalls) {
+  // Prefix trained over a prompt then an answer fed in a second call (autograd across appends).
+  const ModelConfig& config = model_->config();
+  std::vector<at::Tensor> keys, values;
+  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+    keys.push_back(at::randn({1, config.num_key_value_heads, 3, config.head_dim}).requires_grad_(true));
+    values.push_back(at::randn({1, config.num_key_value_heads, 3, config.head_dim}).requires_grad_(true));
+  }
+  KvCache cache = KvCache::with_prefix(keys, values, at::full({2}, 3, at::kLong), 2);
+  const at::Tensor ids = testing::get(cases_, "padded_ids").narrow(0, 0, 2);
+  model_->forward(ids.narrow(1, 0, 4), at::ones({2, 4}, at::kBool), cache);
+  const at::Tensor logits = model_->forward(ids.narrow(1, 4, 3), at::ones({2, 3}, at::kBool), cache);
+  logits.logsumexp(-1).sum().backward();
+  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+    ASSERT_TRUE(keys[layer].grad().defined());
+    EXPECT_GT(keys[layer].grad().abs().sum().item<double>(), 0.0);
+    EXPECT_GT(values[layer].grad().abs().sum().item<double>(), 0.0);
+  }
+  EXPECT_EQ(cache.next_positions[0].item<int64_t>(), 3 + 7);
+}
+
+}  // namespace
+}  // namespace cartridge
