@@ -17,6 +17,9 @@ constexpr const char* kWhiteSpaceRanges =
     "\\x{09}-\\x{0D}\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"
     "\\x{3000}";
 
+// Oniguruma's \w for Unicode text (UTS #18 word characters); PCRE2's \w is \p{L}, \p{N} and "_".
+constexpr const char* kWordCharacters = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}";
+
 // Per-thread match state shared by every Regex: PCRE2 match data and a JIT stack are not thread-safe, and
 // creating them for each small piece of text would cost more than the match itself.
 struct ThreadMatchState {
@@ -49,6 +52,9 @@ ThreadMatchState& thread_match_state() {
 }  // namespace
 
 std::string translate_oniguruma_pattern(const std::string& pattern) {
+  const std::string space = kWhiteSpaceRanges;
+  const std::string word = kWordCharacters;
+  const std::string word_class = "[" + word + "]";
   std::string out;
   out.reserve(pattern.size() + 64);
   bool in_class = false;
@@ -57,15 +63,27 @@ std::string translate_oniguruma_pattern(const std::string& pattern) {
     const char c = pattern[i];
     if (c == '\\' && i + 1 < pattern.size()) {
       const char escaped = pattern[i + 1];
+      i += 2;
       if (escaped == 's') {
-        out += in_class ? std::string(kWhiteSpaceRanges) : "[" + std::string(kWhiteSpaceRanges) + "]";
-      } else if (escaped == 'S' && !in_class) {
-        out += "[^" + std::string(kWhiteSpaceRanges) + "]";
+        out += in_class ? space : "[" + space + "]";
+      } else if (escaped == 'w') {
+        out += in_class ? word : word_class;
+      } else if (escaped == 'h') {  // Ruby syntax: a hexadecimal digit (PCRE2: horizontal space)
+        out += in_class ? "0-9a-fA-F" : "[0-9a-fA-F]";
+      } else if (!in_class && escaped == 'S') {
+        out += "[^" + space + "]";
+      } else if (!in_class && escaped == 'W') {
+        out += "[^" + word + "]";
+      } else if (!in_class && escaped == 'H') {
+        out += "[^0-9a-fA-F]";
+      } else if (!in_class && escaped == 'b') {
+        out += "(?:(?<=" + word_class + ")(?!" + word_class + ")|(?<!" + word_class + ")(?=" + word_class + "))";
+      } else if (!in_class && escaped == 'B') {
+        out += "(?:(?<=" + word_class + ")(?=" + word_class + ")|(?<!" + word_class + ")(?!" + word_class + "))";
       } else {
         out += c;
         out += escaped;
       }
-      i += 2;
       continue;
     }
     if (!in_class && c == '[') {

@@ -1,6 +1,7 @@
 // A compiled pre-tokenizer regex (PCRE2, UTF + Unicode properties, JIT) that behaves like the Oniguruma
-// regexes HF tokenizers compiles: `\s` is exactly the Unicode White_Space set, `^`/`$` are line anchors
-// (Ruby syntax) and empty matches right after a match are skipped as Rust's find_iter does.
+// regexes HF tokenizers compiles: `\s` is exactly the Unicode White_Space set, `\w`/`\b` use Unicode word
+// characters, `\h` is a hex digit, `^`/`$` are line anchors (Ruby syntax) and an empty match right after
+// a match is skipped as Rust's find_iter does.
 // A Regex is immutable after construction and safe to use from many threads at once.
 #pragma once
 
@@ -33,7 +34,8 @@ class Regex {
   bool jit_ = false;
 };
 
-// `pattern` with `\s` and `\S` spelled out as the White_Space set (PCRE2's own \s adds U+180E).
+// `pattern` rewritten for PCRE2 where Oniguruma's escapes mean something else: \s \S (White_Space; PCRE2
+// adds U+180E), \w \W \b \B (Oniguruma's word characters exclude \p{No}, PCRE2's include it), \h \H.
 std::string translate_oniguruma_pattern(const std::string& pattern);
 
 }  // namespace cartridge

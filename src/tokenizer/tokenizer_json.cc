@@ -436,8 +436,8 @@ std::shared_ptr<TokenizerState> load_tokenizer_json_state(const std::string& tok
         state->chat_template = chat_template->get<std::string>();
       } else if (chat_template->is_array()) {
         for (const json& entry : *chat_template) {
-          if (entry.is_object() && entry.value("name", "") == "default" && entry.contains("template") &&
-              entry["template"].is_string()) {
+          if (entry.is_object() && entry.contains("name") && entry["name"] == "default" &&
+              entry.contains("template") && entry["template"].is_string()) {
             state->chat_template = entry["template"].get<std::string>();
           }
         }

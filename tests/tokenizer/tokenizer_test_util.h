@@ -13,6 +13,7 @@
 
 #include "test_support.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace cartridge::testing {
 
@@ -73,9 +74,14 @@ inline void expect_matches_oracle(const Tokenizer& tokenizer, const nlohmann::js
       report(3, "decode(skip_special_tokens) of " + shown(ids[i]) + ": ours " + shown(text_skip) + ", HF " +
                     shown(decoded_skip[i]));
     }
+    // Streaming: every piece is whole UTF-8 characters, and the pieces add up to decode().
     StreamingDecoder stream(tokenizer, false);
     std::string streamed;
-    for (const int32_t id : ids[i]) streamed += stream.push(id);
+    for (const int32_t id : ids[i]) {
+      const std::string piece = stream.push(id);
+      if (!unicode::is_valid_utf8(piece)) report(4, "streaming piece with half a character: " + shown(ids[i]));
+      streamed += piece;
+    }
     streamed += stream.flush();
     if (streamed != decoded[i]) report(4, "streaming decode of " + shown(ids[i]) + ": " + shown(streamed));
     // decode(encode(x)) == x wherever HF's round trip holds (it does not where NFC changes the text).
