@@ -1,0 +1,317 @@
+// libtorch's include folder ships its own fmt (v12) ahead of the system one; use it header-only so
+// nothing needs linking against a matching libfmt.
+#define FMT_HEADER_ONLY
+#include "selfstudy/evaluation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "generate/generator.h"
+#include "selfstudy/trainer.h"
+#include "util/error.h"
+#include "util/mapped_file.h"
+#include "util/progress.h"
+
+namespace cartridge {
+
+namespace {
+
+using Json = nlohmann::json;
+
+constexpr double kNotComputed = std::numeric_limits<double>::quiet_NaN();
+
+// What one condition runs: every row is `context` (a prefix of P slots, may be null) followed by the row's
+// own tokens, which start at position P.
+struct PreparedRows {
+  std::shared_ptr<const KvPrefix> context;
+  int64_t shared_prompt_tokens = 0;            // tokens common to every prompt, prefilled once into `context`
+  std::vector<Conversation> questions;         // one per question: prompt suffix + answer, answer as one-hot targets
+  std::vector<Conversation> heldout;           // held-out conversations with their prompt suffix
+};
+
+int64_t common_prefix_length(const std::vector<const std::vector<int32_t>*>& sequences) {
+  if (sequences.empty()) return 0;
+  int64_t length = static_cast<int64_t>(sequences.front()->size());
+  for (const auto* sequence : sequences) {
+    int64_t same = 0;
+    const int64_t limit = std::min<int64_t>(length, static_cast<int64_t>(sequence->size()));
+    while (same < limit && (*sequence)[same] == (*sequences.front())[same]) ++same;
+    length = same;
+  }
+  return length;
+}
+
+// The base prefix (may be null) followed by `tokens` prefilled at positions P..P+n-1, as one prefix.
+std::shared_ptr<const KvPrefix> extend_prefix(const Model& model, const std::shared_ptr<const KvPrefix>& base,
+                                              const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return base;
+  at::NoGradGuard no_grad;
+  KvCache cache = make_prefixed_cache(model, {base});
+  const at::Tensor ids =
+      at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::TensorOptions().dtype(at::kLong))
+          .view({1, -1})
+          .to(model.device());
+  const at::Tensor mask = at::ones_like(ids, at::TensorOptions().dtype(at::kBool));
+  model.forward(ids, mask, cache, ForwardOptions{/*last_token_only=*/true, std::nullopt});
+  TORCH_CHECK(cache.slot_mask.all().item<bool>(), "a batch-1 prefill left padding slots");
+  auto prefix = std::make_shared<KvPrefix>();
+  for (int64_t layer = 0; layer < cache.num_layers(); ++layer) {
+    prefix->keys.push_back(cache.keys[layer][0].contiguous());      // [H_kv, P + n, D]
+    prefix->values.push_back(cache.values[layer][0].contiguous());  // [H_kv, P + n, D]
+  }
+  return prefix;
+}
+
+// The per-question mean NLL of the answers: returns {sum over questions of the mean, answer tokens}.
+std::pair<double, int64_t> score_questions(const Model& model, const KvPrefix* prefix,
+                                           const std::vector<Conversation>& questions, int64_t max_batch_tokens,
+                                           ProgressBar& progress) {
+  at::NoGradGuard no_grad;
+  std::vector<const Conversation*> pointers;
+  for (const Conversation& question : questions) pointers.push_back(&question);
+  double sum_of_means = 0;
+  int64_t tokens = 0;
+  for (const auto& group : micro_batches(pointers, max_batch_tokens)) {
+    const StudentBatch batch = make_student_batch(group, /*top_k=*/1, model.device());
+    // With a one-hot teacher (log-probability 0 on the answer token) the cross-entropy is the NLL.
+    const at::Tensor nll = student_cross_entropy(model, prefix, batch).to(at::kCPU, at::kDouble);  // [N]
+    const double* values = nll.data_ptr<double>();
+    int64_t offset = 0;
+    for (const Conversation* question : group) {
+      const int64_t count = question->num_targets();
+      double sum = 0;
+      for (int64_t index = 0; index < count; ++index) sum += values[offset + index];
+      sum_of_means += sum / static_cast<double>(count);
+      offset += count;
+      tokens += count;
+    }
+    progress.advance(static_cast<int64_t>(group.size()));
+  }
+  return {sum_of_means, tokens};
+}
+
+std::string kind_name(ContextKind kind) {
+  switch (kind) {
+    case ContextKind::kNone: return "none";
+    case ContextKind::kInContext: return "in_context";
+    case ContextKind::kCartridge: return "cartridge";
+  }
+  return "?";
+}
+
+std::string format_number(double value, int decimals) {
+  return std::isfinite(value) ? fmt::format("{:.{}f}", value, decimals) : "-";
+}
+
+std::string format_bytes(int64_t bytes) {
+  if (bytes >= (int64_t{1} << 30)) return fmt::format("{:.2f} GiB", bytes / double(int64_t{1} << 30));
+  if (bytes >= (int64_t{1} << 20)) return fmt::format("{:.2f} MiB", bytes / double(int64_t{1} << 20));
+  if (bytes >= 1024) return fmt::format("{:.1f} KiB", bytes / 1024.0);
+  return fmt::format("{} B", bytes);
+}
+
+}  // namespace
+
+std::vector<QuestionAnswer> read_question_answers(const std::string& path) {
+  const std::string text = read_text_file(path);
+  std::vector<QuestionAnswer> pairs;
+  size_t line_start = 0;
+  int64_t line_number = 0;
+  while (line_start < text.size()) {
+    size_t line_end = text.find('\n', line_start);
+    if (line_end == std::string::npos) line_end = text.size();
+    ++line_number;
+    const std::string line = text.substr(line_start, line_end - line_start);
+    line_start = line_end + 1;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = fmt::format("{} line {}", path, line_number);
+    Json object;
+    try {
+      object = Json::parse(line);
+    } catch (const Json::exception&) {
+      throw FormatError(describe_file_problem(where, "is not a JSON object",
+                                              "write one {\"question\": ..., \"answer\": ...} object per line"));
+    }
+    if (!object.is_object() || !object.contains("question") || !object["question"].is_string() ||
+        !object.contains("answer") || !object["answer"].is_string() || object["answer"].get<std::string>().empty()) {
+      throw FormatError(describe_file_problem(where, "needs string fields \"question\" and a non-empty \"answer\"",
+                                              "write one {\"question\": ..., \"answer\": ...} object per line"));
+    }
+    pairs.push_back({object["question"].get<std::string>(), object["answer"].get<std::string>()});
+  }
+  return pairs;
+}
+
+std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const std::vector<QuestionAnswer>& questions,
+                                                const std::vector<const Conversation*>& heldout, int64_t top_k,
+                                                const std::vector<EvaluationCondition>& conditions,
+                                                const EvaluationOptions& options) {
+  const Model& model = *loaded.model;
+  const int64_t context_limit = model.config().max_position_embeddings;
+  std::vector<std::vector<int32_t>> answer_ids;
+  for (size_t index = 0; index < questions.size(); ++index) {
+    answer_ids.push_back(loaded.tokenizer->encode(questions[index].answer, /*add_special_tokens=*/false));
+    if (answer_ids.back().empty()) {
+      throw InvalidArgumentError(fmt::format("question {} has an answer with no tokens", index + 1));
+    }
+  }
+  ProgressBar progress("evaluating", static_cast<int64_t>(conditions.size() * (questions.size() + heldout.size())),
+                       "rows", options.show_progress);
+  std::vector<ConditionScore> scores;
+  for (const EvaluationCondition& condition : conditions) {
+    ConditionScore score;
+    score.name = condition.name;
+    score.kind = condition.kind;
+    score.heldout_kl = kNotComputed;
+    score.answer_nll = kNotComputed;
+    std::shared_ptr<const KvPrefix> base = condition.kind == ContextKind::kCartridge ? condition.cartridge : nullptr;
+    const int64_t base_length = base ? base->length() : 0;
+
+    // Every prompt of this condition, full length (before the shared part is cut off).
+    std::vector<ChatMessage> leading;
+    if (condition.kind == ContextKind::kInContext) leading.push_back({"system", condition.corpus});
+    std::vector<std::vector<int32_t>> question_prompts;
+    for (const QuestionAnswer& pair : questions) {
+      std::vector<ChatMessage> messages = leading;
+      messages.push_back({"user", pair.question});
+      question_prompts.push_back(loaded.encode_chat(messages, /*add_generation_prompt=*/true));
+    }
+    std::vector<std::vector<int32_t>> heldout_prompts;
+    for (const Conversation* conversation : heldout) {
+      if (condition.kind == ContextKind::kInContext) {
+        std::vector<ChatMessage> messages = leading;
+        messages.push_back({"user", conversation->question});
+        heldout_prompts.push_back(loaded.encode_chat(messages, /*add_generation_prompt=*/true));
+      } else {
+        heldout_prompts.emplace_back(conversation->input_ids.begin(),
+                                     conversation->input_ids.begin() + conversation->target_start);
+      }
+    }
+    // The longest run of tokens every prompt starts with (at least one token of each prompt stays its own,
+    // so the first target always has a logit position).
+    std::vector<const std::vector<int32_t>*> all_prompts;
+    int64_t shortest = std::numeric_limits<int64_t>::max();
+    for (const auto& prompt : question_prompts) all_prompts.push_back(&prompt);
+    for (const auto& prompt : heldout_prompts) all_prompts.push_back(&prompt);
+    for (const auto* prompt : all_prompts) shortest = std::min<int64_t>(shortest, static_cast<int64_t>(prompt->size()));
+    const int64_t shared = all_prompts.empty() ? 0 : std::min(common_prefix_length(all_prompts), shortest - 1);
+
+    if (condition.kind == ContextKind::kCartridge) {
+      score.context_tokens = base_length;
+    } else if (condition.kind == ContextKind::kInContext) {
+      score.context_tokens = shared;
+    }
+    score.context_kv_bytes = score.context_tokens * model.config().kv_bytes_per_token(model.dtype());
+
+    // Rows: the prompt after the shared part, then the answer (or the teacher's tokens).
+    int64_t longest_row = 0;
+    std::vector<Conversation> question_rows, heldout_rows;
+    for (size_t index = 0; index < questions.size(); ++index) {
+      Conversation row;
+      row.index = static_cast<int64_t>(index);
+      row.input_ids.assign(question_prompts[index].begin() + shared, question_prompts[index].end());
+      row.target_start = static_cast<int64_t>(row.input_ids.size());
+      row.input_ids.insert(row.input_ids.end(), answer_ids[index].begin(), answer_ids[index].end());
+      row.target_ids = answer_ids[index];
+      row.target_logprobs.assign(answer_ids[index].size(), 0.0f);  // probability 1
+      longest_row = std::max<int64_t>(longest_row, static_cast<int64_t>(row.input_ids.size()));
+      question_rows.push_back(std::move(row));
+    }
+    for (size_t index = 0; index < heldout.size(); ++index) {
+      const Conversation& original = *heldout[index];
+      Conversation row = original;
+      row.input_ids.assign(heldout_prompts[index].begin() + shared, heldout_prompts[index].end());
+      row.target_start = static_cast<int64_t>(row.input_ids.size());
+      row.input_ids.insert(row.input_ids.end(), original.input_ids.begin() + original.target_start,
+                           original.input_ids.end());
+      longest_row = std::max<int64_t>(longest_row, static_cast<int64_t>(row.input_ids.size()));
+      heldout_rows.push_back(std::move(row));
+    }
+    const int64_t needed = base_length + shared + longest_row;
+    if (context_limit > 0 && needed > context_limit) {
+      score.skipped = fmt::format("needs {} positions, beyond the model's context of {}", needed, context_limit);
+      progress.advance(static_cast<int64_t>(questions.size() + heldout.size()));
+      scores.push_back(score);
+      continue;
+    }
+    const std::vector<int32_t> shared_tokens =
+        all_prompts.empty() ? std::vector<int32_t>() : std::vector<int32_t>(all_prompts.front()->begin(),
+                                                                            all_prompts.front()->begin() + shared);
+    const std::shared_ptr<const KvPrefix> context = extend_prefix(model, base, shared_tokens);
+
+    if (!question_rows.empty()) {
+      const auto [sum_of_means, tokens] =
+          score_questions(model, context.get(), question_rows, options.max_batch_tokens, progress);
+      score.answer_nll = sum_of_means / static_cast<double>(question_rows.size());
+      score.answer_tokens = tokens;
+    }
+    if (!heldout_rows.empty()) {
+      std::vector<const Conversation*> pointers;
+      for (const Conversation& row : heldout_rows) pointers.push_back(&row);
+      const auto [kl, positions] = mean_heldout_kl(model, context.get(), pointers, top_k, options.max_batch_tokens);
+      score.heldout_kl = kl;
+      score.heldout_positions = positions;
+      progress.advance(static_cast<int64_t>(heldout_rows.size()));
+    }
+    scores.push_back(score);
+  }
+  progress.finish();
+  return scores;
+}
+
+std::string format_evaluation_table(const std::vector<ConditionScore>& scores) {
+  size_t name_width = 9;
+  for (const ConditionScore& score : scores) name_width = std::max(name_width, score.name.size());
+  std::string table = fmt::format("{:<{}}  {:>10}  {:>12}  {:>10}  {:>12}\n", "condition", name_width,
+                                  "ctx tokens", "KV bytes", "answer NLL", "held-out KL");
+  for (const ConditionScore& score : scores) {
+    if (!score.skipped.empty()) {
+      table += fmt::format("{:<{}}  skipped: {}\n", score.name, name_width, score.skipped);
+      continue;
+    }
+    table += fmt::format("{:<{}}  {:>10}  {:>12}  {:>10}  {:>12}\n", score.name, name_width, score.context_tokens,
+                         format_bytes(score.context_kv_bytes), format_number(score.answer_nll, 4),
+                         format_number(score.heldout_kl, 4));
+  }
+  return table;
+}
+
+std::string format_evaluation_markdown(const std::vector<ConditionScore>& scores) {
+  std::string table =
+      "| condition | context tokens | context KV bytes | answer NLL (nats/token) | held-out KL (nats/token) |\n"
+      "|---|---:|---:|---:|---:|\n";
+  for (const ConditionScore& score : scores) {
+    if (!score.skipped.empty()) {
+      table += fmt::format("| {} | skipped: {} | | | |\n", score.name, score.skipped);
+      continue;
+    }
+    table += fmt::format("| {} | {} | {} | {} | {} |\n", score.name, score.context_tokens,
+                         format_bytes(score.context_kv_bytes), format_number(score.answer_nll, 4),
+                         format_number(score.heldout_kl, 4));
+  }
+  return table;
+}
+
+nlohmann::json evaluation_to_json(const std::vector<ConditionScore>& scores) {
+  Json rows = Json::array();
+  const auto number_or_null = [](double value) { return std::isfinite(value) ? Json(value) : Json(nullptr); };
+  for (const ConditionScore& score : scores) {
+    Json row = {{"name", score.name},
+                {"kind", kind_name(score.kind)},
+                {"context_tokens", score.context_tokens},
+                {"context_kv_bytes", score.context_kv_bytes},
+                {"answer_nll", number_or_null(score.answer_nll)},
+                {"answer_tokens", score.answer_tokens},
+                {"heldout_kl", number_or_null(score.heldout_kl)},
+                {"heldout_positions", score.heldout_positions}};
+    if (!score.skipped.empty()) row["skipped"] = score.skipped;
+    rows.push_back(row);
+  }
+  return {{"conditions", rows}};
+}
+
+}  // namespace cartridge

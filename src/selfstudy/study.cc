@@ -1,0 +1,79 @@
+// libtorch's include folder ships its own fmt (v12) ahead of the system one; use it header-only so
+// nothing needs linking against a matching libfmt.
+#define FMT_HEADER_ONLY
+#include "selfstudy/study.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "cartridge/adapter_io.h"
+#include "cartridge/cartridge_shape.h"
+#include "cartridge/fingerprint.h"
+#include "util/error.h"
+
+namespace cartridge {
+
+Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus_text, const CartridgeInit& init) {
+  const Model& model = *loaded.model;
+  if (init.source == "text" || init.source == "random") {
+    if (init.num_virtual_tokens < 1) {
+      throw InvalidArgumentError(fmt::format("--tokens must be >= 1, got {}", init.num_virtual_tokens));
+    }
+    if (init.num_frozen_tokens < 0 || init.num_frozen_tokens > init.num_virtual_tokens) {
+      throw InvalidArgumentError(fmt::format("--frozen must be in [0, --tokens = {}], got {}", init.num_virtual_tokens,
+                                             init.num_frozen_tokens));
+    }
+  }
+  if (init.source == "random") {
+    return Cartridge::random(CartridgeShape::of_model(model.config()), init.num_virtual_tokens, init.num_frozen_tokens,
+                             init.seed);
+  }
+  if (init.source == "text") {
+    const std::vector<int32_t> ids = loaded.tokenizer->encode(corpus_text, /*add_special_tokens=*/true);
+    if (static_cast<int64_t>(ids.size()) < init.num_virtual_tokens) {
+      throw InvalidArgumentError(fmt::format(
+          "the corpus has {} tokens, fewer than the cartridge's {} (--tokens): use a smaller --tokens or a longer corpus",
+          ids.size(), init.num_virtual_tokens));
+    }
+    return Cartridge::from_token_ids(model, ids, init.num_virtual_tokens, init.num_frozen_tokens);
+  }
+  LoadedAdapter adapter = load_adapter(init.source);
+  adapter.cartridge.check_fits(model.config(), adapter.folder, loaded.files.name);
+  if (init.num_virtual_tokens != 0 && init.num_virtual_tokens != adapter.cartridge.num_virtual_tokens()) {
+    throw MismatchError(describe_file_problem(
+        adapter.folder, fmt::format("has {} virtual tokens, but --tokens asks for {}",
+                                    adapter.cartridge.num_virtual_tokens(), init.num_virtual_tokens),
+        "leave --tokens out to use the adapter's size"));
+  }
+  return std::move(adapter.cartridge);
+}
+
+int64_t default_cartridge_tokens(int64_t corpus_tokens) {
+  return std::clamp<int64_t>(corpus_tokens / 8 / 16 * 16, 16, 512);
+}
+
+StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text, const StudyOptions& options) {
+  if (options.output_dir.empty()) throw InvalidArgumentError("`cartridge study` needs an output folder (--out DIR)");
+  std::filesystem::create_directories(options.output_dir);
+  StudyResult result;
+  result.dataset_path = options.output_dir + "/" + kStudyDatasetFileName;
+  result.adapter_dir = options.output_dir;
+
+  // Fail on a bad cartridge size before spending minutes on synthesis.
+  const Cartridge initial = initial_cartridge(loaded, corpus_text, options.init);
+
+  result.synthesis = synthesize(loaded, corpus_text, options.synthesis, result.dataset_path);
+  const Dataset dataset = read_dataset(result.dataset_path);
+
+  TrainingOptions training = options.training;
+  training.output_dir = options.output_dir;
+  training.resume = true;  // a rerun continues; a fresh folder simply starts
+  if (training.model_name.empty()) training.model_name = loaded.files.name;
+  if (!training.fingerprint) training.fingerprint = fingerprint_model(loaded.files, loaded.model->config());
+  result.training = train_cartridge(loaded.model, initial, dataset, training);
+  return result;
+}
+
+}  // namespace cartridge
