@@ -1,0 +1,31 @@
+// What one generation asks for and what it returns; used by generate(), the row decoder and the server.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cartridge/kv_prefix.h"
+#include "generate/sampler.h"
+
+namespace cartridge {
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt_ids;          // non-empty
+  std::shared_ptr<const KvPrefix> prefix;   // null = no cartridge; real tokens then start at position 0
+  SamplingOptions sampling;
+  int64_t max_new_tokens = 256;
+  bool stop_at_eos = true;                  // stop on the tokenizer's end-of-sequence token(s)
+  std::vector<int32_t> stop_token_ids;      // extra stop tokens (not included in the output)
+  std::vector<std::string> stop_strings;    // the text ends before the first occurrence (not included)
+};
+
+struct GenerationResult {
+  std::vector<int32_t> token_ids;  // generated tokens (a stop token is not included)
+  std::string text;                // decoded with special tokens skipped, cut before a stop string
+  std::string finish_reason;       // "stop" (eos, stop token or stop string) or "length"
+  int64_t prompt_tokens = 0;
+};
+
+}  // namespace cartridge

@@ -1,0 +1,233 @@
+#include "serve/cartridge_registry.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include <ATen/ATen.h>
+
+#include "util/error.h"
+
+namespace cartridge {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr size_t kMaxNameLength = 128;  // characters
+constexpr char kAdapterConfigName[] = "adapter_config.json";
+
+// True when canonical path `path` is `directory` itself or lies below it.
+bool is_inside(const std::string& path, const std::string& directory) {
+  if (path.size() <= directory.size()) return false;
+  return path.compare(0, directory.size(), directory) == 0 && path[directory.size()] == '/';
+}
+
+std::string canonical_or_empty(const fs::path& path) {
+  std::error_code error;
+  const fs::path canonical = fs::canonical(path, error);
+  return error ? std::string() : canonical.string();
+}
+
+std::string join_key(const std::vector<std::string>& names) {
+  std::string key;
+  for (const std::string& name : names) {
+    if (!key.empty()) key += '/';  // '/' never occurs in a valid name
+    key += name;
+  }
+  return key;
+}
+
+}  // namespace
+
+CartridgeRegistry::CartridgeRegistry(std::string directory, int64_t memory_budget_bytes, CartridgeLoader loader)
+    : directory_(std::move(directory)), memory_budget_bytes_(memory_budget_bytes), loader_(std::move(loader)) {
+  std::error_code error;
+  if (!fs::is_directory(directory_, error)) {
+    throw FileNotFoundError(describe_file_problem(directory_, "the cartridges directory does not exist",
+                                                  "create it, or pass the folder that holds your cartridge folders"));
+  }
+  canonical_directory_ = canonical_or_empty(directory_);
+  if (canonical_directory_.empty()) {
+    throw FileNotFoundError(describe_file_problem(directory_, "the cartridges directory cannot be resolved"));
+  }
+  if (memory_budget_bytes_ < 0) throw InvalidArgumentError("the cartridge memory budget must be >= 0 bytes");
+}
+
+bool CartridgeRegistry::is_valid_name(const std::string& name) {
+  if (name.empty() || name.size() > kMaxNameLength || name[0] == '.') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
+}
+
+std::string CartridgeRegistry::resolve_folder(const std::string& name) const {
+  if (!is_valid_name(name)) {
+    throw InvalidArgumentError("'" + name.substr(0, kMaxNameLength) +
+                               "' is not a valid cartridge name (expected a folder name under the cartridges "
+                               "directory: letters, digits, '.', '_', '-', not starting with '.')");
+  }
+  const fs::path folder = fs::path(directory_) / name;
+  const std::string canonical = canonical_or_empty(folder);
+  std::error_code error;
+  if (canonical.empty() || !fs::is_directory(canonical, error) ||
+      !fs::is_regular_file(fs::path(canonical) / kAdapterConfigName, error)) {
+    throw FileNotFoundError("no cartridge named '" + name + "' in " + directory_ +
+                            " (GET /v1/models lists the cartridges; a cartridge is a folder with " +
+                            kAdapterConfigName + ")");
+  }
+  if (!is_inside(canonical, canonical_directory_)) {
+    throw InvalidArgumentError("cartridge '" + name + "' resolves outside the cartridges directory " + directory_ +
+                               " (symlinks out of it are refused)");
+  }
+  // The files too: a symlinked adapter file must not point out of the directory either.
+  for (const fs::directory_entry& entry : fs::directory_iterator(canonical, error)) {
+    const std::string target = canonical_or_empty(entry.path());
+    if (target.empty() || !is_inside(target, canonical_directory_)) {
+      throw InvalidArgumentError("cartridge '" + name + "' has a file that resolves outside the cartridges directory (" +
+                                 entry.path().filename().string() + "); symlinks out of it are refused");
+    }
+  }
+  if (error) {
+    throw FileNotFoundError(describe_file_problem(canonical, "cannot list the cartridge folder: " + error.message()));
+  }
+  return canonical;
+}
+
+std::string CartridgeRegistry::file_signature(const std::string& folder) const {
+  std::vector<std::string> parts;
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(folder, error)) {
+    struct stat info {};
+    if (::stat(entry.path().c_str(), &info) != 0 || !S_ISREG(info.st_mode)) continue;
+    parts.push_back(entry.path().filename().string() + ":" + std::to_string(info.st_size) + ":" +
+                    std::to_string(info.st_mtim.tv_sec) + "." + std::to_string(info.st_mtim.tv_nsec));
+  }
+  std::sort(parts.begin(), parts.end());
+  std::string signature;
+  for (const std::string& part : parts) signature += part + ";";
+  return signature;
+}
+
+std::vector<std::string> CartridgeRegistry::list() const {
+  std::vector<std::string> names;
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(directory_, error)) {
+    const std::string name = entry.path().filename().string();
+    if (!is_valid_name(name)) continue;
+    const std::string canonical = canonical_or_empty(entry.path());
+    if (canonical.empty() || !is_inside(canonical, canonical_directory_)) continue;
+    std::error_code file_error;
+    if (fs::is_regular_file(fs::path(canonical) / kAdapterConfigName, file_error)) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+int64_t CartridgeRegistry::prefix_bytes(const KvPrefix& prefix) {
+  int64_t bytes = 0;
+  for (const at::Tensor& tensor : prefix.keys) bytes += static_cast<int64_t>(tensor.nbytes());
+  for (const at::Tensor& tensor : prefix.values) bytes += static_cast<int64_t>(tensor.nbytes());
+  return bytes;
+}
+
+void CartridgeRegistry::check_fits_budget(const std::string& what, int64_t bytes) const {
+  if (memory_budget_bytes_ > 0 && bytes > memory_budget_bytes_) {
+    throw InvalidArgumentError(what + " needs " + std::to_string(bytes) +
+                               " bytes of KV, more than the server's whole cartridge memory budget of " +
+                               std::to_string(memory_budget_bytes_) +
+                               " bytes (use a smaller cartridge, or restart the server with a larger "
+                               "--max-cartridge-memory)");
+  }
+}
+
+std::shared_ptr<const KvPrefix> CartridgeRegistry::find_fresh(const std::string& key, const std::string& signature) {
+  auto found = entries_.find(key);
+  if (found == entries_.end()) return nullptr;
+  if (found->second.signature != signature) {  // the files changed on disk: forget the old one
+    stats_.resident_bytes -= found->second.bytes;
+    recency_.erase(found->second.recency);
+    entries_.erase(found);
+    return nullptr;
+  }
+  recency_.splice(recency_.begin(), recency_, found->second.recency);
+  ++stats_.hits;
+  return found->second.prefix;
+}
+
+void CartridgeRegistry::insert(const std::string& key, const std::string& signature,
+                               std::shared_ptr<const KvPrefix> prefix, int64_t bytes) {
+  recency_.push_front(key);
+  entries_[key] = Entry{std::move(prefix), signature, bytes, recency_.begin()};
+  stats_.resident_bytes += bytes;
+  // Least recently used first; requests already holding an evicted prefix keep it alive until they end.
+  while (memory_budget_bytes_ > 0 && stats_.resident_bytes > memory_budget_bytes_ && recency_.size() > 1) {
+    const std::string victim = recency_.back();
+    recency_.pop_back();
+    auto found = entries_.find(victim);
+    stats_.resident_bytes -= found->second.bytes;
+    entries_.erase(found);
+    ++stats_.evictions;
+  }
+  stats_.entries = static_cast<int64_t>(entries_.size());
+}
+
+std::shared_ptr<const KvPrefix> CartridgeRegistry::acquire(const std::vector<std::string>& names) {
+  if (names.empty()) throw InvalidArgumentError("no cartridge named: give at least one cartridge name");
+  std::vector<std::string> folders, signatures;
+  for (const std::string& name : names) {
+    folders.push_back(resolve_folder(name));
+    signatures.push_back(file_signature(folders.back()));
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::shared_ptr<const KvPrefix>> parts;
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::shared_ptr<const KvPrefix> part = find_fresh(names[i], signatures[i]);
+    if (!part) {
+      auto loaded = std::make_shared<const KvPrefix>(loader_(folders[i]));
+      const int64_t bytes = prefix_bytes(*loaded);
+      check_fits_budget("cartridge '" + names[i] + "'", bytes);
+      ++stats_.loads;
+      insert(names[i], signatures[i], loaded, bytes);
+      part = std::move(loaded);
+    }
+    parts.push_back(std::move(part));
+  }
+  if (names.size() == 1) return parts.front();
+
+  // A composition: cached under the joined names, stale when any part's files change.
+  const std::string key = join_key(names);
+  std::string signature;
+  for (const std::string& part_signature : signatures) signature += part_signature + "|";
+  if (std::shared_ptr<const KvPrefix> cached = find_fresh(key, signature)) return cached;
+  auto composed = std::make_shared<KvPrefix>();
+  const size_t layers = parts.front()->keys.size();
+  for (const auto& part : parts) {
+    if (part->keys.size() != layers) {
+      throw MismatchError("cartridges '" + names.front() + "' and the others have different layer counts; "
+                          "they cannot be composed");
+    }
+  }
+  for (size_t layer = 0; layer < layers; ++layer) {
+    std::vector<at::Tensor> keys, values;  // each [H_kv, P_i, D]
+    for (const auto& part : parts) {
+      keys.push_back(part->keys[layer]);
+      values.push_back(part->values[layer]);
+    }
+    composed->keys.push_back(at::cat(keys, 1));      // [H_kv, sum P_i, D]
+    composed->values.push_back(at::cat(values, 1));  // [H_kv, sum P_i, D]
+  }
+  const int64_t bytes = prefix_bytes(*composed);
+  check_fits_budget("the composition of " + std::to_string(names.size()) + " cartridges", bytes);
+  ++stats_.loads;
+  insert(key, signature, composed, bytes);
+  return composed;
+}
+
+CartridgeRegistry::Stats CartridgeRegistry::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+}  // namespace cartridge

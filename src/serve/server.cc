@@ -1,0 +1,447 @@
+#include "serve/server.h"
+
+#include <httplib.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <random>
+
+#include "cartridge/adapter_io.h"
+#include "cartridge/fingerprint.h"
+#include "util/error.h"
+
+namespace cartridge {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// What the log line of the request being served on this thread says. cpp-httplib runs a request's
+// handler, its streamed body and its logger call on one worker thread, so a thread-local carries the
+// details from the handler to the single log line.
+struct RequestLog {
+  Clock::time_point start = Clock::now();
+  std::string model;
+  std::string cartridges;
+  int64_t prompt_tokens = -1;
+  int64_t completion_tokens = -1;
+  std::string finish_reason;
+  std::string error;
+  bool stream = false;
+};
+thread_local RequestLog current_log;
+
+void write_log_line(const std::string& line) {
+  char stamp[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  std::strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &local);
+  std::fprintf(stderr, "%s %s\n", stamp, line.c_str());  // one write per line: lines never interleave
+}
+
+void send_json(httplib::Response& response, int status, const json& body) {
+  response.status = status;
+  response.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+void send_error(httplib::Response& response, const ApiError& error) {
+  current_log.error = error.what();
+  send_json(response, error.status, error_json(error));
+}
+
+// Holds one of the server's concurrent-request slots until destroyed.
+class RequestSlot {
+ public:
+  explicit RequestSlot(std::atomic<int64_t>& counter) : counter_(counter) {}
+  ~RequestSlot() { --counter_; }
+  RequestSlot(const RequestSlot&) = delete;
+  RequestSlot& operator=(const RequestSlot&) = delete;
+
+ private:
+  std::atomic<int64_t>& counter_;
+};
+
+std::string join_names(const std::vector<std::string>& names) {
+  std::string joined;
+  for (const std::string& name : names) joined += (joined.empty() ? "" : "+") + name;
+  return joined;
+}
+
+// The state of one streamed response, shared by the content provider and its releaser.
+struct StreamState {
+  ApiRequest request;
+  std::shared_ptr<RequestStream> stream;
+  std::shared_ptr<RequestSlot> slot;
+  std::string id;
+  int64_t created = 0;
+  bool sent_first = false;
+};
+
+constexpr std::chrono::milliseconds kKeepAliveInterval{2000};  // SSE comment when nothing else was sent
+
+}  // namespace
+
+struct Server::Impl {
+  LoadedModel model;
+  ServerOptions options;
+  ProtocolLimits limits;
+  std::unique_ptr<CartridgeRegistry> registry;
+  std::unique_ptr<Scheduler> scheduler;
+  httplib::Server http;
+  std::atomic<int64_t> in_flight{0};
+  std::atomic<uint64_t> request_number{0};
+  uint64_t id_salt = std::random_device{}();
+  std::random_device seed_source;
+  std::mutex seed_mutex;
+  int64_t started_at = static_cast<int64_t>(std::time(nullptr));
+  int port = 0;
+
+  void register_routes();
+  void handle_generation(Endpoint endpoint, const httplib::Request& request, httplib::Response& response);
+  void handle_models(httplib::Response& response);
+  void handle_stats(httplib::Response& response);
+  std::vector<int32_t> prompt_ids(const ApiRequest& request);
+  std::string next_id(Endpoint endpoint);
+};
+
+std::string Server::Impl::next_id(Endpoint endpoint) {
+  char hex[32];
+  std::snprintf(hex, sizeof(hex), "%08llx%08llx", static_cast<unsigned long long>(id_salt & 0xffffffffu),
+                static_cast<unsigned long long>(++request_number));
+  return std::string(endpoint == Endpoint::kCompletions ? "cmpl-" : "chatcmpl-") + hex;
+}
+
+std::vector<int32_t> Server::Impl::prompt_ids(const ApiRequest& request) {
+  if (request.endpoint == Endpoint::kChatCompletions) {
+    return model.encode_chat(request.messages, /*add_generation_prompt=*/true);
+  }
+  if (request.prompt_ids) {
+    const int64_t vocabulary = model.model->config().vocab_size;
+    for (int32_t id : *request.prompt_ids) {
+      if (id >= vocabulary) {
+        throw ApiError(400, "invalid_request_error", "invalid_value",
+                       "token id " + std::to_string(id) + " in 'prompt' is outside the vocabulary of " +
+                           std::to_string(vocabulary) + " tokens",
+                       "prompt");
+      }
+    }
+    return *request.prompt_ids;
+  }
+  // Exactly as `cartridge generate --prompt`: the tokenizer's default special tokens.
+  return model.tokenizer->encode(request.prompt, /*add_special_tokens=*/true);
+}
+
+void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& http_request,
+                                     httplib::Response& response) {
+  if (++in_flight > options.max_concurrent_requests) {
+    --in_flight;
+    throw ApiError(429, "rate_limit_error", "server_busy",
+                   "the server is serving its maximum of " + std::to_string(options.max_concurrent_requests) +
+                       " concurrent requests; retry shortly");
+  }
+  auto slot = std::make_shared<RequestSlot>(in_flight);
+
+  ApiRequest request = parse_api_request(endpoint, http_request.body, limits);
+  current_log.model = request.model;
+  current_log.cartridges = join_names(request.cartridges);
+  current_log.stream = request.stream;
+
+  GenerationRequest generation;
+  if (!request.cartridges.empty()) generation.prefix = registry->acquire(request.cartridges);
+  generation.prompt_ids = prompt_ids(request);
+  generation.sampling = request.sampling;
+  if (!request.seed_given) {
+    std::lock_guard<std::mutex> lock(seed_mutex);
+    generation.sampling.seed = (static_cast<uint64_t>(seed_source()) << 32) ^ seed_source();
+  }
+  generation.max_new_tokens = request.max_tokens;
+  generation.stop_strings = request.stop;
+  generation.stop_at_eos = !request.ignore_eos;
+  current_log.prompt_tokens = static_cast<int64_t>(generation.prompt_ids.size());
+  std::shared_ptr<RequestStream> stream = scheduler->submit(std::move(generation));
+
+  const std::string id = next_id(endpoint);
+  const int64_t created = static_cast<int64_t>(std::time(nullptr));
+  if (!request.stream) {
+    RequestStream::Event end = stream->wait_for_end();
+    if (end.kind == RequestStream::Event::Kind::kFailed) {
+      throw ApiError(500, "server_error", "generation_failed", "generation failed: " + end.text);
+    }
+    current_log.completion_tokens = static_cast<int64_t>(end.result.token_ids.size());
+    current_log.finish_reason = end.result.finish_reason;
+    send_json(response, 200, completion_response(request, id, created, end.result));
+    return;
+  }
+
+  auto state = std::make_shared<StreamState>();
+  state->request = std::move(request);
+  state->stream = stream;
+  state->slot = slot;
+  state->id = id;
+  state->created = created;
+  response.set_header("Cache-Control", "no-cache");
+  response.set_chunked_content_provider(
+      "text/event-stream",
+      [state](size_t, httplib::DataSink& sink) {
+        auto write = [&sink](const std::string& bytes) { return sink.write(bytes.data(), bytes.size()); };
+        const ApiRequest& request = state->request;
+        if (!state->sent_first && request.endpoint == Endpoint::kChatCompletions) {
+          // OpenAI's first chat chunk carries the role.
+          if (!write(sse_event(stream_chunk(request, state->id, state->created, "", std::nullopt, true)))) return false;
+          state->sent_first = true;
+        }
+        std::optional<RequestStream::Event> event = state->stream->next(kKeepAliveInterval);
+        if (!event) return write(": keep-alive\n\n");  // a failed write tells us the client left
+        switch (event->kind) {
+          case RequestStream::Event::Kind::kText:
+            state->sent_first = true;
+            return write(sse_event(stream_chunk(request, state->id, state->created, event->text, std::nullopt, false)));
+          case RequestStream::Event::Kind::kFinished: {
+            const GenerationResult& result = event->result;
+            current_log.completion_tokens = static_cast<int64_t>(result.token_ids.size());
+            current_log.finish_reason = result.finish_reason;
+            bool written = write(sse_event(stream_chunk(request, state->id, state->created, "", result.finish_reason, false)));
+            if (written && request.include_usage) {
+              written = write(sse_event(usage_chunk(request, state->id, state->created, result)));
+            }
+            if (written) written = write(kSseDone);
+            if (written) sink.done();
+            return written;
+          }
+          case RequestStream::Event::Kind::kFailed: {
+            const ApiError error(500, "server_error", "generation_failed", "generation failed: " + event->text);
+            current_log.error = error.what();
+            const bool written = write(sse_event(error_json(error)));
+            if (written) sink.done();
+            return written;
+          }
+        }
+        return false;
+      },
+      [state](bool success) {
+        if (!success) state->stream->cancel();  // the client went away: free its batch row
+      });
+}
+
+void Server::Impl::handle_models(httplib::Response& response) {
+  json data = json::array();
+  data.push_back({{"id", limits.base_model_id}, {"object", "model"}, {"created", started_at}, {"owned_by", "cartridge.cpp"}});
+  for (const std::string& name : registry->list()) {
+    if (name == limits.base_model_id) continue;  // the base model's id always means "no cartridge"
+    data.push_back({{"id", name},
+                    {"object", "model"},
+                    {"created", started_at},
+                    {"owned_by", "cartridge.cpp"},
+                    {"root", limits.base_model_id},
+                    {"parent", limits.base_model_id}});
+  }
+  send_json(response, 200, {{"object", "list"}, {"data", data}});
+}
+
+void Server::Impl::handle_stats(httplib::Response& response) {
+  const Scheduler::Stats scheduler_stats = scheduler->stats();
+  const CartridgeRegistry::Stats registry_stats = registry->stats();
+  send_json(response, 200,
+            {{"scheduler",
+              {{"waiting", scheduler_stats.waiting},
+               {"running", scheduler_stats.running},
+               {"completed", scheduler_stats.completed},
+               {"prefill_steps", scheduler_stats.prefill_steps},
+               {"decode_steps", scheduler_stats.decode_steps},
+               {"generated_tokens", scheduler_stats.generated_tokens},
+               {"peak_batch", scheduler_stats.peak_batch},
+               {"kv_bytes", scheduler_stats.kv_bytes},
+               {"peak_kv_bytes", scheduler_stats.peak_kv_bytes}}},
+             {"cartridges",
+              {{"resident_bytes", registry_stats.resident_bytes},
+               {"entries", registry_stats.entries},
+               {"loads", registry_stats.loads},
+               {"hits", registry_stats.hits},
+               {"evictions", registry_stats.evictions},
+               {"budget_bytes", options.max_cartridge_memory}}},
+             {"in_flight_requests", in_flight.load()}});
+}
+
+void Server::Impl::register_routes() {
+  // Every handler answers a thrown exception with an OpenAI error object instead of letting it escape.
+  auto guarded = [](auto handler) {
+    return [handler](const httplib::Request& request, httplib::Response& response) {
+      try {
+        handler(request, response);
+      } catch (const std::exception& error) {
+        send_error(response, to_api_error(error));
+      }
+    };
+  };
+  http.Get("/health", guarded([](const httplib::Request&, httplib::Response& response) {
+    send_json(response, 200, {{"status", "ok"}});
+  }));
+  http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& response) {
+    handle_models(response);
+  }));
+  http.Get("/v1/stats", guarded([this](const httplib::Request&, httplib::Response& response) {
+    handle_stats(response);
+  }));
+  http.Post("/v1/completions", guarded([this](const httplib::Request& request, httplib::Response& response) {
+    handle_generation(Endpoint::kCompletions, request, response);
+  }));
+  http.Post("/v1/chat/completions", guarded([this](const httplib::Request& request, httplib::Response& response) {
+    handle_generation(Endpoint::kChatCompletions, request, response);
+  }));
+
+  http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+    current_log = RequestLog();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // Errors raised by cpp-httplib itself (unknown path, body too large, bad HTTP) get an OpenAI error body too.
+  const int64_t max_body_bytes = options.max_body_bytes;
+  http.set_error_handler(httplib::Server::HandlerWithResponse([max_body_bytes](const httplib::Request& request,
+                                                                                httplib::Response& response) {
+    if (!response.body.empty() || response.content_provider_) return httplib::Server::HandlerResponse::Unhandled;
+    ApiError error(response.status, "invalid_request_error", "invalid_request", "bad request");
+    switch (response.status) {
+      case 404:
+        error = ApiError(404, "not_found_error", "unknown_url",
+                         "unknown URL " + request.method + " " + request.path.substr(0, 200) +
+                             " (this server has GET /health, GET /v1/models, POST /v1/completions, POST "
+                             "/v1/chat/completions)");
+        break;
+      case 413:
+        error = ApiError(413, "invalid_request_error", "request_too_large",
+                         "the request body is larger than this server's limit of " + std::to_string(max_body_bytes) +
+                             " bytes");
+        break;
+      case 405:
+        error = ApiError(405, "invalid_request_error", "method_not_allowed", "method not allowed");
+        break;
+      default:
+        if (response.status >= 500) error = ApiError(response.status, "server_error", "internal_error", "internal error");
+        break;
+    }
+    send_error(response, error);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  http.set_logger([this](const httplib::Request& request, const httplib::Response& response) {
+    if (options.log_requests) {
+      const double milliseconds =
+          std::chrono::duration<double, std::milli>(Clock::now() - current_log.start).count();
+      char timing[32];
+      std::snprintf(timing, sizeof(timing), "%.1fms", milliseconds);
+      std::string line = request.remote_addr + " \"" + request.method + " " + request.path.substr(0, 200) + "\" " +
+                         std::to_string(response.status) + " " + timing;
+      if (!current_log.model.empty()) line += " model=" + json(current_log.model).dump();
+      if (!current_log.cartridges.empty()) line += " cartridges=" + current_log.cartridges;
+      if (current_log.stream) line += " stream";
+      if (current_log.prompt_tokens >= 0) line += " prompt_tokens=" + std::to_string(current_log.prompt_tokens);
+      if (current_log.completion_tokens >= 0) {
+        line += " completion_tokens=" + std::to_string(current_log.completion_tokens);
+      }
+      if (!current_log.finish_reason.empty()) line += " finish=" + current_log.finish_reason;
+      if (!current_log.error.empty()) {
+        line += " error=" + json(current_log.error.substr(0, 300)).dump(-1, ' ', false, json::error_handler_t::replace);
+      }
+      write_log_line(line);
+    }
+    current_log = RequestLog();
+  });
+}
+
+Server::Server(LoadedModel model, ServerOptions options) : impl_(std::make_unique<Impl>()) {
+  Impl& impl = *impl_;
+  impl.model = std::move(model);
+  impl.options = std::move(options);
+  if (impl.options.cartridges_directory.empty()) {
+    throw InvalidArgumentError("the server needs a cartridges directory (--cartridges DIR)");
+  }
+  if (impl.options.max_batch < 1) throw InvalidArgumentError("--max-batch must be >= 1");
+  if (impl.options.max_concurrent_requests < 1) throw InvalidArgumentError("--max-concurrent-requests must be >= 1");
+  if (impl.options.max_body_bytes < 1) throw InvalidArgumentError("--max-body-bytes must be >= 1");
+  if (impl.options.max_tokens_limit < 1) throw InvalidArgumentError("--max-tokens-limit must be >= 1");
+  impl.limits.base_model_id =
+      impl.options.model_id.empty() ? default_model_id(impl.model.files) : impl.options.model_id;
+  impl.limits.max_tokens_limit = impl.options.max_tokens_limit;
+  impl.registry = std::make_unique<CartridgeRegistry>(impl.options.cartridges_directory,
+                                                      impl.options.max_cartridge_memory, make_adapter_loader(impl.model));
+  SchedulerOptions scheduler_options;
+  scheduler_options.max_batch = impl.options.max_batch;
+  scheduler_options.max_prefill_tokens = impl.options.max_prefill_tokens;
+  impl.scheduler = std::make_unique<Scheduler>(impl.model.model, impl.model.tokenizer, scheduler_options);
+
+  // A worker thread per connection being served: streamed requests hold theirs until they end, and idle
+  // keep-alive connections hold one until they time out, so give room beyond the request limit.
+  const size_t threads = static_cast<size_t>(impl.options.max_concurrent_requests) + 8;
+  impl.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  impl.http.set_payload_max_length(static_cast<size_t>(impl.options.max_body_bytes));
+  impl.http.set_keep_alive_timeout(5);  // seconds
+  impl.register_routes();
+}
+
+Server::~Server() {
+  if (impl_) impl_->http.stop();
+}
+
+int Server::bind() {
+  Impl& impl = *impl_;
+  if (impl.options.port == 0) {
+    impl.port = impl.http.bind_to_any_port(impl.options.host);
+    if (impl.port < 0) impl.port = 0;
+  } else if (impl.http.bind_to_port(impl.options.host, impl.options.port)) {
+    impl.port = impl.options.port;
+  }
+  if (impl.port == 0) {
+    throw InvalidArgumentError("cannot listen on " + impl.options.host + ":" + std::to_string(impl.options.port) +
+                               " (the port is in use or the address is not local; pick another --port/--host)");
+  }
+  return impl.port;
+}
+
+void Server::listen() { impl_->http.listen_after_bind(); }
+
+void Server::stop() { impl_->http.stop(); }
+
+int Server::port() const { return impl_->port; }
+
+const std::string& Server::model_id() const { return impl_->limits.base_model_id; }
+
+CartridgeRegistry& Server::registry() { return *impl_->registry; }
+
+Scheduler& Server::scheduler() { return *impl_->scheduler; }
+
+std::string default_model_id(const ModelFiles& files) {
+  namespace fs = std::filesystem;
+  if (files.format == ModelFormat::kGguf) return fs::path(files.gguf_path).stem().string();
+  std::error_code error;
+  if (fs::is_directory(files.name, error)) {
+    const fs::path folder = fs::path(files.name).lexically_normal();
+    const std::string name = (folder.has_filename() ? folder : folder.parent_path()).filename().string();
+    if (!name.empty() && name != "." && name != "..") return name;
+  }
+  return files.name;  // a Hub id: org/name
+}
+
+CartridgeLoader make_adapter_loader(const LoadedModel& model) {
+  // The model's fingerprint is computed once; a model whose files do not allow it only loses the warning.
+  std::shared_ptr<const ModelFingerprint> fingerprint;
+  try {
+    fingerprint = std::make_shared<const ModelFingerprint>(fingerprint_model(model.files, model.model->config()));
+  } catch (const Error& error) {
+    write_log_line(std::string("warning: no model fingerprint, cartridges will not be checked against it: ") +
+                   error.what());
+  }
+  std::shared_ptr<const Model> shared_model = model.model;
+  const std::string model_name = model.files.name;
+  return [shared_model, fingerprint, model_name](const std::string& folder) {
+    const LoadedAdapter adapter = load_adapter(folder);
+    for (const std::string& warning :
+         check_adapter_for_model(adapter, shared_model->config(), fingerprint.get(), model_name)) {
+      write_log_line("warning: " + folder + ": " + warning);
+    }
+    for (const std::string& warning : adapter.warnings) write_log_line("warning: " + folder + ": " + warning);
+    return adapter.cartridge.kv_prefix(shared_model->config(), shared_model->dtype(), shared_model->device());
+  };
+}
+
+}  // namespace cartridge
