@@ -4,8 +4,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cartridge/adapter_io.h"
 #include "generate/generator.h"
+#include "io/safetensors.h"
 #include "tools/commands.h"
+#include "util/atomic_file.h"
 
 namespace cartridge::tools {
 
@@ -20,7 +23,17 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::vector<std::string> stop;
   bool json = false;
+  std::vector<std::string> cartridges;  // adapter folders, composed in order
+  std::string logits_out;               // write the prompt's logits here (safetensors)
 };
+
+// Writes `logits` [T, V] float32 as a safetensors file with one tensor "logits".
+void write_logits(const std::string& path, const at::Tensor& logits) {
+  const at::Tensor contiguous = logits.contiguous();
+  write_file_atomic(path, serialize_safetensors({{"logits", SafetensorsDType::F32,
+                                                  {contiguous.size(0), contiguous.size(1)}, contiguous.data_ptr()}},
+                                                {}));
+}
 
 void run_generate(const GenerateOptions& options) {
   const LoadedModel loaded = load_model_from_options(options.model);
@@ -33,6 +46,16 @@ void run_generate(const GenerateOptions& options) {
   } else {
     // Exactly `tokenizer(prompt)` in transformers: the tokenizer's default special tokens.
     request.prompt_ids = loaded.tokenizer->encode(options.prompt, /*add_special_tokens=*/true);
+  }
+  if (!options.cartridges.empty()) {
+    std::vector<std::string> warnings;
+    const Cartridge cartridge =
+        load_cartridges_for_model(options.cartridges, loaded.model->config(), &loaded.files, &warnings);
+    for (const std::string& warning : warnings) std::cerr << "warning: " << warning << "\n";
+    request.prefix = cartridge.kv_prefix_for(*loaded.model);
+  }
+  if (!options.logits_out.empty()) {
+    write_logits(options.logits_out, prompt_logits(*loaded.model, request.prefix.get(), request.prompt_ids));
   }
   request.sampling = options.sampling;
   request.max_new_tokens = options.max_new_tokens;
@@ -51,7 +74,8 @@ void run_generate(const GenerateOptions& options) {
                              {"token_ids", result.token_ids},
                              {"finish_reason", result.finish_reason},
                              {"prompt_tokens", result.prompt_tokens},
-                             {"completion_tokens", result.token_ids.size()}};
+                             {"completion_tokens", result.token_ids.size()},
+                             {"cartridge_tokens", request.prefix ? request.prefix->length() : 0}};
     std::cout << output.dump() << std::endl;
   } else {
     std::cout << std::endl;
@@ -66,8 +90,10 @@ void add_generate_command(CLI::App& app) {
   command->footer(
       "The prompt is tokenized exactly as `tokenizer(prompt)` in transformers (with the tokenizer's default\n"
       "special tokens); --chat wraps it in the model's chat template as one user turn instead.\n"
+      "With --cartridge the prompt follows the cartridge's p virtual tokens (positions p+i); several are\n"
+      "composed in the order given.\n"
       "Example:\n  cartridge generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat \\\n"
-      "    --prompt 'What is the capital of France?' --max-new-tokens 32");
+      "    --prompt 'What is the capital of France?' --max-new-tokens 32 [--cartridge my_cartridge]");
   add_model_options(*command, options->model);
   command->add_option("-p,--prompt", options->prompt, "The prompt text")->required();
   command->add_flag("--chat", options->chat, "Wrap the prompt in the model's chat template (one user turn)");
@@ -83,8 +109,14 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--seed", options->sampling.seed, "Random seed for sampling")->capture_default_str();
   command->add_option("--stop", options->stop, "Stop before this string (repeatable)");
+  command->add_option("--cartridge", options->cartridges,
+                      "A cartridge (PEFT adapter folder or Hub id in the HF cache) before the prompt; repeat to "
+                      "compose several in order");
+  command->add_option("--logits-out", options->logits_out,
+                      "Also write the prompt's logits [T, V] float32 (tensor \"logits\", safetensors) to this file");
   command->add_flag("--json", options->json,
-                    "Print one JSON object {text, token_ids, finish_reason, prompt_tokens, completion_tokens}");
+                    "Print one JSON object {text, token_ids, finish_reason, prompt_tokens, completion_tokens, "
+                    "cartridge_tokens}");
   command->callback([options] { run_generate(*options); });
 }
 
