@@ -20,6 +20,7 @@ void add_chat_command(CLI::App& app);
 void add_init_command(CLI::App& app);
 void add_compose_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 // Options shared by every command that loads a model.
 struct ModelOptions {

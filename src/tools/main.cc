@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   cartridge::tools::add_init_command(app);
   cartridge::tools::add_compose_command(app);
   cartridge::tools::add_inspect_command(app);
+  cartridge::tools::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
