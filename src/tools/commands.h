@@ -17,6 +17,7 @@ void add_generate_command(CLI::App& app);
 void add_inspect_model_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
+void add_synthesize_command(CLI::App& app);
 void add_init_command(CLI::App& app);
 void add_compose_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);

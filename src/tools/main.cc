@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   cartridge::tools::add_chat_command(app);
   cartridge::tools::add_tokenize_command(app);
   cartridge::tools::add_inspect_model_command(app);
+  cartridge::tools::add_synthesize_command(app);
   cartridge::tools::add_init_command(app);
   cartridge::tools::add_compose_command(app);
   cartridge::tools::add_inspect_command(app);

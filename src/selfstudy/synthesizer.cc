@@ -1,0 +1,440 @@
+#include "selfstudy/synthesizer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/Exception.h>
+
+#include "cartridge/fingerprint.h"
+#include "generate/sampler.h"
+#include "selfstudy/sha256.h"
+#include "selfstudy/synthesis_random.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace cartridge {
+
+const char* const kDefaultSynthesisSystemPrompt =
+    "You are in a conversation about the document excerpt below. Parts of the larger document may be "
+    "missing from the excerpt; rely on what it says. Do not begin your messages with phrases like "
+    "\"According to the document\".\n\n<document>\n{chunk}\n</document>";
+
+namespace {
+
+// Bumped whenever the prompts or the algorithm change what a seed produces, so an old file is not
+// silently continued with differently made conversations.
+constexpr const char* kGeneratorRevision = "cartridge.cpp self-study 1";
+
+// Tokens of slack between a chunk's length in corpus tokens and its length once decoded and tokenized
+// again inside the template (a chunk boundary can split a word or a multi-byte character).
+constexpr int64_t kRetokenizationSlack = 64;
+
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "fp32";
+    case at::kBFloat16: return "bf16";
+    case at::kHalf: return "fp16";
+    default: return c10::toString(dtype);
+  }
+}
+
+int64_t common_prefix_length(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  const size_t limit = std::min(a.size(), b.size());
+  size_t length = 0;
+  while (length < limit && a[length] == b[length]) ++length;
+  return static_cast<int64_t>(length);
+}
+
+std::string trim(const std::string& text) {
+  const char* whitespace = " \t\r\n";
+  const size_t first = text.find_first_not_of(whitespace);
+  if (first == std::string::npos) return "";
+  return text.substr(first, text.find_last_not_of(whitespace) - first + 1);
+}
+
+std::vector<int32_t> without_stop(const BatchDecodeOutput& output) {
+  std::vector<int32_t> ids = output.token_ids;
+  if (output.stopped && !ids.empty()) ids.pop_back();
+  return ids;
+}
+
+// Runs the shared prompt prefix [1, L] through the model once.
+KvCache prefill_shared(const Model& model, const std::vector<int32_t>& ids, int64_t length) {
+  KvCache cache = model.new_cache(1);
+  std::vector<int64_t> prefix(ids.begin(), ids.begin() + length);
+  const at::Tensor input = at::tensor(prefix, at::kLong).view({1, length}).to(model.device());  // [1, L]
+  const at::Tensor mask = at::ones({1, length}, at::TensorOptions().dtype(at::kBool).device(model.device()));
+  ForwardOptions options;
+  options.last_token_only = true;  // the logits are not needed; this keeps the lm_head cost to one row
+  model.forward(input, mask, cache, options);
+  return cache;
+}
+
+// Everything one synthesis run needs, built once.
+struct SynthesisContext {
+  const LoadedModel* loaded;
+  const SynthesisOptions* options;
+  const Chunker* chunker;
+  std::vector<int32_t> stop_ids;
+  int64_t context_tokens;  // the model's context length
+};
+
+// Generates conversations [first, end) of chunk group `group` (all of the group's rows are generated, so
+// that every row sees the same batch whichever of them are needed).
+std::vector<Conversation> generate_group(const SynthesisContext& context, int64_t group, int64_t first,
+                                         int64_t end, BatchDecodeCounts& counts) {
+  const LoadedModel& loaded = *context.loaded;
+  const SynthesisOptions& options = *context.options;
+  const Model& model = *loaded.model;
+
+  SynthesisRandom chunk_random(options.seed, RandomPurpose::kChunk, static_cast<uint64_t>(group));
+  const Chunk chunk = context.chunker->sample(chunk_random);
+  const std::string system = synthesis_system_message(options, chunk.text);
+
+  // Per conversation: its seed prompt and its question's sampling seed, from its own stream.
+  std::vector<SeedPrompt> seeds;
+  std::vector<BatchDecodeRow> question_rows;
+  for (int64_t index = first; index < end; ++index) {
+    SynthesisRandom random(options.seed, RandomPurpose::kConversation, static_cast<uint64_t>(index));
+    seeds.push_back(sample_seed_prompt(random, options.seed_types));
+    BatchDecodeRow row;
+    row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", seeds.back().text}}, true);
+    row.temperature = options.question_temperature;
+    row.sampling_seed = random.next();
+    row.max_new_tokens = std::min<int64_t>(options.max_question_tokens,
+                                           context.context_tokens - static_cast<int64_t>(row.prompt_ids.size()));
+    if (row.max_new_tokens < 1) {
+      throw InvalidArgumentError("a question prompt of " + std::to_string(row.prompt_ids.size()) +
+                                 " tokens fills the model's context of " + std::to_string(context.context_tokens) +
+                                 " (lower --max-chunk)");
+    }
+    question_rows.push_back(std::move(row));
+  }
+
+  // The tokens every prompt of the group starts with (the system message with the chunk), prefilled once.
+  int64_t shared_length = 0;
+  KvCache shared_cache;
+  const std::vector<int32_t>& reference = question_rows.front().prompt_ids;
+  if (options.share_prefill) {
+    shared_length = static_cast<int64_t>(reference.size());
+    for (const BatchDecodeRow& row : question_rows) {
+      shared_length = std::min(shared_length, common_prefix_length(reference, row.prompt_ids));
+      shared_length = std::min<int64_t>(shared_length, static_cast<int64_t>(row.prompt_ids.size()) - 1);
+    }
+    if (shared_length > 0) {
+      shared_cache = prefill_shared(model, reference, shared_length);
+      counts.prefill_tokens += shared_length;
+    }
+  }
+
+  const std::vector<BatchDecodeOutput> questions =
+      decode_batch(model, question_rows, context.stop_ids, 0, shared_length > 0 ? &shared_cache : nullptr,
+                   shared_length, &counts);
+
+  std::vector<std::string> question_texts;
+  std::vector<BatchDecodeRow> answer_rows;
+  int64_t answer_shared = shared_length;
+  for (const BatchDecodeOutput& question : questions) {
+    question_texts.push_back(trim(loaded.tokenizer->decode(without_stop(question), /*skip_special_tokens=*/true)));
+    BatchDecodeRow row;
+    row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", question_texts.back()}}, true);
+    row.temperature = 0;
+    const int64_t room = context.context_tokens - static_cast<int64_t>(row.prompt_ids.size());
+    if (room < 1) {
+      throw InvalidArgumentError("an answer prompt of " + std::to_string(row.prompt_ids.size()) +
+                                 " tokens fills the model's context of " + std::to_string(context.context_tokens) +
+                                 " (lower --max-chunk or --max-question-tokens)");
+    }
+    row.max_new_tokens = std::min<int64_t>(options.max_answer_tokens, room);
+    // The answer prompts share the system message with the question prompts: reuse that much of the cache.
+    answer_shared = std::min(answer_shared, common_prefix_length(reference, row.prompt_ids));
+    answer_shared = std::min<int64_t>(answer_shared, static_cast<int64_t>(row.prompt_ids.size()) - 1);
+    answer_rows.push_back(std::move(row));
+  }
+  const std::vector<BatchDecodeOutput> answers =
+      decode_batch(model, answer_rows, context.stop_ids, options.top_k, answer_shared > 0 ? &shared_cache : nullptr,
+                   answer_shared, &counts);
+
+  std::vector<Conversation> conversations;
+  for (int64_t row = 0; row < end - first; ++row) {
+    const BatchDecodeOutput& answer = answers[row];
+    Conversation conversation;
+    conversation.index = first + row;
+    conversation.seed_type = seeds[row].type;
+    conversation.chunk_start = chunk.start;
+    conversation.chunk_tokens = chunk.length;
+    conversation.question = question_texts[row];
+    conversation.answer = loaded.tokenizer->decode(without_stop(answer), /*skip_special_tokens=*/true);
+    // The student sees the question alone (no system message from us), then the teacher's answer.
+    conversation.input_ids = loaded.encode_chat({{"user", conversation.question}}, true);
+    conversation.target_start = static_cast<int64_t>(conversation.input_ids.size());
+    conversation.input_ids.insert(conversation.input_ids.end(), answer.token_ids.begin(), answer.token_ids.end());
+    conversation.target_ids = answer.top_ids;
+    conversation.target_logprobs = answer.top_logprobs;
+    conversations.push_back(std::move(conversation));
+  }
+  return conversations;
+}
+
+}  // namespace
+
+std::string synthesis_system_message(const SynthesisOptions& options, const std::string& chunk_text) {
+  const std::string placeholder = "{chunk}";
+  const size_t at = options.system_prompt.find(placeholder);
+  if (at == std::string::npos) {
+    throw InvalidArgumentError("the synthesis system prompt must contain {chunk} where the corpus chunk goes");
+  }
+  std::string message = options.system_prompt;
+  message.replace(at, placeholder.size(), chunk_text);
+  return message;
+}
+
+std::vector<int32_t> end_of_turn_ids(const Tokenizer& tokenizer) {
+  std::vector<int32_t> ids;
+  if (tokenizer.eos_token_id()) ids.push_back(*tokenizer.eos_token_id());
+  for (const char* piece : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<|end_of_text|>"}) {
+    const std::optional<int32_t> id = tokenizer.token_id(piece);
+    if (id && tokenizer.is_special(*id) && std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
+  }
+  return ids;
+}
+
+int64_t longest_chunk_allowed(const LoadedModel& model, const SynthesisOptions& options) {
+  // The longest prompt around a chunk: the system message without the chunk (but with the description)
+  // and the longest seed prompt or a question of max_question_tokens, whichever template turn is longer.
+  const std::string empty_chunk = options.chunks.description.empty() ? "" : options.chunks.description + "\n\n";
+  const std::string system = synthesis_system_message(options, empty_chunk);
+  int64_t around = 0;
+  for (const std::string& seed : all_seed_prompt_texts()) {
+    around = std::max<int64_t>(around, model.encode_chat({{"system", system}, {"user", seed}}, true).size());
+  }
+  const int64_t answer_prompt = static_cast<int64_t>(model.encode_chat({{"system", system}, {"user", ""}}, true).size()) +
+                                options.max_question_tokens;
+  const int64_t question_total = around + options.max_question_tokens;
+  const int64_t answer_total = answer_prompt + options.max_answer_tokens;
+  return model.model->config().max_position_embeddings - std::max(question_total, answer_total) - kRetokenizationSlack;
+}
+
+DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corpus_text, int64_t corpus_tokens,
+                               const SynthesisOptions& options) {
+  DatasetHeader header;
+  header.model = options.model_name.empty() ? model.files.name : options.model_name;
+  ModelFingerprint fingerprint = fingerprint_model(model.files, model.model->config());
+  fingerprint.model_name.clear();
+  header.model_fingerprint = fingerprint.to_json();
+  // The path the model was loaded from is not part of its identity.
+  header.model_fingerprint.erase("model_name");
+  header.corpus_sha256 = sha256_hex(corpus_text);
+  header.corpus_tokens = corpus_tokens;
+  header.seed = options.seed;
+  header.top_k = std::min<int64_t>(options.top_k, model.model->config().vocab_size);
+  header.settings = {
+      {"generator", kGeneratorRevision},
+      {"min_chunk_tokens", options.chunks.min_tokens},
+      {"max_chunk_tokens", options.chunks.max_tokens},
+      {"description", options.chunks.description},
+      {"conversations_per_chunk", options.conversations_per_chunk},
+      {"max_question_tokens", options.max_question_tokens},
+      {"max_answer_tokens", options.max_answer_tokens},
+      {"question_temperature", options.question_temperature},
+      {"answer_temperature", 0.0},
+      {"system_prompt", options.system_prompt},
+      {"seed_prompt_types", options.seed_types},
+      {"dtype", dtype_name(model.model->dtype())},
+  };
+  return header;
+}
+
+std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vector<BatchDecodeRow>& rows,
+                                            const std::vector<int32_t>& stop_ids, int64_t record_top_k,
+                                            const KvCache* shared_cache, int64_t shared_length,
+                                            BatchDecodeCounts* counts) {
+  c10::InferenceMode inference_mode;
+  const int64_t batch = static_cast<int64_t>(rows.size());  // B
+  TORCH_CHECK(batch > 0, "decode_batch: no rows");
+  TORCH_CHECK(shared_length == 0 || (shared_cache && shared_cache->batch_size() == 1 &&
+                                     shared_cache->length() >= shared_length),
+              "decode_batch: the shared cache does not hold the shared prefix");
+  const at::Device device = model.device();
+  int64_t longest_rest = 0, longest_new = 0;
+  for (const BatchDecodeRow& row : rows) {
+    TORCH_CHECK(static_cast<int64_t>(row.prompt_ids.size()) > shared_length, "decode_batch: a prompt is not longer "
+                "than the shared prefix");
+    TORCH_CHECK(row.max_new_tokens >= 1, "decode_batch: max_new_tokens must be >= 1");
+    longest_rest = std::max<int64_t>(longest_rest, static_cast<int64_t>(row.prompt_ids.size()) - shared_length);
+    longest_new = std::max(longest_new, row.max_new_tokens);
+  }
+
+  // The cache starts with the shared prefix's slots (the batch-1 tensors broadcast to B rows) or empty.
+  KvCache cache;
+  if (shared_length > 0) {
+    std::vector<at::Tensor> keys, values;  // per layer [1, H_kv, L, D]
+    for (int64_t layer = 0; layer < shared_cache->num_layers(); ++layer) {
+      keys.push_back(shared_cache->keys[layer].narrow(2, 0, shared_length));
+      values.push_back(shared_cache->values[layer].narrow(2, 0, shared_length));
+    }
+    cache = KvCache::with_prefix(std::move(keys), std::move(values), at::full({batch}, shared_length, at::kLong),
+                                 batch);
+  } else {
+    cache = model.new_cache(batch);
+  }
+  // One allocation for the whole generation (this also copies the broadcast prefix into B real rows).
+  cache.reserve(longest_rest + longest_new);
+
+  // The rest of each prompt, right-padded into [B, T]; padding is masked and takes no position.
+  std::vector<int64_t> input(batch * longest_rest, 0);
+  std::vector<uint8_t> mask(batch * longest_rest, 0);
+  for (int64_t row = 0; row < batch; ++row) {
+    const std::vector<int32_t>& prompt = rows[row].prompt_ids;
+    for (size_t i = shared_length; i < prompt.size(); ++i) {
+      input[row * longest_rest + (i - shared_length)] = prompt[i];
+      mask[row * longest_rest + (i - shared_length)] = 1;
+    }
+    if (counts) counts->prefill_tokens += static_cast<int64_t>(prompt.size()) - shared_length;
+  }
+  const at::Tensor input_ids = at::tensor(input, at::kLong).view({batch, longest_rest}).to(device);         // [B, T]
+  const at::Tensor token_mask = at::tensor(mask, at::kByte).view({batch, longest_rest}).to(at::kBool).to(device);  // [B, T]
+  ForwardOptions last_only;
+  last_only.last_token_only = true;
+  at::Tensor logits = model.forward(input_ids, token_mask, cache, last_only);  // [B, 1, V]
+
+  std::vector<BatchDecodeOutput> outputs(batch);
+  std::vector<Sampler> samplers;
+  bool all_greedy = true;
+  for (const BatchDecodeRow& row : rows) {
+    SamplingOptions sampling;
+    sampling.temperature = row.temperature;
+    sampling.seed = row.sampling_seed;
+    samplers.emplace_back(sampling);
+    all_greedy = all_greedy && row.temperature == 0;
+  }
+  std::vector<int64_t> active(batch);  // cache row -> output row
+  for (int64_t row = 0; row < batch; ++row) active[row] = row;
+
+  while (true) {
+    const at::Tensor step_logits = logits.select(1, 0).to(at::kFloat);  // [B_active, V]
+    const int64_t active_count = static_cast<int64_t>(active.size());
+    // The teacher's top-k for every active row at once, moved to the CPU in one transfer.
+    at::Tensor top_values, top_indices;  // [B_active, K]
+    if (record_top_k > 0) {
+      const int64_t k = std::min<int64_t>(record_top_k, step_logits.size(-1));
+      auto top = step_logits.log_softmax(-1).topk(k, -1, /*largest=*/true, /*sorted=*/true);
+      top_values = std::get<0>(top).to(at::kCPU).contiguous();
+      top_indices = std::get<1>(top).to(at::kCPU, at::kInt).contiguous();
+    }
+    at::Tensor greedy_tokens;  // [B_active] on the CPU, when every row is greedy (one transfer)
+    if (all_greedy) greedy_tokens = step_logits.argmax(-1).to(at::kCPU).contiguous();
+
+    std::vector<int64_t> still_active, next_tokens;  // slots that continue, and the tokens they feed next
+    for (int64_t slot = 0; slot < active_count; ++slot) {
+      const int64_t row = active[slot];
+      BatchDecodeOutput& output = outputs[row];
+      const int32_t token = all_greedy ? static_cast<int32_t>(greedy_tokens.data_ptr<int64_t>()[slot])
+                                       : static_cast<int32_t>(samplers[row].sample(step_logits[slot]));
+      output.token_ids.push_back(token);
+      if (record_top_k > 0) {
+        const int64_t k = top_values.size(1);
+        const float* values = top_values.data_ptr<float>() + slot * k;
+        const int32_t* indices = top_indices.data_ptr<int32_t>() + slot * k;
+        output.top_logprobs.insert(output.top_logprobs.end(), values, values + k);
+        output.top_ids.insert(output.top_ids.end(), indices, indices + k);
+      }
+      if (counts) ++counts->generated_tokens;
+      if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
+        output.stopped = true;
+        continue;
+      }
+      if (static_cast<int64_t>(output.token_ids.size()) >= rows[row].max_new_tokens) continue;
+      still_active.push_back(slot);
+      next_tokens.push_back(token);
+    }
+    if (still_active.empty()) break;
+    if (static_cast<int64_t>(still_active.size()) != active_count) {
+      cache = cache.select_rows(at::tensor(still_active, at::kLong).to(device));
+      std::vector<int64_t> kept;
+      for (int64_t slot : still_active) kept.push_back(active[slot]);
+      active = std::move(kept);
+      // select_rows copies into fresh tensors: give them room for the rest of the generation again.
+      int64_t remaining = 0;
+      for (int64_t row : active) {
+        remaining = std::max<int64_t>(remaining, rows[row].max_new_tokens - outputs[row].token_ids.size());
+      }
+      cache.reserve(remaining);
+    }
+    const int64_t count = static_cast<int64_t>(active.size());
+    const at::Tensor step_ids = at::tensor(next_tokens, at::kLong).view({count, 1}).to(device);  // [B_active, 1]
+    const at::Tensor step_mask = at::ones({count, 1}, at::TensorOptions().dtype(at::kBool).device(device));
+    logits = model.forward(step_ids, step_mask, cache, last_only);
+  }
+  return outputs;
+}
+
+SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_text, const SynthesisOptions& options,
+                          const std::string& dataset_path) {
+  if (options.samples < 0) throw InvalidArgumentError("--samples must be >= 0");
+  if (options.conversations_per_chunk < 1) throw InvalidArgumentError("--batch must be >= 1");
+  if (options.max_question_tokens < 1 || options.max_answer_tokens < 1) {
+    throw InvalidArgumentError("--max-question-tokens and --max-answer-tokens must be >= 1");
+  }
+  if (options.question_temperature < 0) throw InvalidArgumentError("the question temperature must be >= 0");
+  if (options.top_k < 1) throw InvalidArgumentError("top_k must be >= 1");
+  if (!model.chat_template) {
+    throw UnsupportedError(model.files.name + ": the model has no chat template, which self-study needs to write "
+                           "conversations (use an instruct/chat model)");
+  }
+  for (const std::string& type : options.seed_types) {
+    const auto& known = seed_prompt_types();
+    if (std::find(known.begin(), known.end(), type) == known.end()) {
+      throw InvalidArgumentError("unknown seed-prompt type '" + type +
+                                 "' (choose among structuring, summarization, question, use_cases, creative)");
+    }
+  }
+  if (options.seed_types.empty()) throw InvalidArgumentError("no seed-prompt types given");
+  synthesis_system_message(options, "");  // validates the {chunk} placeholder
+
+  std::vector<int32_t> corpus_ids = model.tokenizer->encode(corpus_text, /*add_special_tokens=*/false);
+  const int64_t corpus_tokens = static_cast<int64_t>(corpus_ids.size());
+  const Chunker chunker(*model.tokenizer, std::move(corpus_ids), options.chunks, longest_chunk_allowed(model, options));
+
+  DatasetWriter writer(dataset_path, synthesis_header(model, corpus_text, corpus_tokens, options));
+  SynthesisStats stats;
+  stats.existing_conversations = writer.conversation_count();
+  if (writer.conversation_count() >= options.samples) return stats;
+
+  SynthesisContext context{&model, &options, &chunker, end_of_turn_ids(*model.tokenizer),
+                           model.model->config().max_position_embeddings};
+  const auto start = std::chrono::steady_clock::now();
+  ProgressBar progress("synthesize", options.samples - writer.conversation_count(), "conversations",
+                       options.show_progress);
+  BatchDecodeCounts counts;
+  const int64_t per_group = options.conversations_per_chunk;
+  for (int64_t group = writer.conversation_count() / per_group; group * per_group < options.samples; ++group) {
+    const int64_t first = group * per_group;
+    const int64_t end = std::min(first + per_group, options.samples);
+    const std::vector<Conversation> conversations = generate_group(context, group, first, end, counts);
+    int64_t appended = 0;
+    for (const Conversation& conversation : conversations) {
+      if (conversation.index < writer.conversation_count()) continue;  // written before an interruption
+      writer.append(conversation);
+      ++stats.written_conversations;
+      ++appended;
+      if (options.on_conversation) options.on_conversation(conversation);
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    char extra[96];
+    std::snprintf(extra, sizeof(extra), "%.1f generated tok/s, chunk %lld tokens",
+                  seconds > 0 ? counts.generated_tokens / seconds : 0.0,
+                  static_cast<long long>(conversations.empty() ? 0 : conversations.front().chunk_tokens));
+    progress.advance(appended, extra);
+  }
+  progress.finish();
+  stats.generated_tokens = counts.generated_tokens;
+  stats.prefill_tokens = counts.prefill_tokens;
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return stats;
+}
+
+}  // namespace cartridge
