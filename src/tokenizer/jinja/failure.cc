@@ -20,6 +20,8 @@ const char* python_exception_name(FailureKind kind) {
       return "ValueError";
     case FailureKind::kKey:
       return "KeyError";
+    case FailureKind::kAttribute:
+      return "AttributeError";
     case FailureKind::kZeroDivision:
       return "ZeroDivisionError";
     case FailureKind::kOverflow:

@@ -18,6 +18,7 @@ enum class FailureKind {
   kType,           // TypeError.
   kValue,          // ValueError.
   kKey,            // KeyError / IndexError raised by a method.
+  kAttribute,      // AttributeError (a filter calling a method its argument lacks).
   kZeroDivision,   // ZeroDivisionError.
   kOverflow,       // OverflowError (range too large, integer beyond 64 bits).
   kSecurity,       // SecurityError: the sandbox refused an operation (list.append, _private attributes).

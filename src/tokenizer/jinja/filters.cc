@@ -86,7 +86,6 @@ Value filter_abs(Renderer&, const Value& input, CallArguments arguments) {
     if (input.as_int() == INT64_MIN) fail(FailureKind::kUnsupported, "integer arithmetic beyond 64 bits");
     return Value::integer(std::llabs(input.as_int()));
   }
-  if (input.is_undefined()) raise_undefined(input);
   fail(FailureKind::kType, "bad operand type for abs(): '" + python_type_name(input) + "'");
 }
 
@@ -99,6 +98,28 @@ Value filter_attr(Renderer&, const Value& input, CallArguments arguments) {
     return Value::undefined("'dict object' has no attribute '" + name + "'");
   }
   return get_attribute(input, name);
+}
+
+Value filter_batch(Renderer&, const Value& input, CallArguments arguments) {
+  BoundArguments bound("batch", std::move(arguments), {"linecount", "fill_with"}, 1);
+  const int64_t line_count = integer_argument(*bound.get(0), "linecount");
+  if (line_count <= 0) fail(FailureKind::kUnsupported, "batch() with a line count below 1");
+  std::vector<Value> batches;
+  std::vector<Value> current;
+  for (Value& item : python_iterate(input)) {
+    if (static_cast<int64_t>(current.size()) == line_count) {
+      batches.push_back(Value::sequence(std::move(current)));
+      current.clear();
+    }
+    current.push_back(std::move(item));
+  }
+  if (!current.empty()) {
+    if (const Value* fill = bound.get(1); fill && !fill->is_none()) {
+      while (static_cast<int64_t>(current.size()) < line_count) current.push_back(*fill);
+    }
+    batches.push_back(Value::sequence(std::move(current)));
+  }
+  return generator(std::move(batches));
 }
 
 Value filter_capitalize(Renderer&, const Value& input, CallArguments arguments) {
@@ -135,7 +156,7 @@ Value filter_dictsort(Renderer&, const Value& input, CallArguments arguments) {
   BoundArguments bound("dictsort", std::move(arguments), {"case_sensitive", "by", "reverse"});
   if (!input.is_dict()) {
     if (input.is_undefined()) raise_undefined(input);
-    fail(FailureKind::kFilterArgument, "dictsort needs a mapping, not '" + python_type_name(input) + "'");
+    fail(FailureKind::kAttribute, "'" + python_type_name(input) + "' object has no attribute 'items'");
   }
   const bool case_sensitive = boolean_argument(bound, 0, false);
   const std::string by = bound.has(1) ? string_argument(*bound.get(1), "by") : "key";
@@ -183,6 +204,7 @@ Value filter_last(Renderer&, const Value& input, CallArguments arguments) {
 Value filter_float(Renderer&, const Value& input, CallArguments arguments) {
   BoundArguments bound("float", std::move(arguments), {"default"});
   const Value fallback = bound.get_or(0, Value::floating(0.0));
+  if (input.is_undefined()) raise_undefined(input);  // float(Undefined) raises in jinja2
   if (input.is_number()) return Value::floating(input.as_double());
   if (input.is_string()) {
     if (std::optional<double> parsed = parse_python_float(input.as_string())) return Value::floating(*parsed);
@@ -214,7 +236,15 @@ Value filter_indent(Renderer&, const Value& input, CallArguments arguments) {
   }
   const bool first = boolean_argument(bound, 1, false);
   const bool blank = boolean_argument(bound, 2, false);
-  const Value text = soft_str(input);
+  // jinja2 appends "\n" to the value itself (no str() first), so only a str works.
+  if (!input.is_string()) {
+    if (input.is_undefined()) raise_undefined(input);
+    if (input.is_list_or_tuple() && input.sequence_kind() == SequenceKind::kList) {
+      fail(FailureKind::kAttribute, "'list' object has no attribute 'splitlines'");
+    }
+    fail(FailureKind::kType, "unsupported operand type(s) for +=: '" + python_type_name(input) + "' and 'str'");
+  }
+  const Value& text = input;
   // jinja2 appends a newline before splitting, so a trailing newline keeps its (unindented) empty line.
   const std::vector<std::string> lines = python_splitlines(text.as_string() + "\n", false);
   std::string result;
@@ -239,6 +269,7 @@ Value filter_int(Renderer&, const Value& input, CallArguments arguments) {
   BoundArguments bound("int", std::move(arguments), {"default", "base"});
   const Value fallback = bound.get_or(0, Value::integer(0));
   const int base = bound.has(1) ? static_cast<int>(integer_argument(*bound.get(1), "base")) : 10;
+  if (input.is_undefined()) raise_undefined(input);  // int(Undefined) raises in jinja2
   if (input.is_int() || input.is_bool()) return Value::integer(input.as_int());
   if (input.is_float()) {
     const double value = input.as_double();
@@ -280,6 +311,7 @@ Value filter_join(Renderer&, const Value& input, CallArguments arguments) {
   for (size_t i = 0; i < items.size(); ++i) {
     if (i > 0) result += separator;
     result += to_python_str(items[i]);
+    check_result_size(result.size(), false);
   }
   return Value::string(std::move(result));
 }
@@ -409,6 +441,7 @@ Value filter_reverse(Renderer&, const Value& input, CallArguments arguments) {
     std::reverse(code_points.begin(), code_points.end());
     return Value::string(encode_utf8(code_points), input.is_markup());
   }
+  if (!python_is_iterable(input)) fail(FailureKind::kFilterArgument, "argument must be iterable");
   std::vector<Value> items = python_iterate(input);
   std::reverse(items.begin(), items.end());
   // reversed() of a list is an iterator; of a generator, jinja2 falls back to a reversed list.
@@ -423,7 +456,6 @@ Value filter_round(Renderer&, const Value& input, CallArguments arguments) {
   if (method != "common" && method != "ceil" && method != "floor") {
     fail(FailureKind::kFilterArgument, "method must be common, ceil or floor");
   }
-  if (input.is_undefined()) raise_undefined(input);
   if (!input.is_number()) fail(FailureKind::kType, "type " + python_type_name(input) + " doesn't define __round__ method");
   if (method == "common") {
     // Python's round(int, n) stays an int for n >= 0.
@@ -505,7 +537,7 @@ Value filter_title(Renderer&, const Value& input, CallArguments arguments) {
     }
     i = j;
   }
-  return Value::string(result, text.is_markup());
+  return Value::string(result);  // jinja2 joins the pieces with a plain "", so Markup is lost
 }
 
 Value filter_tojson(Renderer&, const Value& input, CallArguments arguments) {
@@ -570,9 +602,10 @@ struct NamedFilter {
   FilterFunction function;
 };
 
-constexpr std::array<NamedFilter, 42> kFilters = {{
+constexpr std::array<NamedFilter, 43> kFilters = {{
     {"abs", filter_abs},
     {"attr", filter_attr},
+    {"batch", filter_batch},
     {"capitalize", filter_capitalize},
     {"center", filter_center},
     {"count", filter_length},
@@ -616,9 +649,9 @@ constexpr std::array<NamedFilter, 42> kFilters = {{
 }};
 
 // jinja2 filters this engine leaves out.
-constexpr std::array<std::string_view, 12> kUnimplementedFilters = {
-    "batch",    "filesizeformat", "groupby", "pprint",   "random", "slice",
-    "striptags", "truncate",      "urlencode", "urlize", "wordwrap", "xmlattr"};
+constexpr std::array<std::string_view, 11> kUnimplementedFilters = {
+    "filesizeformat", "groupby", "pprint", "random", "slice", "striptags",
+    "truncate",       "urlencode", "urlize", "wordwrap", "xmlattr"};
 
 // --- tests ------------------------------------------------------------------------------------------
 

@@ -246,6 +246,7 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
       }
       if (!first) out += text;
       first = false;
+      check_result_size(out.size(), false);
       out += markup && !item.is_markup() ? html_escape(item.as_string()) : item.as_string();
       ++index;
     }

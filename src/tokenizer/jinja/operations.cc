@@ -121,6 +121,12 @@ double float_modulo(double a, double b) {
 }
 
 Value repeat(const Value& sequence, int64_t times) {
+  if (times <= 0) return sequence.is_string() ? Value::string("", sequence.is_markup())
+                                               : Value::sequence({}, sequence.sequence_kind());
+  const size_t unit = sequence.is_string() ? sequence.as_string().size() : sequence.items().size();
+  if (unit > 0 && static_cast<uint64_t>(times) > (sequence.is_string() ? kMaxResultBytes : kMaxResultItems) / unit) {
+    check_result_size(SIZE_MAX, !sequence.is_string());
+  }
   if (sequence.is_string()) {
     std::string out;
     for (int64_t i = 0; i < times; ++i) out += sequence.as_string();
@@ -137,6 +143,13 @@ std::string escape_for_markup(const Value& value) {
 }
 
 }  // namespace
+
+void check_result_size(size_t bytes_or_items, bool items) {
+  if (bytes_or_items > (items ? kMaxResultItems : kMaxResultBytes)) {
+    fail(FailureKind::kUnsupported, items ? "a list of more than " + std::to_string(kMaxResultItems) + " items"
+                                          : "a string of more than " + std::to_string(kMaxResultBytes >> 20) + " MiB");
+  }
+}
 
 void raise_undefined(const Value& undefined) {
   const UndefinedData& data = undefined.undefined_data();
@@ -156,10 +169,8 @@ Value get_attribute(const Value& object, const std::string& name) {
       const Value* value = object.as_namespace().attributes.find(name);
       return value ? *value : missing_attribute(object, name);
     }
-    case Value::Type::kObject: {
-      const Value* value = object.as_object().attributes.find(name);
-      return value ? *value : missing_attribute(object, name);
-    }
+    case Value::Type::kLoop:
+      return loop_attribute(object.as_loop(), name);
     case Value::Type::kString:
     case Value::Type::kSequence:
     case Value::Type::kDict: {
@@ -214,7 +225,7 @@ Value get_item(const Value& object, const Value& key) {
       }
       break;
     case Value::Type::kNamespace:
-    case Value::Type::kObject:
+    case Value::Type::kLoop:
       // Not subscriptable; jinja2 falls back to the attribute.
       if (key.is_string()) return get_attribute(object, key.as_string());
       return missing_element(object, key);
@@ -229,11 +240,14 @@ Value get_item(const Value& object, const Value& key) {
 }
 
 Value get_slice(const Value& object, const Value& start_value, const Value& stop_value, const Value& step_value) {
+  // jinja2 compiles slices to a plain Python subscript (no sandbox getitem), so failures raise.
   if (object.is_undefined()) raise_undefined(object);
-  const bool sliceable = object.is_string() || object.is_list_or_tuple();
-  if (!sliceable || !is_slice_index(start_value) || !is_slice_index(stop_value) || !is_slice_index(step_value)) {
-    // TypeError inside jinja2's getitem: the result is Undefined.
-    return Value::undefined(object_description(object) + " has no element slice");
+  if (object.is_dict()) fail(FailureKind::kType, "unhashable type: 'slice'");
+  if (!object.is_string() && !object.is_list_or_tuple()) {
+    fail(FailureKind::kType, "'" + python_type_name(object) + "' object is not subscriptable");
+  }
+  if (!is_slice_index(start_value) || !is_slice_index(stop_value) || !is_slice_index(step_value)) {
+    fail(FailureKind::kType, "slice indices must be integers or None or have an __index__ method");
   }
   const int64_t step = step_value.is_none() ? 1 : step_value.as_int();
   if (step == 0) fail(FailureKind::kValue, "slice step cannot be zero");
@@ -267,6 +281,7 @@ Value get_slice(const Value& object, const Value& start_value, const Value& stop
 }
 
 Value add_strings(const Value& left, const Value& right) {
+  check_result_size(left.as_string().size() + right.as_string().size(), false);
   if (left.is_markup() || right.is_markup()) {
     return Value::string(escape_for_markup(left) + escape_for_markup(right), /*markup=*/true);
   }
@@ -274,7 +289,16 @@ Value add_strings(const Value& left, const Value& right) {
 }
 
 Value binary_operation(BinaryOperator op, const Value& left, const Value& right) {
+  if (op == BinaryOperator::kMultiply && left.is_markup() && right.is_undefined()) {
+    // markupsafe hands the Undefined to str.__mul__ instead of deferring to it.
+    fail(FailureKind::kType, "'Undefined' object cannot be interpreted as an integer");
+  }
   if (left.is_undefined()) raise_undefined(left);
+  if (op == BinaryOperator::kModulo && left.is_string() && right.is_undefined()) {
+    // str % Undefined formats: the Undefined counts as a mapping (it has __getitem__), so only a %(key)s
+    // fails.
+    return Value::string(printf_format(left.as_string(), right), left.is_markup());
+  }
   if (right.is_undefined()) raise_undefined(right);
   const bool numbers = left.is_number() && right.is_number();
   const bool any_float = left.is_float() || right.is_float();
@@ -286,6 +310,7 @@ Value binary_operation(BinaryOperator op, const Value& left, const Value& right)
       }
       if (left.is_string() && right.is_string()) return add_strings(left, right);
       if (left.is_list_or_tuple() && right.is_list_or_tuple() && left.sequence_kind() == right.sequence_kind()) {
+        check_result_size(left.items().size() + right.items().size(), true);
         std::vector<Value> items = left.items();
         items.insert(items.end(), right.items().begin(), right.items().end());
         return Value::sequence(std::move(items), left.sequence_kind());
@@ -549,11 +574,15 @@ std::string format_one(char conversion, const ConversionSpec& spec, const Value&
 std::string printf_format(std::string_view format, const Value& arguments) {
   std::vector<Value> positional;
   const Dict* mapping = nullptr;
+  // CPython treats any single argument with __getitem__ (but not a str) like a mapping: leftover
+  // arguments are then no error.
+  bool mapping_like = false;
   if (arguments.is_sequence() && arguments.sequence_kind() == SequenceKind::kTuple) {
     positional = arguments.items();
   } else {
     positional.push_back(arguments);
     if (arguments.is_dict()) mapping = &arguments.as_dict();
+    mapping_like = arguments.is_dict() || arguments.is_list_or_tuple() || arguments.is_undefined();
   }
   size_t next_argument = 0;
   bool used_mapping = false;
@@ -568,6 +597,7 @@ std::string printf_format(std::string_view format, const Value& arguments) {
     if (format[i] == '(') {
       const size_t close = format.find(')', i);
       if (close == std::string_view::npos) fail(FailureKind::kValue, "incomplete format key");
+      if (arguments.is_undefined()) raise_undefined(arguments);
       if (!mapping) fail(FailureKind::kType, "format requires a mapping");
       const std::string key(format.substr(i + 1, close - i - 1));
       value = mapping->find(key);
@@ -601,7 +631,7 @@ std::string printf_format(std::string_view format, const Value& arguments) {
     }
     out += format_one(conversion, spec, *value);
   }
-  if (!used_mapping && !mapping && next_argument < positional.size()) {
+  if (!used_mapping && !mapping_like && next_argument < positional.size()) {
     fail(FailureKind::kType, "not all arguments converted during string formatting");
   }
   return out;

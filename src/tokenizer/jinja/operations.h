@@ -41,6 +41,12 @@ std::string format_with_spec(const Value& value, std::string_view spec);
 // Concatenation that keeps Markup semantics: Markup + str escapes the str (markupsafe).
 Value add_strings(const Value& left, const Value& right);
 
+// Refuses a string or list about to grow past what any chat prompt needs (kMaxResultBytes bytes or
+// kMaxResultItems items): a hostile template doubling a string in a loop must fail, not exhaust memory.
+constexpr size_t kMaxResultBytes = size_t{256} << 20;
+constexpr size_t kMaxResultItems = size_t{1} << 24;
+void check_result_size(size_t bytes_or_items, bool items);
+
 // Python's int(value) of a str (surrounding whitespace and underscores allowed); nullopt if invalid.
 std::optional<int64_t> parse_python_int(std::string_view text, int base);
 // Python's float(value) of a str; nullopt if invalid.

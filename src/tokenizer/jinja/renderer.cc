@@ -1,5 +1,6 @@
 #include "tokenizer/jinja/renderer.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "tokenizer/jinja/builtins.h"
@@ -18,11 +19,19 @@ constexpr int kMaxMacroDepth = 200;
 // Nested statement and expression evaluations (macro calls included) allowed at once; like Python's
 // recursion limit, it keeps a hostile template from exhausting the C++ stack.
 constexpr int kMaxEvaluationDepth = 1500;
+// Statements and expressions one render may evaluate: far beyond any chat prompt (a long conversation
+// takes well under a million), it stops a runaway loop instead of hanging.
+constexpr int64_t kMaxSteps = 200'000'000;
+// Output one render may produce.
+constexpr size_t kMaxOutputBytes = kMaxResultBytes;
 
-// Counts one level of nesting for as long as it lives.
+// Counts one level of nesting for as long as it lives, and one step of work.
 class DepthGuard {
  public:
-  explicit DepthGuard(int& depth) : depth_(depth) {
+  DepthGuard(int& depth, int64_t& steps) : depth_(depth) {
+    if (++steps > kMaxSteps) {
+      fail(FailureKind::kUnsupported, "more than " + std::to_string(kMaxSteps) + " evaluation steps (a runaway loop?)");
+    }
     if (++depth_ > kMaxEvaluationDepth) {
       --depth_;
       fail(FailureKind::kRecursion, "maximum recursion depth exceeded while rendering");
@@ -48,38 +57,6 @@ class MacroFunction : public Callable {
  private:
   const MacroStatement& macro_;
   Frame* closure_;
-};
-
-// loop.cycle(a, b, ...): the argument at loop.index0 modulo their count.
-class LoopCycle : public Callable {
- public:
-  explicit LoopCycle(int64_t index0) : index0_(index0) {}
-  std::string name() const override { return "cycle"; }
-  Value call(CallArguments arguments, Renderer&) const override {
-    if (arguments.positional.empty()) fail(FailureKind::kType, "no items for cycling given");
-    return arguments.positional[index0_ % static_cast<int64_t>(arguments.positional.size())];
-  }
-
- private:
-  int64_t index0_;
-};
-
-// loop.changed(*values): whether the values differ from the previous call in this loop.
-class LoopChanged : public Callable {
- public:
-  explicit LoopChanged(std::shared_ptr<std::optional<std::vector<Value>>> last) : last_(std::move(last)) {}
-  std::string name() const override { return "changed"; }
-  Value call(CallArguments arguments, Renderer&) const override {
-    const std::vector<Value>& values = arguments.positional;
-    bool same = last_->has_value() && (*last_)->size() == values.size();
-    for (size_t i = 0; same && i < values.size(); ++i) same = python_equals((**last_)[i], values[i]);
-    if (same) return Value::boolean(false);
-    *last_ = values;
-    return Value::boolean(true);
-  }
-
- private:
-  std::shared_ptr<std::optional<std::vector<Value>>> last_;
 };
 
 bool is_hashable(const Value& value) {
@@ -121,7 +98,13 @@ void Frame::set(const std::string& name, Value value) {
 Frame* Renderer::new_frame(Frame* parent) {
   frames_.emplace_back();
   frames_.back().parent = parent;
+  frames_.back().index = frames_.size() - 1;
   return &frames_.back();
+}
+
+void Renderer::release_frames(FrameMark mark) {
+  if (captured_frames_end_ > mark) return;
+  while (frames_.size() > mark) frames_.pop_back();
 }
 
 std::string Renderer::render(const Body& body, const Dict& variables) {
@@ -149,6 +132,7 @@ std::string Renderer::capture(const Body& body, Frame* frame) {
   std::string captured;
   std::string* saved = output_;
   output_ = &captured;
+  const FrameMark mark = mark_frames();
   try {
     execute(body, new_frame(frame));
   } catch (...) {
@@ -156,11 +140,13 @@ std::string Renderer::capture(const Body& body, Frame* frame) {
     throw;
   }
   output_ = saved;
+  release_frames(mark);
   return captured;
 }
 
 Renderer::Flow Renderer::execute(const Statement& statement, Frame* frame) {
-  const DepthGuard guard(evaluation_depth_);
+  const DepthGuard guard(evaluation_depth_, steps_);
+  if (output_->size() > kMaxOutputBytes) check_result_size(output_->size(), false);
   line_ = statement.line;
   switch (statement.kind) {
     case Statement::Kind::kData:
@@ -194,6 +180,7 @@ Renderer::Flow Renderer::execute(const Statement& statement, Frame* frame) {
     case Statement::Kind::kMacro: {
       const auto& node = static_cast<const MacroStatement&>(statement);
       frame->set(node.name, Value::callable(std::make_shared<MacroFunction>(node, frame)));
+      captured_frames_end_ = std::max(captured_frames_end_, frame->index + 1);
       return Flow::kNormal;
     }
     case Statement::Kind::kFilterBlock: {
@@ -219,38 +206,37 @@ void Renderer::execute_for(const ForStatement& node, Frame* frame) {
     // The filter sees the loop target but no `loop` (jinja2 evaluates it before counting).
     std::vector<Value> kept;
     for (Value& item : items) {
+      const FrameMark mark = mark_frames();
       Frame* test_frame = new_frame(frame);
       assign(node.target, item, test_frame);
-      if (is_truthy(evaluate(*node.condition, test_frame))) kept.push_back(std::move(item));
+      const bool keep = is_truthy(evaluate(*node.condition, test_frame));
+      release_frames(mark);
+      if (keep) kept.push_back(std::move(item));
     }
     items = std::move(kept);
   }
   if (items.empty()) {
+    const FrameMark mark = mark_frames();
     execute(node.otherwise, new_frame(frame));
+    release_frames(mark);
     return;
   }
-  const int64_t length = static_cast<int64_t>(items.size());
-  auto last_changed = std::make_shared<std::optional<std::vector<Value>>>();
+  const auto shared_items = std::make_shared<const std::vector<Value>>(std::move(items));
+  const auto last_changed = std::make_shared<std::optional<std::vector<Value>>>();
+  const int64_t length = static_cast<int64_t>(shared_items->size());
   for (int64_t index = 0; index < length; ++index) {
     // Each iteration gets a fresh scope: a {% set %} in the body never survives to the next iteration.
+    const FrameMark mark = mark_frames();
     Frame* iteration = new_frame(frame);
-    Dict loop;
-    loop.set("index", Value::integer(index + 1));
-    loop.set("index0", Value::integer(index));
-    loop.set("revindex", Value::integer(length - index));
-    loop.set("revindex0", Value::integer(length - index - 1));
-    loop.set("first", Value::boolean(index == 0));
-    loop.set("last", Value::boolean(index == length - 1));
-    loop.set("length", Value::integer(length));
-    loop.set("depth", Value::integer(1));
-    loop.set("depth0", Value::integer(0));
-    loop.set("previtem", index > 0 ? items[index - 1] : Value::undefined("there is no previous item"));
-    loop.set("nextitem", index + 1 < length ? items[index + 1] : Value::undefined("there is no next item"));
-    loop.set("cycle", Value::callable(std::make_shared<LoopCycle>(index)));
-    loop.set("changed", Value::callable(std::make_shared<LoopChanged>(last_changed)));
-    iteration->set("loop", Value::object("LoopContext", std::move(loop)));
-    assign(node.target, items[index], iteration);
-    if (execute(node.body, iteration) == Flow::kBreak) break;
+    auto loop = std::make_shared<LoopData>();
+    loop->items = shared_items;
+    loop->index0 = index;
+    loop->last_changed = last_changed;
+    iteration->set("loop", Value::loop(std::move(loop)));
+    assign(node.target, (*shared_items)[index], iteration);
+    const Flow flow = execute(node.body, iteration);
+    release_frames(mark);
+    if (flow == Flow::kBreak) break;
   }
 }
 
@@ -304,6 +290,7 @@ Value Renderer::call_macro(const MacroStatement& macro, Frame* closure, CallArgu
     fail(FailureKind::kType, "macro '" + macro.name + "' takes not more than " + std::to_string(parameter_count) +
                                  " argument(s)");
   }
+  const FrameMark mark = mark_frames();
   Frame* frame = new_frame(closure);
   const size_t first_default = parameter_count - macro.defaults.size();
   for (size_t i = 0; i < parameter_count; ++i) {
@@ -351,6 +338,7 @@ Value Renderer::call_macro(const MacroStatement& macro, Frame* closure, CallArgu
   }
   output_ = saved;
   --macro_depth_;
+  release_frames(mark);
   return Value::string(std::move(captured));
 }
 
@@ -400,7 +388,7 @@ Value Renderer::evaluate_filter(const FilterExpression& node, Value input, Frame
 }
 
 Value Renderer::evaluate(const Expression& expression, Frame* frame) {
-  const DepthGuard guard(evaluation_depth_);
+  const DepthGuard guard(evaluation_depth_, steps_);
   line_ = expression.line;
   switch (expression.kind) {
     case Expression::Kind::kLiteral:
@@ -491,6 +479,7 @@ Value Renderer::evaluate(const Expression& expression, Frame* frame) {
       std::string text;
       for (const ExpressionPtr& part : static_cast<const ConcatExpression&>(expression).parts) {
         text += to_python_str(evaluate(*part, frame));
+        check_result_size(text.size(), false);
       }
       return Value::string(std::move(text));
     }

@@ -20,6 +20,7 @@ namespace cartridge::jinja {
 // defined in).
 struct Frame {
   Frame* parent = nullptr;
+  size_t index = 0;  // position in the Renderer's frame stack
   std::vector<std::pair<std::string, Value>> variables;
 
   const Value* find(std::string_view name) const;
@@ -51,6 +52,11 @@ class Renderer {
   enum class Flow { kNormal, kBreak, kContinue };
 
   Frame* new_frame(Frame* parent);
+  // Frames are freed in stack order when their scope ends (a long loop must not keep one frame per
+  // iteration), unless a macro defined in one of them still refers to it.
+  using FrameMark = size_t;
+  FrameMark mark_frames() const { return frames_.size(); }
+  void release_frames(FrameMark mark);
   Flow execute(const Body& body, Frame* frame);
   Flow execute(const Statement& statement, Frame* frame);
   void execute_for(const ForStatement& node, Frame* frame);
@@ -66,9 +72,11 @@ class Renderer {
 
   std::tm now_;
   std::deque<Frame> frames_;
+  size_t captured_frames_end_ = 0;  // frames below this index may be referred to by a macro
   std::string* output_ = nullptr;
   int macro_depth_ = 0;
   int evaluation_depth_ = 0;  // nested execute/evaluate calls, bounded to protect the stack
+  int64_t steps_ = 0;         // statements and expressions evaluated so far, bounded against runaway loops
   int line_ = 0;
 };
 

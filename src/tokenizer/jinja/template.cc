@@ -42,6 +42,9 @@ std::string Template::render(const Dict& variables, const std::tm& now) const {
   Renderer renderer(now);
   try {
     return renderer.render(body_, variables);
+  } catch (const std::bad_alloc&) {
+    throw Error(where(name_, renderer.current_line()) + ": rendering ran out of memory (the template builds a huge "
+                                                         "value; check it)");
   } catch (TemplateFailure& failure) {
     failure.set_line_if_unknown(renderer.current_line());
     const std::string location = where(name_, failure.line());

@@ -10,9 +10,66 @@ namespace cartridge::jinja {
 
 std::string Callable::repr() const { return "<built-in function " + name() + ">"; }
 
+namespace {
+
+// loop.cycle(a, b, ...): the argument at loop.index0 modulo their count.
+class LoopCycle : public Callable {
+ public:
+  explicit LoopCycle(int64_t index0) : index0_(index0) {}
+  std::string name() const override { return "cycle"; }
+  Value call(CallArguments arguments, Renderer&) const override {
+    if (arguments.positional.empty()) fail(FailureKind::kType, "no items for cycling given");
+    return arguments.positional[index0_ % static_cast<int64_t>(arguments.positional.size())];
+  }
+
+ private:
+  int64_t index0_;
+};
+
+// loop.changed(*values): whether the values differ from the previous call in this loop.
+class LoopChanged : public Callable {
+ public:
+  explicit LoopChanged(std::shared_ptr<std::optional<std::vector<Value>>> last) : last_(std::move(last)) {}
+  std::string name() const override { return "changed"; }
+  Value call(CallArguments arguments, Renderer&) const override {
+    const std::vector<Value>& values = arguments.positional;
+    bool same = last_->has_value() && (*last_)->size() == values.size();
+    for (size_t i = 0; same && i < values.size(); ++i) same = python_equals((**last_)[i], values[i]);
+    if (same) return Value::boolean(false);
+    *last_ = values;
+    return Value::boolean(true);
+  }
+
+ private:
+  std::shared_ptr<std::optional<std::vector<Value>>> last_;
+};
+
+}  // namespace
+
+Value loop_attribute(const LoopData& loop, const std::string& name) {
+  const int64_t index0 = loop.index0;
+  const int64_t length = static_cast<int64_t>(loop.items->size());
+  if (name == "index") return Value::integer(index0 + 1);
+  if (name == "index0") return Value::integer(index0);
+  if (name == "revindex") return Value::integer(length - index0);
+  if (name == "revindex0") return Value::integer(length - index0 - 1);
+  if (name == "first") return Value::boolean(index0 == 0);
+  if (name == "last") return Value::boolean(index0 == length - 1);
+  if (name == "length") return Value::integer(length);
+  if (name == "depth") return Value::integer(1);
+  if (name == "depth0") return Value::integer(0);
+  if (name == "previtem") return index0 > 0 ? (*loop.items)[index0 - 1] : Value::undefined("there is no previous item");
+  if (name == "nextitem") {
+    return index0 + 1 < length ? (*loop.items)[index0 + 1] : Value::undefined("there is no next item");
+  }
+  if (name == "cycle") return Value::callable(std::make_shared<LoopCycle>(index0));
+  if (name == "changed") return Value::callable(std::make_shared<LoopChanged>(loop.last_changed));
+  return Value::undefined("'LoopContext object' has no attribute '" + name + "'");
+}
+
 Value Value::undefined(std::string message, bool unsafe) {
   Value value;
-  value.undefined_ = std::make_shared<const UndefinedData>(UndefinedData{std::move(message), unsafe});
+  value.data_ = std::make_shared<const UndefinedData>(UndefinedData{std::move(message), unsafe});
   return value;
 }
 
@@ -47,7 +104,7 @@ Value Value::string(std::string s, bool markup) {
   Value value;
   value.type_ = Type::kString;
   value.markup_ = markup;
-  value.string_ = std::make_shared<const std::string>(std::move(s));
+  value.data_ = std::make_shared<const std::string>(std::move(s));
   return value;
 }
 
@@ -57,35 +114,35 @@ Value Value::sequence(std::vector<Value> items, SequenceKind kind) {
   auto data = std::make_shared<SequenceData>();
   data->items = std::move(items);
   data->kind = kind;
-  value.sequence_ = std::move(data);
+  value.data_ = std::move(data);
   return value;
 }
 
 Value Value::dict(Dict entries) {
   Value value;
   value.type_ = Type::kDict;
-  value.dict_ = std::make_shared<const Dict>(std::move(entries));
+  value.data_ = std::make_shared<const Dict>(std::move(entries));
   return value;
 }
 
 Value Value::new_namespace(Dict attributes) {
   Value value;
   value.type_ = Type::kNamespace;
-  value.namespace_ = std::make_shared<NamespaceData>(NamespaceData{std::move(attributes)});
+  value.data_ = std::make_shared<NamespaceData>(NamespaceData{std::move(attributes)});
   return value;
 }
 
-Value Value::object(std::string type_name, Dict attributes) {
+Value Value::loop(std::shared_ptr<const LoopData> loop) {
   Value value;
-  value.type_ = Type::kObject;
-  value.object_ = std::make_shared<const ObjectData>(ObjectData{std::move(type_name), std::move(attributes)});
+  value.type_ = Type::kLoop;
+  value.data_ = std::move(loop);
   return value;
 }
 
 Value Value::callable(std::shared_ptr<const Callable> function) {
   Value value;
   value.type_ = Type::kCallable;
-  value.callable_ = std::move(function);
+  value.data_ = std::move(function);
   return value;
 }
 
@@ -102,32 +159,12 @@ double Value::as_double() const {
   }
 }
 
-const std::vector<Value>& Value::items() const { return sequence_->items; }
-SequenceKind Value::sequence_kind() const { return sequence_->kind; }
-const SequenceData& Value::sequence_data() const { return *sequence_; }
+const std::vector<Value>& Value::items() const { return sequence_data().items; }
+SequenceKind Value::sequence_kind() const { return sequence_data().kind; }
 
 const UndefinedData& Value::undefined_data() const {
   static const UndefinedData kPlain{};
-  return undefined_ ? *undefined_ : kPlain;
-}
-
-const void* Value::identity() const {
-  switch (type_) {
-    case Type::kString:
-      return string_.get();
-    case Type::kSequence:
-      return sequence_.get();
-    case Type::kDict:
-      return dict_.get();
-    case Type::kNamespace:
-      return namespace_.get();
-    case Type::kObject:
-      return object_.get();
-    case Type::kCallable:
-      return callable_.get();
-    default:
-      return nullptr;
-  }
+  return data_ ? *static_cast<const UndefinedData*>(data_.get()) : kPlain;
 }
 
 const Value* Dict::find(const Value& key) const {
@@ -188,8 +225,8 @@ std::string python_type_name(const Value& value) {
       return "dict";
     case Value::Type::kNamespace:
       return "Namespace";
-    case Value::Type::kObject:
-      return value.as_object().type_name;
+    case Value::Type::kLoop:
+      return "LoopContext";
     case Value::Type::kCallable:
       return "function";
   }
@@ -283,12 +320,9 @@ std::string repr_at(const Value& value, int depth) {
       return dict_repr(value.as_dict(), depth + 1);
     case Value::Type::kNamespace:
       return "<Namespace " + dict_repr(value.as_namespace().attributes, depth + 1) + ">";
-    case Value::Type::kObject: {
-      const ObjectData& object = value.as_object();
-      const Value* index = object.attributes.find("index");
-      const Value* length = object.attributes.find("length");
-      if (index && length) return "<" + object.type_name + " " + to_python_str(*index) + "/" + to_python_str(*length) + ">";
-      return "<" + object.type_name + ">";
+    case Value::Type::kLoop: {
+      const LoopData& loop = value.as_loop();
+      return "<LoopContext " + std::to_string(loop.index0 + 1) + "/" + std::to_string(loop.items->size()) + ">";
     }
     case Value::Type::kCallable:
       return value.as_callable().repr();
@@ -445,7 +479,7 @@ std::vector<Value> python_iterate(const Value& value) {
       for (char32_t c : decode_utf8(value.as_string())) {
         character.clear();
         append_utf8(character, c);
-        characters.push_back(Value::string(character, value.is_markup()));
+        characters.push_back(Value::string(character));  // iterating a Markup yields plain str
       }
       return characters;
     }

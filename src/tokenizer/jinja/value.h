@@ -40,8 +40,8 @@ struct SequenceData {
 
 // jinja2's Namespace: a mutable attribute bag shared by reference.
 struct NamespaceData;
-// A read-only attribute bag with a Python type name (jinja2's LoopContext).
-struct ObjectData;
+// jinja2's LoopContext: `loop` inside a for loop (its attributes are computed on access).
+struct LoopData;
 struct UndefinedData {
   std::string message;  // what jinja2's UndefinedError would say when the value is used
   bool unsafe = false;  // produced by the sandbox (SecurityError instead of UndefinedError)
@@ -66,7 +66,7 @@ class Callable {
 
 class Value {
  public:
-  enum class Type { kUndefined, kNone, kBool, kInt, kFloat, kString, kSequence, kDict, kNamespace, kObject, kCallable };
+  enum class Type { kUndefined, kNone, kBool, kInt, kFloat, kString, kSequence, kDict, kNamespace, kLoop, kCallable };
 
   // An Undefined with no message ("'x' is undefined" messages are set by the lookup that failed).
   Value() = default;
@@ -80,7 +80,7 @@ class Value {
   static Value sequence(std::vector<Value> items, SequenceKind kind = SequenceKind::kList);
   static Value dict(Dict entries);
   static Value new_namespace(Dict attributes);
-  static Value object(std::string type_name, Dict attributes);
+  static Value loop(std::shared_ptr<const LoopData> loop);
   static Value callable(std::shared_ptr<const Callable> function);
 
   Type type() const { return type_; }
@@ -99,24 +99,27 @@ class Value {
   }
   bool is_dict() const { return type_ == Type::kDict; }
   bool is_namespace() const { return type_ == Type::kNamespace; }
-  bool is_object() const { return type_ == Type::kObject; }
+  bool is_loop() const { return type_ == Type::kLoop; }
   bool is_callable() const { return type_ == Type::kCallable; }
 
   bool as_bool() const { return scalar_.boolean; }
   int64_t as_int() const { return type_ == Type::kBool ? (scalar_.boolean ? 1 : 0) : scalar_.integer; }
   // int, bool or float as a double.
   double as_double() const;
-  const std::string& as_string() const { return *string_; }
+  const std::string& as_string() const { return *static_cast<const std::string*>(data_.get()); }
   const std::vector<Value>& items() const;
   SequenceKind sequence_kind() const;
-  const SequenceData& sequence_data() const;
-  const Dict& as_dict() const { return *dict_; }
-  NamespaceData& as_namespace() const { return *namespace_; }
-  const ObjectData& as_object() const { return *object_; }
-  const Callable& as_callable() const { return *callable_; }
+  const SequenceData& sequence_data() const { return *static_cast<const SequenceData*>(data_.get()); }
+  const Dict& as_dict() const { return *static_cast<const Dict*>(data_.get()); }
+  // A namespace is the one mutable value: {% set ns.x = ... %} changes it for every holder.
+  NamespaceData& as_namespace() const {
+    return *static_cast<NamespaceData*>(const_cast<void*>(data_.get()));
+  }
+  const LoopData& as_loop() const { return *static_cast<const LoopData*>(data_.get()); }
+  const Callable& as_callable() const { return *static_cast<const Callable*>(data_.get()); }
   const UndefinedData& undefined_data() const;
-  // Identity, for Python's `is` (sameas) on shared objects.
-  const void* identity() const;
+  // Identity, for Python's `is` (sameas) on shared objects; null for scalars.
+  const void* identity() const { return data_.get(); }
 
  private:
   Type type_ = Type::kUndefined;
@@ -126,13 +129,9 @@ class Value {
     int64_t integer;
     double floating;
   } scalar_{};
-  std::shared_ptr<const std::string> string_;
-  std::shared_ptr<const SequenceData> sequence_;
-  std::shared_ptr<const Dict> dict_;
-  std::shared_ptr<NamespaceData> namespace_;
-  std::shared_ptr<const ObjectData> object_;
-  std::shared_ptr<const Callable> callable_;
-  std::shared_ptr<const UndefinedData> undefined_;
+  // The shared payload, by type: std::string, SequenceData, Dict, NamespaceData, LoopData, Callable,
+  // UndefinedData (optional); null for None, bool, int and float. One pointer keeps Value small.
+  std::shared_ptr<const void> data_;
 };
 
 // An insertion-ordered dict with Python key equality (1, 1.0 and True are the same key). Small dicts
@@ -156,10 +155,16 @@ struct NamespaceData {
   Dict attributes;
 };
 
-struct ObjectData {
-  std::string type_name;
-  Dict attributes;
+struct LoopData {
+  std::shared_ptr<const std::vector<Value>> items;  // everything the loop iterates over
+  int64_t index0 = 0;                                // the current iteration
+  // Last values passed to loop.changed(), shared by all iterations of this loop.
+  std::shared_ptr<std::optional<std::vector<Value>>> last_changed;
 };
+
+// `loop.name` for a LoopContext: index, index0, revindex, revindex0, first, last, length, depth,
+// depth0, previtem, nextitem, cycle, changed; Undefined otherwise.
+Value loop_attribute(const LoopData& loop, const std::string& name);
 
 // Python's type(x).__name__: "str", "int", "NoneType", "dict", "list", "Undefined", ...
 std::string python_type_name(const Value& value);
