@@ -162,6 +162,13 @@ TEST(Jinja, HostileTemplatesFailCleanly) {
                        "{{ ns.x }}",
                        "deep.jinja");
   EXPECT_THROW(deep.render(jinja::Dict(), now), Error);
+  // A string doubled in a loop stops at a size limit instead of exhausting memory.
+  jinja::Template doubling("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+                           "{% endfor %}{{ ns.s|length }}",
+                           "doubling.jinja");
+  EXPECT_THROW(doubling.render(jinja::Dict(), now), UnsupportedError);
+  jinja::Template repeated("{{ 'x' * 10**15 }}", "repeated.jinja");
+  EXPECT_THROW(repeated.render(jinja::Dict(), now), UnsupportedError);
 }
 
 }  // namespace
