@@ -153,6 +153,11 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& token_m
   const int64_t kv_heads = config_.num_key_value_heads;
   const int64_t head_dim = config_.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const int64_t groups = heads / kv_heads;
+  // SDPA's native GQA is fastest on the CPU (flash kernel, any mask) and on CUDA without a mask; CUDA's
+  // kernels that take a mask (memory-efficient) do not support GQA and SDPA would fall back to the slow
+  // math path, so there the KV heads are expanded instead (what transformers does too).
+  const bool expand_kv_heads = groups > 1 && device_.is_cuda() && mask.defined();
 
   at::Tensor hidden = at::embedding(embedding_, ids);  // [B, T, hidden]
   for (int64_t layer_index = 0; layer_index < config_.num_layers; ++layer_index) {
@@ -171,12 +176,18 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& token_m
     key = apply_rope(key.transpose(1, 2), cos, sin);      // [B, H_kv, T, D]
     value = value.transpose(1, 2);                        // [B, H_kv, T, D]
     cache.append_layer(layer_index, key, value);
-    const at::Tensor& all_keys = cache.keys[layer_index];      // [B, H_kv, S + T, D]
-    const at::Tensor& all_values = cache.values[layer_index];  // [B, H_kv, S + T, D]
-    const at::Tensor attended =
-        at::scaled_dot_product_attention(query, all_keys, all_values, mask.defined() ? std::optional<at::Tensor>(mask)
-                                                                                     : std::nullopt,
-                                         0.0, is_causal, scale, /*enable_gqa=*/kv_heads != heads);  // [B, H, T, D]
+    at::Tensor all_keys = cache.keys[layer_index];      // [B, H_kv, S + T, D]
+    at::Tensor all_values = cache.values[layer_index];  // [B, H_kv, S + T, D]
+    if (expand_kv_heads) {
+      // Each KV head repeated for its query group (as transformers' repeat_kv): [B, H, S + T, D].
+      const int64_t slots = all_keys.size(2);
+      all_keys = all_keys.unsqueeze(2).expand({batch, kv_heads, groups, slots, head_dim}).reshape({batch, heads, slots, head_dim});
+      all_values =
+          all_values.unsqueeze(2).expand({batch, kv_heads, groups, slots, head_dim}).reshape({batch, heads, slots, head_dim});
+    }
+    const at::Tensor attended = at::scaled_dot_product_attention(
+        query, all_keys, all_values, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, is_causal,
+        scale, /*enable_gqa=*/kv_heads != heads && !expand_kv_heads);  // [B, H, T, D]
     const at::Tensor merged = attended.transpose(1, 2).reshape({batch, new_tokens, heads * head_dim});
     hidden = hidden + linear(merged, layer.output_weight, layer.output_bias);
 
