@@ -53,7 +53,8 @@ ChatTemplate::ChatTemplate(std::string source, std::string bos_token, std::strin
 
 ChatTemplate::~ChatTemplate() = default;
 
-std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, const ChatTemplateOptions& options) const {
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
+                                 const ChatTemplateOptions& options) const {
   nlohmann::ordered_json array = nlohmann::ordered_json::array();
   for (const ChatMessage& message : messages) {
     nlohmann::ordered_json object = nlohmann::ordered_json::object();
@@ -64,13 +65,16 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, const
   return render_json(array, options);
 }
 
-std::string ChatTemplate::render_json(const nlohmann::ordered_json& messages, const ChatTemplateOptions& options) const {
+std::string ChatTemplate::render_json(const nlohmann::ordered_json& messages,
+                                      const ChatTemplateOptions& options) const {
   if (!messages.is_array()) {
     throw InvalidArgumentError(name_ + ": expected the messages as a JSON array of objects, got " +
-                               std::string(messages.type_name()) + " (pass [{\"role\": ..., \"content\": ...}, ...])");
+                               std::string(messages.type_name()) +
+                               " (pass [{\"role\": ..., \"content\": ...}, ...])");
   }
   if (messages.empty()) {
-    throw InvalidArgumentError(name_ + ": cannot apply a chat template to an empty conversation (provide at least "
+    throw InvalidArgumentError(name_ +
+                               ": cannot apply a chat template to an empty conversation (provide at least "
                                "one message)");
   }
   nlohmann::ordered_json prepared = nlohmann::ordered_json::array();

@@ -8,11 +8,10 @@
 
 #include <ctime>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace cartridge {
 
@@ -21,7 +20,7 @@ class Template;
 }
 
 struct ChatMessage {
-  std::string role;     // "system", "user", "assistant", "tool", ...
+  std::string role;  // "system", "user", "assistant", "tool", ...
   std::string content;
 };
 
@@ -63,7 +62,8 @@ class ChatTemplate {
   // offered under "thinking" and "reasoning_content". A json (not ordered_json) argument converts
   // implicitly, with its keys in sorted order. Throws InvalidArgumentError for an empty conversation or a
   // message that is not an object, otherwise as render().
-  std::string render_json(const nlohmann::ordered_json& messages, const ChatTemplateOptions& options = {}) const;
+  std::string render_json(const nlohmann::ordered_json& messages,
+                          const ChatTemplateOptions& options = {}) const;
 
   const std::string& source() const { return source_; }
   const std::string& name() const { return name_; }

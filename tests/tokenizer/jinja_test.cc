@@ -2,13 +2,13 @@
 // tests/fixtures/make_chat_templates.py with the jinja2 environment transformers renders chat templates
 // in) must render to the same text, or fail where jinja2 fails. Constructs the engine does not implement
 // must be refused up front with UnsupportedError naming them.
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <ctime>
 #include <fstream>
-#include <string>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "test_support.h"
 #include "tokenizer/jinja/template.h"
@@ -76,7 +76,8 @@ TEST(Jinja, SnippetsMatchJinja2) {
         const std::string output = compiled.render(variables, now);
         ADD_FAILURE() << "jinja2 raised " << snippet["error"] << " but we rendered: " << output;
       } catch (const UnsupportedError& error) {
-        ADD_FAILURE() << "jinja2 raised " << snippet["error"] << "; we called it unsupported: " << error.what();
+        ADD_FAILURE() << "jinja2 raised " << snippet["error"]
+                      << "; we called it unsupported: " << error.what();
       } catch (const Error& error) {
         EXPECT_TRUE(agrees_with_oracle(error.what(), snippet["error"].get<std::string>()))
             << "jinja2: " << snippet["error"] << "; ours: " << error.what();
@@ -123,7 +124,8 @@ TEST(Jinja, RefusesWhatItDoesNotImplement) {
 TEST(Jinja, ErrorsNameTemplateAndLine) {
   const std::tm now{};
   try {
-    jinja::Template compiled("line one\n{% if x %}\n{{ raise_exception('bad roles') }}\n{% endif %}", "roles.jinja");
+    jinja::Template compiled("line one\n{% if x %}\n{{ raise_exception('bad roles') }}\n{% endif %}",
+                             "roles.jinja");
     jinja::Dict variables;
     variables.set("x", jinja::Value::boolean(true));
     compiled.render(variables, now);
@@ -131,8 +133,9 @@ TEST(Jinja, ErrorsNameTemplateAndLine) {
   } catch (const UnsupportedError& error) {
     FAIL() << error.what();
   } catch (const Error& error) {
-    EXPECT_EQ(std::string(error.what()), "roles.jinja line 3: the template refused to render: bad roles (check the "
-                                         "messages and options passed to it)");
+    EXPECT_EQ(std::string(error.what()),
+              "roles.jinja line 3: the template refused to render: bad roles (check the "
+              "messages and options passed to it)");
   }
   try {
     jinja::Template compiled("ok\n{{ 'open", "broken.jinja");
@@ -158,14 +161,16 @@ TEST(Jinja, HostileTemplatesFailCleanly) {
   for (int i = 0; i < 100000; ++i) nested_ifs += "{% if x %}";
   EXPECT_THROW(jinja::Template(nested_ifs, "nested.jinja"), FormatError);
   // Values nested deeper than Python could print fail like Python's RecursionError.
-  jinja::Template deep("{% set ns = namespace(x=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}{% endfor %}"
-                       "{{ ns.x }}",
-                       "deep.jinja");
+  jinja::Template deep(
+      "{% set ns = namespace(x=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}{% endfor %}"
+      "{{ ns.x }}",
+      "deep.jinja");
   EXPECT_THROW(deep.render(jinja::Dict(), now), Error);
   // A string doubled in a loop stops at a size limit instead of exhausting memory.
-  jinja::Template doubling("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
-                           "{% endfor %}{{ ns.s|length }}",
-                           "doubling.jinja");
+  jinja::Template doubling(
+      "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}"
+      "{% endfor %}{{ ns.s|length }}",
+      "doubling.jinja");
   EXPECT_THROW(doubling.render(jinja::Dict(), now), UnsupportedError);
   jinja::Template repeated("{{ 'x' * 10**15 }}", "repeated.jinja");
   EXPECT_THROW(repeated.render(jinja::Dict(), now), UnsupportedError);

@@ -14,8 +14,8 @@ namespace cartridge::jinja {
 class BoundArguments {
  public:
   // `parameters` in declaration order; the first `required` of them must be given.
-  BoundArguments(std::string_view function, CallArguments arguments, std::initializer_list<std::string_view> parameters,
-                 size_t required = 0);
+  BoundArguments(std::string_view function, CallArguments arguments,
+                 std::initializer_list<std::string_view> parameters, size_t required = 0);
   // The argument bound to parameter `index`, or null when it was not given.
   const Value* get(size_t index) const;
   // The argument bound to parameter `index`, or `fallback`.

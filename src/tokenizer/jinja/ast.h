@@ -28,22 +28,22 @@ enum class CompareOperator { kEqual, kNotEqual, kLess, kLessEqual, kGreater, kGr
 
 struct Expression {
   enum class Kind {
-    kLiteral,      // LiteralExpression
-    kName,         // NameExpression
-    kList,         // SequenceExpression
-    kTuple,        // SequenceExpression
-    kDict,         // DictExpression
-    kGetAttribute, // GetAttributeExpression: x.name
-    kGetItem,      // GetItemExpression: x[key]
-    kSlice,        // SliceExpression, only as the key of a GetItem
-    kCall,         // CallExpression
-    kFilter,       // FilterExpression: x|name(args)
-    kTest,         // TestExpression: x is name(args)
-    kUnary,        // UnaryExpression
-    kBinary,       // BinaryExpression
-    kConcat,       // ConcatExpression: a ~ b ~ c
-    kCompare,      // CompareExpression: a < b <= c
-    kConditional,  // ConditionalExpression: a if b else c
+    kLiteral,       // LiteralExpression
+    kName,          // NameExpression
+    kList,          // SequenceExpression
+    kTuple,         // SequenceExpression
+    kDict,          // DictExpression
+    kGetAttribute,  // GetAttributeExpression: x.name
+    kGetItem,       // GetItemExpression: x[key]
+    kSlice,         // SliceExpression, only as the key of a GetItem
+    kCall,          // CallExpression
+    kFilter,        // FilterExpression: x|name(args)
+    kTest,          // TestExpression: x is name(args)
+    kUnary,         // UnaryExpression
+    kBinary,        // BinaryExpression
+    kConcat,        // ConcatExpression: a ~ b ~ c
+    kCompare,       // CompareExpression: a < b <= c
+    kConditional,   // ConditionalExpression: a if b else c
   };
   Expression(Kind kind, int line) : kind(kind), line(line) {}
   virtual ~Expression() = default;
@@ -140,7 +140,8 @@ struct ConcatExpression : Expression {
 };
 
 struct CompareExpression : Expression {
-  CompareExpression(ExpressionPtr first, int line) : Expression(Kind::kCompare, line), first(std::move(first)) {}
+  CompareExpression(ExpressionPtr first, int line)
+      : Expression(Kind::kCompare, line), first(std::move(first)) {}
   ExpressionPtr first;
   std::vector<std::pair<CompareOperator, ExpressionPtr>> rest;
 };
@@ -161,8 +162,8 @@ struct AssignTarget {
   enum class Kind { kName, kNamespaceAttribute, kTuple };
   Kind kind = Kind::kName;
   std::string name;
-  std::string attribute;             // kNamespaceAttribute
-  std::vector<AssignTarget> items;   // kTuple
+  std::string attribute;            // kNamespaceAttribute
+  std::vector<AssignTarget> items;  // kTuple
 };
 
 struct Statement;
@@ -170,7 +171,19 @@ using StatementPtr = std::unique_ptr<Statement>;
 using Body = std::vector<StatementPtr>;
 
 struct Statement {
-  enum class Kind { kData, kOutput, kIf, kFor, kSet, kSetBlock, kMacro, kFilterBlock, kBreak, kContinue, kScope };
+  enum class Kind {
+    kData,
+    kOutput,
+    kIf,
+    kFor,
+    kSet,
+    kSetBlock,
+    kMacro,
+    kFilterBlock,
+    kBreak,
+    kContinue,
+    kScope
+  };
   Statement(Kind kind, int line) : kind(kind), line(line) {}
   virtual ~Statement() = default;
   const Kind kind;

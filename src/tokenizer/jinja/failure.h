@@ -10,21 +10,21 @@
 namespace cartridge::jinja {
 
 enum class FailureKind {
-  kSyntax,         // TemplateSyntaxError: the template text is not valid Jinja.
-  kAssertion,      // TemplateAssertionError: a filter or test jinja2 does not know, outside an if.
-  kRuntime,        // TemplateRuntimeError: e.g. an unknown filter reached, assigning to a non-namespace.
-  kTemplateError,  // TemplateError: raise_exception(...) from the template itself.
-  kUndefined,      // UndefinedError: an operation on an undefined value.
-  kType,           // TypeError.
-  kValue,          // ValueError.
-  kKey,            // KeyError / IndexError raised by a method.
-  kAttribute,      // AttributeError (a filter calling a method its argument lacks).
-  kZeroDivision,   // ZeroDivisionError.
-  kOverflow,       // OverflowError (range too large, integer beyond 64 bits).
-  kSecurity,       // SecurityError: the sandbox refused an operation (list.append, _private attributes).
-  kRecursion,      // RecursionError: macros nested too deeply.
-  kFilterArgument, // FilterArgumentError.
-  kUnsupported,    // valid Jinja that this engine does not implement.
+  kSyntax,          // TemplateSyntaxError: the template text is not valid Jinja.
+  kAssertion,       // TemplateAssertionError: a filter or test jinja2 does not know, outside an if.
+  kRuntime,         // TemplateRuntimeError: e.g. an unknown filter reached, assigning to a non-namespace.
+  kTemplateError,   // TemplateError: raise_exception(...) from the template itself.
+  kUndefined,       // UndefinedError: an operation on an undefined value.
+  kType,            // TypeError.
+  kValue,           // ValueError.
+  kKey,             // KeyError / IndexError raised by a method.
+  kAttribute,       // AttributeError (a filter calling a method its argument lacks).
+  kZeroDivision,    // ZeroDivisionError.
+  kOverflow,        // OverflowError (range too large, integer beyond 64 bits).
+  kSecurity,        // SecurityError: the sandbox refused an operation (list.append, _private attributes).
+  kRecursion,       // RecursionError: macros nested too deeply.
+  kFilterArgument,  // FilterArgumentError.
+  kUnsupported,     // valid Jinja that this engine does not implement.
 };
 
 // The Python exception name of a failure kind ("TypeError", ...).

@@ -22,7 +22,9 @@ namespace {
 // jinja2's soft_str: a str (Markup kept) stays as it is, anything else becomes str(x).
 Value soft_str(const Value& value) { return value.is_string() ? value : Value::string(to_python_str(value)); }
 
-Value generator(std::vector<Value> items) { return Value::sequence(std::move(items), SequenceKind::kGenerator); }
+Value generator(std::vector<Value> items) {
+  return Value::sequence(std::move(items), SequenceKind::kGenerator);
+}
 
 // jinja2's ignore_case: lower-cases str keys for case-insensitive sorting and comparing.
 Value ignore_case(const Value& value) {
@@ -136,7 +138,8 @@ Value filter_center(Renderer&, const Value& input, CallArguments arguments) {
   if (width <= length) return text;
   const int64_t padding = width - length;
   const int64_t left = padding / 2 + (padding & width & 1);
-  return Value::string(std::string(left, ' ') + text.as_string() + std::string(padding - left, ' '), text.is_markup());
+  return Value::string(std::string(left, ' ') + text.as_string() + std::string(padding - left, ' '),
+                       text.is_markup());
 }
 
 Value filter_length(Renderer&, const Value& input, CallArguments arguments) {
@@ -232,7 +235,8 @@ Value filter_indent(Renderer&, const Value& input, CallArguments arguments) {
   BoundArguments bound("indent", std::move(arguments), {"width", "first", "blank"});
   std::string indentation = "    ";
   if (const Value* width = bound.get(0)) {
-    indentation = width->is_string() ? width->as_string() : std::string(integer_argument(*width, "width"), ' ');
+    indentation =
+        width->is_string() ? width->as_string() : std::string(integer_argument(*width, "width"), ' ');
   }
   const bool first = boolean_argument(bound, 1, false);
   const bool blank = boolean_argument(bound, 2, false);
@@ -242,7 +246,8 @@ Value filter_indent(Renderer&, const Value& input, CallArguments arguments) {
     if (input.is_list_or_tuple() && input.sequence_kind() == SequenceKind::kList) {
       fail(FailureKind::kAttribute, "'list' object has no attribute 'splitlines'");
     }
-    fail(FailureKind::kType, "unsupported operand type(s) for +=: '" + python_type_name(input) + "' and 'str'");
+    fail(FailureKind::kType,
+         "unsupported operand type(s) for +=: '" + python_type_name(input) + "' and 'str'");
   }
   const Value& text = input;
   // jinja2 appends a newline before splitting, so a trailing newline keeps its (unindented) empty line.
@@ -278,7 +283,8 @@ Value filter_int(Renderer&, const Value& input, CallArguments arguments) {
     return Value::integer(static_cast<int64_t>(std::trunc(value)));
   }
   if (input.is_string()) {
-    if (std::optional<int64_t> parsed = parse_python_int(input.as_string(), base)) return Value::integer(*parsed);
+    if (std::optional<int64_t> parsed = parse_python_int(input.as_string(), base))
+      return Value::integer(*parsed);
     // jinja2 then tries int(float(value)).
     if (std::optional<double> parsed = parse_python_float(input.as_string())) {
       if (std::isnan(*parsed) || std::isinf(*parsed)) return fallback;
@@ -368,7 +374,8 @@ Value select_or_reject(Renderer& renderer, const Value& input, CallArguments arg
   std::optional<AttributeGetter> getter;
   size_t offset = 0;
   if (lookup_attribute) {
-    if (arguments.positional.empty()) fail(FailureKind::kFilterArgument, "Missing parameter for attribute name");
+    if (arguments.positional.empty())
+      fail(FailureKind::kFilterArgument, "Missing parameter for attribute name");
     getter.emplace(&arguments.positional[0], std::nullopt, false);
     offset = 1;
   }
@@ -378,12 +385,14 @@ Value select_or_reject(Renderer& renderer, const Value& input, CallArguments arg
     test_name = string_argument(arguments.positional[offset], "test name");
     test_arguments.positional.assign(arguments.positional.begin() + offset + 1, arguments.positional.end());
     test_arguments.keyword = arguments.keyword;
-    if (find_test(*test_name) == nullptr) fail(FailureKind::kRuntime, "No test named '" + *test_name + "' found.");
+    if (find_test(*test_name) == nullptr)
+      fail(FailureKind::kRuntime, "No test named '" + *test_name + "' found.");
   }
   std::vector<Value> kept;
   for (Value& item : python_iterate(input)) {
     const Value subject = getter ? (*getter)(item) : item;
-    const bool matches = test_name ? renderer.call_test(*test_name, subject, test_arguments) : is_truthy(subject);
+    const bool matches =
+        test_name ? renderer.call_test(*test_name, subject, test_arguments) : is_truthy(subject);
     if (matches == keep_matching) kept.push_back(std::move(item));
   }
   return generator(std::move(kept));
@@ -429,9 +438,10 @@ Value filter_max(Renderer&, const Value& input, CallArguments arguments) {
 
 Value filter_replace(Renderer&, const Value& input, CallArguments arguments) {
   BoundArguments bound("replace", std::move(arguments), {"old", "new", "count"}, 2);
-  const int64_t count = bound.has(2) && !bound.get(2)->is_none() ? integer_argument(*bound.get(2), "count") : -1;
-  return Value::string(
-      python_replace(to_python_str(input), to_python_str(*bound.get(0)), to_python_str(*bound.get(1)), count));
+  const int64_t count =
+      bound.has(2) && !bound.get(2)->is_none() ? integer_argument(*bound.get(2), "count") : -1;
+  return Value::string(python_replace(to_python_str(input), to_python_str(*bound.get(0)),
+                                      to_python_str(*bound.get(1)), count));
 }
 
 Value filter_reverse(Renderer&, const Value& input, CallArguments arguments) {
@@ -456,7 +466,8 @@ Value filter_round(Renderer&, const Value& input, CallArguments arguments) {
   if (method != "common" && method != "ceil" && method != "floor") {
     fail(FailureKind::kFilterArgument, "method must be common, ceil or floor");
   }
-  if (!input.is_number()) fail(FailureKind::kType, "type " + python_type_name(input) + " doesn't define __round__ method");
+  if (!input.is_number())
+    fail(FailureKind::kType, "type " + python_type_name(input) + " doesn't define __round__ method");
   if (method == "common") {
     // Python's round(int, n) stays an int for n >= 0.
     if (!input.is_float() && precision >= 0) return Value::integer(input.as_int());
@@ -510,7 +521,8 @@ Value filter_sum(Renderer&, const Value& input, CallArguments arguments) {
   BoundArguments bound("sum", std::move(arguments), {"attribute", "start"});
   const AttributeGetter getter(bound.get(0), std::nullopt, false);
   Value total = bound.get_or(1, Value::integer(0));
-  for (const Value& item : python_iterate(input)) total = binary_operation(BinaryOperator::kAdd, total, getter(item));
+  for (const Value& item : python_iterate(input))
+    total = binary_operation(BinaryOperator::kAdd, total, getter(item));
   return total;
 }
 
@@ -520,7 +532,9 @@ Value filter_title(Renderer&, const Value& input, CallArguments arguments) {
   // character (not Python's str.title()).
   const Value text = soft_str(input);
   const std::u32string code_points = decode_utf8(text.as_string());
-  auto is_separator = [](char32_t c) { return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || is_python_space(c); };
+  auto is_separator = [](char32_t c) {
+    return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || is_python_space(c);
+  };
   std::string result;
   size_t i = 0;
   while (i < code_points.size()) {
@@ -533,7 +547,8 @@ Value filter_title(Renderer&, const Value& input, CallArguments arguments) {
     } else {
       std::string first;
       append_utf8(first, code_points[i]);
-      result += python_upper(first) + python_lower(encode_utf8(std::u32string_view(code_points).substr(i + 1, j - i - 1)));
+      result += python_upper(first) +
+                python_lower(encode_utf8(std::u32string_view(code_points).substr(i + 1, j - i - 1)));
     }
     i = j;
   }
@@ -545,14 +560,15 @@ Value filter_tojson(Renderer&, const Value& input, CallArguments arguments) {
   JsonDumpOptions options;
   options.ensure_ascii = boolean_argument(bound, 0, false);
   if (const Value* indent = bound.get(1); indent && !indent->is_none()) {
-    options.indent = indent->is_string() ? indent->as_string()
-                                         : std::string(std::max<int64_t>(0, integer_argument(*indent, "indent")), ' ');
+    options.indent = indent->is_string()
+                         ? indent->as_string()
+                         : std::string(std::max<int64_t>(0, integer_argument(*indent, "indent")), ' ');
   }
   if (const Value* separators = bound.get(2); separators && !separators->is_none()) {
     const std::vector<Value> pair = python_iterate(*separators);
     if (pair.size() != 2) fail(FailureKind::kValue, "separators must be an (item, key) pair");
-    options.separators = std::make_pair(string_argument(pair[0], "item separator"),
-                                        string_argument(pair[1], "key separator"));
+    options.separators =
+        std::make_pair(string_argument(pair[0], "item separator"), string_argument(pair[1], "key separator"));
   }
   options.sort_keys = boolean_argument(bound, 3, false);
   return Value::string(python_json_dumps(input, options));
@@ -562,7 +578,8 @@ Value filter_trim(Renderer&, const Value& input, CallArguments arguments) {
   BoundArguments bound("trim", std::move(arguments), {"chars"});
   const Value text = soft_str(input);
   std::optional<std::string> chars;
-  if (const Value* value = bound.get(0); value && !value->is_none()) chars = string_argument(*value, "strip arg");
+  if (const Value* value = bound.get(0); value && !value->is_none())
+    chars = string_argument(*value, "strip arg");
   return Value::string(python_strip(text.as_string(), chars, true, true), text.is_markup());
 }
 
@@ -576,7 +593,8 @@ Value filter_unique(Renderer&, const Value& input, CallArguments arguments) {
     if (key.is_dict() || (key.is_sequence() && key.sequence_kind() != SequenceKind::kTuple)) {
       fail(FailureKind::kType, "unhashable type: '" + python_type_name(key) + "'");
     }
-    if (std::none_of(seen.begin(), seen.end(), [&](const Value& other) { return python_equals(other, key); })) {
+    if (std::none_of(seen.begin(), seen.end(),
+                     [&](const Value& other) { return python_equals(other, key); })) {
       seen.push_back(std::move(key));
       kept.push_back(std::move(item));
     }
@@ -650,7 +668,7 @@ constexpr std::array<NamedFilter, 43> kFilters = {{
 
 // jinja2 filters this engine leaves out.
 constexpr std::array<std::string_view, 11> kUnimplementedFilters = {
-    "filesizeformat", "groupby", "pprint", "random", "slice", "striptags",
+    "filesizeformat", "groupby",   "pprint", "random",   "slice",  "striptags",
     "truncate",       "urlencode", "urlize", "wordwrap", "xmlattr"};
 
 // --- tests ------------------------------------------------------------------------------------------
@@ -739,11 +757,13 @@ bool test_upper(Renderer&, const Value& input, CallArguments arguments) {
 }
 bool test_odd(Renderer&, const Value& input, CallArguments arguments) {
   no_arguments("odd", arguments);
-  return python_equals(binary_operation(BinaryOperator::kModulo, input, Value::integer(2)), Value::integer(1));
+  return python_equals(binary_operation(BinaryOperator::kModulo, input, Value::integer(2)),
+                       Value::integer(1));
 }
 bool test_even(Renderer&, const Value& input, CallArguments arguments) {
   no_arguments("even", arguments);
-  return python_equals(binary_operation(BinaryOperator::kModulo, input, Value::integer(2)), Value::integer(0));
+  return python_equals(binary_operation(BinaryOperator::kModulo, input, Value::integer(2)),
+                       Value::integer(0));
 }
 bool test_divisibleby(Renderer&, const Value& input, CallArguments arguments) {
   const Value& divisor = single_argument("divisibleby", arguments);
@@ -844,7 +864,8 @@ TestFunction find_test(std::string_view name) {
 
 BuiltinSupport filter_support(std::string_view name) {
   if (find_filter(name) != nullptr) return BuiltinSupport::kImplemented;
-  if (std::find(kUnimplementedFilters.begin(), kUnimplementedFilters.end(), name) != kUnimplementedFilters.end()) {
+  if (std::find(kUnimplementedFilters.begin(), kUnimplementedFilters.end(), name) !=
+      kUnimplementedFilters.end()) {
     return BuiltinSupport::kNotImplemented;
   }
   return BuiltinSupport::kUnknown;

@@ -21,7 +21,8 @@ class Range : public Callable {
     if (!arguments.keyword.empty()) fail(FailureKind::kType, "range() takes no keyword arguments");
     const auto& positional = arguments.positional;
     if (positional.empty() || positional.size() > 3) {
-      fail(FailureKind::kType, "range expected at most 3 arguments, got " + std::to_string(positional.size()));
+      fail(FailureKind::kType,
+           "range expected at most 3 arguments, got " + std::to_string(positional.size()));
     }
     int64_t start = 0;
     int64_t stop = 0;
@@ -38,7 +39,8 @@ class Range : public Callable {
     if (step > 0 && start < stop) length = (stop - start + step - 1) / step;
     if (step < 0 && start > stop) length = (start - stop - step - 1) / -step;
     if (length > kMaxRange) {
-      fail(FailureKind::kOverflow, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
+      fail(FailureKind::kOverflow,
+           "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
     }
     std::vector<Value> items;
     items.reserve(length);
@@ -50,7 +52,8 @@ class Range : public Callable {
 // dict(mapping_or_pairs, **keywords).
 Dict build_dict(const std::string& function, CallArguments& arguments) {
   if (arguments.positional.size() > 1) {
-    fail(FailureKind::kType, function + " expected at most 1 argument, got " + std::to_string(arguments.positional.size()));
+    fail(FailureKind::kType,
+         function + " expected at most 1 argument, got " + std::to_string(arguments.positional.size()));
   }
   Dict dict;
   if (!arguments.positional.empty()) {
@@ -61,8 +64,8 @@ Dict build_dict(const std::string& function, CallArguments& arguments) {
       for (const Value& pair : python_iterate(source)) {
         const std::vector<Value> items = python_iterate(pair);
         if (items.size() != 2) {
-          fail(FailureKind::kValue, "dictionary update sequence element has length " + std::to_string(items.size()) +
-                                        "; 2 is required");
+          fail(FailureKind::kValue, "dictionary update sequence element has length " +
+                                        std::to_string(items.size()) + "; 2 is required");
         }
         dict.set(items[0], items[1]);
       }
@@ -88,8 +91,10 @@ class NamespaceFunction : public Callable {
     Dict attributes = build_dict("namespace", arguments);
     for (const auto& [key, value] : attributes.entries()) {
       if (key.is_string() && !key.as_string().empty() && key.as_string()[0] == '_') {
-        fail(FailureKind::kSecurity, "Chat templates cannot store underscore-prefixed attributes on a namespace, "
-                                     "but got '" + key.as_string() + "'. Please rename the attribute.");
+        fail(FailureKind::kSecurity,
+             "Chat templates cannot store underscore-prefixed attributes on a namespace, "
+             "but got '" +
+                 key.as_string() + "'. Please rename the attribute.");
       }
     }
     return Value::new_namespace(std::move(attributes));

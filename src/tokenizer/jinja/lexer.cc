@@ -163,7 +163,8 @@ std::string decode_string_literal(std::string_view body, int line) {
       default:
         if (next >= '0' && next <= '7') {
           char32_t value = next - '0';
-          for (int d = 0; d < 2 && i + 1 < escaped.size() && escaped[i + 1] >= '0' && escaped[i + 1] <= '7'; ++d) {
+          for (int d = 0; d < 2 && i + 1 < escaped.size() && escaped[i + 1] >= '0' && escaped[i + 1] <= '7';
+               ++d) {
             value = value * 8 + (escaped[++i] - '0');
           }
           append_utf8(out, value);
@@ -458,7 +459,8 @@ class Lexer {
     if (base == 10) {
       if (source_[start] == '0') {
         p = start + 1;
-        while (p + 1 < source_.size() && (source_[p] == '0' || (source_[p] == '_' && source_[p + 1] == '0'))) {
+        while (p + 1 < source_.size() &&
+               (source_[p] == '0' || (source_[p] == '_' && source_[p + 1] == '0'))) {
           p += source_[p] == '_' ? 2 : 1;
         }
         digits = "0";
@@ -475,7 +477,8 @@ class Lexer {
     try {
       token.integer = std::stoll(digits, nullptr, base);
     } catch (const std::out_of_range&) {
-      throw TemplateFailure(FailureKind::kUnsupported, "integer literal " + token.text + " beyond 64 bits", line_);
+      throw TemplateFailure(FailureKind::kUnsupported, "integer literal " + token.text + " beyond 64 bits",
+                            line_);
     }
     token.line = line_;
     tokens_.push_back(token);

@@ -21,8 +21,8 @@ enum class TokenType {
   kString,         // a string literal, escapes decoded
   kInteger,
   kFloat,
-  kOperator,       // + - * / // % ** ~ == != < <= > >= = . : | , ( ) [ ] { } ;
-  kEnd,            // end of the template
+  kOperator,  // + - * / // % ** ~ == != < <= > >= = . : | , ( ) [ ] { } ;
+  kEnd,       // end of the template
 };
 
 struct Token {

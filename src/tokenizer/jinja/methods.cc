@@ -17,19 +17,18 @@ namespace {
 
 enum class Receiver { kString, kList, kTuple, kDict };
 
-constexpr std::array<std::string_view, 32> kStringMethods = {
-    "strip",      "lstrip",   "rstrip",    "split",   "rsplit",  "splitlines", "startswith", "endswith",
-    "replace",    "lower",    "upper",     "title",   "capitalize", "swapcase", "find",     "rfind",
-    "index",      "rindex",   "count",     "join",    "format",  "isdigit",    "isalpha",    "isalnum",
-    "isspace",    "islower",  "isupper",   "isnumeric", "isdecimal", "removeprefix", "removesuffix", "isascii"};
-constexpr std::array<std::string_view, 6> kMoreStringMethods = {"center",    "ljust",     "rjust",
-                                                                "zfill",     "partition", "rpartition"};
+constexpr std::array<std::string_view, 38> kStringMethods = {
+    "strip",   "lstrip",  "rstrip",    "split",      "rsplit",       "splitlines",  "startswith", "endswith",
+    "replace", "lower",   "upper",     "title",      "capitalize",   "swapcase",    "find",       "rfind",
+    "index",   "rindex",  "count",     "join",       "format",       "isdigit",     "isalpha",    "isalnum",
+    "isspace", "islower", "isupper",   "isnumeric",  "isdecimal",    "isascii",     "center",     "ljust",
+    "rjust",   "zfill",   "partition", "rpartition", "removeprefix", "removesuffix"};
 // Python str and dict methods this engine does not implement; a template calling one is refused.
 constexpr std::array<std::string_view, 10> kUnimplementedMethods = {
     "casefold",    "encode",  "expandtabs", "format_map", "isidentifier",
     "isprintable", "istitle", "maketrans",  "translate",  "fromkeys"};
 constexpr std::array<std::string_view, 3> kSequenceMethods = {"index", "count", "copy"};
-constexpr std::array<std::string_view, 8> kListMutators = {"append", "clear", "extend", "insert",
+constexpr std::array<std::string_view, 8> kListMutators = {"append", "clear",  "extend",  "insert",
                                                            "pop",    "remove", "reverse", "sort"};
 constexpr std::array<std::string_view, 5> kDictMethods = {"get", "items", "keys", "values", "copy"};
 constexpr std::array<std::string_view, 5> kDictMutators = {"clear", "pop", "popitem", "setdefault", "update"};
@@ -58,7 +57,8 @@ class BoundMethod : public Callable {
 };
 
 // Optional start/end arguments of find/count/startswith as code point positions, normalised like slices.
-void resolve_range(const BoundArguments& bound, size_t start_index, int64_t length, int64_t& start, int64_t& end) {
+void resolve_range(const BoundArguments& bound, size_t start_index, int64_t length, int64_t& start,
+                   int64_t& end) {
   auto resolve = [&](const Value* value, int64_t fallback) {
     if (!value || value->is_none()) return fallback;
     int64_t index = integer_argument(*value, "slice index");
@@ -70,8 +70,8 @@ void resolve_range(const BoundArguments& bound, size_t start_index, int64_t leng
 }
 
 // Code-point position of `needle` in haystack[start:end], searching from the left or the right; -1 if absent.
-int64_t find_code_points(const std::u32string& haystack, const std::u32string& needle, int64_t start, int64_t end,
-                         bool from_right) {
+int64_t find_code_points(const std::u32string& haystack, const std::u32string& needle, int64_t start,
+                         int64_t end, bool from_right) {
   if (end - start < static_cast<int64_t>(needle.size())) return -1;
   const std::u32string_view window = std::u32string_view(haystack).substr(start, end - start);
   const size_t found = from_right ? window.rfind(needle) : window.find(needle);
@@ -89,8 +89,8 @@ bool category_in(char32_t c, std::initializer_list<utf8proc_category_t> categori
   return std::find(categories.begin(), categories.end(), category) != categories.end();
 }
 bool is_alpha(char32_t c) {
-  return category_in(c, {UTF8PROC_CATEGORY_LU, UTF8PROC_CATEGORY_LL, UTF8PROC_CATEGORY_LT, UTF8PROC_CATEGORY_LM,
-                         UTF8PROC_CATEGORY_LO});
+  return category_in(c, {UTF8PROC_CATEGORY_LU, UTF8PROC_CATEGORY_LL, UTF8PROC_CATEGORY_LT,
+                         UTF8PROC_CATEGORY_LM, UTF8PROC_CATEGORY_LO});
 }
 bool is_decimal(char32_t c) { return category_in(c, {UTF8PROC_CATEGORY_ND}); }
 bool is_numeric(char32_t c) {
@@ -147,7 +147,8 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
   auto result = [&](std::string value) { return Value::string(std::move(value), markup); };
   if (name == "strip" || name == "lstrip" || name == "rstrip") {
     BoundArguments bound(name, std::move(arguments), {"chars"});
-    return result(python_strip(text, optional_string(bound.get(0), "strip arg"), name != "rstrip", name != "lstrip"));
+    return result(
+        python_strip(text, optional_string(bound.get(0), "strip arg"), name != "rstrip", name != "lstrip"));
   }
   if (name == "split" || name == "rsplit") {
     BoundArguments bound(name, std::move(arguments), {"sep", "maxsplit"});
@@ -178,7 +179,8 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
     } else if (bound.get(0)->is_string()) {
       candidates.push_back(*bound.get(0));
     } else {
-      fail(FailureKind::kType, name + " first arg must be str or a tuple of str, not " + python_type_name(*bound.get(0)));
+      fail(FailureKind::kType,
+           name + " first arg must be str or a tuple of str, not " + python_type_name(*bound.get(0)));
     }
     for (const Value& candidate : candidates) {
       const std::u32string affix = decode_utf8(string_argument(candidate, "tuple for " + name));
@@ -223,7 +225,8 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
       if (start > end) return Value::integer(0);
       if (needle.empty()) return Value::integer(end - start + 1);
       int64_t count = 0;
-      for (int64_t position = start; (position = find_code_points(code_points, needle, position, end, false)) >= 0;
+      for (int64_t position = start;
+           (position = find_code_points(code_points, needle, position, end, false)) >= 0;
            position += static_cast<int64_t>(needle.size())) {
         ++count;
       }
@@ -253,15 +256,15 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
     return result(out);
   }
   if (name == "format") return result(python_str_format(text, arguments));
-  if (name == "isdigit" || name == "isdecimal" || name == "isnumeric" || name == "isalpha" || name == "isalnum" ||
-      name == "isspace" || name == "isascii") {
+  if (name == "isdigit" || name == "isdecimal" || name == "isnumeric" || name == "isalpha" ||
+      name == "isalnum" || name == "isspace" || name == "isascii") {
     BoundArguments bound(name, std::move(arguments), {});
     if (name == "isascii") return Value::boolean(is_ascii(text));
     bool (*predicate)(char32_t) = name == "isdigit" || name == "isdecimal" ? is_decimal
-                                  : name == "isnumeric"                   ? is_numeric
-                                  : name == "isalpha"                     ? is_alpha
-                                  : name == "isalnum"                     ? is_alnum
-                                                                          : is_space;
+                                  : name == "isnumeric"                    ? is_numeric
+                                  : name == "isalpha"                      ? is_alpha
+                                  : name == "isalnum"                      ? is_alnum
+                                                                           : is_space;
     return Value::boolean(all_code_points(text, predicate));
   }
   if (name == "islower" || name == "isupper") {
@@ -271,7 +274,8 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
   if (name == "removeprefix" || name == "removesuffix") {
     BoundArguments bound(name, std::move(arguments), {"affix"}, 1);
     const std::string& affix = string_argument(*bound.get(0), name + "() argument");
-    if (name == "removeprefix" && text.compare(0, affix.size(), affix) == 0) return result(text.substr(affix.size()));
+    if (name == "removeprefix" && text.compare(0, affix.size(), affix) == 0)
+      return result(text.substr(affix.size()));
     if (name == "removesuffix" && !affix.empty() && text.size() >= affix.size() &&
         text.compare(text.size() - affix.size(), affix.size(), affix) == 0) {
       return result(text.substr(0, text.size() - affix.size()));
@@ -281,9 +285,12 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
   if (name == "center" || name == "ljust" || name == "rjust") {
     BoundArguments bound(name, std::move(arguments), {"width", "fillchar"}, 1);
     const std::string fill = bound.has(1) ? string_argument(*bound.get(1), "fillchar") : " ";
-    if (count_code_points(fill) != 1) fail(FailureKind::kType, "The fill character must be exactly one character long");
+    if (count_code_points(fill) != 1)
+      fail(FailureKind::kType, "The fill character must be exactly one character long");
     return result(justify(text, integer_argument(*bound.get(0), "width"), fill,
-                          name == "center" ? '^' : name == "ljust" ? '<' : '>'));
+                          name == "center"  ? '^'
+                          : name == "ljust" ? '<'
+                                            : '>'));
   }
   if (name == "zfill") {
     BoundArguments bound(name, std::move(arguments), {"width"}, 1);
@@ -300,11 +307,11 @@ Value BoundMethod::call_string_method(CallArguments arguments) const {
     const size_t found = name == "partition" ? text.find(separator) : text.rfind(separator);
     std::vector<Value> parts;
     if (found == std::string::npos) {
-      parts = name == "partition"
-                  ? std::vector<Value>{result(text), result(""), result("")}
-                  : std::vector<Value>{result(""), result(""), result(text)};
+      parts = name == "partition" ? std::vector<Value>{result(text), result(""), result("")}
+                                  : std::vector<Value>{result(""), result(""), result(text)};
     } else {
-      parts = {result(text.substr(0, found)), result(separator), result(text.substr(found + separator.size()))};
+      parts = {result(text.substr(0, found)), result(separator),
+               result(text.substr(found + separator.size()))};
     }
     return Value::sequence(std::move(parts), SequenceKind::kTuple);
   }
@@ -315,8 +322,8 @@ Value BoundMethod::call_sequence_method(CallArguments arguments) const {
   const std::vector<Value>& items = receiver_.items();
   if (name_ == "count") {
     BoundArguments bound(name_, std::move(arguments), {"value"}, 1);
-    return Value::integer(std::count_if(items.begin(), items.end(),
-                                        [&](const Value& item) { return python_equals(item, *bound.get(0)); }));
+    return Value::integer(std::count_if(
+        items.begin(), items.end(), [&](const Value& item) { return python_equals(item, *bound.get(0)); }));
   }
   if (name_ == "index") {
     BoundArguments bound(name_, std::move(arguments), {"value", "start", "stop"}, 1);
@@ -366,7 +373,9 @@ Value unsafe_method(const Value& object, std::string_view name) {
 
 }  // namespace
 
-bool is_unimplemented_python_method(std::string_view name) { return contains_name(kUnimplementedMethods, name); }
+bool is_unimplemented_python_method(std::string_view name) {
+  return contains_name(kUnimplementedMethods, name);
+}
 
 std::optional<Value> find_method(const Value& object, std::string_view name) {
   if (contains_name(kUnimplementedMethods, name)) {
@@ -376,7 +385,7 @@ std::optional<Value> find_method(const Value& object, std::string_view name) {
   auto bind = [&]() { return Value::callable(std::make_shared<BoundMethod>(object, std::string(name))); };
   switch (object.type()) {
     case Value::Type::kString:
-      if (contains_name(kStringMethods, name) || contains_name(kMoreStringMethods, name)) return bind();
+      if (contains_name(kStringMethods, name)) return bind();
       return std::nullopt;
     case Value::Type::kSequence:
       if (!object.is_list_or_tuple()) return std::nullopt;
@@ -424,7 +433,8 @@ std::string python_str_format(const std::string& format, const CallArguments& ar
     const size_t close = format.find('}', i);
     if (close == std::string::npos) fail(FailureKind::kValue, "Single '{' encountered in format string");
     const std::string field = format.substr(i + 1, close - i - 1);
-    if (field.find('{') != std::string::npos) fail(FailureKind::kUnsupported, "nested fields in str.format()");
+    if (field.find('{') != std::string::npos)
+      fail(FailureKind::kUnsupported, "nested fields in str.format()");
     i = close;
     // field_name[!conversion][:spec]
     std::string name = field;
@@ -451,19 +461,22 @@ std::string python_str_format(const std::string& format, const CallArguments& ar
       size_t index;
       if (argument_name.empty()) {
         if (used_manual) {
-          fail(FailureKind::kValue, "cannot switch from manual field specification to automatic field numbering");
+          fail(FailureKind::kValue,
+               "cannot switch from manual field specification to automatic field numbering");
         }
         used_automatic = true;
         index = automatic_index++;
       } else {
         if (used_automatic) {
-          fail(FailureKind::kValue, "cannot switch from automatic field numbering to manual field specification");
+          fail(FailureKind::kValue,
+               "cannot switch from automatic field numbering to manual field specification");
         }
         used_manual = true;
         index = std::stoul(argument_name);
       }
       if (index >= arguments.positional.size()) {
-        fail(FailureKind::kKey, "Replacement index " + std::to_string(index) + " out of range for positional args tuple");
+        fail(FailureKind::kKey,
+             "Replacement index " + std::to_string(index) + " out of range for positional args tuple");
       }
       value = arguments.positional[index];
     } else {

@@ -32,8 +32,8 @@ bool is_dunder(const std::string& name) {
 }
 
 // Python slice.indices(length): normalised start, stop and step (step != 0).
-void slice_indices(int64_t length, const Value& start_value, const Value& stop_value, int64_t step, int64_t& start,
-                   int64_t& stop) {
+void slice_indices(int64_t length, const Value& start_value, const Value& stop_value, int64_t step,
+                   int64_t& start, int64_t& stop) {
   auto clamp = [&](const Value& value, int64_t fallback_positive, int64_t fallback_negative) -> int64_t {
     if (value.is_none() || value.is_undefined()) return step > 0 ? fallback_positive : fallback_negative;
     int64_t index = value.as_int();
@@ -121,10 +121,12 @@ double float_modulo(double a, double b) {
 }
 
 Value repeat(const Value& sequence, int64_t times) {
-  if (times <= 0) return sequence.is_string() ? Value::string("", sequence.is_markup())
-                                               : Value::sequence({}, sequence.sequence_kind());
+  if (times <= 0)
+    return sequence.is_string() ? Value::string("", sequence.is_markup())
+                                : Value::sequence({}, sequence.sequence_kind());
   const size_t unit = sequence.is_string() ? sequence.as_string().size() : sequence.items().size();
-  if (unit > 0 && static_cast<uint64_t>(times) > (sequence.is_string() ? kMaxResultBytes : kMaxResultItems) / unit) {
+  if (unit > 0 &&
+      static_cast<uint64_t>(times) > (sequence.is_string() ? kMaxResultBytes : kMaxResultItems) / unit) {
     check_result_size(SIZE_MAX, !sequence.is_string());
   }
   if (sequence.is_string()) {
@@ -146,8 +148,9 @@ std::string escape_for_markup(const Value& value) {
 
 void check_result_size(size_t bytes_or_items, bool items) {
   if (bytes_or_items > (items ? kMaxResultItems : kMaxResultBytes)) {
-    fail(FailureKind::kUnsupported, items ? "a list of more than " + std::to_string(kMaxResultItems) + " items"
-                                          : "a string of more than " + std::to_string(kMaxResultBytes >> 20) + " MiB");
+    fail(FailureKind::kUnsupported,
+         items ? "a list of more than " + std::to_string(kMaxResultItems) + " items"
+               : "a string of more than " + std::to_string(kMaxResultBytes >> 20) + " MiB");
   }
 }
 
@@ -160,9 +163,9 @@ void raise_undefined(const Value& undefined) {
 Value get_attribute(const Value& object, const std::string& name) {
   if (object.is_undefined()) raise_undefined(object);
   if (is_dunder(name)) {
-    return Value::undefined("access to attribute '" + name + "' of '" + python_type_name(object) +
-                                "' object is unsafe.",
-                            /*unsafe=*/true);
+    return Value::undefined(
+        "access to attribute '" + name + "' of '" + python_type_name(object) + "' object is unsafe.",
+        /*unsafe=*/true);
   }
   switch (object.type()) {
     case Value::Type::kNamespace: {
@@ -239,7 +242,8 @@ Value get_item(const Value& object, const Value& key) {
   return missing_element(object, key);
 }
 
-Value get_slice(const Value& object, const Value& start_value, const Value& stop_value, const Value& step_value) {
+Value get_slice(const Value& object, const Value& start_value, const Value& stop_value,
+                const Value& step_value) {
   // jinja2 compiles slices to a plain Python subscript (no sandbox getitem), so failures raise.
   if (object.is_undefined()) raise_undefined(object);
   if (object.is_dict()) fail(FailureKind::kType, "unhashable type: 'slice'");
@@ -309,7 +313,8 @@ Value binary_operation(BinaryOperator op, const Value& left, const Value& right)
         return Value::integer(checked_add(left.as_int(), right.as_int()));
       }
       if (left.is_string() && right.is_string()) return add_strings(left, right);
-      if (left.is_list_or_tuple() && right.is_list_or_tuple() && left.sequence_kind() == right.sequence_kind()) {
+      if (left.is_list_or_tuple() && right.is_list_or_tuple() &&
+          left.sequence_kind() == right.sequence_kind()) {
         check_result_size(left.items().size() + right.items().size(), true);
         std::vector<Value> items = left.items();
         items.insert(items.end(), right.items().begin(), right.items().end());
@@ -319,7 +324,8 @@ Value binary_operation(BinaryOperator op, const Value& left, const Value& right)
         fail(FailureKind::kType, "can only concatenate str (not \"" + python_type_name(right) + "\") to str");
       }
       if (left.is_list_or_tuple() && left.sequence_kind() == SequenceKind::kList) {
-        fail(FailureKind::kType, "can only concatenate list (not \"" + python_type_name(right) + "\") to list");
+        fail(FailureKind::kType,
+             "can only concatenate list (not \"" + python_type_name(right) + "\") to list");
       }
       unsupported_operands("+", left, right);
     case BinaryOperator::kSubtract:
@@ -339,7 +345,8 @@ Value binary_operation(BinaryOperator op, const Value& left, const Value& right)
       if ((right.is_string() || right.is_list_or_tuple()) && (left.is_int() || left.is_bool())) {
         return repeat(right, left.as_int());
       }
-      fail(FailureKind::kType, "can't multiply sequence by non-int of type '" + python_type_name(right) + "'");
+      fail(FailureKind::kType,
+           "can't multiply sequence by non-int of type '" + python_type_name(right) + "'");
     case BinaryOperator::kDivide:
       if (numbers) {
         if (right.as_double() == 0) fail(FailureKind::kZeroDivision, "division by zero");
@@ -366,7 +373,8 @@ Value binary_operation(BinaryOperator op, const Value& left, const Value& right)
           Value escaped = right;
           if (right.is_list_or_tuple()) {
             std::vector<Value> items;
-            for (const Value& item : right.items()) items.push_back(Value::string(escape_for_markup(item), true));
+            for (const Value& item : right.items())
+              items.push_back(Value::string(escape_for_markup(item), true));
             escaped = Value::sequence(std::move(items), right.sequence_kind());
           } else if (!right.is_dict()) {
             escaped = Value::string(escape_for_markup(right), true);
@@ -406,8 +414,9 @@ Value unary_operation(UnaryOperator op, const Value& operand) {
   if (operand.is_undefined()) raise_undefined(operand);
   if (op == UnaryOperator::kNot) return Value::boolean(!is_truthy(operand));
   if (!operand.is_number()) {
-    fail(FailureKind::kType, std::string("bad operand type for unary ") + (op == UnaryOperator::kNegate ? "-" : "+") +
-                                 ": '" + python_type_name(operand) + "'");
+    fail(FailureKind::kType, std::string("bad operand type for unary ") +
+                                 (op == UnaryOperator::kNegate ? "-" : "+") + ": '" +
+                                 python_type_name(operand) + "'");
   }
   if (op == UnaryOperator::kPlus) return operand.is_bool() ? Value::integer(operand.as_int()) : operand;
   if (operand.is_float()) return Value::floating(-operand.as_double());
@@ -421,7 +430,8 @@ bool contains(const Value& container, const Value& item) {
       return false;
     case Value::Type::kString:
       if (!item.is_string()) {
-        fail(FailureKind::kType, "'in <string>' requires string as left operand, not " + python_type_name(item));
+        fail(FailureKind::kType,
+             "'in <string>' requires string as left operand, not " + python_type_name(item));
       }
       return container.as_string().find(item.as_string()) != std::string::npos;
     case Value::Type::kSequence:
@@ -489,8 +499,8 @@ std::string sign_prefix(bool negative, const std::string& flags) {
 
 double number_argument(const Value& value, char conversion) {
   if (value.is_number()) return value.as_double();
-  fail(FailureKind::kType, std::string("%") + conversion + " format: a real number is required, not " +
-                               python_type_name(value));
+  fail(FailureKind::kType,
+       std::string("%") + conversion + " format: a real number is required, not " + python_type_name(value));
 }
 
 std::string format_one(char conversion, const ConversionSpec& spec, const Value& value) {
@@ -529,12 +539,16 @@ std::string format_one(char conversion, const ConversionSpec& spec, const Value&
                                      python_type_name(value));
       }
       const int64_t number = value.as_int();
-      const unsigned long long magnitude =
-          number < 0 ? 0ULL - static_cast<unsigned long long>(number) : static_cast<unsigned long long>(number);
-      std::snprintf(buffer, sizeof(buffer), conversion == 'x' ? "%llx" : conversion == 'X' ? "%llX" : "%llo",
+      const unsigned long long magnitude = number < 0 ? 0ULL - static_cast<unsigned long long>(number)
+                                                      : static_cast<unsigned long long>(number);
+      std::snprintf(buffer, sizeof(buffer),
+                    conversion == 'x'   ? "%llx"
+                    : conversion == 'X' ? "%llX"
+                                        : "%llo",
                     magnitude);
       std::string prefix;
-      if (spec.flags.find('#') != std::string::npos) prefix = conversion == 'o' ? "0o" : conversion == 'x' ? "0x" : "0X";
+      if (spec.flags.find('#') != std::string::npos)
+        prefix = conversion == 'o' ? "0o" : conversion == 'x' ? "0x" : "0X";
       return pad(sign_prefix(number < 0, spec.flags) + prefix + buffer, spec, true);
     }
     case 'f':
@@ -556,7 +570,8 @@ std::string format_one(char conversion, const ConversionSpec& spec, const Value&
       return pad(sign_prefix(std::signbit(number) && !std::isnan(number), spec.flags) + text, spec, true);
     }
     case 'c': {
-      if (value.is_string() && count_code_points(value.as_string()) == 1) return pad(value.as_string(), spec, false);
+      if (value.is_string() && count_code_points(value.as_string()) == 1)
+        return pad(value.as_string(), spec, false);
       if (value.is_int()) {
         std::string text;
         append_utf8(text, static_cast<char32_t>(value.as_int()));
@@ -606,11 +621,14 @@ std::string printf_format(std::string_view format, const Value& arguments) {
       i = close + 1;
     }
     ConversionSpec spec;
-    while (i < format.size() && std::string("-+ #0").find(format[i]) != std::string::npos) spec.flags += format[i++];
+    while (i < format.size() && std::string("-+ #0").find(format[i]) != std::string::npos)
+      spec.flags += format[i++];
     auto read_number = [&]() {
       int number = 0;
-      if (i < format.size() && format[i] == '*') fail(FailureKind::kUnsupported, "'*' widths in % formatting");
-      while (i < format.size() && format[i] >= '0' && format[i] <= '9') number = number * 10 + (format[i++] - '0');
+      if (i < format.size() && format[i] == '*')
+        fail(FailureKind::kUnsupported, "'*' widths in % formatting");
+      while (i < format.size() && format[i] >= '0' && format[i] <= '9')
+        number = number * 10 + (format[i++] - '0');
       return number;
     };
     if (i < format.size() && format[i] >= '0' && format[i] <= '9') spec.width = read_number();
@@ -626,7 +644,8 @@ std::string printf_format(std::string_view format, const Value& arguments) {
       continue;
     }
     if (!value) {
-      if (next_argument >= positional.size()) fail(FailureKind::kType, "not enough arguments for format string");
+      if (next_argument >= positional.size())
+        fail(FailureKind::kType, "not enough arguments for format string");
       value = &positional[next_argument++];
     }
     out += format_one(conversion, spec, *value);
@@ -676,7 +695,8 @@ std::string format_with_spec(const Value& value, std::string_view spec) {
     ++i;
   }
   int width = -1;
-  while (i < spec.size() && spec[i] >= '0' && spec[i] <= '9') width = (width < 0 ? 0 : width * 10) + (spec[i++] - '0');
+  while (i < spec.size() && spec[i] >= '0' && spec[i] <= '9')
+    width = (width < 0 ? 0 : width * 10) + (spec[i++] - '0');
   if (i < spec.size() && (spec[i] == ',' || spec[i] == '_')) {
     fail(FailureKind::kUnsupported, "digit grouping in format specs");
   }
@@ -684,7 +704,8 @@ std::string format_with_spec(const Value& value, std::string_view spec) {
   if (i < spec.size() && spec[i] == '.') {
     ++i;
     precision = 0;
-    while (i < spec.size() && spec[i] >= '0' && spec[i] <= '9') precision = precision * 10 + (spec[i++] - '0');
+    while (i < spec.size() && spec[i] >= '0' && spec[i] <= '9')
+      precision = precision * 10 + (spec[i++] - '0');
   }
   char type = 0;
   if (i < spec.size()) type = spec[i++];
@@ -711,30 +732,37 @@ std::string format_with_spec(const Value& value, std::string_view spec) {
     if (!align) align = '>';
     char buffer[512];
     const bool integer_value = !value.is_float();
-    if (integer_value && (type == 0 || type == 'd' || type == 'x' || type == 'X' || type == 'o' || type == 'b')) {
+    if (integer_value &&
+        (type == 0 || type == 'd' || type == 'x' || type == 'X' || type == 'o' || type == 'b')) {
       const int64_t number = value.as_int();
-      const unsigned long long magnitude =
-          number < 0 ? 0ULL - static_cast<unsigned long long>(number) : static_cast<unsigned long long>(number);
+      const unsigned long long magnitude = number < 0 ? 0ULL - static_cast<unsigned long long>(number)
+                                                      : static_cast<unsigned long long>(number);
       if (type == 'b') {
         std::string bits;
-        for (unsigned long long m = magnitude; m > 0; m >>= 1) bits.insert(bits.begin(), static_cast<char>('0' + (m & 1)));
+        for (unsigned long long m = magnitude; m > 0; m >>= 1)
+          bits.insert(bits.begin(), static_cast<char>('0' + (m & 1)));
         body = bits.empty() ? "0" : bits;
       } else {
-        std::snprintf(buffer, sizeof(buffer), type == 'x' ? "%llx" : type == 'X' ? "%llX" : type == 'o' ? "%llo" : "%llu",
+        std::snprintf(buffer, sizeof(buffer),
+                      type == 'x'   ? "%llx"
+                      : type == 'X' ? "%llX"
+                      : type == 'o' ? "%llo"
+                                    : "%llu",
                       magnitude);
         body = buffer;
       }
       if (alternate && type != 0 && type != 'd') body = std::string("0") + (type == 'X' ? 'X' : type) + body;
       sign_text = number < 0 ? "-" : sign == '+' ? "+" : sign == ' ' ? " " : "";
-    } else if (type == 'f' || type == 'F' || type == 'e' || type == 'E' || type == 'g' || type == 'G' || type == '%' ||
-               (type == 0 && precision >= 0) || (integer_value && type != 0)) {
+    } else if (type == 'f' || type == 'F' || type == 'e' || type == 'E' || type == 'g' || type == 'G' ||
+               type == '%' || (type == 0 && precision >= 0) || (integer_value && type != 0)) {
       if (type == 'c' || type == 's' || type == 'n') fail(FailureKind::kUnsupported, "this format spec type");
       double number = value.as_double();
       char conversion = type == 0 ? 'g' : type == '%' ? 'f' : type;
       if (type == '%') number *= 100;
       std::string format = alternate ? "%#.*" : "%.*";
       format.push_back(conversion);
-      std::snprintf(buffer, sizeof(buffer), format.c_str(), precision >= 0 ? precision : 6, std::fabs(number));
+      std::snprintf(buffer, sizeof(buffer), format.c_str(), precision >= 0 ? precision : 6,
+                    std::fabs(number));
       body = buffer;
       if (type == '%') body += "%";
       sign_text = std::signbit(number) ? "-" : sign == '+' ? "+" : sign == ' ' ? " " : "";
@@ -746,7 +774,8 @@ std::string format_with_spec(const Value& value, std::string_view spec) {
                                     python_type_name(value) + "'");
     }
   } else {
-    fail(FailureKind::kType, "unsupported format string passed to " + python_type_name(value) + ".__format__");
+    fail(FailureKind::kType,
+         "unsupported format string passed to " + python_type_name(value) + ".__format__");
   }
   const int64_t length = count_code_points(sign_text) + count_code_points(body);
   if (width < 0 || length >= width) return sign_text + body;
@@ -778,7 +807,8 @@ std::optional<std::string> strip_underscores(std::string_view text, bool (*is_di
   std::string out;
   for (size_t i = 0; i < text.size(); ++i) {
     if (text[i] == '_') {
-      if (i == 0 || i + 1 == text.size() || !is_digit(text[i - 1]) || !is_digit(text[i + 1])) return std::nullopt;
+      if (i == 0 || i + 1 == text.size() || !is_digit(text[i - 1]) || !is_digit(text[i + 1]))
+        return std::nullopt;
       continue;
     }
     if (!is_digit(text[i])) return std::nullopt;
@@ -843,7 +873,8 @@ std::optional<double> parse_python_float(std::string_view text) {
   std::string normalized = sign;
   const size_t dot = mantissa.find('.');
   const std::string_view integer_part = mantissa.substr(0, dot);
-  const std::string_view fraction_part = dot == std::string_view::npos ? std::string_view() : mantissa.substr(dot + 1);
+  const std::string_view fraction_part =
+      dot == std::string_view::npos ? std::string_view() : mantissa.substr(dot + 1);
   if (integer_part.empty() && fraction_part.empty()) return std::nullopt;
   if (!integer_part.empty()) {
     auto digits = strip_underscores(integer_part, is_decimal_digit);

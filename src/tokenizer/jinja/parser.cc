@@ -74,7 +74,9 @@ class Parser {
   void advance() {
     if (position_ + 1 < tokens_.size()) ++position_;
   }
-  bool is_name(const char* name) const { return current().type == TokenType::kName && current().text == name; }
+  bool is_name(const char* name) const {
+    return current().type == TokenType::kName && current().text == name;
+  }
   bool is_operator(const char* op) const {
     return current().type == TokenType::kOperator && current().text == op;
   }
@@ -95,13 +97,16 @@ class Parser {
     throw TemplateFailure(FailureKind::kUnsupported, what, line ? line : current().line);
   }
   void expect_operator(const char* op) {
-    if (!skip_operator(op)) syntax_error(std::string("expected '") + op + "', got '" + describe(current()) + "'");
+    if (!skip_operator(op))
+      syntax_error(std::string("expected '") + op + "', got '" + describe(current()) + "'");
   }
   void expect_name(const char* name) {
-    if (!skip_name(name)) syntax_error(std::string("expected '") + name + "', got '" + describe(current()) + "'");
+    if (!skip_name(name))
+      syntax_error(std::string("expected '") + name + "', got '" + describe(current()) + "'");
   }
   std::string expect_any_name() {
-    if (current().type != TokenType::kName) syntax_error("expected a name, got '" + describe(current()) + "'");
+    if (current().type != TokenType::kName)
+      syntax_error("expected a name, got '" + describe(current()) + "'");
     std::string name = current().text;
     advance();
     return name;
@@ -147,7 +152,8 @@ class Parser {
         case TokenType::kEnd:
           if (end_names.size() > 0) {
             std::string wanted;
-            for (const char* end : end_names) wanted += std::string(wanted.empty() ? "" : " or ") + "'" + end + "'";
+            for (const char* end : end_names)
+              wanted += std::string(wanted.empty() ? "" : " or ") + "'" + end + "'";
             syntax_error("unexpected end of template; Jinja was looking for " + wanted);
           }
           return body;
@@ -187,11 +193,11 @@ class Parser {
       const int line = token.line;
       const bool is_break = tag == "break";
       advance();
-      return std::make_unique<LoopControlStatement>(is_break ? Statement::Kind::kBreak : Statement::Kind::kContinue,
-                                                    line);
+      return std::make_unique<LoopControlStatement>(
+          is_break ? Statement::Kind::kBreak : Statement::Kind::kContinue, line);
     }
-    static const char* const kUnsupportedTags[] = {"extends", "block", "include", "import", "from",
-                                                   "call",    "with",  "autoescape", "do",  "trans"};
+    static const char* const kUnsupportedTags[] = {"extends", "block", "include",    "import", "from",
+                                                   "call",    "with",  "autoescape", "do",     "trans"};
     for (const char* unsupported_tag : kUnsupportedTags) {
       if (tag == unsupported_tag) unsupported("the {% " + tag + " %} tag");
     }
@@ -354,8 +360,8 @@ class Parser {
   }
 
   // --- expressions ----------------------------------------------------------------------------------
-  ExpressionPtr parse_tuple(bool simplified, bool with_condexpr, std::initializer_list<const char*> extra_end_names,
-                            bool explicit_parentheses) {
+  ExpressionPtr parse_tuple(bool simplified, bool with_condexpr,
+                            std::initializer_list<const char*> extra_end_names, bool explicit_parentheses) {
     const int line = current().line;
     std::vector<ExpressionPtr> items;
     bool is_tuple = false;
@@ -378,9 +384,7 @@ class Parser {
     return tuple;
   }
 
-  ExpressionPtr parse_expression(bool with_condexpr) {
-    return with_condexpr ? parse_condexpr() : parse_or();
-  }
+  ExpressionPtr parse_expression(bool with_condexpr) { return with_condexpr ? parse_condexpr() : parse_or(); }
 
   ExpressionPtr parse_condexpr() {
     NestingGuard chain(*this, /*count_self=*/false);
@@ -391,7 +395,8 @@ class Parser {
       ExpressionPtr test = parse_or();
       ExpressionPtr otherwise;
       if (skip_name("else")) otherwise = parse_condexpr();
-      then = std::make_unique<ConditionalExpression>(std::move(test), std::move(then), std::move(otherwise), line);
+      then = std::make_unique<ConditionalExpression>(std::move(test), std::move(then), std::move(otherwise),
+                                                     line);
       line = current().line;
     }
     return then;
@@ -515,7 +520,8 @@ class Parser {
     ExpressionPtr left = parse_unary(true);
     while (skip_operator("**")) {
       chain.deepen();
-      left = std::make_unique<BinaryExpression>(BinaryOperator::kPower, std::move(left), parse_unary(true), line);
+      left = std::make_unique<BinaryExpression>(BinaryOperator::kPower, std::move(left), parse_unary(true),
+                                                line);
     }
     return left;
   }
@@ -543,7 +549,8 @@ class Parser {
       case TokenType::kName: {
         const std::string name = token.text;
         advance();
-        if (name == "true" || name == "True") return std::make_unique<LiteralExpression>(Value::boolean(true), line);
+        if (name == "true" || name == "True")
+          return std::make_unique<LiteralExpression>(Value::boolean(true), line);
         if (name == "false" || name == "False") {
           return std::make_unique<LiteralExpression>(Value::boolean(false), line);
         }
@@ -661,7 +668,8 @@ class Parser {
       keys.push_back(parse_subscribed());
     }
     expect_operator("]");
-    if (keys.size() == 1) return std::make_unique<GetItemExpression>(std::move(node), std::move(keys[0]), line);
+    if (keys.size() == 1)
+      return std::make_unique<GetItemExpression>(std::move(node), std::move(keys[0]), line);
     auto tuple = std::make_unique<SequenceExpression>(Expression::Kind::kTuple, line);
     tuple->items = std::move(keys);
     return std::make_unique<GetItemExpression>(std::move(node), std::move(tuple), line);
@@ -703,7 +711,8 @@ class Parser {
       } else if (skip_operator("**")) {
         ensure(!arguments.star_keyword);
         arguments.star_keyword = parse_expression(true);
-      } else if (current().type == TokenType::kName && look().type == TokenType::kOperator && look().text == "=") {
+      } else if (current().type == TokenType::kName && look().type == TokenType::kOperator &&
+                 look().text == "=") {
         ensure(!arguments.star_keyword);
         std::string key = current().text;
         advance();
@@ -750,8 +759,8 @@ class Parser {
     auto test = std::make_unique<TestExpression>(std::move(node), std::move(name), line);
     const Token& token = current();
     const bool starts_argument =
-        token.type == TokenType::kName || token.type == TokenType::kString || token.type == TokenType::kInteger ||
-        token.type == TokenType::kFloat ||
+        token.type == TokenType::kName || token.type == TokenType::kString ||
+        token.type == TokenType::kInteger || token.type == TokenType::kFloat ||
         (token.type == TokenType::kOperator && (token.text == "[" || token.text == "{"));
     if (is_operator("(")) {
       parse_call_arguments(test->arguments);
@@ -891,7 +900,8 @@ class Parser {
             unsupported("the Jinja filter '" + node->name + "'", expression->line);
           case BuiltinSupport::kUnknown:
             if (!soft) {
-              throw TemplateFailure(FailureKind::kAssertion, "No filter named '" + node->name + "'.", expression->line);
+              throw TemplateFailure(FailureKind::kAssertion, "No filter named '" + node->name + "'.",
+                                    expression->line);
             }
             node->unknown = true;
         }
@@ -908,7 +918,8 @@ class Parser {
             unsupported("the Jinja test '" + node->name + "'", expression->line);
           case BuiltinSupport::kUnknown:
             if (!soft) {
-              throw TemplateFailure(FailureKind::kAssertion, "No test named '" + node->name + "'.", expression->line);
+              throw TemplateFailure(FailureKind::kAssertion, "No test named '" + node->name + "'.",
+                                    expression->line);
             }
             node->unknown = true;
         }

@@ -157,7 +157,8 @@ bool is_python_line_break(char32_t c) {
          c == 0x85 || c == 0x2028 || c == 0x2029;
 }
 
-std::string python_strip(std::string_view text, const std::optional<std::string>& chars, bool left, bool right) {
+std::string python_strip(std::string_view text, const std::optional<std::string>& chars, bool left,
+                         bool right) {
   const std::u32string code_points = decode_utf8(text);
   const std::u32string set = to_code_points(chars);
   auto strippable = [&](char32_t c) { return chars ? in_set(c, set) : is_python_space(c); };
@@ -254,7 +255,8 @@ std::vector<std::string> python_splitlines(std::string_view text, bool keep_ends
     lines.push_back(encode_utf8(std::u32string_view(code_points).substr(start, line_end - start)));
     start = i = end_of_break;
   }
-  if (start < code_points.size()) lines.push_back(encode_utf8(std::u32string_view(code_points).substr(start)));
+  if (start < code_points.size())
+    lines.push_back(encode_utf8(std::u32string_view(code_points).substr(start)));
   return lines;
 }
 

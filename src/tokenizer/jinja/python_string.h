@@ -27,7 +27,8 @@ bool is_python_space(char32_t code_point);
 bool is_python_line_break(char32_t code_point);
 
 // str.strip / lstrip / rstrip; `chars` unset means whitespace.
-std::string python_strip(std::string_view text, const std::optional<std::string>& chars, bool left, bool right);
+std::string python_strip(std::string_view text, const std::optional<std::string>& chars, bool left,
+                         bool right);
 // str.split(sep, maxsplit): `separator` unset means runs of whitespace; maxsplit < 0 means no limit.
 // Throws std::invalid_argument for an empty separator (Python's ValueError).
 std::vector<std::string> python_split(std::string_view text, const std::optional<std::string>& separator,

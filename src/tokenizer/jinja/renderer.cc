@@ -30,7 +30,8 @@ class DepthGuard {
  public:
   DepthGuard(int& depth, int64_t& steps) : depth_(depth) {
     if (++steps > kMaxSteps) {
-      fail(FailureKind::kUnsupported, "more than " + std::to_string(kMaxSteps) + " evaluation steps (a runaway loop?)");
+      fail(FailureKind::kUnsupported,
+           "more than " + std::to_string(kMaxSteps) + " evaluation steps (a runaway loop?)");
     }
     if (++depth_ > kMaxEvaluationDepth) {
       --depth_;
@@ -153,7 +154,8 @@ Renderer::Flow Renderer::execute(const Statement& statement, Frame* frame) {
       output_->append(static_cast<const DataStatement&>(statement).text);
       return Flow::kNormal;
     case Statement::Kind::kOutput:
-      output_->append(to_python_str(evaluate(*static_cast<const OutputStatement&>(statement).expression, frame)));
+      output_->append(
+          to_python_str(evaluate(*static_cast<const OutputStatement&>(statement).expression, frame)));
       return Flow::kNormal;
     case Statement::Kind::kIf: {
       const auto& node = static_cast<const IfStatement&>(statement);
@@ -251,8 +253,10 @@ void Renderer::assign(const AssignTarget& target, const Value& value, Frame* fra
         fail(FailureKind::kRuntime, "cannot assign attribute on non-namespace object");
       }
       if (!target.attribute.empty() && target.attribute[0] == '_') {
-        fail(FailureKind::kSecurity, "Chat templates cannot store underscore-prefixed attributes on a namespace, "
-                                     "but got '" + target.attribute + "'. Please rename the attribute.");
+        fail(FailureKind::kSecurity,
+             "Chat templates cannot store underscore-prefixed attributes on a namespace, "
+             "but got '" +
+                 target.attribute + "'. Please rename the attribute.");
       }
       object->as_namespace().attributes.set(target.attribute, value);
       return;
@@ -262,8 +266,8 @@ void Renderer::assign(const AssignTarget& target, const Value& value, Frame* fra
       const std::vector<Value> items = python_iterate(value);
       const size_t wanted = target.items.size();
       if (items.size() < wanted) {
-        fail(FailureKind::kValue, "not enough values to unpack (expected " + std::to_string(wanted) + ", got " +
-                                      std::to_string(items.size()) + ")");
+        fail(FailureKind::kValue, "not enough values to unpack (expected " + std::to_string(wanted) +
+                                      ", got " + std::to_string(items.size()) + ")");
       }
       if (items.size() > wanted) {
         fail(FailureKind::kValue, "too many values to unpack (expected " + std::to_string(wanted) + ")");
@@ -276,19 +280,20 @@ void Renderer::assign(const AssignTarget& target, const Value& value, Frame* fra
 
 Value Renderer::call(const Value& callee, CallArguments arguments) {
   if (callee.is_undefined()) raise_undefined(callee);
-  if (!callee.is_callable()) fail(FailureKind::kType, "'" + python_type_name(callee) + "' object is not callable");
+  if (!callee.is_callable())
+    fail(FailureKind::kType, "'" + python_type_name(callee) + "' object is not callable");
   return callee.as_callable().call(std::move(arguments), *this);
 }
 
 Value Renderer::call_macro(const MacroStatement& macro, Frame* closure, CallArguments arguments) {
   if (macro_depth_ >= kMaxMacroDepth) {
-    fail(FailureKind::kRecursion, "macro '" + macro.name + "' nested more than " + std::to_string(kMaxMacroDepth) +
-                                      " calls deep");
+    fail(FailureKind::kRecursion,
+         "macro '" + macro.name + "' nested more than " + std::to_string(kMaxMacroDepth) + " calls deep");
   }
   const size_t parameter_count = macro.parameters.size();
   if (arguments.positional.size() > parameter_count && !macro.uses_varargs) {
-    fail(FailureKind::kType, "macro '" + macro.name + "' takes not more than " + std::to_string(parameter_count) +
-                                 " argument(s)");
+    fail(FailureKind::kType, "macro '" + macro.name + "' takes not more than " +
+                                 std::to_string(parameter_count) + " argument(s)");
   }
   const FrameMark mark = mark_frames();
   Frame* frame = new_frame(closure);
@@ -300,7 +305,8 @@ Value Renderer::call_macro(const MacroStatement& macro, Frame* closure, CallArgu
     Value value;
     if (i < arguments.positional.size()) {
       if (keyword != arguments.keyword.end()) {
-        fail(FailureKind::kType, "macro '" + macro.name + "' got multiple values for argument '" + parameter + "'");
+        fail(FailureKind::kType,
+             "macro '" + macro.name + "' got multiple values for argument '" + parameter + "'");
       }
       value = arguments.positional[i];
     } else if (keyword != arguments.keyword.end()) {
@@ -315,7 +321,8 @@ Value Renderer::call_macro(const MacroStatement& macro, Frame* closure, CallArgu
   }
   if (macro.uses_varargs) {
     std::vector<Value> extra;
-    for (size_t i = parameter_count; i < arguments.positional.size(); ++i) extra.push_back(arguments.positional[i]);
+    for (size_t i = parameter_count; i < arguments.positional.size(); ++i)
+      extra.push_back(arguments.positional[i]);
     frame->set("varargs", Value::sequence(std::move(extra), SequenceKind::kTuple));
   }
   if (macro.uses_kwargs) {
@@ -323,7 +330,8 @@ Value Renderer::call_macro(const MacroStatement& macro, Frame* closure, CallArgu
     for (auto& [key, value] : arguments.keyword) extra.set(key, std::move(value));
     frame->set("kwargs", Value::dict(std::move(extra)));
   } else if (!arguments.keyword.empty()) {
-    fail(FailureKind::kType, "macro '" + macro.name + "' takes no keyword argument '" + arguments.keyword[0].first + "'");
+    fail(FailureKind::kType,
+         "macro '" + macro.name + "' takes no keyword argument '" + arguments.keyword[0].first + "'");
   }
   std::string captured;
   std::string* saved = output_;
@@ -356,8 +364,10 @@ bool Renderer::call_test(std::string_view name, const Value& input, CallArgument
 
 CallArguments Renderer::evaluate_arguments(const ArgumentList& arguments, Frame* frame) {
   CallArguments result;
-  for (const ExpressionPtr& argument : arguments.positional) result.positional.push_back(evaluate(*argument, frame));
-  for (const auto& [key, argument] : arguments.keyword) result.keyword.emplace_back(key, evaluate(*argument, frame));
+  for (const ExpressionPtr& argument : arguments.positional)
+    result.positional.push_back(evaluate(*argument, frame));
+  for (const auto& [key, argument] : arguments.keyword)
+    result.keyword.emplace_back(key, evaluate(*argument, frame));
   if (arguments.star_positional) {
     for (Value& item : python_iterate(evaluate(*arguments.star_positional, frame))) {
       result.positional.push_back(std::move(item));
@@ -404,12 +414,14 @@ Value Renderer::evaluate(const Expression& expression, Frame* frame) {
       for (const ExpressionPtr& item : static_cast<const SequenceExpression&>(expression).items) {
         items.push_back(evaluate(*item, frame));
       }
-      return Value::sequence(std::move(items), expression.kind == Expression::Kind::kList ? SequenceKind::kList
-                                                                                          : SequenceKind::kTuple);
+      return Value::sequence(std::move(items), expression.kind == Expression::Kind::kList
+                                                   ? SequenceKind::kList
+                                                   : SequenceKind::kTuple);
     }
     case Expression::Kind::kDict: {
       Dict dict;
-      for (const auto& [key_expression, value_expression] : static_cast<const DictExpression&>(expression).pairs) {
+      for (const auto& [key_expression, value_expression] :
+           static_cast<const DictExpression&>(expression).pairs) {
         Value key = evaluate(*key_expression, frame);
         if (!is_hashable(key)) fail(FailureKind::kType, "unhashable type: '" + python_type_name(key) + "'");
         dict.set(std::move(key), evaluate(*value_expression, frame));

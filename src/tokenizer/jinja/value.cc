@@ -58,7 +58,8 @@ Value loop_attribute(const LoopData& loop, const std::string& name) {
   if (name == "length") return Value::integer(length);
   if (name == "depth") return Value::integer(1);
   if (name == "depth0") return Value::integer(0);
-  if (name == "previtem") return index0 > 0 ? (*loop.items)[index0 - 1] : Value::undefined("there is no previous item");
+  if (name == "previtem")
+    return index0 > 0 ? (*loop.items)[index0 - 1] : Value::undefined("there is no previous item");
   if (name == "nextitem") {
     return index0 + 1 < length ? (*loop.items)[index0 + 1] : Value::undefined("there is no next item");
   }
@@ -241,7 +242,8 @@ constexpr int kMaxValueDepth = 500;
 
 void check_depth(int depth) {
   if (depth > kMaxValueDepth) {
-    fail(FailureKind::kUnsupported, "values nested more than " + std::to_string(kMaxValueDepth) + " levels deep");
+    fail(FailureKind::kUnsupported,
+         "values nested more than " + std::to_string(kMaxValueDepth) + " levels deep");
   }
 }
 
@@ -322,7 +324,8 @@ std::string repr_at(const Value& value, int depth) {
       return "<Namespace " + dict_repr(value.as_namespace().attributes, depth + 1) + ">";
     case Value::Type::kLoop: {
       const LoopData& loop = value.as_loop();
-      return "<LoopContext " + std::to_string(loop.index0 + 1) + "/" + std::to_string(loop.items->size()) + ">";
+      return "<LoopContext " + std::to_string(loop.index0 + 1) + "/" + std::to_string(loop.items->size()) +
+             ">";
     }
     case Value::Type::kCallable:
       return value.as_callable().repr();
@@ -382,7 +385,8 @@ bool equals_at(const Value& left, const Value& right, int depth) {
       if (kind == SequenceKind::kDictKeys || kind == SequenceKind::kDictItems) {
         // Set-like views compare regardless of order.
         for (const Value& item : a) {
-          if (std::none_of(b.begin(), b.end(), [&](const Value& other) { return equals_at(item, other, depth + 1); })) {
+          if (std::none_of(b.begin(), b.end(),
+                           [&](const Value& other) { return equals_at(item, other, depth + 1); })) {
             return false;
           }
         }
@@ -447,7 +451,8 @@ int64_t python_len(const Value& value) {
     case Value::Type::kString:
       return count_code_points(value.as_string());
     case Value::Type::kSequence:
-      if (value.sequence_kind() != SequenceKind::kGenerator) return static_cast<int64_t>(value.items().size());
+      if (value.sequence_kind() != SequenceKind::kGenerator)
+        return static_cast<int64_t>(value.items().size());
       break;
     case Value::Type::kDict:
       return static_cast<int64_t>(value.as_dict().size());
@@ -595,7 +600,8 @@ void dump_json(const Value& value, const JsonDumpOptions& options, int level, st
         return;
       }
       out += "[";
-      const std::string separator = options.indent ? item_separator + newline_indent(level + 1) : item_separator;
+      const std::string separator =
+          options.indent ? item_separator + newline_indent(level + 1) : item_separator;
       if (options.indent) out += newline_indent(level + 1);
       for (size_t i = 0; i < items.size(); ++i) {
         if (i > 0) out += separator;
@@ -616,7 +622,8 @@ void dump_json(const Value& value, const JsonDumpOptions& options, int level, st
                          [](const auto& a, const auto& b) { return python_less(a.first, b.first); });
       }
       out += "{";
-      const std::string separator = options.indent ? item_separator + newline_indent(level + 1) : item_separator;
+      const std::string separator =
+          options.indent ? item_separator + newline_indent(level + 1) : item_separator;
       if (options.indent) out += newline_indent(level + 1);
       bool first = true;
       for (const auto& [key, item] : entries) {

@@ -7,13 +7,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace cartridge::jinja {
 
@@ -66,7 +65,19 @@ class Callable {
 
 class Value {
  public:
-  enum class Type { kUndefined, kNone, kBool, kInt, kFloat, kString, kSequence, kDict, kNamespace, kLoop, kCallable };
+  enum class Type {
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kSequence,
+    kDict,
+    kNamespace,
+    kLoop,
+    kCallable
+  };
 
   // An Undefined with no message ("'x' is undefined" messages are set by the lookup that failed).
   Value() = default;
@@ -95,7 +106,8 @@ class Value {
   bool is_markup() const { return type_ == Type::kString && markup_; }
   bool is_sequence() const { return type_ == Type::kSequence; }
   bool is_list_or_tuple() const {
-    return is_sequence() && (sequence_kind() == SequenceKind::kList || sequence_kind() == SequenceKind::kTuple);
+    return is_sequence() &&
+           (sequence_kind() == SequenceKind::kList || sequence_kind() == SequenceKind::kTuple);
   }
   bool is_dict() const { return type_ == Type::kDict; }
   bool is_namespace() const { return type_ == Type::kNamespace; }
@@ -112,9 +124,7 @@ class Value {
   const SequenceData& sequence_data() const { return *static_cast<const SequenceData*>(data_.get()); }
   const Dict& as_dict() const { return *static_cast<const Dict*>(data_.get()); }
   // A namespace is the one mutable value: {% set ns.x = ... %} changes it for every holder.
-  NamespaceData& as_namespace() const {
-    return *static_cast<NamespaceData*>(const_cast<void*>(data_.get()));
-  }
+  NamespaceData& as_namespace() const { return *static_cast<NamespaceData*>(const_cast<void*>(data_.get())); }
   const LoopData& as_loop() const { return *static_cast<const LoopData*>(data_.get()); }
   const Callable& as_callable() const { return *static_cast<const Callable*>(data_.get()); }
   const UndefinedData& undefined_data() const;
@@ -157,7 +167,7 @@ struct NamespaceData {
 
 struct LoopData {
   std::shared_ptr<const std::vector<Value>> items;  // everything the loop iterates over
-  int64_t index0 = 0;                                // the current iteration
+  int64_t index0 = 0;                               // the current iteration
   // Last values passed to loop.changed(), shared by all iterations of this loop.
   std::shared_ptr<std::optional<std::vector<Value>>> last_changed;
 };
