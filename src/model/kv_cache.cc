@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
 
 namespace cartridge {
 namespace {
@@ -164,7 +165,8 @@ void KvCache::reserve(int64_t slots) {
     const int64_t used = current_keys.size(2);
     const int64_t needed = used + slots;
     std::shared_ptr<GrowthBuffer>& buffer = growth_buffers[layer];
-    if (buffer && is_prefix_view(current_keys, buffer->keys, buffer->used) && buffer->keys.size(2) >= needed) {
+    if (buffer && (!buffer->keys.is_inference() || c10::InferenceMode::is_enabled()) &&
+        is_prefix_view(current_keys, buffer->keys, buffer->used) && buffer->keys.size(2) >= needed) {
       continue;
     }
     auto fresh = std::make_shared<GrowthBuffer>();
@@ -201,7 +203,9 @@ void KvCache::append_layer(int64_t layer, const at::Tensor& new_keys, const at::
   const int64_t used = current_keys.size(2);
   const int64_t added = new_keys.size(2);
   const int64_t needed = used + added;
-  const bool can_write_in_place = buffer && is_prefix_view(current_keys, buffer->keys, buffer->used) &&
+  // A buffer made under c10::InferenceMode can only be written in place inside InferenceMode.
+  const bool writable = buffer && (!buffer->keys.is_inference() || c10::InferenceMode::is_enabled());
+  const bool can_write_in_place = writable && is_prefix_view(current_keys, buffer->keys, buffer->used) &&
                                   is_prefix_view(current_values, buffer->values, buffer->used) &&
                                   buffer->keys.size(2) >= needed;
   if (!can_write_in_place) {

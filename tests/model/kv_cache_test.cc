@@ -66,6 +66,24 @@ TEST_F(KvCacheTest, ShallowCopiesSharingCapacityDoNotOverwriteEachOther) {
   EXPECT_GT(max_abs_diff(first, forked), 0.0);
 }
 
+TEST_F(KvCacheTest, CacheFilledUnderInferenceModeKeepsWorkingOutsideIt) {
+  const at::Tensor& ids = testing::get(cases_, "padded_ids");
+  const at::Tensor& mask = testing::get(cases_, "padded_mask");
+  KvCache cache;
+  {
+    c10::InferenceMode inference;
+    cache = prefill(ids, mask);
+    cache.reserve(4);
+  }
+  // Outside InferenceMode the inference-mode buffers cannot be written in place; appends must still work.
+  at::NoGradGuard no_grad;
+  const at::Tensor outside = step(cache, tokens({1, 2, 3}));
+  KvCache reference = prefill(ids, mask);
+  EXPECT_LE(max_abs_diff(outside, step(reference, tokens({1, 2, 3}))), kTolerance);
+  cache.reserve(4);
+  EXPECT_LE(max_abs_diff(step(cache, tokens({4, 5, 6})), step(reference, tokens({4, 5, 6}))), kTolerance);
+}
+
 TEST_F(KvCacheTest, SelectRowsKeepsEachRowsComputation) {
   c10::InferenceMode inference;
   KvCache cache = prefill(testing::get(cases_, "padded_ids"), testing::get(cases_, "padded_mask"));
