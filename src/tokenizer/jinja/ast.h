@@ -182,7 +182,8 @@ struct Statement {
     kFilterBlock,
     kBreak,
     kContinue,
-    kScope
+    kScope,
+    kWith,
   };
   Statement(Kind kind, int line) : kind(kind), line(line) {}
   virtual ~Statement() = default;
@@ -253,6 +254,13 @@ struct LoopControlStatement : Statement {
 // A body run in its own variable scope: transformers' {% generation %} block (a call block in jinja2).
 struct ScopeStatement : Statement {
   explicit ScopeStatement(int line) : Statement(Kind::kScope, line) {}
+  Body body;
+};
+
+// {% with a = x, b = y %}: a scope whose variables are set first (the values evaluated outside it).
+struct WithStatement : Statement {
+  explicit WithStatement(int line) : Statement(Kind::kWith, line) {}
+  std::vector<std::pair<AssignTarget, ExpressionPtr>> assignments;
   Body body;
 };
 

@@ -196,8 +196,11 @@ class Parser {
       return std::make_unique<LoopControlStatement>(
           is_break ? Statement::Kind::kBreak : Statement::Kind::kContinue, line);
     }
-    static const char* const kUnsupportedTags[] = {"extends", "block", "include",    "import", "from",
-                                                   "call",    "with",  "autoescape", "do",     "trans"};
+    if (tag == "with") return parse_with();
+    // Core jinja2 tags this engine leaves out (do / trans need extensions transformers does not load, so
+    // they are unknown tags there too).
+    static const char* const kUnsupportedTags[] = {"extends", "block", "include",   "import",
+                                                   "from",    "call",  "autoescape"};
     for (const char* unsupported_tag : kUnsupportedTags) {
       if (tag == unsupported_tag) unsupported("the {% " + tag + " %} tag");
     }
@@ -285,6 +288,19 @@ class Parser {
     advance();
     node->filter = parse_filter(nullptr, /*start_inline=*/true);
     node->body = parse_statements({"endfilter"}, /*drop_needle=*/true);
+    return node;
+  }
+
+  StatementPtr parse_with() {
+    auto node = std::make_unique<WithStatement>(current().line);
+    advance();
+    while (current().type != TokenType::kBlockEnd) {
+      if (!node->assignments.empty()) expect_operator(",");
+      AssignTarget target = parse_assign_target({}, /*with_namespace=*/false);
+      expect_operator("=");
+      node->assignments.emplace_back(std::move(target), parse_expression(true));
+    }
+    node->body = parse_statements({"endwith"}, /*drop_needle=*/true);
     return node;
   }
 
@@ -828,6 +844,12 @@ class Parser {
       case Statement::Kind::kScope:
         validate(static_cast<ScopeStatement&>(statement).body, false);
         break;
+      case Statement::Kind::kWith: {
+        auto& node = static_cast<WithStatement&>(statement);
+        for (auto& assignment : node.assignments) validate(assignment.second.get(), soft);
+        validate(node.body, false);
+        break;
+      }
       default:
         break;
     }

@@ -194,6 +194,18 @@ Renderer::Flow Renderer::execute(const Statement& statement, Frame* frame) {
     case Statement::Kind::kScope:
       output_->append(capture(static_cast<const ScopeStatement&>(statement).body, frame));
       return Flow::kNormal;
+    case Statement::Kind::kWith: {
+      // Unlike a macro-like scope, break / continue inside reach the enclosing loop.
+      const auto& node = static_cast<const WithStatement&>(statement);
+      std::vector<Value> values;
+      for (const auto& assignment : node.assignments) values.push_back(evaluate(*assignment.second, frame));
+      const FrameMark mark = mark_frames();
+      Frame* scope = new_frame(frame);
+      for (size_t i = 0; i < values.size(); ++i) assign(node.assignments[i].first, values[i], scope);
+      const Flow flow = execute(node.body, scope);
+      release_frames(mark);
+      return flow;
+    }
     case Statement::Kind::kBreak:
       return Flow::kBreak;
     case Statement::Kind::kContinue:
