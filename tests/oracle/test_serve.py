@@ -1,0 +1,273 @@
+"""`cartridge serve` driven by the real `openai` Python client on 127.0.0.1.
+
+- Completions and chat, streaming and not: 8 concurrent requests, each over a different cartridge (six
+  cartridges, the bare model, and two cartridges composed with the extra `cartridges` field), return exactly the text
+  `cartridge generate --cartridge ...` gives for the same cartridge, prompt and greedy settings.
+- Bad requests (malformed JSON, unknown cartridge, `../` names, an adapter for another model, an oversized
+  body, max_tokens over the limit) get 4xx OpenAI error objects, and the server keeps serving.
+- The server logs one line per request.
+
+Cartridges are made by `cartridge init` from short texts on the default SmolLM2 GGUF.
+Needs CARTRIDGE_BIN (our binary).
+"""
+import concurrent.futures
+import http.client
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import openai
+import pytest
+from safetensors.torch import load_file, save_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("CARTRIDGE_BIN", str(ROOT / "build" / "cartridge"))
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_ID = "SmolLM2-135M-Instruct.Q4_1"
+MAX_TOKENS = 16
+MAX_BODY = 256 * 1024
+
+TEXTS = [
+    "The Zorblax treaty of 1832 was signed in the city of Quentaro by three river guilds who agreed to share the "
+    "water of the Vell for ninety years.",
+    "Marta's bakery sells sourdough on Mondays, rye bread on Wednesdays and cinnamon rolls only on the first "
+    "Saturday of each month.",
+    "In the board game Hexfall, each player starts with seven tiles, and a tile can only be placed next to another "
+    "tile of the same colour.",
+    "Project Lumen is a satellite launched in 2031 to measure the brightness of distant quasars with a two-metre "
+    "mirror cooled to four kelvin.",
+    "The recipe calls for two cups of flour, one egg, half a cup of milk and a pinch of salt, whisked until smooth "
+    "and rested for an hour.",
+    "Captain Ilsa Varn commanded the research vessel Meridian during its survey of the southern trench, mapping "
+    "eleven hydrothermal vents.",
+]
+TOKENS = [12, 20, 9, 16, 24, 10]
+NAMES = [f"doc{i}" for i in range(len(TEXTS))]
+PROMPTS = ["The treaty was signed in", "On Mondays the bakery sells", "Each player starts with",
+           "The satellite measures", "Whisk the", "The captain of the Meridian"]
+QUESTIONS = ["Where was the treaty signed?", "What is sold on Mondays?", "How many tiles does a player get?",
+             "What does the satellite measure?", "How much flour is needed?", "Who commanded the Meridian?"]
+
+
+def run(args, timeout=600):
+    result = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args[0]} failed: {result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def cartridges(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cartridges")
+    for name, text, tokens in zip(NAMES, TEXTS, TOKENS):
+        run(["init", "--model", str(MODEL), "--text", text, "--tokens", str(tokens), "--no-chat-template",
+             "--out", str(folder / name), "--quiet"])
+    # An adapter made for another model: the same files with 2 layers instead of 30 (consistent in itself,
+    # so only the model check can refuse it).
+    other = folder / "other-model"
+    shutil.copytree(folder / NAMES[0], other)
+    (other / "cartridge_fingerprint.json").unlink(missing_ok=True)
+    config = json.loads((other / "adapter_config.json").read_text())
+    embeddings = load_file(str(other / "adapter_model.safetensors"))["prompt_embeddings"]
+    width = embeddings.shape[1] // config["num_layers"] * 2
+    config["num_layers"] = 2
+    (other / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    save_file({"prompt_embeddings": embeddings[:, :width].contiguous()}, str(other / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(cartridges, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("serve_log") / "server.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [BIN, "serve", "--model", str(MODEL), "--cartridges", str(cartridges), "--host", "127.0.0.1", "--port", "0",
+         "--max-batch", "16", "--max-body-bytes", str(MAX_BODY), "--max-tokens-limit", "256", "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=log)
+    port = None
+    deadline = time.time() + 180
+    while time.time() < deadline and port is None:
+        assert process.poll() is None, "the server exited: " + log_path.read_text()
+        found = re.search(r"on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+        if found:
+            port = int(found.group(1))
+        else:
+            time.sleep(0.2)
+    assert port, "the server did not start: " + log_path.read_text()
+    yield {"port": port, "log": log_path, "process": process}
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+
+
+def client(server):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{server['port']}/v1", api_key="unused", timeout=600,
+                         max_retries=0)
+
+
+def generate_reference(folder, cartridge_names, prompt, chat):
+    args = ["generate", "--model", str(MODEL), "--prompt", prompt, "--max-new-tokens", str(MAX_TOKENS),
+            "--temperature", "0", "--json", "--quiet"]
+    for name in cartridge_names:
+        args += ["--cartridge", str(folder / name)]
+    if chat:
+        args.append("--chat")
+    return json.loads(run(args))
+
+
+@pytest.fixture(scope="module")
+def references(cartridges):
+    """`cartridge generate` for every (cartridges, prompt, chat) case the tests send, computed in parallel."""
+    cases = {}
+    for i, name in enumerate(NAMES):
+        cases[((name,), PROMPTS[i], False)] = None
+        cases[((name,), QUESTIONS[i], True)] = None
+    cases[((), PROMPTS[0], False)] = None
+    cases[((), QUESTIONS[1], True)] = None
+    cases[((NAMES[1], NAMES[0]), PROMPTS[2], False)] = None
+    cases[((NAMES[2], NAMES[3]), QUESTIONS[3], True)] = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case: pool.submit(generate_reference, cartridges, list(case[0]), case[1], case[2]) for case in cases}
+        return {case: future.result() for case, future in futures.items()}
+
+
+def request_cases():
+    """(model, reference cartridge names, text index): one request per cartridge, and one on the bare model."""
+    return [(name, (name,), i) for i, name in enumerate(NAMES)] + [(BASE_ID, (), 0)]
+
+
+def complete(api, model, cartridges, prompt, chat, stream):
+    extra = {"cartridges": list(cartridges)} if cartridges else None
+    common = dict(model=model, max_tokens=MAX_TOKENS, temperature=0, stream=stream, extra_body=extra)
+    if stream:
+        common["stream_options"] = {"include_usage": True}
+    if chat:
+        response = api.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
+    else:
+        response = api.completions.create(prompt=prompt, **common)
+    if not stream:
+        choice = response.choices[0]
+        text = choice.message.content if chat else choice.text
+        return {"text": text, "finish_reason": choice.finish_reason, "usage": response.usage}
+    text, finish, usage = "", None, None
+    for chunk in response:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            piece = choice.delta.content if chat else choice.text
+            text += piece or ""
+            finish = choice.finish_reason or finish
+    return {"text": text, "finish_reason": finish, "usage": usage}
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+def test_concurrent_requests_over_different_cartridges_match_generate(server, references, chat):
+    api = client(server)
+    jobs = []
+    for model, names, i in request_cases():
+        if model == BASE_ID:
+            prompt = QUESTIONS[1] if chat else PROMPTS[0]
+        else:
+            prompt = QUESTIONS[i] if chat else PROMPTS[i]
+        jobs.append((model, None, names, prompt))
+    # Composition on the fly with the extra `cartridges` field.
+    if chat:
+        jobs.append((BASE_ID, (NAMES[2], NAMES[3]), (NAMES[2], NAMES[3]), QUESTIONS[3]))
+    else:
+        jobs.append((BASE_ID, (NAMES[1], NAMES[0]), (NAMES[1], NAMES[0]), PROMPTS[2]))
+    assert len(jobs) >= 8
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        # Alternate streaming and not, all in flight together.
+        futures = [pool.submit(complete, api, model, cartridges, prompt, chat, index % 2 == 0)
+                   for index, (model, cartridges, _, prompt) in enumerate(jobs)]
+        results = [future.result() for future in futures]
+    for index, ((model, cartridges, names, prompt), got) in enumerate(zip(jobs, results)):
+        want = references[(tuple(names), prompt, chat)]
+        assert got["text"] == want["text"], (model, cartridges, prompt, "stream" if index % 2 == 0 else "plain")
+        assert got["finish_reason"] == want["finish_reason"]
+        assert got["usage"].prompt_tokens == want["prompt_tokens"]
+        assert got["usage"].completion_tokens == want["completion_tokens"]
+        assert got["usage"].total_tokens == want["prompt_tokens"] + want["completion_tokens"]
+
+
+def test_models_lists_the_base_model_and_every_cartridge(server, cartridges):
+    ids = [model.id for model in client(server).models.list().data]
+    assert ids[0] == BASE_ID
+    assert sorted(ids[1:]) == sorted(NAMES + ["other-model"])
+
+
+def raw_post(server, path, body: bytes):
+    connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def assert_healthy(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
+    connection.request("GET", "/health")
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+    connection.close()
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
+    api = client(server)
+    cases = [
+        (b'{"model": "doc0", "prompt": ', 400, "invalid_json"),
+        (b"\xff\xfe not json", 400, "invalid_json"),
+        (json.dumps({"model": "doc0", "prompt": "x" * (MAX_BODY + 1)}).encode(), 413, "request_too_large"),
+    ]
+    for body, status, code in cases:
+        got_status, got = raw_post(server, "/v1/completions", body)
+        assert got_status == status and got["error"]["code"] == code, got
+        assert got["error"]["type"] and got["error"]["message"]
+        assert_healthy(server)
+
+    with pytest.raises(openai.NotFoundError) as error:
+        api.completions.create(model="no-such-cartridge", prompt="x", max_tokens=4)
+    assert error.value.body["code"] == "model_not_found"
+    assert_healthy(server)
+    for name in ["../doc0", "..", "doc0/../../etc", "/etc/passwd"]:
+        with pytest.raises(openai.BadRequestError):
+            api.completions.create(model=name, prompt="x", max_tokens=4)
+        assert_healthy(server)
+    with pytest.raises(openai.BadRequestError):
+        api.chat.completions.create(model=BASE_ID, messages=[{"role": "user", "content": "x"}], max_tokens=4,
+                                    extra_body={"cartridges": ["doc0", "../../secret"]})
+    with pytest.raises(openai.BadRequestError) as error:
+        api.completions.create(model="other-model", prompt="x", max_tokens=4)
+    assert error.value.body["code"] == "cartridge_model_mismatch"
+    with pytest.raises(openai.BadRequestError) as error:
+        api.completions.create(model="doc0", prompt="x", max_tokens=100000)
+    assert error.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError):
+        api.completions.create(model="doc0", prompt="x", max_tokens=4, n=2)
+    assert_healthy(server)
+    # And it still generates.
+    assert api.completions.create(model="doc0", prompt=PROMPTS[0], max_tokens=4, temperature=0).choices[0].text
+
+
+def test_one_log_line_per_request(server):
+    log_before = server["log"].read_text().count("\n")
+    api = client(server)
+    for _ in range(3):
+        api.completions.create(model="doc1", prompt="Bread", max_tokens=2, temperature=0)
+    raw_post(server, "/v1/completions", b"{")
+    time.sleep(0.5)
+    new_lines = server["log"].read_text().splitlines()[log_before:]
+    assert len([line for line in new_lines if '"POST /v1/completions" 200' in line]) == 3, new_lines
+    assert len([line for line in new_lines if '"POST /v1/completions" 400' in line]) == 1, new_lines
+    assert len(new_lines) == 4, new_lines
