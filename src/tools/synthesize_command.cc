@@ -111,6 +111,9 @@ void add_synthesize_command(CLI::App& app) {
   command->add_option("--seed-types", synthesis.seed_types,
                       "Seed-prompt types to draw from (structuring summarization question use_cases creative)")
       ->capture_default_str();
+  command->add_flag("!--no-shared-prefill", synthesis.share_prefill,
+                    "Prefill every row's whole prompt instead of each chunk's prompt once per group (for benchmarks; "
+                    "the data is the same up to rounding)");
   command->add_flag("--json", options->json,
                     "Print one JSON object {dataset, conversations, written_conversations, generated_tokens, ...}");
   command->callback([options] { run_synthesize(*options); });
