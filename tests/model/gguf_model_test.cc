@@ -31,7 +31,7 @@ TEST_P(GgufModelTest, LogitsMatchTransformersLoadingTheSameGguf) {
 
   const GgufFile gguf(path);
   const ModelConfig& config = model->config();
-  EXPECT_EQ(config.model_type, GetParam());
+  EXPECT_EQ(config.model_type, GetParam() == "llama3" ? "llama" : GetParam());
   EXPECT_EQ(config.tie_word_embeddings, gguf.find_tensor("output.weight") == nullptr);
   EXPECT_EQ(config.attention_bias, gguf.find_tensor("blk.0.attn_q.bias") != nullptr);
   EXPECT_EQ(config.qk_norm, GetParam() == "qwen3");
@@ -48,7 +48,7 @@ TEST_P(GgufModelTest, LogitsMatchTransformersLoadingTheSameGguf) {
   EXPECT_LE(max_abs_diff(logits.masked_select(real), get(cases, "logits").masked_select(real)), 1e-4);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, GgufModelTest, ::testing::Values("llama", "qwen2", "qwen3"),
+INSTANTIATE_TEST_SUITE_P(Families, GgufModelTest, ::testing::Values("llama", "llama3", "qwen2", "qwen3"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 TEST(GgufModelErrors, UnsupportedGgufArchitecture) {
