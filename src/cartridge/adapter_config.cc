@@ -12,11 +12,13 @@ namespace {
 
 // The keys of peft.CartridgeConfig (dataclasses.asdict order does not matter: PEFT sorts them).
 const std::set<std::string>& known_keys() {
-  static const std::set<std::string> keys = {
-      "auto_mapping",      "base_model_name_or_path", "inference_mode",  "modules_to_save",
-      "num_attention_heads", "num_frozen_tokens",     "num_layers",      "num_transformer_submodules",
-      "num_virtual_tokens", "peft_type",              "peft_version",    "revision",
-      "task_type",          "token_dim"};
+  static const std::set<std::string> keys = {"auto_mapping",        "base_model_name_or_path",
+                                             "inference_mode",      "modules_to_save",
+                                             "num_attention_heads", "num_frozen_tokens",
+                                             "num_layers",          "num_transformer_submodules",
+                                             "num_virtual_tokens",  "peft_type",
+                                             "peft_version",        "revision",
+                                             "task_type",           "token_dim"};
   return keys;
 }
 
@@ -36,9 +38,9 @@ class FieldReader {
   int64_t integer(const char* key, std::optional<int64_t> default_value) const {
     if (!present(key)) {
       if (default_value) return *default_value;
-      throw FormatError(describe_file_problem(
-          source_, std::string("has no value for \"") + key + "\"",
-          "PEFT fills it only when attaching the adapter to a model; re-save the adapter with PEFT or `cartridge`"));
+      throw FormatError(describe_file_problem(source_, std::string("has no value for \"") + key + "\"",
+                                              "PEFT fills it only when attaching the adapter to a model; "
+                                              "re-save the adapter with PEFT or `cartridge`"));
     }
     const nlohmann::json& value = object_.at(key);
     if (!value.is_number_integer()) fail(key, "an integer", value);
@@ -57,14 +59,15 @@ class FieldReader {
     return value.get<bool>();
   }
 
-  nlohmann::json raw(const char* key) const { return object_.contains(key) ? object_.at(key) : nlohmann::json(); }
+  nlohmann::json raw(const char* key) const {
+    return object_.contains(key) ? object_.at(key) : nlohmann::json();
+  }
 
  private:
   [[noreturn]] void fail(const char* key, const char* expected, const nlohmann::json& found) const {
-    throw FormatError(describe_file_problem(source_,
-                                            std::string("\"") + key + "\" should be " + expected + ", found " +
-                                                found.dump(),
-                                            "fix or re-save the adapter"));
+    throw FormatError(describe_file_problem(
+        source_, std::string("\"") + key + "\" should be " + expected + ", found " + found.dump(),
+        "fix or re-save the adapter"));
   }
 
   const nlohmann::json& object_;
@@ -78,7 +81,8 @@ nlohmann::json optional_to_json(const std::optional<std::string>& value) {
 }  // namespace
 
 AdapterConfig AdapterConfig::for_model(const ModelConfig& config, int64_t num_virtual_tokens,
-                                       int64_t num_frozen_tokens, std::optional<std::string> base_model_name_or_path) {
+                                       int64_t num_frozen_tokens,
+                                       std::optional<std::string> base_model_name_or_path) {
   const CartridgeShape shape = CartridgeShape::of_model(config);
   AdapterConfig adapter;
   adapter.base_model_name_or_path = std::move(base_model_name_or_path);
@@ -100,10 +104,12 @@ AdapterConfig AdapterConfig::parse(const std::string& json_text, const std::stri
                                             "the adapter is damaged; re-create or re-download it"));
   }
   if (!object.is_object()) {
-    throw FormatError(describe_file_problem(source, "is not a JSON object", "expected a PEFT adapter_config.json"));
+    throw FormatError(
+        describe_file_problem(source, "is not a JSON object", "expected a PEFT adapter_config.json"));
   }
   if (!object.contains("peft_type") || !object.at("peft_type").is_string()) {
-    throw FormatError(describe_file_problem(source, "has no \"peft_type\"", "expected a PEFT adapter_config.json"));
+    throw FormatError(
+        describe_file_problem(source, "has no \"peft_type\"", "expected a PEFT adapter_config.json"));
   }
   const std::string peft_type = object.at("peft_type").get<std::string>();
   if (peft_type != "CARTRIDGE") {
@@ -147,8 +153,8 @@ AdapterConfig AdapterConfig::parse(const std::string& json_text, const std::stri
   }
   auto require_positive = [&](const char* key, int64_t value) {
     if (value <= 0) {
-      throw FormatError(describe_file_problem(source, std::string("\"") + key + "\" is " + std::to_string(value),
-                                              "it must be positive"));
+      throw FormatError(describe_file_problem(
+          source, std::string("\"") + key + "\" is " + std::to_string(value), "it must be positive"));
     }
   };
   require_positive("num_virtual_tokens", config.num_virtual_tokens);
@@ -158,16 +164,16 @@ AdapterConfig AdapterConfig::parse(const std::string& json_text, const std::stri
   if (config.num_frozen_tokens < 0 || config.num_frozen_tokens > config.num_virtual_tokens) {
     throw FormatError(describe_file_problem(
         source,
-        "has num_frozen_tokens " + std::to_string(config.num_frozen_tokens) + " outside [0, num_virtual_tokens=" +
-            std::to_string(config.num_virtual_tokens) + "]",
+        "has num_frozen_tokens " + std::to_string(config.num_frozen_tokens) +
+            " outside [0, num_virtual_tokens=" + std::to_string(config.num_virtual_tokens) + "]",
         "PEFT refuses it too; fix the config"));
   }
   if (config.token_dim % config.num_attention_heads != 0) {
-    throw FormatError(describe_file_problem(
-        source,
-        "has token_dim " + std::to_string(config.token_dim) + " not divisible by num_attention_heads " +
-            std::to_string(config.num_attention_heads),
-        "token_dim must be KV heads x head_dim"));
+    throw FormatError(describe_file_problem(source,
+                                            "has token_dim " + std::to_string(config.token_dim) +
+                                                " not divisible by num_attention_heads " +
+                                                std::to_string(config.num_attention_heads),
+                                            "token_dim must be KV heads x head_dim"));
   }
   return config;
 }

@@ -4,11 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "cartridge/cartridge_shape.h"
 #include "model/model_config.h"
@@ -23,15 +22,15 @@ inline constexpr char kPeftVersion[] = "0.21.2";
 
 struct AdapterConfig {
   // The 14 fields of peft.CartridgeConfig, with PEFT's defaults for a saved adapter.
-  nlohmann::json auto_mapping;                         // null, or {base_model_class, parent_library}
-  std::optional<std::string> base_model_name_or_path;  // what the adapter was made for (informational)
-  bool inference_mode = true;                          // PEFT always saves `true`
-  nlohmann::json modules_to_save;                      // null or a list (not used by CAUSAL_LM)
-  int64_t num_attention_heads = 0;                     // H_kv (PEFT's GQA rule, spec §A2.2)
-  int64_t num_frozen_tokens = 1;                       // F: rows [0, F) are never trained
-  int64_t num_layers = 0;                              // L
+  nlohmann::json auto_mapping;                            // null, or {base_model_class, parent_library}
+  std::optional<std::string> base_model_name_or_path;     // what the adapter was made for (informational)
+  bool inference_mode = true;                             // PEFT always saves `true`
+  nlohmann::json modules_to_save;                         // null or a list (not used by CAUSAL_LM)
+  int64_t num_attention_heads = 0;                        // H_kv (PEFT's GQA rule, spec §A2.2)
+  int64_t num_frozen_tokens = 1;                          // F: rows [0, F) are never trained
+  int64_t num_layers = 0;                                 // L
   std::optional<int64_t> num_transformer_submodules = 1;  // 1 for decoder-only models
-  int64_t num_virtual_tokens = 0;                      // p, the cartridge length in tokens
+  int64_t num_virtual_tokens = 0;                         // p, the cartridge length in tokens
   std::string peft_type = "CARTRIDGE";
   std::optional<std::string> peft_version = std::string(kPeftVersion);
   std::optional<std::string> revision;
@@ -40,7 +39,8 @@ struct AdapterConfig {
 
   // The config PEFT's get_peft_model + save_pretrained would write for a cartridge of
   // `num_virtual_tokens` rows on a model with `config` (num_layers, H_kv, H_kv * head_dim).
-  static AdapterConfig for_model(const ModelConfig& config, int64_t num_virtual_tokens, int64_t num_frozen_tokens,
+  static AdapterConfig for_model(const ModelConfig& config, int64_t num_virtual_tokens,
+                                 int64_t num_frozen_tokens,
                                  std::optional<std::string> base_model_name_or_path);
 
   // Parses adapter_config.json text. `source` names the file in errors. Throws FormatError (not JSON,

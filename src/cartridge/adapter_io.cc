@@ -1,11 +1,11 @@
 #include "cartridge/adapter_io.h"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
-
-#include <ATen/ATen.h>
 
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -38,9 +38,9 @@ std::optional<std::string> adapter_in_folder(const fs::path& folder) {
   std::sort(named.begin(), named.end());
   if (named.size() == 1) return (folder / named.front()).string();
   if (named.size() > 1) {
-    throw InvalidArgumentError(describe_file_problem(folder.string(),
-                                                     "holds several PEFT adapters (" + join(named, ", ") + ")",
-                                                     "pass " + (folder / "<name>").string() + " to pick one"));
+    throw InvalidArgumentError(
+        describe_file_problem(folder.string(), "holds several PEFT adapters (" + join(named, ", ") + ")",
+                              "pass " + (folder / "<name>").string() + " to pick one"));
   }
   return std::nullopt;
 }
@@ -75,19 +75,27 @@ std::optional<fs::path> cached_snapshot(const fs::path& repo_folder) {
 
 at::ScalarType torch_dtype(SafetensorsDType dtype) {
   switch (dtype) {
-    case SafetensorsDType::F32: return at::kFloat;
-    case SafetensorsDType::F16: return at::kHalf;
-    case SafetensorsDType::BF16: return at::kBFloat16;
-    default: return at::ScalarType::Undefined;
+    case SafetensorsDType::F32:
+      return at::kFloat;
+    case SafetensorsDType::F16:
+      return at::kHalf;
+    case SafetensorsDType::BF16:
+      return at::kBFloat16;
+    default:
+      return at::ScalarType::Undefined;
   }
 }
 
 SafetensorsDType safetensors_dtype(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return SafetensorsDType::F32;
-    case at::kHalf: return SafetensorsDType::F16;
-    case at::kBFloat16: return SafetensorsDType::BF16;
-    default: TORCH_CHECK(false, "no safetensors dtype for ", dtype);
+    case at::kFloat:
+      return SafetensorsDType::F32;
+    case at::kHalf:
+      return SafetensorsDType::F16;
+    case at::kBFloat16:
+      return SafetensorsDType::BF16;
+    default:
+      TORCH_CHECK(false, "no safetensors dtype for ", dtype);
   }
 }
 
@@ -102,11 +110,13 @@ StoredEmbeddings read_prompt_embeddings(const fs::path& folder, const AdapterCon
   const fs::path path = folder / kAdapterWeightsFileName;
   if (!fs::is_regular_file(path)) {
     if (fs::is_regular_file(folder / kAdapterPickleWeightsFileName)) {
-      throw UnsupportedError(describe_file_problem(
-          (folder / kAdapterPickleWeightsFileName).string(), "is a pickle (torch.save) file, which is not read here",
-          "re-save the adapter with PEFT's save_pretrained(safe_serialization=True)"));
+      throw UnsupportedError(
+          describe_file_problem((folder / kAdapterPickleWeightsFileName).string(),
+                                "is a pickle (torch.save) file, which is not read here",
+                                "re-save the adapter with PEFT's save_pretrained(safe_serialization=True)"));
     }
-    throw FileNotFoundError(describe_file_problem(folder.string(), std::string("has no ") + kAdapterWeightsFileName,
+    throw FileNotFoundError(describe_file_problem(folder.string(),
+                                                  std::string("has no ") + kAdapterWeightsFileName,
                                                   "the adapter folder is incomplete"));
   }
   const SafetensorsFile file(path.string());
@@ -116,40 +126,42 @@ StoredEmbeddings read_prompt_embeddings(const fs::path& folder, const AdapterCon
     for (const auto& tensor : file.tensors()) names.push_back(tensor.name);
     throw FormatError(describe_file_problem(path.string(),
                                             "has no prompt_embeddings tensor (found: " +
-                                                (names.empty() ? std::string("none") : join(names, ", ")) + ")",
+                                                (names.empty() ? std::string("none") : join(names, ", ")) +
+                                                ")",
                                             "is this a CARTRIDGE adapter?"));
   }
   const at::ScalarType dtype = torch_dtype(info->dtype);
   if (dtype == at::ScalarType::Undefined) {
-    throw UnsupportedError(describe_file_problem(path.string(),
-                                                 "stores prompt_embeddings as " + safetensors_dtype_name(info->dtype),
-                                                 "expected F32, F16 or BF16"));
+    throw UnsupportedError(describe_file_problem(
+        path.string(), "stores prompt_embeddings as " + safetensors_dtype_name(info->dtype),
+        "expected F32, F16 or BF16"));
   }
   const CartridgeShape shape = config.shape();
   const std::string config_path = (folder / kAdapterConfigFileName).string();
   if (info->shape.size() != 2) {
-    throw FormatError(describe_file_problem(path.string(),
-                                            "has a " + std::to_string(info->shape.size()) +
-                                                "-D prompt_embeddings; expected [num_virtual_tokens, width]"));
+    throw FormatError(describe_file_problem(
+        path.string(), "has a " + std::to_string(info->shape.size()) +
+                           "-D prompt_embeddings; expected [num_virtual_tokens, width]"));
   }
   if (info->shape[0] != config.num_virtual_tokens) {
     throw FormatError(describe_file_problem(path.string(),
-                                            "has " + std::to_string(info->shape[0]) + " rows but " + config_path +
-                                                " says num_virtual_tokens " + std::to_string(config.num_virtual_tokens),
+                                            "has " + std::to_string(info->shape[0]) + " rows but " +
+                                                config_path + " says num_virtual_tokens " +
+                                                std::to_string(config.num_virtual_tokens),
                                             "the files do not belong together"));
   }
   if (info->shape[1] != shape.width()) {
     throw FormatError(describe_file_problem(
         path.string(),
         "rows are " + std::to_string(info->shape[1]) + " wide but " + config_path + " (num_layers " +
-            std::to_string(config.num_layers) + ", token_dim " + std::to_string(config.token_dim) + ") needs 2*" +
-            std::to_string(config.num_layers) + "*" + std::to_string(config.token_dim) + " = " +
-            std::to_string(shape.width()),
+            std::to_string(config.num_layers) + ", token_dim " + std::to_string(config.token_dim) +
+            ") needs 2*" + std::to_string(config.num_layers) + "*" + std::to_string(config.token_dim) +
+            " = " + std::to_string(shape.width()),
         "the files do not belong together"));
   }
   // Copy out of the mapping (little-endian bytes, as on every platform libtorch runs on).
-  at::Tensor tensor = at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->shape[0], info->shape[1]}, dtype)
-                          .clone();
+  at::Tensor tensor =
+      at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->shape[0], info->shape[1]}, dtype).clone();
   return {tensor, info->dtype, static_cast<int64_t>(fs::file_size(path))};
 }
 
@@ -166,14 +178,18 @@ std::optional<ModelFingerprint> read_fingerprint(const fs::path& folder, std::ve
   return std::nullopt;
 }
 
-std::string fingerprint_text(const ModelFingerprint& fingerprint) { return fingerprint.to_json().dump(2) + "\n"; }
+std::string fingerprint_text(const ModelFingerprint& fingerprint) {
+  return fingerprint.to_json().dump(2) + "\n";
+}
 
 std::string serialize_embeddings(const at::Tensor& rows /* [p, W] */, bool with_metadata) {
   const at::Tensor contiguous = rows.to(at::kCPU).contiguous();
   std::map<std::string, std::string> metadata;
   if (with_metadata) metadata["format"] = "pt";
-  return serialize_safetensors({{kPromptEmbeddingsName, safetensors_dtype(contiguous.scalar_type()),
-                                 {contiguous.size(0), contiguous.size(1)}, contiguous.data_ptr()}},
+  return serialize_safetensors({{kPromptEmbeddingsName,
+                                 safetensors_dtype(contiguous.scalar_type()),
+                                 {contiguous.size(0), contiguous.size(1)},
+                                 contiguous.data_ptr()}},
                                metadata);
 }
 
@@ -189,13 +205,15 @@ std::string resolve_adapter_folder(const std::string& spec) {
                                                   "adapter_model.safetensors)"));
   }
   if (fs::is_regular_file(path)) {
-    if (path.filename() == kAdapterConfigFileName) return path.parent_path().empty() ? "." : path.parent_path().string();
+    if (path.filename() == kAdapterConfigFileName)
+      return path.parent_path().empty() ? "." : path.parent_path().string();
     throw InvalidArgumentError(describe_file_problem(spec, "is a file", "pass the adapter's folder"));
   }
   // A Hub id: org/name, optionally followed by a subfolder inside the repo.
   std::vector<std::string> parts;
   for (const auto& part : path) parts.push_back(part.string());
-  const bool looks_like_hub_id = parts.size() >= 2 && !path.is_absolute() && parts[0] != "." && parts[0] != "..";
+  const bool looks_like_hub_id =
+      parts.size() >= 2 && !path.is_absolute() && parts[0] != "." && parts[0] != "..";
   std::vector<std::string> searched = {spec};
   if (looks_like_hub_id) {
     const fs::path repo = hub_cache_root() / ("models--" + parts[0] + "--" + parts[1]);
@@ -209,8 +227,9 @@ std::string resolve_adapter_folder(const std::string& spec) {
       searched.push_back(folder.string());
     }
   }
-  throw FileNotFoundError("no adapter found for '" + spec + "' (searched: " + join(searched, ", ") +
-                          "; pass a folder with adapter_config.json, or a Hub id already downloaded to the HF cache)");
+  throw FileNotFoundError(
+      "no adapter found for '" + spec + "' (searched: " + join(searched, ", ") +
+      "; pass a folder with adapter_config.json, or a Hub id already downloaded to the HF cache)");
 }
 
 LoadedAdapter load_adapter(const std::string& spec) {
@@ -223,10 +242,11 @@ LoadedAdapter load_adapter(const std::string& spec) {
                        " does not know: " + join(ignored_keys, ", "));
   }
   StoredEmbeddings stored = read_prompt_embeddings(folder, config);
-  Cartridge cartridge = Cartridge::from_prompt_embeddings(config.shape(), stored.tensor, config.num_frozen_tokens);
+  Cartridge cartridge =
+      Cartridge::from_prompt_embeddings(config.shape(), stored.tensor, config.num_frozen_tokens);
   std::optional<ModelFingerprint> fingerprint = read_fingerprint(folder, warnings);
-  return LoadedAdapter{folder.string(), std::move(config), std::move(cartridge), stored.dtype, stored.file_bytes,
-                       std::move(fingerprint), std::move(warnings)};
+  return LoadedAdapter{folder.string(),   std::move(config),      std::move(cartridge), stored.dtype,
+                       stored.file_bytes, std::move(fingerprint), std::move(warnings)};
 }
 
 std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, const ModelConfig& config,
@@ -237,9 +257,9 @@ std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, c
   if (model_fingerprint != nullptr && adapter.fingerprint) {
     const std::vector<std::string> differences = adapter.fingerprint->differences(*model_fingerprint);
     if (!differences.empty()) {
-      warnings.push_back(adapter.folder + " was made for a different model (" + adapter.fingerprint->model_name +
-                         "; differs in " + join(differences, ", ") + ") than " + model_name +
-                         "; its outputs may be meaningless");
+      warnings.push_back(adapter.folder + " was made for a different model (" +
+                         adapter.fingerprint->model_name + "; differs in " + join(differences, ", ") +
+                         ") than " + model_name + "; its outputs may be meaningless");
     }
   }
   return warnings;
@@ -251,14 +271,14 @@ Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const
   std::vector<LoadedAdapter> adapters;
   for (const std::string& spec : specs) adapters.push_back(load_adapter(spec));
   std::optional<ModelFingerprint> model_fingerprint;
-  const bool any_fingerprint =
-      std::any_of(adapters.begin(), adapters.end(), [](const LoadedAdapter& a) { return a.fingerprint.has_value(); });
+  const bool any_fingerprint = std::any_of(adapters.begin(), adapters.end(),
+                                           [](const LoadedAdapter& a) { return a.fingerprint.has_value(); });
   if (files != nullptr && any_fingerprint) model_fingerprint = fingerprint_model(*files, config);
   const std::string model_name = files != nullptr ? files->name : std::string("the model");
   std::vector<Cartridge> parts;
   for (const LoadedAdapter& adapter : adapters) {
-    std::vector<std::string> found =
-        check_adapter_for_model(adapter, config, model_fingerprint ? &*model_fingerprint : nullptr, model_name);
+    std::vector<std::string> found = check_adapter_for_model(
+        adapter, config, model_fingerprint ? &*model_fingerprint : nullptr, model_name);
     if (warnings != nullptr) {
       warnings->insert(warnings->end(), adapter.warnings.begin(), adapter.warnings.end());
       warnings->insert(warnings->end(), found.begin(), found.end());
@@ -271,11 +291,13 @@ Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const
 void save_adapter(const std::string& folder, const Cartridge& cartridge, const AdapterConfig& config,
                   const ModelFingerprint* fingerprint, bool overwrite) {
   TORCH_CHECK(config.num_virtual_tokens == cartridge.num_virtual_tokens() &&
-                  config.num_frozen_tokens == cartridge.num_frozen_tokens() && config.shape() == cartridge.shape(),
+                  config.num_frozen_tokens == cartridge.num_frozen_tokens() &&
+                  config.shape() == cartridge.shape(),
               "adapter config does not describe the cartridge being saved");
   // Serialise before touching the disk so a failure leaves nothing behind.
   const std::string config_text = config.to_json_text();
-  const std::string weights = serialize_embeddings(cartridge.prompt_embeddings().detach(), /*with_metadata=*/true);
+  const std::string weights =
+      serialize_embeddings(cartridge.prompt_embeddings().detach(), /*with_metadata=*/true);
   const std::string fingerprint_json = fingerprint ? fingerprint_text(*fingerprint) : std::string();
   write_directory_atomic(folder, overwrite, [&](const std::string& temporary) {
     write_file_atomic(temporary + "/" + kAdapterConfigFileName, config_text);
@@ -284,9 +306,10 @@ void save_adapter(const std::string& folder, const Cartridge& cartridge, const A
   });
 }
 
-std::vector<std::string> compose_adapter_folders(const std::vector<std::string>& specs, const std::string& output_folder,
-                                                 bool overwrite) {
-  if (specs.size() < 2) throw InvalidArgumentError("compose needs at least 2 adapters, got " + std::to_string(specs.size()));
+std::vector<std::string> compose_adapter_folders(const std::vector<std::string>& specs,
+                                                 const std::string& output_folder, bool overwrite) {
+  if (specs.size() < 2)
+    throw InvalidArgumentError("compose needs at least 2 adapters, got " + std::to_string(specs.size()));
   std::vector<fs::path> folders;
   std::vector<AdapterConfig> configs;
   for (const std::string& spec : specs) {
@@ -297,15 +320,20 @@ std::vector<std::string> compose_adapter_folders(const std::vector<std::string>&
   for (size_t i = 1; i < configs.size(); ++i) {
     const AdapterConfig& other = configs[i];
     const char* field = nullptr;
-    if (other.task_type != first.task_type) field = "task_type";
-    else if (other.token_dim != first.token_dim) field = "token_dim";
-    else if (other.num_layers != first.num_layers) field = "num_layers";
-    else if (other.num_attention_heads != first.num_attention_heads) field = "num_attention_heads";
-    else if (other.num_transformer_submodules != first.num_transformer_submodules) field = "num_transformer_submodules";
+    if (other.task_type != first.task_type)
+      field = "task_type";
+    else if (other.token_dim != first.token_dim)
+      field = "token_dim";
+    else if (other.num_layers != first.num_layers)
+      field = "num_layers";
+    else if (other.num_attention_heads != first.num_attention_heads)
+      field = "num_attention_heads";
+    else if (other.num_transformer_submodules != first.num_transformer_submodules)
+      field = "num_transformer_submodules";
     if (field != nullptr) {
-      throw MismatchError(folders[i].string() + " cannot be composed with " + folders[0].string() + ": their " + field +
-                          " differ (" + first.shape().describe() + " vs " + other.shape().describe() +
-                          "); compose only cartridges made for the same model");
+      throw MismatchError(folders[i].string() + " cannot be composed with " + folders[0].string() +
+                          ": their " + field + " differ (" + first.shape().describe() + " vs " +
+                          other.shape().describe() + "); compose only cartridges made for the same model");
     }
   }
   std::vector<at::Tensor> parts;  // each [p_i, W] in its stored dtype
@@ -329,7 +357,8 @@ std::vector<std::string> compose_adapter_folders(const std::vector<std::string>&
 
   const std::string config_text = config.to_json_text();
   const std::string weights = serialize_embeddings(composed, /*with_metadata=*/false);
-  const std::string fingerprint_json = first_fingerprint ? fingerprint_text(*first_fingerprint) : std::string();
+  const std::string fingerprint_json =
+      first_fingerprint ? fingerprint_text(*first_fingerprint) : std::string();
   write_directory_atomic(output_folder, overwrite, [&](const std::string& temporary) {
     write_file_atomic(temporary + "/" + kAdapterConfigFileName, config_text);
     write_file_atomic(temporary + "/" + kAdapterWeightsFileName, weights);

@@ -70,7 +70,7 @@ void save_adapter(const std::string& folder, const Cartridge& cartridge, const A
 // stored dtypes (promoted as torch.cat does); config = the first one's with num_virtual_tokens = the sum and
 // the first one's num_frozen_tokens; safetensors without metadata. The same bytes as PEFT. The first
 // adapter's fingerprint is kept; returns warnings when the inputs' fingerprints differ. Atomic.
-std::vector<std::string> compose_adapter_folders(const std::vector<std::string>& specs, const std::string& output_folder,
-                                                 bool overwrite);
+std::vector<std::string> compose_adapter_folders(const std::vector<std::string>& specs,
+                                                 const std::string& output_folder, bool overwrite);
 
 }  // namespace cartridge

@@ -11,7 +11,8 @@ namespace cartridge {
 Cartridge::Cartridge(const CartridgeShape& shape, at::Tensor frozen_embedding, at::Tensor trainable_embedding)
     : shape_(shape), frozen_(std::move(frozen_embedding)), trainable_(std::move(trainable_embedding)) {
   if (shape_.num_layers <= 0 || shape_.num_kv_heads <= 0 || shape_.head_dim <= 0) {
-    throw InvalidArgumentError("a cartridge needs positive layers, KV heads and head_dim, got " + shape_.describe());
+    throw InvalidArgumentError("a cartridge needs positive layers, KV heads and head_dim, got " +
+                               shape_.describe());
   }
   auto check_block = [&](const at::Tensor& block, const char* name) {
     if (!block.defined() || block.dim() != 2 || block.size(1) != shape_.width() ||
@@ -33,10 +34,10 @@ Cartridge Cartridge::from_prompt_embeddings(const CartridgeShape& shape, const a
   if (prompt_embeddings.dim() != 2 || prompt_embeddings.size(1) != shape.width()) {
     throw InvalidArgumentError("prompt_embeddings should be [p, " + std::to_string(shape.width()) + "] for " +
                                shape.describe() + ", got " + std::to_string(prompt_embeddings.dim()) + "-D " +
-                               (prompt_embeddings.dim() == 2 ? "[" + std::to_string(prompt_embeddings.size(0)) +
-                                                                   ", " + std::to_string(prompt_embeddings.size(1)) +
-                                                                   "]"
-                                                             : std::string()));
+                               (prompt_embeddings.dim() == 2
+                                    ? "[" + std::to_string(prompt_embeddings.size(0)) + ", " +
+                                          std::to_string(prompt_embeddings.size(1)) + "]"
+                                    : std::string()));
   }
   const int64_t length = prompt_embeddings.size(0);
   if (num_frozen_tokens < 0 || num_frozen_tokens > length) {
@@ -48,8 +49,8 @@ Cartridge Cartridge::from_prompt_embeddings(const CartridgeShape& shape, const a
                    rows.narrow(0, num_frozen_tokens, length - num_frozen_tokens).clone());
 }
 
-Cartridge Cartridge::random(const CartridgeShape& shape, int64_t num_virtual_tokens, int64_t num_frozen_tokens,
-                            uint64_t seed) {
+Cartridge Cartridge::random(const CartridgeShape& shape, int64_t num_virtual_tokens,
+                            int64_t num_frozen_tokens, uint64_t seed) {
   if (num_virtual_tokens <= 0) throw InvalidArgumentError("the cartridge length p must be positive");
   if (num_frozen_tokens < 0 || num_frozen_tokens > num_virtual_tokens) {
     throw InvalidArgumentError("num_frozen_tokens must be in [0, p=" + std::to_string(num_virtual_tokens) +
@@ -59,15 +60,16 @@ Cartridge Cartridge::random(const CartridgeShape& shape, int64_t num_virtual_tok
   // in PEFT's order (frozen block first), since normal_ draws in chunks and one call over [p, W] would
   // give different values.
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
-  at::Tensor frozen = at::empty({num_frozen_tokens, shape.width()}, at::kFloat);                       // [F, W]
-  at::Tensor trainable = at::empty({num_virtual_tokens - num_frozen_tokens, shape.width()}, at::kFloat);  // [p-F, W]
+  at::Tensor frozen = at::empty({num_frozen_tokens, shape.width()}, at::kFloat);  // [F, W]
+  at::Tensor trainable =
+      at::empty({num_virtual_tokens - num_frozen_tokens, shape.width()}, at::kFloat);  // [p-F, W]
   if (num_frozen_tokens > 0) frozen.normal_(0.0, 1.0, generator);
   trainable.normal_(0.0, 1.0, generator);
   return Cartridge(shape, frozen, trainable);
 }
 
-Cartridge Cartridge::from_kv_cache(const KvCache& cache, int64_t num_virtual_tokens, int64_t num_frozen_tokens,
-                                   int64_t row) {
+Cartridge Cartridge::from_kv_cache(const KvCache& cache, int64_t num_virtual_tokens,
+                                   int64_t num_frozen_tokens, int64_t row) {
   if (cache.keys.empty()) throw InvalidArgumentError("the KV cache has no layers");
   if (row < 0 || row >= cache.batch_size()) {
     throw InvalidArgumentError("row " + std::to_string(row) + " is outside the KV cache's " +
@@ -80,8 +82,9 @@ Cartridge Cartridge::from_kv_cache(const KvCache& cache, int64_t num_virtual_tok
   const auto valid_flags = valid.accessor<bool, 1>();
   while (leading_valid < valid.size(0) && valid_flags[leading_valid]) ++leading_valid;
   if (leading_valid < num_virtual_tokens) {
-    throw InvalidArgumentError("need at least " + std::to_string(num_virtual_tokens) + " cached tokens, got " +
-                               std::to_string(leading_valid) + " (use a longer text or a smaller p)");
+    throw InvalidArgumentError("need at least " + std::to_string(num_virtual_tokens) +
+                               " cached tokens, got " + std::to_string(leading_valid) +
+                               " (use a longer text or a smaller p)");
   }
   const at::Tensor& first_keys = cache.keys.front();  // [B, H_kv, S, D]
   const CartridgeShape shape{cache.num_layers(), first_keys.size(1), first_keys.size(3)};
@@ -112,7 +115,8 @@ Cartridge Cartridge::from_token_ids(const Model& model, const std::vector<int32_
     auto ids = input_ids.accessor<int64_t, 2>();
     for (int64_t i = 0; i < num_virtual_tokens; ++i) {
       if (token_ids[i] < 0 || token_ids[i] >= model.config().vocab_size) {
-        throw InvalidArgumentError("token id " + std::to_string(token_ids[i]) + " is outside the model's vocabulary of " +
+        throw InvalidArgumentError("token id " + std::to_string(token_ids[i]) +
+                                   " is outside the model's vocabulary of " +
                                    std::to_string(model.config().vocab_size));
       }
       ids[0][i] = token_ids[i];
@@ -139,8 +143,9 @@ Cartridge Cartridge::compose(const std::vector<Cartridge>& parts) {
   std::vector<at::Tensor> rows;  // each [p_i, W]
   for (size_t i = 0; i < parts.size(); ++i) {
     if (parts[i].shape() != shape) {
-      throw MismatchError("cannot compose cartridge " + std::to_string(i + 1) + " (" + parts[i].shape().describe() +
-                          ") with cartridge 1 (" + shape.describe() + "): they are for different models");
+      throw MismatchError("cannot compose cartridge " + std::to_string(i + 1) + " (" +
+                          parts[i].shape().describe() + ") with cartridge 1 (" + shape.describe() +
+                          "): they are for different models");
     }
     rows.push_back(parts[i].prompt_embeddings().to(parts.front().frozen_.device()));
   }
@@ -152,12 +157,14 @@ at::Tensor Cartridge::prompt_embeddings() const {
   return at::cat({frozen_, trainable_}, 0);
 }
 
-void Cartridge::check_fits(const ModelConfig& config, const std::string& what, const std::string& model_name) const {
+void Cartridge::check_fits(const ModelConfig& config, const std::string& what,
+                           const std::string& model_name) const {
   const CartridgeShape model_shape = CartridgeShape::of_model(config);
   if (model_shape == shape_) return;
   std::string problem;
   if (shape_.num_layers != model_shape.num_layers) {
-    problem = std::to_string(shape_.num_layers) + " layers but the model has " + std::to_string(model_shape.num_layers);
+    problem = std::to_string(shape_.num_layers) + " layers but the model has " +
+              std::to_string(model_shape.num_layers);
   } else if (shape_.num_kv_heads != model_shape.num_kv_heads) {
     problem = std::to_string(shape_.num_kv_heads) + " KV heads but the model has " +
               std::to_string(model_shape.num_kv_heads);

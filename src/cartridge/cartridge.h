@@ -5,11 +5,11 @@
 // go at positions p+i; nothing is ever re-rotated (spec §B2.3).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <memory>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "cartridge/cartridge_shape.h"
 #include "cartridge/kv_prefix.h"

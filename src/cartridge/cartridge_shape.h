@@ -31,8 +31,8 @@ struct CartridgeShape {
 
   // "2 layers x 2 KV heads x head_dim 16".
   std::string describe() const {
-    return std::to_string(num_layers) + " layers x " + std::to_string(num_kv_heads) + " KV heads x head_dim " +
-           std::to_string(head_dim);
+    return std::to_string(num_layers) + " layers x " + std::to_string(num_kv_heads) +
+           " KV heads x head_dim " + std::to_string(head_dim);
   }
 };
 

@@ -1,9 +1,9 @@
 #include "cartridge/fingerprint.h"
 
+#include <ATen/ATen.h>
+
 #include <cstdio>
 #include <memory>
-
-#include <ATen/ATen.h>
 
 #include "io/gguf.h"
 #include "io/safetensors.h"
@@ -59,7 +59,8 @@ std::vector<std::string> tokens_from_tokenizer_json(const std::string& path) {
   }
   std::vector<std::string> tokens;
   auto place = [&](int64_t id, const std::string& token) {
-    if (id < 0 || id > 100000000) throw FormatError(describe_file_problem(path, "has a token id out of range"));
+    if (id < 0 || id > 100000000)
+      throw FormatError(describe_file_problem(path, "has a token id out of range"));
     if (static_cast<size_t>(id) >= tokens.size()) tokens.resize(static_cast<size_t>(id) + 1);
     tokens[static_cast<size_t>(id)] = token;
   };
@@ -68,7 +69,8 @@ std::vector<std::string> tokens_from_tokenizer_json(const std::string& path) {
     if (vocab.is_object()) {
       for (const auto& item : vocab.items()) place(item.value().get<int64_t>(), item.key());
     } else if (vocab.is_array()) {
-      for (size_t id = 0; id < vocab.size(); ++id) place(static_cast<int64_t>(id), vocab[id].at(0).get<std::string>());
+      for (size_t id = 0; id < vocab.size(); ++id)
+        place(static_cast<int64_t>(id), vocab[id].at(0).get<std::string>());
     }
     if (tokenizer.contains("added_tokens") && tokenizer.at("added_tokens").is_array()) {
       for (const nlohmann::json& added : tokenizer.at("added_tokens")) {
@@ -76,7 +78,8 @@ std::vector<std::string> tokens_from_tokenizer_json(const std::string& path) {
       }
     }
   } catch (const nlohmann::json::exception& error) {
-    throw FormatError(describe_file_problem(path, std::string("has no readable vocabulary (") + error.what() + ")"));
+    throw FormatError(
+        describe_file_problem(path, std::string("has no readable vocabulary (") + error.what() + ")"));
   }
   return tokens;
 }
@@ -90,12 +93,18 @@ at::Tensor hf_final_norm(const ModelFiles& files) {
     if (info == nullptr) continue;
     at::ScalarType dtype;
     switch (info->dtype) {
-      case SafetensorsDType::F32: dtype = at::kFloat; break;
-      case SafetensorsDType::F16: dtype = at::kHalf; break;
-      case SafetensorsDType::BF16: dtype = at::kBFloat16; break;
+      case SafetensorsDType::F32:
+        dtype = at::kFloat;
+        break;
+      case SafetensorsDType::F16:
+        dtype = at::kHalf;
+        break;
+      case SafetensorsDType::BF16:
+        dtype = at::kBFloat16;
+        break;
       default:
-        throw UnsupportedError(describe_file_problem(path, name + " is " + safetensors_dtype_name(info->dtype),
-                                                     "expected F32, F16 or BF16"));
+        throw UnsupportedError(describe_file_problem(
+            path, name + " is " + safetensors_dtype_name(info->dtype), "expected F32, F16 or BF16"));
     }
     // from_blob does not own the mapping: copy (always, even when already float32) before `file` unmaps.
     return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->element_count()}, dtype)
@@ -144,7 +153,8 @@ ModelFingerprint ModelFingerprint::from_json(const nlohmann::json& json, const s
     fingerprint.weight_hash = json.at("weight_hash").get<std::string>();
     fingerprint.model_name = json.value("model_name", std::string());
   } catch (const nlohmann::json::exception& error) {
-    throw FormatError(describe_file_problem(source, std::string("has a missing or mistyped field (") + error.what() + ")"));
+    throw FormatError(
+        describe_file_problem(source, std::string("has a missing or mistyped field (") + error.what() + ")"));
   }
   return fingerprint;
 }

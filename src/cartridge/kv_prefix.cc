@@ -30,7 +30,8 @@ KvPrefix kv_prefix_from_prompt_embeddings(const at::Tensor& prompt_embeddings, c
 }
 
 at::Tensor prompt_embeddings_from_kv_prefix(const KvPrefix& prefix) {
-  TORCH_CHECK(!prefix.keys.empty() && prefix.keys.size() == prefix.values.size(), "empty or uneven KV prefix");
+  TORCH_CHECK(!prefix.keys.empty() && prefix.keys.size() == prefix.values.size(),
+              "empty or uneven KV prefix");
   std::vector<at::Tensor> blocks;  // 2L tensors [H, P, D]
   blocks.reserve(2 * prefix.keys.size());
   for (size_t layer = 0; layer < prefix.keys.size(); ++layer) {
@@ -61,7 +62,7 @@ at::Tensor prompt_logits(const Model& model, const KvPrefix* prefix, const std::
   KvCache cache = kv_cache_with_prefix(model, prefix, 1);
   const at::Tensor input_ids =
       at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.end()), at::kLong).unsqueeze(0);  // [1, T]
-  const at::Tensor token_mask = at::ones_like(input_ids, at::kBool);                                  // [1, T]
+  const at::Tensor token_mask = at::ones_like(input_ids, at::kBool);                                 // [1, T]
   const at::Tensor logits = model.forward(input_ids.to(model.device()), token_mask.to(model.device()), cache);
   return logits[0].to(at::kCPU, at::kFloat).clone();  // [T, V]
 }

@@ -2,11 +2,11 @@
 // post-RoPE at positions 0..P-1; real tokens that follow go at positions P+i. No re-rotation ever.
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 #include <memory>
 #include <vector>
-
-#include <ATen/ATen.h>
 
 #include "model/kv_cache.h"
 #include "model/model.h"

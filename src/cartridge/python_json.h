@@ -3,9 +3,8 @@
 // level, non-ASCII and DEL escaped as \uXXXX (ensure_ascii), no trailing newline.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace cartridge {
 

@@ -16,7 +16,7 @@
 namespace cartridge {
 
 enum class InitTokenization {
-  kAuto,          // PEFT's default (use_chat_template=True): the chat template when the model has one, else plain
+  kAuto,  // PEFT's default (use_chat_template=True): the chat template when the model has one, else plain
   kChatTemplate,  // the text as one system message through the chat template (an error without one)
   kPlain,         // tokenizer(text): the tokenizer's default special tokens (e.g. Llama's BOS)
 };
@@ -28,8 +28,9 @@ std::vector<int32_t> tokenize_init_text(const Tokenizer& tokenizer, const ChatTe
 
 // tokenize_init_text, then Cartridge::from_token_ids. Throws InvalidArgumentError (saying how many tokens
 // the text has) when it is shorter than `num_virtual_tokens`.
-Cartridge initialize_from_text(const Model& model, const Tokenizer& tokenizer, const ChatTemplate* chat_template,
-                               const std::string& text, InitTokenization tokenization, int64_t num_virtual_tokens,
+Cartridge initialize_from_text(const Model& model, const Tokenizer& tokenizer,
+                               const ChatTemplate* chat_template, const std::string& text,
+                               InitTokenization tokenization, int64_t num_virtual_tokens,
                                int64_t num_frozen_tokens);
 
 }  // namespace cartridge

@@ -1,7 +1,7 @@
 // `cartridge compose`: several cartridges concatenated into one (PEFT's compose_cartridge_adapters).
-#include <iostream>
-
 #include <fmt/format.h>
+
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cartridge/adapter_io.h"
@@ -19,7 +19,8 @@ struct ComposeOptions {
 };
 
 void run_compose(const ComposeOptions& options) {
-  const std::vector<std::string> warnings = compose_adapter_folders(options.adapters, options.out, options.force);
+  const std::vector<std::string> warnings =
+      compose_adapter_folders(options.adapters, options.out, options.force);
   for (const std::string& warning : warnings) std::cerr << "warning: " << warning << "\n";
   const LoadedAdapter composed = load_adapter(options.out);
   if (options.json) {
@@ -41,14 +42,16 @@ void run_compose(const ComposeOptions& options) {
 
 void add_compose_command(CLI::App& app) {
   auto options = std::make_shared<ComposeOptions>();
-  CLI::App* command =
-      app.add_subcommand("compose", "Concatenate cartridges into one adapter (PEFT's compose_cartridge_adapters)");
+  CLI::App* command = app.add_subcommand(
+      "compose", "Concatenate cartridges into one adapter (PEFT's compose_cartridge_adapters)");
   command->footer(
       "Rows are concatenated in the order given, with no re-rotation: each part keeps the positions it was\n"
-      "made at, and real tokens follow the whole composition. The first adapter's frozen count and config are\n"
+      "made at, and real tokens follow the whole composition. The first adapter's frozen count and config "
+      "are\n"
       "kept; the files are byte-identical to peft.compose_cartridge_adapters.\n"
       "Example:\n  cartridge compose report_2023 report_2024 --out both_reports");
-  command->add_option("adapters", options->adapters, "Two or more adapter folders (or Hub ids in the HF cache)")
+  command
+      ->add_option("adapters", options->adapters, "Two or more adapter folders (or Hub ids in the HF cache)")
       ->required()
       ->expected(2, -1);
   command->add_option("-o,--out", options->out, "The adapter folder to write")->required();

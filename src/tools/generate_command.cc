@@ -30,9 +30,10 @@ struct GenerateOptions {
 // Writes `logits` [T, V] float32 as a safetensors file with one tensor "logits".
 void write_logits(const std::string& path, const at::Tensor& logits) {
   const at::Tensor contiguous = logits.contiguous();
-  write_file_atomic(path, serialize_safetensors({{"logits", SafetensorsDType::F32,
-                                                  {contiguous.size(0), contiguous.size(1)}, contiguous.data_ptr()}},
-                                                {}));
+  const std::vector<int64_t> shape = {contiguous.size(0), contiguous.size(1)};
+  const std::string bytes =
+      serialize_safetensors({{"logits", SafetensorsDType::F32, shape, contiguous.data_ptr()}}, {});
+  write_file_atomic(path, bytes);
 }
 
 void run_generate(const GenerateOptions& options) {
@@ -110,13 +111,14 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--seed", options->sampling.seed, "Random seed for sampling")->capture_default_str();
   command->add_option("--stop", options->stop, "Stop before this string (repeatable)");
   command->add_option("--cartridge", options->cartridges,
-                      "A cartridge (PEFT adapter folder or Hub id in the HF cache) before the prompt; repeat to "
-                      "compose several in order");
+                      "A cartridge (PEFT adapter folder or Hub id in the HF cache) before the prompt; "
+                      "repeat to compose several in order");
   command->add_option("--logits-out", options->logits_out,
-                      "Also write the prompt's logits [T, V] float32 (tensor \"logits\", safetensors) to this file");
+                      "Also write the prompt's logits [T, V] float32 (tensor \"logits\", safetensors) to "
+                      "this file");
   command->add_flag("--json", options->json,
-                    "Print one JSON object {text, token_ids, finish_reason, prompt_tokens, completion_tokens, "
-                    "cartridge_tokens}");
+                    "Print one JSON object {text, token_ids, finish_reason, prompt_tokens, "
+                    "completion_tokens, cartridge_tokens}");
   command->callback([options] { run_generate(*options); });
 }
 

@@ -1,8 +1,8 @@
 // `cartridge init`: a new cartridge from the first p tokens of a text (or random), saved as a PEFT adapter.
+#include <fmt/format.h>
+
 #include <chrono>
 #include <iostream>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "cartridge/adapter_io.h"
@@ -31,10 +31,11 @@ struct InitOptions {
 };
 
 void run_init(const InitOptions& options) {
-  if (options.tokens <= 0) throw InvalidArgumentError("--tokens must be positive, got " + std::to_string(options.tokens));
+  if (options.tokens <= 0)
+    throw InvalidArgumentError("--tokens must be positive, got " + std::to_string(options.tokens));
   if (options.frozen < 0 || options.frozen > options.tokens) {
-    throw InvalidArgumentError("--frozen must be in [0, --tokens=" + std::to_string(options.tokens) + "], got " +
-                               std::to_string(options.frozen));
+    throw InvalidArgumentError("--frozen must be in [0, --tokens=" + std::to_string(options.tokens) +
+                               "], got " + std::to_string(options.frozen));
   }
   const int sources = (!options.text.empty()) + (!options.text_file.empty()) + options.random;
   if (sources != 1) throw InvalidArgumentError("give exactly one of --text, --text-file or --random");
@@ -49,8 +50,8 @@ void run_init(const InitOptions& options) {
   int64_t text_tokens = 0;
   std::string tokenization = "random";
   if (options.random) {
-    cartridge = Cartridge::random(CartridgeShape::of_model(loaded.model->config()), options.tokens, options.frozen,
-                                  options.seed);
+    cartridge = Cartridge::random(CartridgeShape::of_model(loaded.model->config()), options.tokens,
+                                  options.frozen, options.seed);
   } else {
     InitTokenization mode = InitTokenization::kAuto;
     if (options.chat_template) mode = InitTokenization::kChatTemplate;
@@ -88,8 +89,8 @@ void run_init(const InitOptions& options) {
     return;
   }
   const std::string source = options.random ? "N(0, 1) with seed " + std::to_string(options.seed)
-                                             : fmt::format("the first {} of the text's {} tokens ({})", options.tokens,
-                                                           text_tokens, tokenization);
+                                            : fmt::format("the first {} of the text's {} tokens ({})",
+                                                          options.tokens, text_tokens, tokenization);
   std::cout << fmt::format(
       "wrote {}: {} virtual tokens ({} frozen), {} layers x {} KV heads x head_dim {}, {} bytes (float32)\n"
       "initialised from {} in {:.2f} s\n",
@@ -102,10 +103,13 @@ void run_init(const InitOptions& options) {
 void add_init_command(CLI::App& app) {
   auto options = std::make_shared<InitOptions>();
   CLI::App* command = app.add_subcommand(
-      "init", "Create a cartridge from the first p tokens of a text (or random) and save it as a PEFT adapter");
+      "init",
+      "Create a cartridge from the first p tokens of a text (or random) and save it as a PEFT adapter");
   command->footer(
-      "The text is prefilled by the base model and the first --tokens cached keys/values become the cartridge,\n"
-      "as PEFT's initialize_kv_prefix_from_text. By default (like PEFT) the text is one system message through\n"
+      "The text is prefilled by the base model and the first --tokens cached keys/values become the "
+      "cartridge,\n"
+      "as PEFT's initialize_kv_prefix_from_text. By default (like PEFT) the text is one system message "
+      "through\n"
       "the model's chat template when it has one; --no-chat-template tokenizes it plainly (with the\n"
       "tokenizer's BOS etc.). The folder loads with PeftModel.from_pretrained(base_model, DIR).\n"
       "Example:\n  cartridge init --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text-file doc.txt \\\n"
@@ -113,15 +117,17 @@ void add_init_command(CLI::App& app) {
   add_model_options(*command, options->model);
   auto* text = command->add_option("--text", options->text, "The text to initialise from");
   auto* text_file = command->add_option("--text-file", options->text_file, "A UTF-8 file with the text");
-  auto* random = command->add_flag("--random", options->random, "N(0, 1) values instead (PEFT's default init)");
+  auto* random =
+      command->add_flag("--random", options->random, "N(0, 1) values instead (PEFT's default init)");
   text->excludes(text_file)->excludes(random);
   text_file->excludes(random);
-  command->add_option("--seed", options->seed, "With --random: the seed (as torch.manual_seed)")->capture_default_str();
+  command->add_option("--seed", options->seed, "With --random: the seed (as torch.manual_seed)")
+      ->capture_default_str();
   command->add_option("-p,--tokens", options->tokens, "p, the number of virtual tokens")->required();
   command->add_option("--frozen", options->frozen, "Leading tokens never trained (the attention sink)")
       ->capture_default_str();
-  auto* with_template =
-      command->add_flag("--chat-template", options->chat_template, "Wrap the text as a system message (error if none)");
+  auto* with_template = command->add_flag("--chat-template", options->chat_template,
+                                          "Wrap the text as a system message (error if none)");
   auto* without_template =
       command->add_flag("--no-chat-template", options->no_chat_template, "Tokenize the text plainly");
   with_template->excludes(without_template);

@@ -1,12 +1,12 @@
 // The PEFT adapter format against files written by the real PEFT (tests/fixtures/make_cartridge.py):
 // config bytes, safetensors bytes, compose bytes, named-adapter subfolders, BF16 storage, random init,
 // the Hub cache, and every way a damaged or mismatched adapter is refused.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
-
-#include <ATen/ATen.h>
-#include <gtest/gtest.h>
 
 #include "cartridge/adapter_io.h"
 #include "cartridge/python_json.h"
@@ -25,8 +25,8 @@ using testing::TemporaryFolder;
 using testing::tiny_model_kinds;
 using testing::write_bytes;
 
-const std::vector<std::string> kPeftAdapters = {"peft_plain",  "peft_chat",     "peft_random",
-                                                "peft_trained", "peft_composed", "peft_bf16",
+const std::vector<std::string> kPeftAdapters = {"peft_plain",         "peft_chat",     "peft_random",
+                                                "peft_trained",       "peft_composed", "peft_bf16",
                                                 "peft_composed_mixed"};
 
 // The stored prompt_embeddings of an adapter file, upcast to float32.
@@ -94,20 +94,23 @@ TEST(AdapterConfig, ParseAppliesPeftDefaultsAndIgnoresUnknownKeys) {
 }
 
 TEST(AdapterConfig, RefusesWhatItCannotRead) {
-  const std::string sizes = R"("num_virtual_tokens": 4, "num_layers": 2, "num_attention_heads": 2, "token_dim": 32)";
+  const std::string sizes =
+      R"("num_virtual_tokens": 4, "num_layers": 2, "num_attention_heads": 2, "token_dim": 32)";
   EXPECT_THROW(AdapterConfig::parse("{not json", "a.json"), FormatError);
   EXPECT_THROW(AdapterConfig::parse("[1, 2]", "a.json"), FormatError);
   EXPECT_THROW(AdapterConfig::parse(R"({"peft_type": "LORA", "r": 8})", "a.json"), UnsupportedError);
   EXPECT_THROW(AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "num_layers": 2})", "a.json"), FormatError);
-  EXPECT_THROW(AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "num_frozen_tokens": 5, )" + sizes + "}", "a.json"),
-               FormatError);
-  EXPECT_THROW(AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "num_frozen_tokens": -1, )" + sizes + "}", "a.json"),
-               FormatError);
-  EXPECT_THROW(AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "task_type": "SEQ_2_SEQ_LM", )" + sizes + "}",
-                                    "a.json"),
+  EXPECT_THROW(
+      AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "num_frozen_tokens": 5, )" + sizes + "}", "a.json"),
+      FormatError);
+  EXPECT_THROW(
+      AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "num_frozen_tokens": -1, )" + sizes + "}", "a.json"),
+      FormatError);
+  EXPECT_THROW(AdapterConfig::parse(
+                   R"({"peft_type": "CARTRIDGE", "task_type": "SEQ_2_SEQ_LM", )" + sizes + "}", "a.json"),
                UnsupportedError);
-  EXPECT_THROW(AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "num_transformer_submodules": 2, )" + sizes + "}",
-                                    "a.json"),
+  EXPECT_THROW(AdapterConfig::parse(
+                   R"({"peft_type": "CARTRIDGE", "num_transformer_submodules": 2, )" + sizes + "}", "a.json"),
                UnsupportedError);
   EXPECT_THROW(AdapterConfig::parse(R"({"peft_type": "CARTRIDGE", "num_virtual_tokens": "4", "num_layers": 2,
                                        "num_attention_heads": 2, "token_dim": 32})",
@@ -139,7 +142,8 @@ TEST(AdapterIo, LoadsEveryPeftAdapterWithItsValues) {
       EXPECT_EQ(loaded.cartridge.num_virtual_tokens(), loaded.config.num_virtual_tokens);
       EXPECT_EQ(loaded.cartridge.num_frozen_tokens(), loaded.config.num_frozen_tokens);
       EXPECT_TRUE(at::equal(loaded.cartridge.prompt_embeddings(), stored_embeddings(folder))) << folder;
-      EXPECT_EQ(loaded.weights_file_bytes, static_cast<int64_t>(fs::file_size(folder + "/adapter_model.safetensors")));
+      EXPECT_EQ(loaded.weights_file_bytes,
+                static_cast<int64_t>(fs::file_size(folder + "/adapter_model.safetensors")));
     }
   }
 }
@@ -183,7 +187,10 @@ TEST(AdapterIo, FindsAHubIdInTheLocalCache) {
   EXPECT_EQ(resolve_adapter_folder("someone/my-cartridge"), repo + "/snapshots/abc123");
   EXPECT_EQ(resolve_adapter_folder("someone/my-cartridge/sub"), repo + "/snapshots/abc123/sub");
   EXPECT_THROW(resolve_adapter_folder("someone/not-downloaded"), FileNotFoundError);
-  if (previous) ::setenv("HF_HUB_CACHE", saved.c_str(), 1); else ::unsetenv("HF_HUB_CACHE");
+  if (previous)
+    ::setenv("HF_HUB_CACHE", saved.c_str(), 1);
+  else
+    ::unsetenv("HF_HUB_CACHE");
 }
 
 TEST(AdapterIo, SaveIsByteIdenticalToPeftSavePretrained) {
@@ -205,7 +212,8 @@ TEST(AdapterIo, SaveIsByteIdenticalToPeftSavePretrained) {
 TEST(AdapterIo, ComposeIsByteIdenticalToPeft) {
   for (const std::string& kind : tiny_model_kinds()) {
     for (const auto& [inputs, expected] : std::vector<std::pair<std::vector<std::string>, std::string>>{
-             {{"peft_plain", "peft_random"}, "peft_composed"}, {{"peft_bf16", "peft_random"}, "peft_composed_mixed"}}) {
+             {{"peft_plain", "peft_random"}, "peft_composed"},
+             {{"peft_bf16", "peft_random"}, "peft_composed_mixed"}}) {
       TemporaryFolder out;
       std::vector<std::string> folders;
       for (const std::string& input : inputs) folders.push_back(cartridge_fixture(kind, input));
@@ -232,16 +240,17 @@ TEST(AdapterIo, ComposeInMemoryMatchesPeft) {
 
 TEST(AdapterIo, ComposeRefusesIncompatibleAdaptersAndWritesNothing) {
   TemporaryFolder out;
-  EXPECT_THROW(compose_adapter_folders({cartridge_fixture("llama", "peft_plain"), cartridge_fixture("qwen3", "peft_plain")},
-                                       out / "composed", false),
+  EXPECT_THROW(compose_adapter_folders(
+                   {cartridge_fixture("llama", "peft_plain"), cartridge_fixture("qwen3", "peft_plain")},
+                   out / "composed", false),
                MismatchError);
   EXPECT_THROW(compose_adapter_folders({cartridge_fixture("llama", "peft_plain")}, out / "composed", false),
                InvalidArgumentError);
   // A damaged second input: still nothing written.
   testing::copy_folder(cartridge_fixture("llama", "peft_random"), out / "damaged");
   fs::resize_file(out / "damaged/adapter_model.safetensors", 100);
-  EXPECT_THROW(compose_adapter_folders({cartridge_fixture("llama", "peft_plain"), out / "damaged"}, out / "composed",
-                                       false),
+  EXPECT_THROW(compose_adapter_folders({cartridge_fixture("llama", "peft_plain"), out / "damaged"},
+                                       out / "composed", false),
                FormatError);
   EXPECT_FALSE(fs::exists(out / "composed"));
   for (const auto& entry : fs::directory_iterator(out.path())) {
@@ -264,7 +273,8 @@ TEST(AdapterIo, RandomInitMatchesPeftSeeded) {
 template <typename Expected>
 void expect_refused(const std::function<void(const std::string& folder)>& damage, const std::string& what) {
   TemporaryFolder temporary;
-  const std::string folder = testing::copy_folder(cartridge_fixture("llama", "peft_plain"), temporary / "adapter");
+  const std::string folder =
+      testing::copy_folder(cartridge_fixture("llama", "peft_plain"), temporary / "adapter");
   damage(folder);
   try {
     load_adapter(folder);
@@ -285,8 +295,9 @@ void edit_config(const std::string& folder, const std::string& key, const nlohma
 }
 
 TEST(AdapterIo, RefusesDamagedOrMismatchedFiles) {
-  expect_refused<FormatError>([](const std::string& f) { fs::resize_file(f + "/adapter_model.safetensors", 50); },
-                              "truncated safetensors");
+  expect_refused<FormatError>(
+      [](const std::string& f) { fs::resize_file(f + "/adapter_model.safetensors", 50); },
+      "truncated safetensors");
   expect_refused<FormatError>(
       [](const std::string& f) {
         std::string bytes = read_bytes(f + "/adapter_model.safetensors");
@@ -294,32 +305,36 @@ TEST(AdapterIo, RefusesDamagedOrMismatchedFiles) {
         write_bytes(f + "/adapter_model.safetensors", bytes);
       },
       "corrupt header length");
-  expect_refused<FormatError>([](const std::string& f) { write_bytes(f + "/adapter_config.json", "{\"peft_type\": "); },
-                              "truncated config");
-  expect_refused<FormatError>([](const std::string& f) { edit_config(f, "num_layers", 3); }, "wrong layer count (W)");
-  expect_refused<FormatError>([](const std::string& f) { edit_config(f, "token_dim", 16); }, "wrong head dim (W)");
-  expect_refused<FormatError>([](const std::string& f) { edit_config(f, "num_virtual_tokens", 17); }, "wrong p");
+  expect_refused<FormatError>(
+      [](const std::string& f) { write_bytes(f + "/adapter_config.json", "{\"peft_type\": "); },
+      "truncated config");
+  expect_refused<FormatError>([](const std::string& f) { edit_config(f, "num_layers", 3); },
+                              "wrong layer count (W)");
+  expect_refused<FormatError>([](const std::string& f) { edit_config(f, "token_dim", 16); },
+                              "wrong head dim (W)");
+  expect_refused<FormatError>([](const std::string& f) { edit_config(f, "num_virtual_tokens", 17); },
+                              "wrong p");
   expect_refused<UnsupportedError>([](const std::string& f) { edit_config(f, "peft_type", "PREFIX_TUNING"); },
                                    "another PEFT method");
   expect_refused<UnsupportedError>(
-      [](const std::string& f) {
-        fs::rename(f + "/adapter_model.safetensors", f + "/adapter_model.bin");
-      },
+      [](const std::string& f) { fs::rename(f + "/adapter_model.safetensors", f + "/adapter_model.bin"); },
       "pickle only");
-  expect_refused<FileNotFoundError>([](const std::string& f) { fs::remove(f + "/adapter_model.safetensors"); },
-                                    "no weights");
+  expect_refused<FileNotFoundError>(
+      [](const std::string& f) { fs::remove(f + "/adapter_model.safetensors"); }, "no weights");
   expect_refused<FormatError>(
       [](const std::string& f) {
         const at::Tensor other = at::zeros({16, 128});
         write_bytes(f + "/adapter_model.safetensors",
-                    serialize_safetensors({{"something_else", SafetensorsDType::F32, {16, 128}, other.data_ptr()}}, {}));
+                    serialize_safetensors(
+                        {{"something_else", SafetensorsDType::F32, {16, 128}, other.data_ptr()}}, {}));
       },
       "no prompt_embeddings");
   expect_refused<UnsupportedError>(
       [](const std::string& f) {
         const at::Tensor ints = at::zeros({16, 128}, at::kLong);
         write_bytes(f + "/adapter_model.safetensors",
-                    serialize_safetensors({{"prompt_embeddings", SafetensorsDType::I64, {16, 128}, ints.data_ptr()}}, {}));
+                    serialize_safetensors(
+                        {{"prompt_embeddings", SafetensorsDType::I64, {16, 128}, ints.data_ptr()}}, {}));
       },
       "integer tensor");
   EXPECT_THROW(load_adapter("/nonexistent/adapter"), FileNotFoundError);
@@ -327,8 +342,10 @@ TEST(AdapterIo, RefusesDamagedOrMismatchedFiles) {
 
 TEST(AdapterIo, ChecksTheModelShape) {
   const LoadedAdapter llama = load_adapter(cartridge_fixture("llama", "peft_plain"));
-  const ModelConfig llama_config = ModelConfig::from_hf_config_json(cartridge_fixture("llama", "model/config.json"));
-  const ModelConfig qwen_config = ModelConfig::from_hf_config_json(cartridge_fixture("qwen3", "model/config.json"));
+  const ModelConfig llama_config =
+      ModelConfig::from_hf_config_json(cartridge_fixture("llama", "model/config.json"));
+  const ModelConfig qwen_config =
+      ModelConfig::from_hf_config_json(cartridge_fixture("qwen3", "model/config.json"));
   EXPECT_TRUE(check_adapter_for_model(llama, llama_config, nullptr, "llama").empty());
   EXPECT_THROW(check_adapter_for_model(llama, qwen_config, nullptr, "qwen3"), MismatchError);  // layer count
   ModelConfig other_head_dim = llama_config;
@@ -384,21 +401,25 @@ TEST(Fingerprint, RoundTripsAndReportsDifferences) {
 }
 
 TEST(Fingerprint, HashesTheTinyModelsFromTheirFiles) {
-  const ModelConfig llama_config = ModelConfig::from_hf_config_json(cartridge_fixture("llama", "model/config.json"));
-  const ModelConfig qwen_config = ModelConfig::from_hf_config_json(cartridge_fixture("qwen3", "model/config.json"));
+  const ModelConfig llama_config =
+      ModelConfig::from_hf_config_json(cartridge_fixture("llama", "model/config.json"));
+  const ModelConfig qwen_config =
+      ModelConfig::from_hf_config_json(cartridge_fixture("qwen3", "model/config.json"));
   const ModelFingerprint llama = fingerprint_model(testing::tiny_model_files("llama"), llama_config);
   const ModelFingerprint qwen = fingerprint_model(testing::tiny_model_files("qwen3"), qwen_config);
   EXPECT_EQ(llama.architecture, "llama");
   EXPECT_EQ(qwen.architecture, "qwen3");
-  EXPECT_EQ(llama.vocabulary_tokens, llama_config.vocab_size);  // the fixture sizes the model to its tokenizer
-  EXPECT_EQ(llama.vocabulary_hash, qwen.vocabulary_hash);       // same trained tokenizer, same tokens
+  EXPECT_EQ(llama.vocabulary_tokens,
+            llama_config.vocab_size);                      // the fixture sizes the model to its tokenizer
+  EXPECT_EQ(llama.vocabulary_hash, qwen.vocabulary_hash);  // same trained tokenizer, same tokens
   EXPECT_EQ(llama.vocabulary_hash.rfind("fnv1a64:", 0), 0u);
   EXPECT_FALSE(llama.differences(qwen).empty());
   EXPECT_TRUE(fingerprint_model(testing::tiny_model_files("llama"), llama_config).differences(llama).empty());
 }
 
 TEST(Fingerprint, DifferentFingerprintWarnsButLoads) {
-  const ModelConfig config = ModelConfig::from_hf_config_json(cartridge_fixture("llama", "model/config.json"));
+  const ModelConfig config =
+      ModelConfig::from_hf_config_json(cartridge_fixture("llama", "model/config.json"));
   const ModelFingerprint model_fingerprint = fingerprint_model(testing::tiny_model_files("llama"), config);
   const LoadedAdapter peft = load_adapter(cartridge_fixture("llama", "peft_plain"));
   TemporaryFolder out;

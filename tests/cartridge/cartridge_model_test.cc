@@ -1,12 +1,12 @@
 // Cartridges on real (tiny, random) models against the real PEFT: logits and greedy continuations of
 // every PEFT adapter, our text initialisation vs PEFT's, composition, a batch with a different cartridge
 // per row, save -> load -> the same tokens, and gradients into the trainable rows only.
-#include <map>
-#include <memory>
-
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
 
 #include "cartridge/adapter_io.h"
 #include "cartridge_test_util.h"
@@ -40,7 +40,8 @@ at::Tensor read_logits(const std::string& path) {  // [T, V] float32
   const SafetensorsFile file(path);
   const SafetensorsTensorInfo* info = file.find("logits");
   EXPECT_NE(info, nullptr) << path;
-  return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->shape[0], info->shape[1]}, at::kFloat).clone();
+  return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->shape[0], info->shape[1]}, at::kFloat)
+      .clone();
 }
 
 std::vector<int64_t> prompt_ids(const std::string& kind) {
@@ -58,7 +59,8 @@ KvCache cache_with(const KvPrefix& prefix) {
     keys.push_back(prefix.keys[layer].unsqueeze(0));
     values.push_back(prefix.values[layer].unsqueeze(0));
   }
-  return KvCache::with_prefix(std::move(keys), std::move(values), at::tensor({prefix.length()}, at::kLong), 1);
+  return KvCache::with_prefix(std::move(keys), std::move(values), at::tensor({prefix.length()}, at::kLong),
+                              1);
 }
 
 // The prompt's logits [T, V] with the cartridge in front.
@@ -79,7 +81,8 @@ std::vector<int64_t> greedy(const Model& model, const Cartridge& cartridge, cons
   at::Tensor input = ids_tensor(ids);
   std::vector<int64_t> generated;
   for (int64_t step = 0; step < steps; ++step) {
-    const at::Tensor logits = model.forward(input, at::ones_like(input, at::kBool), cache, last);  // [1, 1, V]
+    const at::Tensor logits =
+        model.forward(input, at::ones_like(input, at::kBool), cache, last);  // [1, 1, V]
     const int64_t next = logits[0][0].argmax().item<int64_t>();
     generated.push_back(next);
     input = at::full({1, 1}, next, at::kLong);
@@ -102,8 +105,9 @@ TEST(CartridgeOnModel, PeftAdaptersGivePeftsLogitsAndGreedyTokens) {
       const at::Tensor theirs = read_logits(cartridge_fixture(kind, "logits_" + adapter + ".safetensors"));
       ASSERT_EQ(ours.sizes(), theirs.sizes()) << kind << " " << adapter;
       EXPECT_LE(max_abs_difference(ours, theirs), kLogitTolerance) << kind << " " << adapter;
-      EXPECT_EQ(greedy(*model, loaded.cartridge, prompt_ids(kind), static_cast<int64_t>(greedy_tokens.size())),
-                greedy_tokens.get<std::vector<int64_t>>())
+      EXPECT_EQ(
+          greedy(*model, loaded.cartridge, prompt_ids(kind), static_cast<int64_t>(greedy_tokens.size())),
+          greedy_tokens.get<std::vector<int64_t>>())
           << kind << " " << adapter;
     }
   }
@@ -118,18 +122,21 @@ TEST(CartridgeOnModel, TextInitMatchesPeftInitializeKvPrefixFromText) {
     for (const auto& [tokenization, adapter] :
          std::vector<std::pair<std::string, std::string>>{{"plain", "peft_plain"}, {"chat", "peft_chat"}}) {
       const LoadedAdapter peft = load_adapter(cartridge_fixture(kind, adapter));
-      const std::vector<int32_t> token_ids = expected.at("init_token_ids").at(tokenization).get<std::vector<int32_t>>();
+      const std::vector<int32_t> token_ids =
+          expected.at("init_token_ids").at(tokenization).get<std::vector<int32_t>>();
       const Cartridge ours = Cartridge::from_token_ids(*model, token_ids, peft.config.num_virtual_tokens,
                                                        peft.config.num_frozen_tokens);
       EXPECT_EQ(ours.num_frozen_tokens(), peft.cartridge.num_frozen_tokens());
       EXPECT_EQ(ours.shape(), peft.cartridge.shape());
-      EXPECT_LE(max_abs_difference(ours.prompt_embeddings(), peft.cartridge.prompt_embeddings()), kEmbeddingTolerance)
+      EXPECT_LE(max_abs_difference(ours.prompt_embeddings(), peft.cartridge.prompt_embeddings()),
+                kEmbeddingTolerance)
           << kind << " " << tokenization;
       // The same adapter config PEFT wrote, once the base model's name is the same.
       const AdapterConfig config =
           AdapterConfig::for_model(model->config(), ours.num_virtual_tokens(), ours.num_frozen_tokens(),
                                    expected.at("base_model_name_or_path").get<std::string>());
-      EXPECT_EQ(config.to_json_text(), testing::read_bytes(cartridge_fixture(kind, adapter + "/adapter_config.json")));
+      EXPECT_EQ(config.to_json_text(),
+                testing::read_bytes(cartridge_fixture(kind, adapter + "/adapter_config.json")));
     }
   }
 }
@@ -148,24 +155,29 @@ TEST(CartridgeOnModel, TextShorterThanTheCartridgeIsAnErrorThatCountsTokens) {
 
 TEST(CartridgeOnModel, FromKvCacheKeepsTheFirstSlots) {
   const auto model = tiny_model("qwen3");
-  const std::vector<int32_t> ids = expected_for("qwen3").at("init_token_ids").at("plain").get<std::vector<int32_t>>();
+  const std::vector<int32_t> ids =
+      expected_for("qwen3").at("init_token_ids").at("plain").get<std::vector<int32_t>>();
   c10::InferenceMode inference;
   KvCache cache = model->new_cache(1);
-  const at::Tensor input = at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + 20), at::kLong).unsqueeze(0);
+  const at::Tensor input =
+      at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + 20), at::kLong).unsqueeze(0);
   model->forward(input, at::ones_like(input, at::kBool), cache);
   const Cartridge from_cache = Cartridge::from_kv_cache(cache, 16, 1);
   const LoadedAdapter peft = load_adapter(cartridge_fixture("qwen3", "peft_plain"));
-  EXPECT_LE(max_abs_difference(from_cache.prompt_embeddings(), peft.cartridge.prompt_embeddings()), kEmbeddingTolerance);
+  EXPECT_LE(max_abs_difference(from_cache.prompt_embeddings(), peft.cartridge.prompt_embeddings()),
+            kEmbeddingTolerance);
   EXPECT_THROW(Cartridge::from_kv_cache(cache, 21, 1), InvalidArgumentError);
 }
 
 TEST(CartridgeOnModel, ComposedAtLoadMatchesPeftsComposedAdapter) {
   for (const std::string& kind : tiny_model_kinds()) {
     const auto model = tiny_model(kind);
-    const Cartridge composed = Cartridge::compose({load_adapter(cartridge_fixture(kind, "peft_plain")).cartridge,
-                                                   load_adapter(cartridge_fixture(kind, "peft_random")).cartridge});
+    const Cartridge composed =
+        Cartridge::compose({load_adapter(cartridge_fixture(kind, "peft_plain")).cartridge,
+                            load_adapter(cartridge_fixture(kind, "peft_random")).cartridge});
     const at::Tensor theirs = read_logits(cartridge_fixture(kind, "logits_peft_composed.safetensors"));
-    EXPECT_LE(max_abs_difference(prompt_logits(*model, composed, prompt_ids(kind)), theirs), kLogitTolerance) << kind;
+    EXPECT_LE(max_abs_difference(prompt_logits(*model, composed, prompt_ids(kind)), theirs), kLogitTolerance)
+        << kind;
   }
 }
 
@@ -201,8 +213,8 @@ TEST(CartridgeOnModel, OneBatchWithADifferentCartridgePerRow) {
     }
   }
   KvCache cache = KvCache::with_prefix(keys, values, prefix_lengths, batch);
-  at::Tensor input = at::zeros({batch, full}, at::kLong);         // [B, T]
-  at::Tensor token_mask = at::zeros({batch, full}, at::kBool);    // [B, T]
+  at::Tensor input = at::zeros({batch, full}, at::kLong);       // [B, T]
+  at::Tensor token_mask = at::zeros({batch, full}, at::kBool);  // [B, T]
   for (int64_t row = 0; row < batch; ++row) {
     const int64_t offset = left_padded[row] ? full - lengths[row] : 0;
     for (int64_t i = 0; i < lengths[row]; ++i) {
@@ -212,10 +224,12 @@ TEST(CartridgeOnModel, OneBatchWithADifferentCartridgePerRow) {
   }
   const at::Tensor logits = model->forward(input, token_mask, cache);  // [B, T, V]
   for (int64_t row = 0; row < batch; ++row) {
-    const at::Tensor theirs = read_logits(cartridge_fixture(kind, "logits_" + adapters[row] + ".safetensors"));
+    const at::Tensor theirs =
+        read_logits(cartridge_fixture(kind, "logits_" + adapters[row] + ".safetensors"));
     const int64_t offset = left_padded[row] ? full - lengths[row] : 0;
-    EXPECT_LE(max_abs_difference(logits[row].narrow(0, offset, lengths[row]), theirs.narrow(0, 0, lengths[row])),
-              kLogitTolerance)
+    EXPECT_LE(
+        max_abs_difference(logits[row].narrow(0, offset, lengths[row]), theirs.narrow(0, 0, lengths[row])),
+        kLogitTolerance)
         << adapters[row];
   }
 }
@@ -223,14 +237,16 @@ TEST(CartridgeOnModel, OneBatchWithADifferentCartridgePerRow) {
 TEST(CartridgeOnModel, SaveLoadGivesIdenticalGreedyTokens) {
   for (const std::string& kind : tiny_model_kinds()) {
     const auto model = tiny_model(kind);
-    const std::vector<int32_t> token_ids = expected_for(kind).at("init_token_ids").at("plain").get<std::vector<int32_t>>();
+    const std::vector<int32_t> token_ids =
+        expected_for(kind).at("init_token_ids").at("plain").get<std::vector<int32_t>>();
     const Cartridge ours = Cartridge::from_token_ids(*model, token_ids, 10, 1);
     const std::vector<int64_t> before = greedy(*model, ours, prompt_ids(kind), 32);
     TemporaryFolder out;
     const ModelFingerprint fingerprint = fingerprint_model(testing::tiny_model_files(kind), model->config());
-    save_adapter(out / "cartridge", ours,
-                 AdapterConfig::for_model(model->config(), ours.num_virtual_tokens(), ours.num_frozen_tokens(), kind),
-                 &fingerprint, false);
+    save_adapter(
+        out / "cartridge", ours,
+        AdapterConfig::for_model(model->config(), ours.num_virtual_tokens(), ours.num_frozen_tokens(), kind),
+        &fingerprint, false);
     const LoadedAdapter loaded = load_adapter(out / "cartridge");
     EXPECT_TRUE(check_adapter_for_model(loaded, model->config(), &fingerprint, kind).empty());
     EXPECT_TRUE(at::equal(loaded.cartridge.prompt_embeddings(), ours.prompt_embeddings()));

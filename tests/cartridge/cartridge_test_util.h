@@ -6,11 +6,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "io/model_files.h"
 #include "test_support.h"
@@ -44,7 +43,9 @@ inline void write_bytes(const std::string& path, const std::string& bytes) {
 inline nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(read_bytes(path)); }
 
 // The fixture's expected.json for a model kind.
-inline nlohmann::json expected_for(const std::string& kind) { return read_json(cartridge_fixture(kind, "expected.json")); }
+inline nlohmann::json expected_for(const std::string& kind) {
+  return read_json(cartridge_fixture(kind, "expected.json"));
+}
 
 // A fresh folder removed (with its contents) at the end of the scope.
 class TemporaryFolder {

@@ -1,11 +1,12 @@
 // Tokenization for text initialisation against what PEFT's initialize_kv_prefix_from_text tokenized
 // (plain: tokenizer(text) with default special tokens; chat: one system message through the template),
 // and the whole text -> cartridge path against PEFT's adapters.
+#include "cartridge/text_init.h"
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include "cartridge/adapter_io.h"
-#include "cartridge/text_init.h"
 #include "cartridge_test_util.h"
 #include "util/error.h"
 
@@ -33,10 +34,12 @@ TEST(TextInit, TokenizesAsPeft) {
     const TinyTokenizer loaded = load_tokenizer(kind);
     const std::string text = testing::read_bytes(cartridge_fixture(kind, "text.txt"));
     const nlohmann::json expected = expected_for(kind).at("init_token_ids");
-    EXPECT_EQ(tokenize_init_text(loaded.tokenizer, loaded.chat_template.get(), text, InitTokenization::kPlain),
-              expected.at("plain").get<std::vector<int32_t>>())
+    EXPECT_EQ(
+        tokenize_init_text(loaded.tokenizer, loaded.chat_template.get(), text, InitTokenization::kPlain),
+        expected.at("plain").get<std::vector<int32_t>>())
         << kind;
-    EXPECT_EQ(tokenize_init_text(loaded.tokenizer, loaded.chat_template.get(), text, InitTokenization::kChatTemplate),
+    EXPECT_EQ(tokenize_init_text(loaded.tokenizer, loaded.chat_template.get(), text,
+                                 InitTokenization::kChatTemplate),
               expected.at("chat").get<std::vector<int32_t>>())
         << kind;
     // PEFT's default (use_chat_template=True) takes the template when there is one, plain otherwise.
@@ -59,9 +62,11 @@ TEST(TextInit, TextToCartridgeMatchesPeft) {
     for (const auto& [mode, adapter] : std::vector<std::pair<InitTokenization, std::string>>{
              {InitTokenization::kPlain, "peft_plain"}, {InitTokenization::kChatTemplate, "peft_chat"}}) {
       const LoadedAdapter peft = load_adapter(cartridge_fixture(kind, adapter));
-      const Cartridge ours = initialize_from_text(*model, loaded.tokenizer, loaded.chat_template.get(), text, mode,
-                                                  peft.config.num_virtual_tokens, peft.config.num_frozen_tokens);
-      EXPECT_LE((ours.prompt_embeddings() - peft.cartridge.prompt_embeddings()).abs().max().item<double>(), 1e-5)
+      const Cartridge ours =
+          initialize_from_text(*model, loaded.tokenizer, loaded.chat_template.get(), text, mode,
+                               peft.config.num_virtual_tokens, peft.config.num_frozen_tokens);
+      EXPECT_LE((ours.prompt_embeddings() - peft.cartridge.prompt_embeddings()).abs().max().item<double>(),
+                1e-5)
           << kind << " " << adapter;
     }
     EXPECT_THROW(initialize_from_text(*model, loaded.tokenizer, loaded.chat_template.get(), "too short",
