@@ -261,6 +261,49 @@ TEST_F(ServerTest, BadRequestsGet4xxAndTheServerStaysUp) {
   expect_error(client().Get("/v1/nothing"), 404, "unknown_url");
 }
 
+TEST_F(ServerTest, RequestsBeyondTheConcurrencyLimitGet429) {
+  ServerOptions options;
+  options.port = 0;
+  options.cartridges_directory = folder_->path();
+  options.max_concurrent_requests = 1;
+  options.log_requests = false;
+  Server small(serve_model(), options);
+  const int port = small.bind();
+  std::thread listener([&small] { small.listen(); });
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(std::chrono::minutes(3));
+  std::string first_status;
+  std::thread first([&] {  // long enough to still run while the second request arrives
+    auto result = client.Post("/v1/completions",
+                              json({{"model", "treaty"}, {"prompt", "1, 2, 3,"}, {"max_tokens", 48},
+                                    {"temperature", 0}, {"ignore_eos", true}})
+                                  .dump(),
+                              "application/json");
+    first_status = result ? std::to_string(result->status) : "no response";
+  });
+  httplib::Client probe("127.0.0.1", port);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto stats = probe.Get("/v1/stats");
+    if (stats && json::parse(stats->body)["in_flight_requests"] == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  auto second = probe.Post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 1}}).dump(),
+                           "application/json");
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->status, 429) << second->body;
+  EXPECT_EQ(json::parse(second->body)["error"]["code"], "server_busy");
+  first.join();
+  EXPECT_EQ(first_status, "200");
+  // The slot is free again.
+  auto third = probe.Post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 1}}).dump(),
+                          "application/json");
+  ASSERT_TRUE(third);
+  EXPECT_EQ(third->status, 200) << third->body;
+  small.stop();
+  listener.join();
+}
+
 TEST_F(ServerTest, StatsCountWhatWasServed) {
   auto result = client().Get("/v1/stats");
   ASSERT_TRUE(result);
