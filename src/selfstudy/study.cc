@@ -11,6 +11,7 @@
 #include "cartridge/adapter_io.h"
 #include "cartridge/cartridge_shape.h"
 #include "cartridge/fingerprint.h"
+#include "cartridge/text_init.h"
 #include "util/error.h"
 
 namespace cartridge {
@@ -31,13 +32,8 @@ Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus
                              init.seed);
   }
   if (init.source == "text") {
-    const std::vector<int32_t> ids = loaded.tokenizer->encode(corpus_text, /*add_special_tokens=*/true);
-    if (static_cast<int64_t>(ids.size()) < init.num_virtual_tokens) {
-      throw InvalidArgumentError(fmt::format(
-          "the corpus has {} tokens, fewer than the cartridge's {} (--tokens): use a smaller --tokens or a longer corpus",
-          ids.size(), init.num_virtual_tokens));
-    }
-    return Cartridge::from_token_ids(model, ids, init.num_virtual_tokens, init.num_frozen_tokens);
+    return initialize_from_text(model, *loaded.tokenizer, loaded.chat_template.get(), corpus_text,
+                                InitTokenization::kPlain, init.num_virtual_tokens, init.num_frozen_tokens);
   }
   LoadedAdapter adapter = load_adapter(init.source);
   adapter.cartridge.check_fits(model.config(), adapter.folder, loaded.files.name);

@@ -9,6 +9,10 @@
 
 #include "generate/loaded_model.h"
 
+namespace cartridge {
+struct TrainingOptions;
+}
+
 namespace cartridge::tools {
 
 // Each add_*_command adds a subcommand whose callback may throw cartridge::Error (main prints it in one
@@ -17,11 +21,14 @@ void add_generate_command(CLI::App& app);
 void add_inspect_model_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
-void add_synthesize_command(CLI::App& app);
 void add_init_command(CLI::App& app);
 void add_compose_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
+void add_synthesize_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_study_command(CLI::App& app);
 
 // Options shared by every command that loads a model.
 struct ModelOptions {
@@ -32,5 +39,9 @@ struct ModelOptions {
 };
 void add_model_options(CLI::App& command, ModelOptions& options);
 LoadedModel load_model_from_options(const ModelOptions& options);
+
+// The training options shared by `cartridge train` and `cartridge study` (steps, batch, lr, evaluation,
+// checkpoints), defined in train_command.cc.
+void add_training_options(CLI::App& command, TrainingOptions& training);
 
 }  // namespace cartridge::tools

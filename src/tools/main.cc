@@ -41,11 +41,14 @@ int main(int argc, char** argv) {
   cartridge::tools::add_chat_command(app);
   cartridge::tools::add_tokenize_command(app);
   cartridge::tools::add_inspect_model_command(app);
-  cartridge::tools::add_synthesize_command(app);
   cartridge::tools::add_init_command(app);
   cartridge::tools::add_compose_command(app);
   cartridge::tools::add_inspect_command(app);
+  cartridge::tools::add_synthesize_command(app);
   cartridge::tools::add_serve_command(app);
+  cartridge::tools::add_train_command(app);
+  cartridge::tools::add_eval_command(app);
+  cartridge::tools::add_study_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

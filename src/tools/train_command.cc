@@ -1,0 +1,196 @@
+// `cartridge train`: trains a cartridge on a self-study dataset (context distillation), writing PEFT
+// adapters, checkpoints and loss curves; resumable.
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "cartridge/fingerprint.h"
+#include "selfstudy/sha256.h"
+#include "selfstudy/study.h"
+#include "tools/commands.h"
+#include "util/error.h"
+#include "util/mapped_file.h"
+
+namespace cartridge::tools {
+
+namespace {
+
+struct TrainCommandOptions {
+  ModelOptions model;
+  std::string dataset;
+  std::string corpus;
+  std::string out;
+  std::string init = "text";
+  int64_t tokens = 0;
+  int64_t frozen = 1;
+  TrainingOptions training;
+  bool json = false;
+};
+
+std::string dataset_file(const std::string& spec) {
+  if (std::filesystem::is_directory(spec)) return (std::filesystem::path(spec) / kStudyDatasetFileName).string();
+  return spec;
+}
+
+// Warnings for a dataset made from another corpus or by another model (training still runs).
+void warn_about_dataset(const DatasetHeader& header, const std::string& corpus_text, const LoadedModel& loaded,
+                        const std::string& dataset_path) {
+  if (!corpus_text.empty() && sha256_hex(corpus_text) != header.corpus_sha256) {
+    std::fprintf(stderr, "warning: %s was synthesized from another corpus than --corpus (SHA-256 differs)\n",
+                 dataset_path.c_str());
+  }
+  ModelFingerprint fingerprint = fingerprint_model(loaded.files, loaded.model->config());
+  nlohmann::json ours = fingerprint.to_json();
+  ours.erase("model_name");
+  nlohmann::json theirs = header.model_fingerprint;
+  if (theirs.is_object()) theirs.erase("model_name");
+  if (ours != theirs) {
+    std::fprintf(stderr,
+                 "warning: %s was synthesized by another model (%s); a cartridge only works with the model whose "
+                 "teacher made its data\n",
+                 dataset_path.c_str(), header.model.c_str());
+  }
+}
+
+void print_summary(const TrainingResult& result, const std::string& out, const std::string& model, bool json) {
+  const double final_loss = result.history.empty() ? NAN : result.history.back().loss;
+  const double first_kl = result.evaluations.empty() ? NAN : result.evaluations.front().heldout_kl;
+  const double last_kl = result.evaluations.empty() ? NAN : result.evaluations.back().heldout_kl;
+  if (json) {
+    const auto number = [](double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); };
+    nlohmann::json output = {{"adapter", out},
+                             {"steps", result.steps_done},
+                             {"interrupted", result.interrupted},
+                             {"final_loss", number(final_loss)},
+                             {"initial_heldout_kl", number(first_kl)},
+                             {"final_heldout_kl", number(last_kl)},
+                             {"heldout_conversations", result.heldout_indices.size()}};
+    std::cout << output.dump() << std::endl;
+    return;
+  }
+  std::printf("step %lld: loss %.4f", static_cast<long long>(result.steps_done), final_loss);
+  if (!result.evaluations.empty()) {
+    std::printf(", held-out KL %.4f (step %lld: %.4f)", last_kl,
+                static_cast<long long>(result.evaluations.front().step), first_kl);
+  }
+  std::printf("\ncartridge: %s (PEFT adapter; loss curve in %s/loss.svg)\n", out.c_str(), out.c_str());
+  if (!result.interrupted) {
+    std::printf("chat with it:  cartridge chat --model %s --cartridge %s\n", model.c_str(), out.c_str());
+  }
+}
+
+void run_train(TrainCommandOptions& options) {
+  const std::string dataset_path = dataset_file(options.dataset);
+  const Dataset dataset = read_dataset(dataset_path);  // fails fast, before the model loads
+  const bool needs_corpus = options.init == "text";
+  if (needs_corpus && options.corpus.empty()) {
+    throw InvalidArgumentError("--init text (the default) starts from the first --tokens tokens of the corpus: give "
+                               "--corpus FILE, or use --init random / --init ADAPTER_DIR");
+  }
+  const std::string corpus_text = options.corpus.empty() ? std::string() : read_text_file(options.corpus);
+  const std::string previous_run = latest_checkpoint(options.out);
+  if (!options.training.resume && !previous_run.empty()) {
+    throw InvalidArgumentError(describe_file_problem(
+        options.out, "already holds training checkpoints (" + std::filesystem::path(previous_run).filename().string() + ")",
+        "pass --resume to continue that run, or choose another --out folder"));
+  }
+  const LoadedModel loaded = load_model_from_options(options.model);
+  warn_about_dataset(dataset.header, corpus_text, loaded, dataset_path);
+
+  CartridgeInit init;
+  init.source = options.init;
+  init.num_virtual_tokens = options.tokens;
+  init.num_frozen_tokens = options.frozen;
+  init.seed = options.training.seed;
+  if ((init.source == "text" || init.source == "random") && init.num_virtual_tokens == 0) {
+    init.num_virtual_tokens = default_cartridge_tokens(dataset.header.corpus_tokens);
+    if (!options.model.quiet) {
+      std::fprintf(stderr, "cartridge size: %lld tokens (1/8 of the %lld-token corpus; set it with --tokens)\n",
+                   static_cast<long long>(init.num_virtual_tokens), static_cast<long long>(dataset.header.corpus_tokens));
+    }
+  }
+  const Cartridge initial = initial_cartridge(loaded, corpus_text, init);
+
+  TrainingOptions& training = options.training;
+  training.output_dir = options.out;
+  training.show_progress = !options.model.quiet;
+  training.model_name = options.model.model;
+  training.fingerprint = fingerprint_model(loaded.files, loaded.model->config());
+  const TrainingResult result = train_cartridge(loaded.model, initial, dataset, training);
+  print_summary(result, options.out, options.model.model, options.json);
+}
+
+}  // namespace
+
+void add_training_options(CLI::App& command, TrainingOptions& training) {
+  command.add_option("--steps", training.steps, "Optimizer steps in total (a resumed run continues up to this)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command.add_option("--batch-size", training.batch_size, "Conversations per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command.add_option("--lr", training.learning_rate, "Adam learning rate")->capture_default_str();
+  command.add_option("--max-batch-tokens", training.max_batch_tokens,
+                     "Padded tokens per forward pass; a larger step is split and its gradients summed (0 = no limit)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--eval-fraction", training.eval_fraction,
+                     "Fraction of the conversations held out and scored (KL to the teacher), never trained on")
+      ->capture_default_str();
+  command.add_option("--max-eval", training.max_eval_conversations, "At most this many held-out conversations")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--eval-every", training.eval_every,
+                     "Score the held-out conversations every N steps (0 = only at the start and the end)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--checkpoint-every", training.checkpoint_every,
+                     "Write a checkpoint every N steps (0 = only at the end and on Ctrl-C)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command.add_option("--keep-checkpoints", training.keep_checkpoints, "Newest checkpoint folders kept")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
+void add_train_command(CLI::App& app) {
+  auto options = std::make_shared<TrainCommandOptions>();
+  CLI::App* command = app.add_subcommand(
+      "train", "Train a cartridge on a self-study dataset (distillation from the teacher's top-k log-probabilities)");
+  command->footer(
+      "The student is the model with the cartridge as its KV prefix and no document in context; the loss at\n"
+      "each answer token is -sum_k p_teacher(k) log p_student(k) over the recorded top-k, averaged over all\n"
+      "answer tokens of the batch. Only the cartridge's trainable rows change (Adam); the model is frozen.\n"
+      "Output: --out holds the latest cartridge as a PEFT adapter, checkpoint-<step>/ folders (adapter +\n"
+      "optimizer state), loss.csv and loss.svg. Ctrl-C saves a checkpoint after the current step; --resume\n"
+      "continues exactly where a run stopped (also after a crash or kill, from the newest checkpoint).\n"
+      "Example:\n  cartridge train --model models/SmolLM2-135M-Instruct.Q4_1.gguf --dataset study/dataset.jsonl \\\n"
+      "    --corpus doc.txt --tokens 128 --steps 200 --out study/cartridge");
+  add_model_options(*command, options->model);
+  command->add_option("-d,--dataset", options->dataset, "dataset.jsonl from `cartridge synthesize` (or its folder)")
+      ->required();
+  command->add_option("-o,--out", options->out, "Output folder for the cartridge, checkpoints and loss curves")
+      ->required();
+  command->add_option("--corpus", options->corpus, "The corpus the dataset was made from (needed by --init text)");
+  command->add_option("--init", options->init,
+                      "Start from: text (KV of the corpus's first --tokens tokens), random (N(0,1) rows as PEFT), "
+                      "or an adapter folder")
+      ->capture_default_str();
+  command->add_option("-p,--tokens", options->tokens,
+                      "Cartridge size p in tokens (default: 1/8 of the corpus, 16..512; from the adapter for --init DIR)");
+  command->add_option("--frozen", options->frozen, "Leading rows never trained (the attention sink)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  add_training_options(*command, options->training);
+  command->add_option("--seed", options->training.seed, "Seed of the data order, the held-out split and --init random")
+      ->capture_default_str();
+  command->add_flag("--resume", options->training.resume, "Continue from the newest checkpoint in --out");
+  command->add_flag("--json", options->json,
+                    "Print one JSON object {adapter, steps, final_loss, initial_heldout_kl, final_heldout_kl, ...}");
+  command->callback([options] { run_train(*options); });
+}
+
+}  // namespace cartridge::tools
