@@ -82,6 +82,7 @@ def compare_with_peft(base_model, tokenizer, model_arg, adapter, tmp_path, toler
     our_logits = load_file(str(logits_path))["logits"]
     assert our_logits.shape == theirs.shape
     difference = (our_logits - theirs).abs().max().item()
+    print(f"\n{adapter.name} on {pathlib.Path(str(model_arg)).name}: max |logit difference| vs PEFT {difference:.2e}")
     assert difference <= tolerance, f"max |logit difference| {difference}"
     expected = peft_greedy(peft_model, prompt_ids, GREEDY_TOKENS, tokenizer.eos_token_id)
     assert ours["token_ids"] == expected
@@ -121,6 +122,7 @@ def test_init_on_tiny_model_loads_in_peft_with_same_outputs(tiny, tmp_path, chat
                                                        num_frozen_tokens=2))
     theirs = initialize_kv_prefix_from_text(peft_model, tokenizer, text=DOCUMENT, use_chat_template=chat_template)
     ours = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
+    print(f"tiny text init vs PEFT: max |difference| {(ours - theirs.float()).abs().max().item():.2e}")
     assert (ours - theirs.float()).abs().max().item() <= 1e-5
     # And the same adapter_config.json, up to the base model's name (PEFT stores the folder it loaded).
     peft_dir = tmp_path / "peft_saved"
@@ -151,6 +153,8 @@ def test_init_on_default_gguf_loads_in_peft_with_same_outputs(tmp_path):
     theirs = initialize_kv_prefix_from_text(peft_model, tokenizer, text=DOCUMENT)  # chat template, PEFT's default
     ours = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
     # Keys/values are activations of a 30-layer model: compare relative to their scale.
+    print(f"GGUF text init vs PEFT: max |difference| {(ours - theirs.float()).abs().max().item():.2e}, "
+          f"max |value| {theirs.abs().max().item():.1f}")
     assert (ours - theirs.float()).abs().max().item() <= 1e-3 * max(1.0, theirs.abs().max().item())
 
 
