@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job (README, first command): installs what is missing, builds, makes a cartridge for a document
-# with the default model, then answers a question with it.
+# with the default model by self-study (`cartridge study`: synthetic conversations about the document, then
+# training), then answers a question with it in place of the document.
 #   scripts/main.sh [DOCUMENT] [QUESTION]
-# Defaults: the sample document examples/data/varnholm.md and a question about it. Output: out/cartridge.
+# Defaults: the sample document examples/data/varnholm.md and a question about it. Output:
+# out/<document name>-cartridge (a PEFT adapter, its dataset.jsonl, checkpoints, loss.svg). Rerunning it
+# continues an interrupted run and leaves a finished one as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCUMENT=${1:-examples/data/varnholm.md}
@@ -13,7 +16,8 @@ TOKENS=${TOKENS:-128}
 bash scripts/setup.sh
 bash scripts/build.sh cartridge_cli
 mkdir -p out
-echo "== making a $TOKENS-token cartridge for $DOCUMENT"
-build/cartridge init --model "$MODEL" --text-file "$DOCUMENT" --tokens "$TOKENS" --out out/cartridge --overwrite
+OUT=${OUT:-out/$(basename "${DOCUMENT%.*}")-cartridge}
+echo "== self-study: a $TOKENS-token cartridge for $DOCUMENT in $OUT"
+build/cartridge study --model "$MODEL" --corpus "$DOCUMENT" --tokens "$TOKENS" --out "$OUT"
 echo "== asking, with the cartridge in place of the document: $QUESTION"
-build/cartridge generate --model "$MODEL" --cartridge out/cartridge --chat --prompt "$QUESTION" --max-new-tokens 64
+build/cartridge generate --model "$MODEL" --cartridge "$OUT" --chat --prompt "$QUESTION" --max-new-tokens 64

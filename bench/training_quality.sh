@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Does self-study teach a cartridge the document? On a real document not written for this project (the
+# Apache License 2.0 text, examples/data/apache-2.0.txt, 2224 tokens) with the default model, compares the
+# first-p-tokens initialisation with the same cartridge after self-study, next to no context and the whole
+# document in context (ICL): held-out KL to the teacher and answer NLL on examples/data/apache-2.0.qa.jsonl
+# (12 questions, answers quoted from the text). p = 256 <= 1/8 of the document.
+#   bench/training_quality.sh [OUT]       (default OUT: out/apache-2.0; BIN=build/cartridge)
+# Rerunning continues an interrupted run (synthesis and training resume). Prints the markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-build/cartridge}
+OUT=${1:-out/apache-2.0}
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+DOC=examples/data/apache-2.0.txt
+QA=examples/data/apache-2.0.qa.jsonl
+TOKENS=256
+SEED=0
+
+# 1. Self-study: 96 synthetic conversations about random 512-1024-token chunks, then 60 steps of 4.
+"$BIN" study --model "$MODEL" --corpus "$DOC" --tokens "$TOKENS" --out "$OUT/trained" --seed "$SEED" \
+  --samples 96 --min-chunk 512 --max-chunk 1024 --batch 8 --max-question-tokens 64 --max-answer-tokens 192 \
+  --steps 60 --batch-size 4 --eval-fraction 0.1 --eval-every 20 --checkpoint-every 10 -q
+# 2. The initialisation on its own: the KV of the document's first 256 tokens (what training started from).
+[ -f "$OUT/init/adapter_config.json" ] ||
+  "$BIN" init --model "$MODEL" --text-file "$DOC" --tokens "$TOKENS" --no-chat-template --out "$OUT/init" -q
+# 3. The table: held-out conversations are the ones training never saw (same seed and fraction).
+"$BIN" eval --model "$MODEL" --corpus "$DOC" --qa "$QA" --dataset "$OUT/trained/dataset.jsonl" \
+  --eval-fraction 0.1 --seed "$SEED" --cartridge "$OUT/init" --name "cartridge, init (first $TOKENS tokens)" \
+  --cartridge "$OUT/trained" --name "cartridge, after self-study" --markdown -q
