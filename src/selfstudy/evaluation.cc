@@ -66,14 +66,14 @@ std::shared_ptr<const KvPrefix> extend_prefix(const Model& model, const std::sha
   return prefix;
 }
 
-// The per-question mean NLL of the answers: returns {sum over questions of the mean, answer tokens}.
-std::pair<double, int64_t> score_questions(const Model& model, const KvPrefix* prefix,
-                                           const std::vector<Conversation>& questions, int64_t max_batch_tokens,
-                                           ProgressBar& progress) {
+// The mean NLL of each question's answer tokens (indexed by Conversation::index) and the answer tokens.
+std::pair<std::vector<double>, int64_t> score_questions(const Model& model, const KvPrefix* prefix,
+                                                        const std::vector<Conversation>& questions,
+                                                        int64_t max_batch_tokens, ProgressBar& progress) {
   at::NoGradGuard no_grad;
   std::vector<const Conversation*> pointers;
   for (const Conversation& question : questions) pointers.push_back(&question);
-  double sum_of_means = 0;
+  std::vector<double> means(questions.size(), kNotComputed);
   int64_t tokens = 0;
   for (const auto& group : micro_batches(pointers, max_batch_tokens)) {
     const StudentBatch batch = make_student_batch(group, /*top_k=*/1, model.device());
@@ -85,13 +85,13 @@ std::pair<double, int64_t> score_questions(const Model& model, const KvPrefix* p
       const int64_t count = question->num_targets();
       double sum = 0;
       for (int64_t index = 0; index < count; ++index) sum += values[offset + index];
-      sum_of_means += sum / static_cast<double>(count);
+      means[question->index] = sum / static_cast<double>(count);
       offset += count;
       tokens += count;
     }
     progress.advance(static_cast<int64_t>(group.size()));
   }
-  return {sum_of_means, tokens};
+  return {means, tokens};
 }
 
 std::string kind_name(ContextKind kind) {
@@ -244,10 +244,12 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     const std::shared_ptr<const KvPrefix> context = extend_prefix(model, base, shared_tokens);
 
     if (!question_rows.empty()) {
-      const auto [sum_of_means, tokens] =
-          score_questions(model, context.get(), question_rows, options.max_batch_tokens, progress);
-      score.answer_nll = sum_of_means / static_cast<double>(question_rows.size());
+      auto [means, tokens] = score_questions(model, context.get(), question_rows, options.max_batch_tokens, progress);
+      double sum = 0;
+      for (const double mean : means) sum += mean;
+      score.answer_nll = sum / static_cast<double>(means.size());
       score.answer_tokens = tokens;
+      score.question_nlls = std::move(means);
     }
     if (!heldout_rows.empty()) {
       std::vector<const Conversation*> pointers;
@@ -306,6 +308,7 @@ nlohmann::json evaluation_to_json(const std::vector<ConditionScore>& scores) {
                 {"context_kv_bytes", score.context_kv_bytes},
                 {"answer_nll", number_or_null(score.answer_nll)},
                 {"answer_tokens", score.answer_tokens},
+                {"answer_nll_per_question", score.question_nlls},
                 {"heldout_kl", number_or_null(score.heldout_kl)},
                 {"heldout_positions", score.heldout_positions}};
     if (!score.skipped.empty()) row["skipped"] = score.skipped;

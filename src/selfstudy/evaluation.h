@@ -50,6 +50,7 @@ struct ConditionScore {
   int64_t context_kv_bytes = 0;
   double answer_nll = 0;         // mean over questions of the mean per-token NLL of the answer (nats)
   int64_t answer_tokens = 0;     // answer tokens scored, over all questions
+  std::vector<double> question_nlls;  // per question, in file order: the mean NLL of its answer tokens
   double heldout_kl = 0;         // mean truncated KL per held-out target position (NaN when not computed)
   int64_t heldout_positions = 0;
   std::string skipped;           // non-empty when the condition could not run (e.g. corpus beyond the context)

@@ -148,7 +148,10 @@ def test_eval_answer_nll_matches_transformers():
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     rows = {row["kind"]: row for row in output["conditions"]}
-    assert abs(rows["none"]["answer_nll"] - expected["no_context"]) < 1e-4
-    assert abs(rows["in_context"]["answer_nll"] - expected["icl"]) < 1e-4
-    assert abs(rows["cartridge"]["answer_nll"] - expected["cartridge"]) < 1e-4
+    for kind, key in (("none", "no_context"), ("in_context", "icl"), ("cartridge", "cartridge")):
+        reference = expected[key]
+        assert abs(rows[kind]["answer_nll"] - sum(reference) / len(reference)) < 1e-4, kind
+        assert len(rows[kind]["answer_nll_per_question"]) == len(reference)
+        for ours, theirs in zip(rows[kind]["answer_nll_per_question"], reference):
+            assert abs(ours - theirs) < 1e-4, kind
     assert rows["cartridge"]["name"] == "init" and rows["cartridge"]["context_tokens"] == 6

@@ -48,9 +48,18 @@ TEST(Evaluation, AnswerNllEqualsTransformersForEveryCondition) {
   ASSERT_EQ(scores.size(), 3u);
   const nlohmann::json expected =
       nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")))["eval"];
-  EXPECT_NEAR(scores[0].answer_nll, expected["no_context"].get<double>(), 1e-4);
-  EXPECT_NEAR(scores[1].answer_nll, expected["icl"].get<double>(), 1e-4);
-  EXPECT_NEAR(scores[2].answer_nll, expected["cartridge"].get<double>(), 1e-4);
+  const char* keys[] = {"no_context", "icl", "cartridge"};
+  for (size_t condition = 0; condition < 3; ++condition) {
+    const std::vector<double> reference = expected[keys[condition]].get<std::vector<double>>();
+    ASSERT_EQ(scores[condition].question_nlls.size(), reference.size()) << keys[condition];
+    double mean = 0;
+    for (size_t question = 0; question < reference.size(); ++question) {
+      EXPECT_NEAR(scores[condition].question_nlls[question], reference[question], 1e-4)
+          << keys[condition] << " question " << question;
+      mean += reference[question] / static_cast<double>(reference.size());
+    }
+    EXPECT_NEAR(scores[condition].answer_nll, mean, 1e-4) << keys[condition];
+  }
   for (const ConditionScore& score : scores) {
     EXPECT_TRUE(score.skipped.empty()) << score.skipped;
     EXPECT_TRUE(std::isnan(score.heldout_kl));
