@@ -20,15 +20,6 @@ struct InspectModelOptions {
   bool json = false;
 };
 
-const char* architecture_name(Architecture architecture) {
-  switch (architecture) {
-    case Architecture::kLlama: return "llama";
-    case Architecture::kQwen2: return "qwen2";
-    case Architecture::kQwen3: return "qwen3";
-  }
-  return "unknown";
-}
-
 void run_inspect_model(const InspectModelOptions& options) {
   const ModelFiles files = resolve_model_files(options.model);
   ModelConfig config;
