@@ -11,7 +11,8 @@
 
 namespace cartridge {
 struct TrainingOptions;
-}
+struct SynthesisOptions;
+}  // namespace cartridge
 
 namespace cartridge::tools {
 
@@ -43,5 +44,10 @@ LoadedModel load_model_from_options(const ModelOptions& options);
 // The training options shared by `cartridge train` and `cartridge study` (steps, batch, lr, evaluation,
 // checkpoints), defined in train_command.cc.
 void add_training_options(CLI::App& command, TrainingOptions& training);
+
+// The synthesis options shared by `cartridge synthesize` and `cartridge study` (chunk sizes, description,
+// conversations per chunk, question and answer lengths, seed-prompt types), defined in synthesize_command.cc.
+// --samples and --seed are each command's own (their meaning differs a little).
+void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis);
 
 }  // namespace cartridge::tools

@@ -63,8 +63,9 @@ void run_study_command(StudyCommandOptions& options) {
         static_cast<int64_t>(loaded.tokenizer->encode(corpus_text, /*add_special_tokens=*/false).size());
     study.init.num_virtual_tokens = default_cartridge_tokens(corpus_tokens);
     if (!options.model.quiet) {
-      std::fprintf(stderr, "cartridge size: %lld tokens (1/8 of the %lld-token corpus; set it with --tokens)\n",
-                   static_cast<long long>(study.init.num_virtual_tokens), static_cast<long long>(corpus_tokens));
+      std::fprintf(
+          stderr, "cartridge size: %lld tokens (1/8 of the %lld-token corpus; set it with --tokens)\n",
+          static_cast<long long>(study.init.num_virtual_tokens), static_cast<long long>(corpus_tokens));
     }
   }
   study.synthesis.model_name = options.model.model;
@@ -73,7 +74,8 @@ void run_study_command(StudyCommandOptions& options) {
   study.training.show_progress = !options.model.quiet;
   study.training.model_name = options.model.model;
   if (!options.model.quiet) {
-    std::fprintf(stderr, "== synthesizing %lld conversations into %s/dataset.jsonl, then training the cartridge\n",
+    std::fprintf(stderr,
+                 "== synthesizing %lld conversations into %s/dataset.jsonl, then training the cartridge\n",
                  static_cast<long long>(study.synthesis.samples), options.out.c_str());
   }
   const StudyResult result = run_study(loaded, corpus_text, study);
@@ -83,22 +85,25 @@ void run_study_command(StudyCommandOptions& options) {
   const double first_kl = training.evaluations.empty() ? NAN : training.evaluations.front().heldout_kl;
   const double last_kl = training.evaluations.empty() ? NAN : training.evaluations.back().heldout_kl;
   if (options.json) {
-    const auto number = [](double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); };
-    nlohmann::json output = {{"adapter", result.adapter_dir},
-                             {"dataset", result.dataset_path},
-                             {"conversations", result.synthesis.existing_conversations +
-                                                   result.synthesis.written_conversations},
-                             {"steps", training.steps_done},
-                             {"interrupted", training.interrupted},
-                             {"final_loss", number(final_loss)},
-                             {"initial_heldout_kl", number(first_kl)},
-                             {"final_heldout_kl", number(last_kl)},
-                             {"seconds", seconds}};
+    const auto number = [](double value) {
+      return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json();
+    };
+    nlohmann::json output = {
+        {"adapter", result.adapter_dir},
+        {"dataset", result.dataset_path},
+        {"conversations", result.synthesis.existing_conversations + result.synthesis.written_conversations},
+        {"steps", training.steps_done},
+        {"interrupted", training.interrupted},
+        {"final_loss", number(final_loss)},
+        {"initial_heldout_kl", number(first_kl)},
+        {"final_heldout_kl", number(last_kl)},
+        {"seconds", seconds}};
     std::cout << output.dump() << std::endl;
     return;
   }
   std::printf("done in %.0f s: %lld conversations, %lld steps, loss %.4f", seconds,
-              static_cast<long long>(result.synthesis.existing_conversations + result.synthesis.written_conversations),
+              static_cast<long long>(result.synthesis.existing_conversations +
+                                     result.synthesis.written_conversations),
               static_cast<long long>(training.steps_done), final_loss);
   if (!training.evaluations.empty()) std::printf(", held-out KL %.4f -> %.4f", first_kl, last_kl);
   std::printf("\ncartridge: %s (a PEFT adapter; loss curve: %s/loss.svg)\n", result.adapter_dir.c_str(),
@@ -113,7 +118,8 @@ void run_study_command(StudyCommandOptions& options) {
       "  cartridge generate --model %s --cartridge %s --chat --prompt 'Your question about the document'\n"
       "  cartridge eval --model %s --corpus %s --qa QUESTIONS.jsonl --cartridge %s\n",
       options.model.model.c_str(), result.adapter_dir.c_str(), options.model.model.c_str(),
-      result.adapter_dir.c_str(), options.model.model.c_str(), options.corpus.c_str(), result.adapter_dir.c_str());
+      result.adapter_dir.c_str(), options.model.model.c_str(), options.corpus.c_str(),
+      result.adapter_dir.c_str());
 }
 
 }  // namespace
@@ -130,8 +136,10 @@ void add_study_command(CLI::App& app) {
       "defaults finish in a few minutes on 2 CPU cores with the default model; for a better cartridge raise\n"
       "--samples, --steps and the chunk/answer lengths. Rerunning the same command continues an interrupted\n"
       "run (both phases resume).\n"
-      "Example:\n  cartridge study --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --tokens 128 \\\n"
-      "    --out doc-cartridge\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridge doc-cartridge");
+      "Example:\n  cartridge study --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --tokens "
+      "128 \\\n"
+      "    --out doc-cartridge\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridge "
+      "doc-cartridge");
   add_model_options(*command, options->model);
   command->add_option("--corpus", options->corpus, "The document, a UTF-8 text file")->required();
   command->add_option("-o,--out", options->out, "Output folder (the cartridge, its dataset and checkpoints)")
@@ -141,7 +149,9 @@ void add_study_command(CLI::App& app) {
   command->add_option("--frozen", options->frozen, "Leading rows never trained (the attention sink)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  command->add_option("--init", options->init, "Start from: text (the corpus's first p tokens), random, or an adapter")
+  command
+      ->add_option("--init", options->init,
+                   "Start from: text (the corpus's first p tokens), random, or an adapter")
       ->capture_default_str();
   SynthesisOptions& synthesis = options->study.synthesis;
   command->add_option("-n,--samples", synthesis.samples, "Synthetic conversations")
@@ -149,22 +159,7 @@ void add_study_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   command->add_option("--seed", synthesis.seed, "Random seed (synthesis, data order, held-out split)")
       ->capture_default_str();
-  command->add_option("--min-chunk", synthesis.chunks.min_tokens, "Shortest corpus chunk shown to the teacher, tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--max-chunk", synthesis.chunks.max_tokens, "Longest corpus chunk, tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--description", synthesis.chunks.description, "One line saying what the corpus is");
-  command->add_option("--batch", synthesis.conversations_per_chunk, "Conversations per chunk, generated together")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--max-question-tokens", synthesis.max_question_tokens, "Longest question, tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--max-answer-tokens", synthesis.max_answer_tokens, "Longest answer, tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  add_synthesis_options(*command, synthesis);
   add_training_options(*command, options->study.training);
   command->add_flag("--json", options->json, "Print one JSON object with the results");
   command->callback([options] { run_study_command(*options); });

@@ -58,21 +58,50 @@ void run_synthesize(SynthesizeCommandOptions& options) {
     std::printf("%s already holds %lld conversations (asked for %lld): nothing to do\n", dataset_path.c_str(),
                 static_cast<long long>(total), static_cast<long long>(options.synthesis.samples));
   } else {
-    std::printf("%s: %lld conversations (%lld new) in %.1f s, %.1f generated tokens/s\n", dataset_path.c_str(),
-                static_cast<long long>(total), static_cast<long long>(stats.written_conversations), stats.seconds,
-                tokens_per_second);
+    std::printf("%s: %lld conversations (%lld new) in %.1f s, %.1f generated tokens/s\n",
+                dataset_path.c_str(), static_cast<long long>(total),
+                static_cast<long long>(stats.written_conversations), stats.seconds, tokens_per_second);
   }
   std::printf("next: train a cartridge on it with `cartridge train` (see `cartridge train --help`)\n");
 }
 
 }  // namespace
 
+void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis) {
+  command.add_option("--min-chunk", synthesis.chunks.min_tokens, "Shortest corpus chunk, tokens")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command
+      .add_option("--max-chunk", synthesis.chunks.max_tokens,
+                  "Longest corpus chunk, tokens (also bounded by the corpus and the model's context)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command.add_option("--description", synthesis.chunks.description,
+                     "One line saying what the corpus is, put before every chunk");
+  command
+      .add_option("-b,--batch", synthesis.conversations_per_chunk,
+                  "Conversations per chunk, generated together as one batch")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command.add_option("--max-question-tokens", synthesis.max_question_tokens, "Longest question, tokens")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command.add_option("--max-answer-tokens", synthesis.max_answer_tokens, "Longest answer, tokens")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  command
+      .add_option("--seed-types", synthesis.seed_types,
+                  "Seed-prompt types to draw from (structuring summarization question use_cases creative)")
+      ->capture_default_str();
+}
+
 void add_synthesize_command(CLI::App& app) {
   auto options = std::make_shared<SynthesizeCommandOptions>();
   CLI::App* command = app.add_subcommand(
       "synthesize", "Self-study data: the model asks and answers questions about random chunks of a corpus");
   command->footer(
-      "For each group of --batch conversations a random chunk of the corpus (--min-chunk..--max-chunk tokens)\n"
+      "For each group of --batch conversations a random chunk of the corpus (--min-chunk..--max-chunk "
+      "tokens)\n"
       "goes into the system prompt; the model writes a question from one of five seed prompts (temperature\n"
       "0.6), then answers it greedily while its top-20 log-probabilities are recorded. The result,\n"
       "<out>/dataset.jsonl, is described in docs/dataset_format.md. Rerunning the same command after an\n"
@@ -81,7 +110,9 @@ void add_synthesize_command(CLI::App& app) {
       "    --out study --samples 64 --max-chunk 1024 --description 'A chapter of a history book.'");
   add_model_options(*command, options->model);
   command->add_option("--corpus", options->corpus, "The corpus, a UTF-8 text file")->required();
-  command->add_option("-o,--out", options->out, "Output folder (created if missing); the data goes to dataset.jsonl")
+  command
+      ->add_option("-o,--out", options->out,
+                   "Output folder (created if missing); the data goes to dataset.jsonl")
       ->required();
   SynthesisOptions& synthesis = options->synthesis;
   command->add_option("-n,--samples", synthesis.samples, "Conversations the dataset should hold")
@@ -89,33 +120,14 @@ void add_synthesize_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   command->add_option("--seed", synthesis.seed, "Random seed (chunks, seed prompts, question sampling)")
       ->capture_default_str();
-  command->add_option("--min-chunk", synthesis.chunks.min_tokens, "Shortest corpus chunk, tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--max-chunk", synthesis.chunks.max_tokens,
-                      "Longest corpus chunk, tokens (also bounded by the corpus and the model's context)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--description", synthesis.chunks.description,
-                      "One line saying what the corpus is, put before every chunk");
-  command->add_option("-b,--batch", synthesis.conversations_per_chunk,
-                      "Conversations per chunk, generated together as one batch")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--max-question-tokens", synthesis.max_question_tokens, "Longest question, tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--max-answer-tokens", synthesis.max_answer_tokens, "Longest answer, tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  command->add_option("--seed-types", synthesis.seed_types,
-                      "Seed-prompt types to draw from (structuring summarization question use_cases creative)")
-      ->capture_default_str();
-  command->add_flag("!--no-shared-prefill", synthesis.share_prefill,
-                    "Prefill every row's whole prompt instead of each chunk's prompt once per group (for benchmarks; "
-                    "the data is the same up to rounding)");
-  command->add_flag("--json", options->json,
-                    "Print one JSON object {dataset, conversations, written_conversations, generated_tokens, ...}");
+  add_synthesis_options(*command, synthesis);
+  command->add_flag(
+      "!--no-shared-prefill", synthesis.share_prefill,
+      "Prefill every row's whole prompt instead of each chunk's prompt once per group (for benchmarks; "
+      "the data is the same up to rounding)");
+  command->add_flag(
+      "--json", options->json,
+      "Print one JSON object {dataset, conversations, written_conversations, generated_tokens, ...}");
   command->callback([options] { run_synthesize(*options); });
 }
 
