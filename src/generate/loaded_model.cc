@@ -40,6 +40,15 @@ at::ScalarType parse_dtype(const std::string& name) {
   throw InvalidArgumentError("unknown dtype '" + name + "' (expected fp32 or bf16)");
 }
 
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "fp32";
+    case at::kBFloat16: return "bf16";
+    case at::kHalf: return "fp16";
+    default: return c10::toString(dtype);
+  }
+}
+
 at::Device parse_device(const std::string& name) {
   if (name == "auto") return at::hasCUDA() ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   try {

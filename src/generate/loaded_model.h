@@ -35,6 +35,8 @@ LoadedModel load_model(const std::string& model_spec, const LoadOptions& options
 
 // Parses "fp32" / "float32" / "bf16" / "bfloat16" / "fp16"; throws InvalidArgumentError otherwise.
 at::ScalarType parse_dtype(const std::string& name);
+// The inverse, as the CLI and our files spell it: "fp32", "bf16", "fp16" (other types: torch's name).
+std::string dtype_name(at::ScalarType dtype);
 // "cpu", "cuda", "cuda:1", or "auto" (CUDA when available); throws InvalidArgumentError otherwise.
 at::Device parse_device(const std::string& name);
 

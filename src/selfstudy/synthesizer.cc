@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include "cartridge/fingerprint.h"
+#include "generate/loaded_model.h"
 #include "generate/sampler.h"
 #include "selfstudy/sha256.h"
 #include "selfstudy/synthesis_random.h"
@@ -31,15 +32,6 @@ constexpr const char* kGeneratorRevision = "cartridge.cpp self-study 1";
 // Tokens of slack between a chunk's length in corpus tokens and its length once decoded and tokenized
 // again inside the template (a chunk boundary can split a word or a multi-byte character).
 constexpr int64_t kRetokenizationSlack = 64;
-
-std::string dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "fp32";
-    case at::kBFloat16: return "bf16";
-    case at::kHalf: return "fp16";
-    default: return c10::toString(dtype);
-  }
-}
 
 int64_t common_prefix_length(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   const size_t limit = std::min(a.size(), b.size());

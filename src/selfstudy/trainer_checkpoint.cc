@@ -15,6 +15,7 @@
 
 #include "cartridge/adapter_config.h"
 #include "cartridge/adapter_io.h"
+#include "generate/loaded_model.h"
 #include "io/safetensors.h"
 #include "selfstudy/loss_plot.h"
 #include "selfstudy/trainer.h"
@@ -45,15 +46,6 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
   }
   std::sort(found.begin(), found.end());
   return found;
-}
-
-std::string dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "fp32";
-    case at::kBFloat16: return "bf16";
-    case at::kHalf: return "fp16";
-    default: return c10::toString(dtype);
-  }
 }
 
 Json history_to_json(const std::vector<TrainingHistoryEntry>& history) {

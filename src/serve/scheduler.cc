@@ -149,22 +149,8 @@ void Scheduler::admit(std::vector<std::unique_ptr<Job>> jobs) {
     return;
   }
   const at::Tensor last_logits = logits.select(1, 0).to(at::kFloat);  // [N, V]
-  std::vector<int64_t> kept;
-  int64_t sampled = 0, finished = 0;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    Job& job = *jobs[i];
-    if (!job.decoder->finished()) {  // a request for 0 tokens starts finished
-      std::string text = job.decoder->advance(last_logits[static_cast<int64_t>(i)]);
-      ++sampled;
-      if (!text.empty()) job.stream->push_text(std::move(text));
-    }
-    if (job.decoder->finished()) {
-      job.stream->finish(job.decoder->take_result());
-      ++finished;
-    } else {
-      kept.push_back(static_cast<int64_t>(i));
-    }
-  }
+  const SampleOutcome outcome = sample_next_tokens(jobs, last_logits);
+  const std::vector<int64_t>& kept = outcome.still_running;
   if (!kept.empty()) {
     if (kept.size() != jobs.size()) cache = cache.select_rows(at::tensor(kept, at::kLong));
     cache.drop_padding_columns();
@@ -173,8 +159,8 @@ void Scheduler::admit(std::vector<std::unique_ptr<Job>> jobs) {
   }
   std::lock_guard<std::mutex> lock(mutex_);
   ++stats_.prefill_steps;
-  stats_.generated_tokens += sampled;
-  stats_.completed += finished;
+  stats_.generated_tokens += outcome.sampled;
+  stats_.completed += outcome.finished;
   record_kv_bytes();
 }
 
@@ -210,27 +196,35 @@ void Scheduler::decode() {
     return;
   }
   const at::Tensor last_logits = logits.select(1, 0).to(at::kFloat);  // [B, V]
-  kept.clear();
-  int64_t finished = 0;
-  for (size_t i = 0; i < running_.size(); ++i) {
-    Job& job = *running_[i];
-    std::string text = job.decoder->advance(last_logits[static_cast<int64_t>(i)]);
-    if (!text.empty()) job.stream->push_text(std::move(text));
-    if (job.decoder->finished()) {
-      job.stream->finish(job.decoder->take_result());
-      ++finished;
-    } else {
-      kept.push_back(static_cast<int64_t>(i));
-    }
-  }
+  const SampleOutcome outcome = sample_next_tokens(running_, last_logits);
   const int64_t batch = static_cast<int64_t>(running_.size());
-  if (kept.size() != running_.size()) keep_rows(kept);
+  if (outcome.still_running.size() != running_.size()) keep_rows(outcome.still_running);
   std::lock_guard<std::mutex> lock(mutex_);
   ++stats_.decode_steps;
-  stats_.generated_tokens += batch;
-  stats_.completed += finished;
+  stats_.generated_tokens += outcome.sampled;
+  stats_.completed += outcome.finished;
   stats_.peak_batch = std::max(stats_.peak_batch, batch);
   record_kv_bytes();
+}
+
+Scheduler::SampleOutcome Scheduler::sample_next_tokens(const std::vector<std::unique_ptr<Job>>& jobs,
+                                                       const at::Tensor& last_logits) {
+  SampleOutcome outcome;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Job& job = *jobs[i];
+    if (!job.decoder->finished()) {  // a request for 0 tokens starts finished
+      std::string text = job.decoder->advance(last_logits[static_cast<int64_t>(i)]);
+      ++outcome.sampled;
+      if (!text.empty()) job.stream->push_text(std::move(text));
+    }
+    if (job.decoder->finished()) {
+      job.stream->finish(job.decoder->take_result());
+      ++outcome.finished;
+    } else {
+      outcome.still_running.push_back(static_cast<int64_t>(i));
+    }
+  }
+  return outcome;
 }
 
 void Scheduler::keep_rows(const std::vector<int64_t>& kept) {

@@ -100,6 +100,16 @@ class Scheduler {
   void admit(std::vector<std::unique_ptr<Job>> jobs);
   // One decode forward for every running row.
   void decode();
+  // Samples each unfinished job's next token from its row of `last_logits` [N, V] (row i is jobs[i]),
+  // streams the new text and finishes the jobs that are done. A job that was already finished (a request
+  // for 0 tokens) is only finished. Returns the indices of the jobs still generating.
+  struct SampleOutcome {
+    std::vector<int64_t> still_running;
+    int64_t sampled = 0;
+    int64_t finished = 0;
+  };
+  static SampleOutcome sample_next_tokens(const std::vector<std::unique_ptr<Job>>& jobs,
+                                          const at::Tensor& last_logits);
   // Keeps only running rows `kept` (indices into running_), retiring the others.
   void keep_rows(const std::vector<int64_t>& kept);
   void record_kv_bytes();
