@@ -78,6 +78,10 @@ def reference_main(args):
     dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
     if model_path.suffix == ".gguf":
         base = AutoModelForCausalLM.from_pretrained(str(model_path.parent), gguf_file=model_path.name, dtype=dtype)
+        # transformers dequantises GGUF weights into plain tensors but still marks the model as quantized,
+        # and its Trainer then refuses to train it; the weights are plain fp32 here, so drop the mark.
+        base.hf_quantizer = None
+        base.is_quantized = False
     else:
         base = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
     model = get_peft_model(base, CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.tokens,
@@ -133,7 +137,8 @@ def reference_main(args):
             learning_rate=2e-2, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0,
             optim="adamw_torch", logging_steps=1000, save_strategy="no", report_to=[],
             remove_unused_columns=False, dataloader_pin_memory=False, use_cpu=True, seed=0)
-        trainer = DistillationTrainer(model=model, args=training_args, train_dataset=Rows(), data_collator=Collate())
+        trainer = DistillationTrainer(model=model, args=training_args, train_dataset=Rows(), data_collator=Collate(),
+                                      callbacks=[Timer()])
         # Tokens per step: the Trainer shuffles with its own seed; count what each step really fed.
         fed = []
         original = trainer.compute_loss
