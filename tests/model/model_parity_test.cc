@@ -1,6 +1,9 @@
-// Parity with Hugging Face transformers on random tiny Llama / Qwen2 / Qwen3 models (oracle outputs from
-// tests/fixtures/make_model.py, computed in the same test run): logits and KV cache of a padded batch,
-// a KV prefix with per-row lengths and the gradient flowing into it, 20 cached decode steps, bfloat16.
+// Parity with Hugging Face transformers on random tiny Llama / Mistral / Qwen2 / Qwen3 models, tied and
+// untied, one-file and sharded (oracle outputs from tests/fixtures/make_model.py, computed in the same test
+// run): logits and KV cache of a padded batch, a KV prefix with per-row lengths and the gradient flowing
+// into it, 20 cached decode steps, bfloat16.
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 
 #include <ATen/ATen.h>
@@ -8,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "io/model_files.h"
 #include "model/model.h"
 #include "model_test_util.h"
 
@@ -27,7 +31,9 @@ class ModelParityTest : public ::testing::TestWithParam<std::string> {
     cases_ = read_tensors(fixture_path("model/" + GetParam() + "_cases.safetensors"));
     LoadOptions options;
     options.show_progress = false;
-    model_ = Model::load(testing::hf_model_files(fixture_path("model/" + GetParam())), options);
+    // The production resolver: config.json plus model.safetensors, or the shards its index lists.
+    files_ = resolve_model_files(fixture_path("model/" + GetParam()));
+    model_ = Model::load(files_, options);
   }
 
   const at::Tensor& t(const std::string& name) const { return get(cases_, name); }
@@ -42,8 +48,18 @@ class ModelParityTest : public ::testing::TestWithParam<std::string> {
   }
 
   std::map<std::string, at::Tensor> cases_;
+  ModelFiles files_;
   std::shared_ptr<const Model> model_;
 };
+
+TEST_P(ModelParityTest, ReadsEveryWeightFileTransformersWrote) {
+  std::ifstream stream(fixture_path("model/models.json"));
+  const nlohmann::json written = nlohmann::json::parse(stream).at(GetParam()).at("weight_files");
+  std::vector<std::string> read;
+  for (const std::string& path : files_.weight_paths) read.push_back(std::filesystem::path(path).filename().string());
+  std::sort(read.begin(), read.end());
+  EXPECT_EQ(read, written.get<std::vector<std::string>>());
+}
 
 TEST_P(ModelParityTest, ConfigMatchesTransformersResolvedConfig) {
   std::ifstream stream(fixture_path("model/models.json"));
@@ -182,7 +198,7 @@ TEST_P(ModelParityTest, Bfloat16IsCloseToTransformersBfloat16) {
   LoadOptions options;
   options.dtype = at::kBFloat16;
   options.show_progress = false;
-  const auto bf16_model = Model::load(testing::hf_model_files(fixture_path("model/" + GetParam())), options);
+  const auto bf16_model = Model::load(files_, options);
   EXPECT_EQ(bf16_model->dtype(), at::kBFloat16);
   const at::Tensor& mask = t("padded_mask");
   KvCache cache = bf16_model->new_cache(3);
@@ -209,8 +225,26 @@ TEST_P(ModelParityTest, Bfloat16IsCloseToTransformersBfloat16) {
             << ", tolerance " << tolerance << "\n";
 }
 
+// The CUDA path (fp32) against the same oracle; skipped on machines without a CUDA device.
+TEST_P(ModelParityTest, CudaPaddedBatchMatchesTransformers) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device on this machine";
+  LoadOptions options;
+  options.show_progress = false;
+  options.device = at::Device(at::kCUDA, 0);
+  const auto cuda_model = Model::load(files_, options);
+  const at::Tensor mask = t("padded_mask").to(options.device);  // [3, 7]
+  KvCache cache = cuda_model->new_cache(3);
+  const at::Tensor logits = cuda_model->forward(t("padded_ids").to(options.device), mask, cache).cpu();  // [3, 7, V]
+  const at::Tensor real = t("padded_mask").unsqueeze(-1).expand_as(logits);
+  const double difference = max_abs_diff(logits.masked_select(real), t("padded_logits").masked_select(real));
+  std::cout << "[cuda] " << GetParam() << ": max |ours on CUDA - transformers fp32| = " << difference << "\n";
+  // CUDA's reductions are ordered differently from the CPU's: allow ten times the CPU tolerance.
+  EXPECT_LE(difference, 10 * kFloatTolerance);
+}
+
 INSTANTIATE_TEST_SUITE_P(TinyModels, ModelParityTest,
-                         ::testing::Values("llama_tied", "llama3_rope", "qwen2", "qwen3"),
+                         ::testing::Values("llama_tied", "llama3_rope", "mistral", "qwen2", "qwen2_untied", "qwen3",
+                                           "qwen3_tied"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 }  // namespace
