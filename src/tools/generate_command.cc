@@ -22,6 +22,7 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;
   SamplingOptions sampling;
   std::vector<std::string> stop;
+  bool ignore_eos = false;  // keep going past end-of-sequence (exactly --max-new-tokens tokens)
   bool json = false;
   std::vector<std::string> cartridges;  // adapter folders, composed in order
   std::string logits_out;               // write the prompt's logits here (safetensors)
@@ -61,6 +62,7 @@ void run_generate(const GenerateOptions& options) {
   request.sampling = options.sampling;
   request.max_new_tokens = options.max_new_tokens;
   request.stop_strings = options.stop;
+  request.stop_at_eos = !options.ignore_eos;
 
   TextCallback stream = nullptr;
   if (!options.json) {
@@ -110,6 +112,9 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--seed", options->sampling.seed, "Random seed for sampling")->capture_default_str();
   command->add_option("--stop", options->stop, "Stop before this string (repeatable)");
+  command->add_flag("--ignore-eos", options->ignore_eos,
+                    "Do not stop at end-of-sequence: always generate --max-new-tokens tokens (comparisons, "
+                    "benchmarks)");
   command->add_option("--cartridge", options->cartridges,
                       "A cartridge (PEFT adapter folder or Hub id in the HF cache) before the prompt; "
                       "repeat to compose several in order");

@@ -3,9 +3,13 @@
 - `cartridge init` writes an adapter that PeftModel.from_pretrained loads on the same base model (a tiny
   random Llama and Qwen3 made by tests/fixtures/make_cartridge.py, and the default SmolLM2 GGUF loaded by
   transformers), and `cartridge generate --cartridge` gives PEFT's logits (1e-4 fp32; 1e-3 for the GGUF)
-  and the same greedy 32 tokens;
+  and the same greedy 32 tokens (--ignore-eos: exactly 32 on both sides, through end-of-sequence);
+- an F16-stored adapter (fixture peft_f16) gives PEFT's outputs, and `--cartridge A --cartridge B` gives
+  what PEFT gives for compose_cartridge_adapters([A, B]);
 - its prompt_embeddings equal PEFT's own initialize_kv_prefix_from_text (plain and chat template);
-- `cartridge compose` is byte-identical to peft.compose_cartridge_adapters;
+- `cartridge compose` is byte-identical to peft.compose_cartridge_adapters, and refuses (exit 1, one line,
+  nothing written) each config field difference that PEFT refuses;
+- a model with the same shapes but other weights gets a fingerprint warning from generate and inspect;
 - `cartridge inspect`, and one-line errors with a non-zero exit and nothing written on bad input.
 
 Needs CARTRIDGE_BIN (the built CLI) and CARTRIDGE_FIXTURES (make_all.py output).
@@ -13,12 +17,13 @@ Needs CARTRIDGE_BIN (the built CLI) and CARTRIDGE_FIXTURES (make_all.py output).
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import warnings
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 warnings.filterwarnings("ignore")
 
@@ -43,35 +48,38 @@ def run_cli(*args, check=True):
     return result
 
 
-def peft_greedy(peft_model, prompt_ids, steps, eos_id):
+def peft_greedy(peft_model, prompt_ids, steps):
     """Greedy tokens through PeftModel.forward (PEFT 0.21.2's generate() ignores the cartridge under
-    transformers 5: see tests/fixtures/make_cartridge.py). Stops after `eos_id`, as our CLI does."""
+    transformers 5: see tests/fixtures/make_cartridge.py). Exactly `steps` tokens, through end-of-sequence
+    too, as our CLI's --ignore-eos does."""
     sequence = list(prompt_ids)
-    out = []
     with torch.no_grad():
         for _ in range(steps):
             ids = torch.tensor([sequence])
-            token = int(peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax())
-            if token == eos_id:
-                break
-            out.append(token)
-            sequence.append(token)
-    return out
+            sequence.append(int(peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()))
+    return sequence[len(prompt_ids):]
 
 
-def compare_with_peft(base_model, tokenizer, model_arg, adapter, tmp_path, tolerance):
-    """Loads `adapter` in PEFT on `base_model` and compares logits and greedy tokens with our CLI."""
+def compare_with_peft(base_model, tokenizer, model_arg, adapter, tmp_path, tolerance, cartridges=None):
+    """Loads `adapter` in PEFT on `base_model` and compares logits and greedy tokens with our CLI given
+    `--cartridge` for each of `cartridges` (default: `adapter` alone). Returns (the unwrapped base model,
+    PEFT's greedy tokens)."""
     from peft import PeftModel
 
+    cartridges = [adapter] if cartridges is None else cartridges
     peft_model = PeftModel.from_pretrained(base_model, str(adapter))
     peft_model.eval()
-    ours_file = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
-    assert torch.equal(peft_model.prompt_encoder["default"].weight.detach(), ours_file)
+    stored = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
+    # PEFT's parameters are F32 whatever the file stores (F16/BF16 upcast exactly).
+    assert peft_model.prompt_encoder["default"].weight.dtype == torch.float32
+    assert torch.equal(peft_model.prompt_encoder["default"].weight.detach(), stored.float())
 
     logits_path = tmp_path / "logits.safetensors"
-    result = run_cli("generate", "--model", model_arg, "--cartridge", adapter, "--prompt", PROMPT,
-                     "--max-new-tokens", GREEDY_TOKENS, "--temperature", 0, "--logits-out", logits_path,
-                     "--json", "-q", "--device", "cpu")
+    cartridge_args = [arg for cartridge in cartridges for arg in ("--cartridge", cartridge)]
+    result = run_cli("generate", "--model", model_arg, *cartridge_args, "--prompt", PROMPT,
+                     "--max-new-tokens", GREEDY_TOKENS, "--ignore-eos", "--temperature", 0,
+                     "--logits-out", logits_path, "--json", "-q", "--device", "cpu")
+    assert "warning:" not in result.stderr, result.stderr
     ours = json.loads(result.stdout.strip().splitlines()[-1])
     prompt_ids = tokenizer(PROMPT)["input_ids"]
     assert ours["prompt_tokens"] == len(prompt_ids)
@@ -82,11 +90,18 @@ def compare_with_peft(base_model, tokenizer, model_arg, adapter, tmp_path, toler
     our_logits = load_file(str(logits_path))["logits"]
     assert our_logits.shape == theirs.shape
     difference = (our_logits - theirs).abs().max().item()
-    print(f"\n{adapter.name} on {pathlib.Path(str(model_arg)).name}: max |logit difference| vs PEFT {difference:.2e}")
+    name = "+".join(pathlib.Path(str(c)).name for c in cartridges)
+    print(f"\n{name} on {pathlib.Path(str(model_arg)).name}: max |logit difference| vs PEFT {difference:.2e}")
     assert difference <= tolerance, f"max |logit difference| {difference}"
-    expected = peft_greedy(peft_model, prompt_ids, GREEDY_TOKENS, tokenizer.eos_token_id)
+    expected = peft_greedy(peft_model, prompt_ids, GREEDY_TOKENS)
+    assert len(expected) == GREEDY_TOKENS
+    assert len(ours["token_ids"]) == GREEDY_TOKENS and ours["completion_tokens"] == GREEDY_TOKENS, ours
+    assert ours["finish_reason"] == "length", ours
+    eos_count = expected.count(tokenizer.eos_token_id) if tokenizer.eos_token_id is not None else 0
+    print(f"greedy: {GREEDY_TOKENS} tokens on both sides ({eos_count} end-of-sequence among PEFT's), "
+          f"first difference at {next((i for i, (a, b) in enumerate(zip(ours['token_ids'], expected)) if a != b), None)}")
     assert ours["token_ids"] == expected
-    return peft_model.get_base_model()
+    return peft_model.get_base_model(), expected
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen3"])
@@ -115,7 +130,7 @@ def test_init_on_tiny_model_loads_in_peft_with_same_outputs(tiny, tmp_path, chat
         "chat-template" if chat_template else "plain")
     assert (adapter / "cartridge_fingerprint.json").is_file()
 
-    model = compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
+    model, _ = compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
 
     # PEFT's own initialisation from the same text gives the same prompt_embeddings.
     peft_model = get_peft_model(model, CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=24,
@@ -147,7 +162,7 @@ def test_init_on_default_gguf_loads_in_peft_with_same_outputs(tmp_path):
             "--device", "cpu")
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=GGUF_NAME, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=GGUF_NAME)
-    model = compare_with_peft(model, tokenizer, gguf, adapter, tmp_path, 1e-3)
+    model, _ = compare_with_peft(model, tokenizer, gguf, adapter, tmp_path, 1e-3)
 
     peft_model = get_peft_model(model, CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=32))
     theirs = initialize_kv_prefix_from_text(peft_model, tokenizer, text=DOCUMENT)  # chat template, PEFT's default
@@ -162,6 +177,254 @@ def test_peft_trained_adapter_generates_as_in_peft(tiny, tmp_path):
     """An adapter trained in PEFT (fixture peft_trained) through our CLI gives PEFT's outputs."""
     folder, model, tokenizer = tiny
     compare_with_peft(model, tokenizer, folder, folder.parent / "peft_trained", tmp_path, 1e-4)
+
+
+def test_f16_adapter_generates_as_in_peft(tiny, tmp_path):
+    """An adapter stored as F16 (fixture peft_f16): PEFT upcasts it into its F32 parameters, so do we."""
+    folder, model, tokenizer = tiny
+    adapter = folder.parent / "peft_f16"
+    assert adapter.is_dir(), f"missing fixture {adapter} (re-run tests/fixtures/make_cartridge.py)"
+    assert load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"].dtype == torch.float16
+    info = json.loads(run_cli("inspect", adapter, "--json", "--model", folder).stdout)
+    assert info["stored_dtype"] == "F16"
+    assert info["weights_file_bytes"] == (adapter / "adapter_model.safetensors").stat().st_size
+    assert info["model_check"]["fits"] is True
+    compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
+
+
+OTHER_DOCUMENT = "The quick brown fox jumps over the lazy dog. 0123456789 system user assistant\n" * 4
+
+
+def test_two_cartridges_generate_as_peft_composition(tiny, tmp_path):
+    """`generate --cartridge A --cartridge B` is PEFT loading compose_cartridge_adapters([A, B])."""
+    from peft import compose_cartridge_adapters
+
+    folder, model, tokenizer = tiny
+    (tmp_path / "a.txt").write_text(DOCUMENT)
+    (tmp_path / "b.txt").write_text(OTHER_DOCUMENT)
+    run_cli("init", "--model", folder, "--text-file", tmp_path / "a.txt", "--tokens", 10, "--out", tmp_path / "a",
+            "-q", "--device", "cpu")
+    run_cli("init", "--model", folder, "--text-file", tmp_path / "b.txt", "--tokens", 6, "--frozen", 2,
+            "--no-chat-template", "--out", tmp_path / "b", "-q", "--device", "cpu")
+    a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))["prompt_embeddings"]
+    b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))["prompt_embeddings"]
+    assert a.shape[0] == 10 and b.shape[0] == 6 and not torch.equal(a[:6], b)
+    compose_cartridge_adapters([str(tmp_path / "a"), str(tmp_path / "b")], output_path=str(tmp_path / "peft_ab"))
+    peft_config = json.loads((tmp_path / "peft_ab" / "adapter_config.json").read_text())
+    assert peft_config["num_virtual_tokens"] == 10 + 6 and peft_config["num_frozen_tokens"] == 1
+    (tmp_path / "run").mkdir()
+    compare_with_peft(model, tokenizer, folder, tmp_path / "peft_ab", tmp_path / "run", 1e-4,
+                      cartridges=[tmp_path / "a", tmp_path / "b"])
+
+
+def _edit_adapter(folder, field):
+    """Edits a copy of a `cartridge init` adapter so that only `field` differs, each file consistent in itself
+    (the tensor width stays 2 * num_layers * token_dim). Returns the new value written."""
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    weights_path = folder / "adapter_model.safetensors"
+    tensor = load_file(str(weights_path))["prompt_embeddings"]
+    name, _, variant = field.partition("=")
+    if name == "num_layers":
+        config["num_layers"] -= 1
+        tensor = tensor[:, :2 * config["num_layers"] * config["token_dim"]]
+    elif name == "num_attention_heads":  # same token_dim, so a different head_dim: the same width
+        config["num_attention_heads"] *= 2
+    elif name == "token_dim":  # half the head_dim, the same KV heads
+        config["token_dim"] //= 2
+        tensor = tensor[:, :2 * config["num_layers"] * config["token_dim"]]
+    elif name in ("task_type", "num_transformer_submodules", "peft_type"):
+        config[name] = None if variant == "null" else (int(variant) if variant.isdigit() else variant)
+    else:
+        raise AssertionError(field)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    save_file({"prompt_embeddings": tensor.contiguous()}, str(weights_path), metadata={"format": "pt"})
+    assert tensor.shape[1] == 2 * config["num_layers"] * config["token_dim"]
+    assert config["token_dim"] % config["num_attention_heads"] == 0
+    return config[name]
+
+
+COMPOSE_FIELDS = ["num_layers", "num_attention_heads", "token_dim", "task_type=SEQ_2_SEQ_LM", "task_type=null",
+                  "num_transformer_submodules=2", "num_transformer_submodules=null", "peft_type=PREFIX_TUNING"]
+
+
+@pytest.fixture(scope="module")
+def compose_base(tmp_path_factory):
+    """One `cartridge init` adapter on the tiny Llama (4 random rows), copied for each compose case."""
+    base = tmp_path_factory.mktemp("compose") / "base"
+    run_cli("init", "--model", FIXTURES / "llama" / "model", "--random", "--tokens", 4, "--out", base, "-q")
+    return base
+
+
+@pytest.mark.parametrize("field", COMPOSE_FIELDS)
+def test_compose_refuses_what_peft_refuses(compose_base, tmp_path, field):
+    """Exactly one field differs: PEFT's compose_cartridge_adapters raises, and `cartridge compose` exits 1
+    with one `error: ` line and writes nothing, whichever adapter comes first."""
+    from peft import compose_cartridge_adapters
+
+    same = tmp_path / "same"
+    edited = tmp_path / "edited"
+    shutil.copytree(compose_base, same)
+    shutil.copytree(compose_base, edited)
+    value = _edit_adapter(edited, field)
+    name = field.partition("=")[0]
+    base_config = json.loads((compose_base / "adapter_config.json").read_text())
+    edited_config = json.loads((edited / "adapter_config.json").read_text())
+    assert [k for k in base_config if base_config[k] != edited_config[k]] == [name]
+    print(f"\n{name}: {base_config[name]!r} -> {value!r}")
+
+    # Control: the unedited copy composes in both.
+    compose_cartridge_adapters([str(compose_base), str(same)], output_path=str(tmp_path / "peft_control"))
+    run_cli("compose", compose_base, same, "--out", tmp_path / "ours_control")
+    for file in ["adapter_config.json", "adapter_model.safetensors"]:
+        assert (tmp_path / "ours_control" / file).read_bytes() == (tmp_path / "peft_control" / file).read_bytes()
+
+    for order in [(compose_base, edited), (edited, compose_base)]:
+        peft_out = tmp_path / "peft_out"
+        with pytest.raises(Exception) as raised:
+            compose_cartridge_adapters([str(p) for p in order], output_path=str(peft_out))
+        print(f"PEFT [{order[0].name}, {order[1].name}]: {raised.type.__name__}: {raised.value}")
+        assert not peft_out.exists()
+        before = sorted(p.name for p in tmp_path.iterdir())
+        result = run_cli("compose", *order, "--out", tmp_path / "ours_out", check=False)
+        print(f"ours [{order[0].name}, {order[1].name}]: exit {result.returncode}: {result.stderr.strip()}")
+        assert result.returncode == 1, (order, result.returncode, result.stdout, result.stderr)
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+        assert result.stdout == ""
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, "compose left something behind"
+        # The message names what differs.
+        assert (value if name == "peft_type" else name) in result.stderr, result.stderr
+
+
+def test_compose_ignores_base_model_name_as_peft_does(compose_base, tmp_path):
+    """base_model_name_or_path is not compared by PEFT (spec A4.4): both compose, byte-identically."""
+    from peft import compose_cartridge_adapters
+
+    other = tmp_path / "other"
+    shutil.copytree(compose_base, other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "someone/another-model"
+    (other / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    compose_cartridge_adapters([str(compose_base), str(other)], output_path=str(tmp_path / "peft"))
+    run_cli("compose", compose_base, other, "--out", tmp_path / "ours")
+    for file in ["adapter_config.json", "adapter_model.safetensors"]:
+        assert (tmp_path / "ours" / file).read_bytes() == (tmp_path / "peft" / file).read_bytes(), file
+
+
+def copy_model_with_weights(original, copy, edit):
+    """Copies a model folder and rewrites its model.safetensors as edit({name: tensor}) -> {name: tensor},
+    with the same names, shapes, dtypes and metadata."""
+    from safetensors import safe_open
+
+    shutil.copytree(original, copy)
+    weights = copy / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    edited = {key: value.contiguous() for key, value in edit(dict(tensors)).items()}
+    assert {k: (t.shape, t.dtype) for k, t in edited.items()} == {k: (t.shape, t.dtype) for k, t in tensors.items()}
+    save_file(edited, str(weights), metadata=metadata)
+    with safe_open(str(weights), framework="pt") as handle:
+        assert handle.metadata() == metadata
+    assert (copy / "config.json").read_bytes() == (original / "config.json").read_bytes()
+    return tensors, edited
+
+
+def test_ignore_eos_generates_through_end_of_sequence(tmp_path):
+    """A tiny Llama whose lm_head makes end-of-sequence win at some greedy step k: --ignore-eos gives PEFT's 32
+    tokens through it; without the flag the CLI stops there with PEFT's tokens before it."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    original = FIXTURES / "llama" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(str(original))
+    eos = tokenizer.eos_token_id
+    assert eos is not None
+    init = ["init", "--random", "--seed", 11, "--tokens", 4, "-q"]
+    run_cli(*init, "--model", original, "--out", tmp_path / "probe")
+    # PEFT's greedy on the original: the first k >= 3 whose token X is new (and has a positive logit).
+    model = AutoModelForCausalLM.from_pretrained(str(original), dtype=torch.float32).eval()
+    peft_model = PeftModel.from_pretrained(model, str(tmp_path / "probe")).eval()
+    prompt_ids = tokenizer(PROMPT)["input_ids"]
+    sequence, chosen = list(prompt_ids), None
+    with torch.no_grad():
+        for step in range(GREEDY_TOKENS):
+            ids = torch.tensor([sequence])
+            logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+            token = int(logits.argmax())
+            if step >= 3 and token not in sequence[len(prompt_ids):] and token != eos and logits[token] > 0.1:
+                chosen = (step, token)
+                break
+            sequence.append(token)
+    assert chosen is not None, "no usable greedy step on the tiny Llama"
+    step, token = chosen
+
+    # lm_head row of end-of-sequence := 1.05 x row of X: at step k its logit beats X's, all others unchanged.
+    def edit(tensors):
+        head = tensors["lm_head.weight"].clone()
+        head[eos] = 1.05 * head[token]
+        tensors["lm_head.weight"] = head
+        return tensors
+
+    copy = tmp_path / "eos_model"
+    copy_model_with_weights(original, copy, edit)
+    adapter = tmp_path / "adapter"
+    run_cli(*init, "--model", copy, "--out", adapter)  # same seed: the same rows, the copy's fingerprint
+    assert torch.equal(load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"],
+                       load_file(str(tmp_path / "probe" / "adapter_model.safetensors"))["prompt_embeddings"])
+    model = AutoModelForCausalLM.from_pretrained(str(copy), dtype=torch.float32).eval()
+    (tmp_path / "run").mkdir()
+    _, expected = compare_with_peft(model, tokenizer, copy, adapter, tmp_path / "run", 1e-4)
+    print(f"end-of-sequence made to win at step {step}; PEFT's greedy has it at "
+          f"{[i for i, t in enumerate(expected) if t == eos]}")
+    assert eos in expected and expected.index(eos) <= step
+    # Without --ignore-eos: PEFT's tokens up to (not including) the first end-of-sequence, finish "stop".
+    result = run_cli("generate", "--model", copy, "--cartridge", adapter, "--prompt", PROMPT, "--max-new-tokens",
+                     GREEDY_TOKENS, "--temperature", 0, "--json", "-q", "--device", "cpu")
+    ours = json.loads(result.stdout.strip().splitlines()[-1])
+    assert ours["token_ids"] == expected[:expected.index(eos)], (ours, expected)
+    assert ours["finish_reason"] == "stop", ours
+
+
+def test_fingerprint_warns_on_a_model_with_other_weights(tmp_path):
+    """Same config, tokenizer and shapes, other weights: generate warns (and still runs), inspect says so."""
+    original = FIXTURES / "llama" / "model"
+    copy = tmp_path / "perturbed"
+    generator = torch.Generator().manual_seed(0)
+
+    def perturb(tensors):  # the final norm (which the fingerprint hashes) a little more than the rest
+        return {key: (value + (0.05 if key == "model.norm.weight" else 0.01) *
+                      torch.randn(value.shape, generator=generator)).to(value.dtype)
+                for key, value in tensors.items()}
+
+    tensors, perturbed = copy_model_with_weights(original, copy, perturb)
+    assert not torch.equal(perturbed["model.norm.weight"].bfloat16(), tensors["model.norm.weight"].bfloat16())
+
+    adapter = tmp_path / "adapter"
+    run_cli("init", "--model", original, "--random", "--tokens", 4, "--out", adapter, "-q")
+    generate = ["generate", "--cartridge", adapter, "--prompt", PROMPT, "--max-new-tokens", 2, "--temperature", 0,
+                "-q", "--device", "cpu"]
+
+    result = run_cli(*generate, "--model", copy)
+    warning_lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    print(f"\ngenerate on the perturbed copy: {warning_lines}")
+    assert len(warning_lines) == 1 and "different model" in warning_lines[0], result.stderr
+    assert "weights" in warning_lines[0], warning_lines[0]
+    result = run_cli(*generate, "--model", original)
+    assert "warning:" not in result.stderr, result.stderr
+
+    info = json.loads(run_cli("inspect", adapter, "--model", copy, "--json").stdout)
+    print(f"inspect --model copy: model_check {info['model_check']}, warnings {info['warnings']}")
+    assert info["model_check"]["fits"] is True
+    assert info["model_check"]["fingerprint"] == "different model"
+    assert len(info["warnings"]) == 1 and "different model" in info["warnings"][0]
+    result = run_cli("inspect", adapter, "--model", copy)
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning:")], result.stderr
+    info = json.loads(run_cli("inspect", adapter, "--model", original, "--json").stdout)
+    assert info["model_check"]["fits"] is True and info["model_check"]["fingerprint"] == "same model"
+    assert info["warnings"] == []
+    result = run_cli("inspect", adapter, "--model", original)
+    assert "warning:" not in result.stderr, result.stderr
 
 
 def test_compose_is_byte_identical_to_peft(tmp_path):
