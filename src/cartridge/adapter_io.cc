@@ -331,9 +331,10 @@ std::vector<std::string> compose_adapter_folders(const std::vector<std::string>&
     else if (other.num_transformer_submodules != first.num_transformer_submodules)
       field = "num_transformer_submodules";
     if (field != nullptr) {
-      throw MismatchError(folders[i].string() + " cannot be composed with " + folders[0].string() +
-                          ": their " + field + " differ (" + first.shape().describe() + " vs " +
-                          other.shape().describe() + "); compose only cartridges made for the same model");
+      // The values as adapter_config.json spells them (a null task_type included).
+      throw MismatchError(folders[i].string() + " cannot be composed with " + folders[0].string() + ": their " +
+                          field + " differ (" + first.to_json().at(field).dump() + " vs " +
+                          other.to_json().at(field).dump() + "); compose only cartridges made for the same model");
     }
   }
   std::vector<at::Tensor> parts;  // each [p_i, W] in its stored dtype
