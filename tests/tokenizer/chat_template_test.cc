@@ -169,6 +169,13 @@ TemplateResult check_template(const nlohmann::ordered_json& entry) {
       ++result.failed_like_oracle;
     }
   }
+  // Raising wherever transformers raises proves little on its own: a template counts as identical only
+  // when at least one of its renders was compared byte for byte.
+  if (result.status == TemplateResult::Status::kIdentical && result.rendered == 0) {
+    result.status = TemplateResult::Status::kWrong;
+    result.reason = "transformers rendered none of its cases: add a conversation it accepts to "
+                    "tests/fixtures/make_chat_templates.py";
+  }
   return result;
 }
 
@@ -205,11 +212,15 @@ std::string render_docs(const std::vector<TemplateResult>& results) {
          "only,\n"
       << "system + user, multi-turn, ending with the assistant, unicode, reasoning, tool calls with a tool "
          "list),\n"
-      << "each with `add_generation_prompt` off and on, plus `enable_thinking` false/true, and compared "
-         "with\n"
+      << "each with `add_generation_prompt` off and on, plus `enable_thinking` false/true, documents, a tool "
+         "list\n"
+      << "without tool calls, and firefunction's `functions`/`datetime` variables, and compared with\n"
       << "transformers' `apply_chat_template(..., tokenize=False)` (strftime_now fixed to one date).\n\n"
-      << "- **identical**: every render is byte-identical to transformers, and where transformers raises\n"
-      << "  (the template refuses the conversation, e.g. a system role it does not support) we raise too.\n"
+      << "- **identical**: every render is byte-identical to transformers (at least one render per "
+         "template),\n"
+      << "  and where transformers raises (the template refuses the conversation, e.g. a system role it "
+         "does\n"
+      << "  not support) we raise too.\n"
       << "- **unsupported**: the template uses Jinja that cartridge.cpp's engine does not implement; it is\n"
       << "  refused with an error naming the construct, never rendered approximately.\n\n"
       << identical << " of " << results.size() << " templates render identically; " << unsupported
