@@ -348,7 +348,7 @@ TEST_F(TokenizerErrors, MalformedGgufVocabulary) {
       {"merge of unknown tokens", tiny_gguf("merges").strings("tokenizer.ggml.merges", {"x yz"}).bytes(), false},
       {"merge without space", tiny_gguf("merges").strings("tokenizer.ggml.merges", {"hel"}).bytes(), false},
       {"empty token list", tiny_gguf("tokens").strings("tokenizer.ggml.tokens", {}).bytes(), false},
-      {"bos out of range", tiny_gguf().u32("tokenizer.ggml.unknown_token_id", 4000).bytes(), false},
+      {"unknown token id out of range", tiny_gguf().u32("tokenizer.ggml.unknown_token_id", 4000).bytes(), false},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::string path = write("case" + std::to_string(i) + ".gguf", cases[i].bytes);
