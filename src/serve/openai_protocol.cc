@@ -272,6 +272,7 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body, const P
                                            " tokens per request");
   }
   request.max_tokens = integer_field(parsed, max_tokens_name, fallback, 0, limits.max_tokens_limit);
+  request.max_tokens_given = field(parsed, max_tokens_name) != nullptr;
 
   request.sampling.temperature = number_field(parsed, "temperature", 1.0, 0.0, 2.0);
   request.sampling.top_p = number_field(parsed, "top_p", 1.0, 0.0, 1.0);

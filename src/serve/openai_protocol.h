@@ -56,6 +56,7 @@ struct ApiRequest {
   // /v1/chat/completions.
   std::vector<ChatMessage> messages;
   int64_t max_tokens = 16;
+  bool max_tokens_given = false;         // false: the server may lower max_tokens to what the context has left
   SamplingOptions sampling;              // temperature (OpenAI's default 1), top_p, top_k, seed
   bool seed_given = false;               // false: the caller draws a random seed
   std::vector<std::string> stop;

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -158,6 +159,13 @@ void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& 
     generation.sampling.seed = (static_cast<uint64_t>(seed_source()) << 32) ^ seed_source();
   }
   generation.max_new_tokens = request.max_tokens;
+  if (!request.max_tokens_given) {
+    // OpenAI's default is "until the context is full": never let the default alone overflow the context.
+    const int64_t used = static_cast<int64_t>(generation.prompt_ids.size()) +
+                         (generation.prefix ? generation.prefix->length() : 0);
+    const int64_t context_left = model.model->config().max_position_embeddings - used;
+    generation.max_new_tokens = std::max<int64_t>(0, std::min(generation.max_new_tokens, context_left));
+  }
   generation.stop_strings = request.stop;
   generation.stop_at_eos = !request.ignore_eos;
   current_log.prompt_tokens = static_cast<int64_t>(generation.prompt_ids.size());
@@ -435,9 +443,13 @@ CartridgeLoader make_adapter_loader(const LoadedModel& model) {
   const std::string model_name = model.files.name;
   return [shared_model, fingerprint, model_name](const std::string& folder) {
     const LoadedAdapter adapter = load_adapter(folder);
-    for (const std::string& warning :
-         check_adapter_for_model(adapter, shared_model->config(), fingerprint.get(), model_name)) {
-      write_log_line("warning: " + folder + ": " + warning);
+    // `cartridge generate` only warns about a fingerprint from another model (the user chose the pair);
+    // a server answering many users refuses it, since every answer with it would be meaningless.
+    const std::vector<std::string> mismatches =
+        check_adapter_for_model(adapter, shared_model->config(), fingerprint.get(), model_name);
+    if (!mismatches.empty()) {
+      throw MismatchError(mismatches.front() + "; the server refuses it: serve it with the model it was made "
+                          "for, or make it again with this one");
     }
     for (const std::string& warning : adapter.warnings) write_log_line("warning: " + folder + ": " + warning);
     return adapter.cartridge.kv_prefix(shared_model->config(), shared_model->dtype(), shared_model->device());

@@ -62,7 +62,8 @@ class Server {
 };
 
 // The default cartridge loader of a server: reads the PEFT adapter in a folder, refuses one whose layout
-// does not fit the model (MismatchError), logs a warning when its stored model fingerprint differs, and
+// does not fit the model or whose stored model fingerprint names another model (MismatchError, a 400 for
+// the request; an adapter without a fingerprint, e.g. one PEFT saved, is only checked for fit), and
 // returns its KV prefix in the model's dtype and device.
 CartridgeLoader make_adapter_loader(const LoadedModel& model);
 

@@ -3,8 +3,15 @@
 - Completions and chat, streaming and not: 8 concurrent requests, each over a different cartridge (six
   cartridges, the bare model, and two cartridges composed with the extra `cartridges` field), return exactly the text
   `cartridge generate --cartridge ...` gives for the same cartridge, prompt and greedy settings.
-- Bad requests (malformed JSON, unknown cartridge, `../` names, an adapter for another model, an oversized
-  body, max_tokens over the limit) get 4xx OpenAI error objects, and the server keeps serving.
+- Bad requests (malformed JSON, unknown cartridge, `../` names, an adapter for another model (shapes that
+  do not fit, or a fingerprint naming other weights), an oversized body, max_tokens over the limit) get 4xx
+  OpenAI error objects, and the server keeps serving.
+- Those concurrent requests really share batches (`GET /v1/stats`: a peak decode batch >= 2, and fewer
+  forward passes than sampled tokens while they ran).
+- `stop` ends the text before the first occurrence of the string (finish_reason "stop"), streaming or not;
+  a `seed` at temperature 0.9 gives the same text every time, also when the requests share a batch, another
+  seed gives another text, and the text is what `cartridge generate --seed` gives for the same cartridge and
+  prompt.
 - The server logs one line per request.
 
 Cartridges are made by `cartridge init` from short texts on the default SmolLM2 GGUF.
@@ -78,6 +85,13 @@ def cartridges(tmp_path_factory):
     (other / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     save_file({"prompt_embeddings": embeddings[:, :width].contiguous()}, str(other / "adapter_model.safetensors"),
               metadata={"format": "pt"})
+    # An adapter of the right shapes whose fingerprint names other weights (as one made with a fine-tune of
+    # the same architecture would): only the fingerprint can tell, and the server must refuse it.
+    other_weights = folder / "other-weights"
+    shutil.copytree(folder / NAMES[1], other_weights)
+    fingerprint = json.loads((other_weights / "cartridge_fingerprint.json").read_text())
+    fingerprint["weight_hash"] = "fnv1a64:0123456789abcdef"
+    (other_weights / "cartridge_fingerprint.json").write_text(json.dumps(fingerprint))
     return folder
 
 
@@ -185,11 +199,22 @@ def test_concurrent_requests_over_different_cartridges_match_generate(server, re
     else:
         jobs.append((BASE_ID, (NAMES[1], NAMES[0]), (NAMES[1], NAMES[0]), PROMPTS[2]))
     assert len(jobs) >= 8
+    before = scheduler_stats(server)
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         # Alternate streaming and not, all in flight together.
         futures = [pool.submit(complete, api, model, cartridges, prompt, chat, index % 2 == 0)
                    for index, (model, cartridges, _, prompt) in enumerate(jobs)]
         results = [future.result() for future in futures]
+    time.sleep(0.2)  # the scheduler updates its counters just after it hands out a request's last token
+    after = scheduler_stats(server)
+    # They were batched: some decode step ran two or more rows, and while these requests ran, the
+    # forward passes (one prefill per admitted group, one decode step per token of the batch) were fewer
+    # than the tokens sampled (one per row per pass).
+    assert after["peak_batch"] >= 2, after
+    passes = (after["prefill_steps"] - before["prefill_steps"]) + (after["decode_steps"] - before["decode_steps"])
+    sampled = after["generated_tokens"] - before["generated_tokens"]
+    assert sampled >= sum(result["usage"].completion_tokens for result in results), (before, after)
+    assert passes < sampled, (before, after)
     for index, ((model, cartridges, names, prompt), got) in enumerate(zip(jobs, results)):
         want = references[(tuple(names), prompt, chat)]
         assert got["text"] == want["text"], (model, cartridges, prompt, "stream" if index % 2 == 0 else "plain")
@@ -199,10 +224,73 @@ def test_concurrent_requests_over_different_cartridges_match_generate(server, re
         assert got["usage"].total_tokens == want["prompt_tokens"] + want["completion_tokens"]
 
 
+def scheduler_stats(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
+    try:
+        connection.request("GET", "/v1/stats")
+        response = connection.getresponse()
+        assert response.status == 200
+        return json.loads(response.read())["scheduler"]
+    finally:
+        connection.close()
+
+
+SAMPLED_TOKENS = 32
+SEED = 20261201
+
+
+def test_stop_string_ends_the_text_before_it(server):
+    api = client(server)
+    # ignore_eos: the same greedy tokens whatever comes, so the stopped text is a prefix of this one.
+    common = dict(model=NAMES[0], prompt=PROMPTS[0], max_tokens=32, temperature=0, extra_body={"ignore_eos": True})
+    full = api.completions.create(**common).choices[0].text
+    assert len(full) >= 12, full
+    # A piece of the text from its second half; the text must end before its first occurrence.
+    start = next(k for k in range(len(full) // 2, len(full) - 3) if not full[k].isspace())
+    stop = full[start:start + 4]
+    expected = full[:full.find(stop)]
+    assert expected, (full, stop)
+    response = api.completions.create(stop=stop, **common)
+    assert response.choices[0].text == expected, (full, stop)
+    assert response.choices[0].finish_reason == "stop"
+    assert response.usage.completion_tokens < 32
+    # Streaming: the pieces never show any part of the stop string.
+    text, finish = "", None
+    for chunk in api.completions.create(stop=[stop], stream=True, **common):
+        for choice in chunk.choices:
+            text += choice.text or ""
+            finish = choice.finish_reason or finish
+    assert text == expected and finish == "stop", (full, stop, text)
+
+
+def test_seed_makes_sampling_reproducible_and_equal_to_generate(server, cartridges):
+    api = client(server)
+    common = dict(model=NAMES[3], prompt=PROMPTS[3], max_tokens=SAMPLED_TOKENS, temperature=0.9, top_p=1,
+                  extra_body={"ignore_eos": True})
+
+    def sample(seed):
+        return api.completions.create(seed=seed, **common).choices[0].text
+
+    # All three in flight together: a request's random stream must not depend on its batch.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        first, again, other = [future.result() for future in [pool.submit(sample, seed) for seed in
+                                                                (SEED, SEED, SEED + 1)]]
+    assert first == again
+    assert first != other
+    # And alone, later.
+    assert sample(SEED) == first
+    # The server and `cartridge generate` use the same sampler (one seeded stream per request).
+    reference = json.loads(run(["generate", "--model", str(MODEL), "--cartridge", str(cartridges / NAMES[3]),
+                                "--prompt", PROMPTS[3], "--max-new-tokens", str(SAMPLED_TOKENS), "--temperature",
+                                "0.9", "--top-p", "1", "--seed", str(SEED), "--ignore-eos", "--json", "--quiet"]))
+    assert reference["completion_tokens"] == SAMPLED_TOKENS
+    assert first == reference["text"]
+
+
 def test_models_lists_the_base_model_and_every_cartridge(server, cartridges):
     ids = [model.id for model in client(server).models.list().data]
     assert ids[0] == BASE_ID
-    assert sorted(ids[1:]) == sorted(NAMES + ["other-model"])
+    assert sorted(ids[1:]) == sorted(NAMES + ["other-model", "other-weights"])
 
 
 def raw_post(server, path, body: bytes):
@@ -250,6 +338,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
     with pytest.raises(openai.BadRequestError) as error:
         api.completions.create(model="other-model", prompt="x", max_tokens=4)
     assert error.value.body["code"] == "cartridge_model_mismatch"
+    with pytest.raises(openai.BadRequestError) as error:
+        api.chat.completions.create(model="other-weights", messages=[{"role": "user", "content": "x"}], max_tokens=4)
+    assert error.value.body["code"] == "cartridge_model_mismatch" and "weights" in error.value.body["message"]
     with pytest.raises(openai.BadRequestError) as error:
         api.completions.create(model="doc0", prompt="x", max_tokens=100000)
     assert error.value.body["param"] == "max_tokens"

@@ -107,12 +107,14 @@ TEST(OpenAiProtocolTest, DefaultsFollowOpenAi) {
   EXPECT_FALSE(completion.seed_given);
   EXPECT_FALSE(completion.stream);
   const ApiRequest chat = parse_chat({{"model", "base"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}});
-  EXPECT_EQ(chat.max_tokens, 100);  // up to the server's limit
+  EXPECT_EQ(chat.max_tokens, 100);  // up to the server's limit (and what the context has left)
+  EXPECT_FALSE(chat.max_tokens_given);
   // null means "not given".
   const ApiRequest nulls = parse_completion({{"model", "base"}, {"prompt", "hi"}, {"temperature", nullptr},
                                              {"max_tokens", nullptr}, {"stop", nullptr}, {"n", nullptr}});
   EXPECT_EQ(nulls.sampling.temperature, 1.0);
   EXPECT_EQ(nulls.max_tokens, 16);
+  EXPECT_FALSE(nulls.max_tokens_given);
   // Neutral values of unimplemented options are fine.
   parse_completion({{"model", "base"}, {"prompt", "hi"}, {"n", 1}, {"logprobs", nullptr}, {"echo", false},
                     {"presence_penalty", 0}, {"frequency_penalty", 0.0}, {"logit_bias", json::object()}});
@@ -132,6 +134,7 @@ TEST(OpenAiProtocolTest, ParsesFields) {
                                                {"stream_options", {{"include_usage", true}}}});
   EXPECT_EQ(request.prompt, "only one");
   EXPECT_EQ(request.max_tokens, 7);
+  EXPECT_TRUE(request.max_tokens_given);
   EXPECT_EQ(request.sampling.temperature, 0.0);
   EXPECT_EQ(request.sampling.top_p, 0.5);
   EXPECT_EQ(request.sampling.top_k, 40);
