@@ -12,6 +12,7 @@
 #include "cartridge/cartridge_shape.h"
 #include "cartridge/fingerprint.h"
 #include "cartridge/text_init.h"
+#include "selfstudy/trainer_checkpoint.h"
 #include "util/error.h"
 
 namespace cartridge {
@@ -59,6 +60,18 @@ StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text,
 
   // Fail on a bad cartridge size before spending minutes on synthesis.
   const Cartridge initial = initial_cartridge(loaded, corpus_text, options.init);
+  // Training that has started cannot take in more (or fewer) conversations: the data order and the
+  // held-out split depend on the count. Say so now, not after synthesizing the extra ones.
+  if (const std::string checkpoint = newest_checkpoint_folder(options.output_dir); !checkpoint.empty()) {
+    const nlohmann::json trained_on = read_checkpoint_settings(checkpoint).values.value("dataset_conversations", -1);
+    if (trained_on != options.synthesis.samples) {
+      throw MismatchError(describe_file_problem(
+          options.output_dir,
+          fmt::format("was trained on {} synthetic conversations, but --samples asks for {}", trained_on.dump(),
+                      options.synthesis.samples),
+          fmt::format("use a new --out for more conversations, or --samples {} to continue this run", trained_on.dump())));
+    }
+  }
 
   result.synthesis = synthesize(loaded, corpus_text, options.synthesis, result.dataset_path);
   const Dataset dataset = read_dataset(result.dataset_path);

@@ -363,7 +363,7 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
 
   InterruptScope interrupt(options.handle_interrupt);
   ProgressBar progress("training", options.steps, "steps", options.show_progress);
-  progress.advance(start_step);
+  progress.skip(start_step);
   int64_t step = start_step;
   while (step < options.steps) {
     ++step;

@@ -47,7 +47,7 @@ struct TrainingOptions {
   // `eval_every` steps (and before the first and after the last step): mean truncated KL per position.
   double eval_fraction = 0.05;
   int64_t max_eval_conversations = 64;
-  int64_t eval_every = 0;              // 0 = only before the first and after the last step
+  int64_t eval_every = 50;             // steps; 0 = only before the first and after the last step
   int64_t checkpoint_every = 50;       // steps; 0 = only after the last step (and on Ctrl-C)
   int64_t keep_checkpoints = 2;        // newest checkpoint folders kept (>= 1)
   bool resume = false;                 // continue from the newest <out>/checkpoint-*

@@ -80,6 +80,28 @@ at::Tensor read_f32_tensor(const SafetensorsFile& file, const std::string& name,
       .clone();
 }
 
+// The trainer_state.json of a checkpoint folder, its format and version checked.
+Json read_trainer_state(const std::string& folder) {
+  const std::string state_path = folder + "/" + kTrainerStateFileName;
+  Json state;
+  try {
+    state = Json::parse(read_text_file(state_path));
+  } catch (const Json::exception& error) {
+    damaged(state_path, std::string("not valid JSON (") + error.what() + ")");
+  }
+  if (!state.is_object() || state.value("format", "") != kTrainerStateFormat) {
+    throw UnsupportedError(describe_file_problem(state_path, std::string("is not a \"") + kTrainerStateFormat + "\" file",
+                                                 "resume only from folders written by `cartridge train`"));
+  }
+  if (state.value("version", Json()).dump() != std::to_string(kTrainerStateVersion)) {
+    throw UnsupportedError(describe_file_problem(
+        state_path, "has trainer-state version " + state.value("version", Json()).dump() + ", this build reads version " +
+                        std::to_string(kTrainerStateVersion),
+        "use the cartridge build that wrote it, or start a new run in another folder"));
+  }
+  return state;
+}
+
 }  // namespace
 
 TrainerSettings TrainerSettings::from(const TrainingOptions& options, const Cartridge& initial, const Dataset& dataset,
@@ -102,6 +124,9 @@ TrainerSettings TrainerSettings::from(const TrainingOptions& options, const Cart
       {"dataset_corpus_sha256", dataset.header.corpus_sha256},
       {"dataset_seed", dataset.header.seed},
       {"dataset_top_k", dataset.header.top_k},
+      // Chunk sizes, lengths, seed types, temperatures: the same count of conversations made otherwise is
+      // another dataset.
+      {"dataset_settings", dataset.header.settings},
   };
   return settings;
 }
@@ -142,24 +167,17 @@ void restore_adam_moments(torch::optim::Adam& optimizer, const at::Tensor& param
   optimizer.state()[parameter.unsafeGetTensorImpl()] = std::move(state);
 }
 
+TrainerSettings read_checkpoint_settings(const std::string& folder) {
+  const Json state = read_trainer_state(folder);
+  if (!state.contains("settings") || !state.at("settings").is_object()) {
+    damaged(folder + "/" + kTrainerStateFileName, "has no \"settings\" object");
+  }
+  return TrainerSettings{state.at("settings")};
+}
+
 CheckpointState read_checkpoint(const std::string& folder, const Model& model, const TrainerSettings& expected) {
   const std::string state_path = folder + "/" + kTrainerStateFileName;
-  Json state;
-  try {
-    state = Json::parse(read_text_file(state_path));
-  } catch (const Json::exception& error) {
-    damaged(state_path, std::string("not valid JSON (") + error.what() + ")");
-  }
-  if (!state.is_object() || state.value("format", "") != kTrainerStateFormat) {
-    throw UnsupportedError(describe_file_problem(state_path, std::string("is not a \"") + kTrainerStateFormat + "\" file",
-                                                 "resume only from folders written by `cartridge train`"));
-  }
-  if (state.value("version", Json()).dump() != std::to_string(kTrainerStateVersion)) {
-    throw UnsupportedError(describe_file_problem(
-        state_path, "has trainer-state version " + state.value("version", Json()).dump() + ", this build reads version " +
-                        std::to_string(kTrainerStateVersion),
-        "use the cartridge build that wrote it, or start a new run in another folder"));
-  }
+  const Json state = read_trainer_state(folder);
   TrainerSettings saved;
   int64_t step = 0, adam_step = 0;
   std::vector<TrainingHistoryEntry> history;

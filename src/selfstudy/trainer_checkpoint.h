@@ -77,6 +77,10 @@ struct CheckpointState {
 // The checkpoint-<step> folder under `output_dir` with the largest step ("" when none).
 std::string newest_checkpoint_folder(const std::string& output_dir);
 
+// The settings a checkpoint folder was trained with (its trainer_state.json), without loading the rest.
+// Throws as read_checkpoint does for an unknown format/version or a damaged file.
+TrainerSettings read_checkpoint_settings(const std::string& folder);
+
 // Reads a checkpoint folder. Throws UnsupportedError for an unknown trainer-state format/version,
 // FormatError for damaged files, MismatchError when its settings differ from `expected` (listing them) or
 // the cartridge does not fit `model`.

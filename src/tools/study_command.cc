@@ -43,6 +43,7 @@ StudyOptions quick_defaults() {
   training.batch_size = 4;
   training.eval_fraction = 0.1;
   training.checkpoint_every = 20;
+  training.eval_every = 20;
   return study;
 }
 
@@ -134,8 +135,8 @@ void add_study_command(CLI::App& app) {
       "teacher's top-20 log-probabilities), then trains the cartridge, initialised from the KV of the\n"
       "corpus's first --tokens tokens, into <out> (a PEFT adapter, checkpoints, loss.csv, loss.svg). The\n"
       "defaults finish in a few minutes on 2 CPU cores with the default model; for a better cartridge raise\n"
-      "--samples, --steps and the chunk/answer lengths. Rerunning the same command continues an interrupted\n"
-      "run (both phases resume).\n"
+      "--samples, --steps and the chunk/answer lengths in a new --out. Rerunning the same command continues\n"
+      "an interrupted run (both phases resume); a larger --steps continues a finished one.\n"
       "Example:\n  cartridge study --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --tokens "
       "128 \\\n"
       "    --out doc-cartridge\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridge "

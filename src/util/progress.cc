@@ -44,6 +44,11 @@ void ProgressBar::advance(int64_t amount, const std::string& extra) {
   }
 }
 
+void ProgressBar::skip(int64_t amount) {
+  skipped_ += amount;
+  advance(amount);
+}
+
 void ProgressBar::finish() {
   if (!enabled_ || finished_) return;
   finished_ = true;
@@ -54,7 +59,7 @@ void ProgressBar::draw(bool final_line) {
   const auto now = std::chrono::steady_clock::now();
   last_draw_ = now;
   const double elapsed = std::chrono::duration<double>(now - start_).count();
-  const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
+  const double rate = elapsed > 0 ? static_cast<double>(done_ - skipped_) / elapsed : 0.0;
   const double remaining = rate > 0 ? static_cast<double>(total_ - done_) / rate : -1.0;
   constexpr int kWidth = 24;  // characters of the bar itself
   const int filled = total_ > 0 ? static_cast<int>(kWidth * std::min<int64_t>(done_, total_) / total_) : 0;

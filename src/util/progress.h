@@ -17,6 +17,9 @@ class ProgressBar {
 
   // Advances by `amount` units; `extra` is shown after the rate (e.g. "loss 1.234").
   void advance(int64_t amount = 1, const std::string& extra = "");
+  // Marks `amount` units as done before this bar started (a resumed run): they count towards done/total
+  // but not towards the rate, so the ETA is not fooled by them.
+  void skip(int64_t amount);
   // Ends the bar with a final line (idempotent; also called by the destructor).
   void finish();
 
@@ -30,6 +33,7 @@ class ProgressBar {
   std::string extra_;
   int64_t total_;
   int64_t done_ = 0;
+  int64_t skipped_ = 0;  // of done_, units done before the bar started
   bool enabled_;
   bool finished_ = false;
   bool is_terminal_;

@@ -1,0 +1,318 @@
+"""`cartridge study` and `cartridge train --init ...` driven as a user would, on the tiny random Llama and
+corpus of tests/fixtures/make_synthesis.py, against PEFT / transformers in the same run:
+
+- `cartridge study` end to end: exit 0, prints how to use the cartridge, writes the dataset, the adapter,
+  loss.csv / loss.svg and checkpoints; the adapter loads in PeftModel.from_pretrained and gives the logits
+  of `cartridge generate --cartridge` (1e-4); its frozen row is PEFT's initialize_kv_prefix_from_text.
+- Rerunning the same command leaves a finished run alone; another --samples is refused in one line before
+  any synthesis; a larger --steps continues from the checkpoint and ends where a run with that many steps
+  from scratch ends (byte-identical adapter, same losses).
+- `cartridge train --init text` starts from PEFT's initialize_kv_prefix_from_text(use_chat_template=False)
+  and never moves its frozen rows; `--init ADAPTER_DIR` (a PEFT-saved adapter) keeps the adapter's p, frozen
+  count and frozen rows.
+
+Needs CARTRIDGE_BIN (our binary) and CARTRIDGE_FIXTURES (written by tests/fixtures/make_all.py).
+"""
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import warnings
+import xml.etree.ElementTree as ElementTree
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+warnings.filterwarnings("ignore")
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("CARTRIDGE_BIN", str(ROOT / "build" / "cartridge"))
+FIXTURES = pathlib.Path(os.environ.get("CARTRIDGE_FIXTURES", str(ROOT / "build" / "fixtures"))) / "synthesis"
+MODEL = FIXTURES / "tiny_llama"
+CORPUS = FIXTURES / "corpus.txt"
+TOKENS = 16
+SAMPLES = 6
+STEPS = 4
+PROMPT = "The harbour master of Varnholm kept a record of"
+# Small enough that a whole study takes seconds on the tiny model.
+STUDY_OPTIONS = {"--tokens": str(TOKENS), "--samples": str(SAMPLES), "--steps": str(STEPS), "--batch-size": "2",
+                 "--batch": "3", "--min-chunk": "60", "--max-chunk": "200", "--max-question-tokens": "12",
+                 "--max-answer-tokens": "24", "--eval-every": "2", "--checkpoint-every": "2", "--seed": "3"}
+
+
+def study_command(out, replace=None, extra=()):
+    options = dict(STUDY_OPTIONS, **(replace or {}))
+    args = [BIN, "study", "--model", str(MODEL), "--corpus", str(CORPUS), "--out", str(out), "--device", "cpu", "-q"]
+    for option, value in options.items():
+        args += [option, value]
+    return args + list(extra)
+
+
+def run(args, expect=0):
+    result = subprocess.run([str(arg) for arg in args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == expect, f"{' '.join(map(str, args))} exited {result.returncode}: {result.stderr}"
+    return result
+
+
+def last_json(result):
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def folder_bytes(folder):
+    """Every file under `folder` (relative path -> bytes)."""
+    folder = pathlib.Path(folder)
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def loss_rows(out):
+    """step -> the row of loss.csv as written (the header checked)."""
+    lines = (pathlib.Path(out) / "loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,tokens,positions,seconds,heldout_kl", lines[0]
+    return {int(line.split(",")[0]): line for line in lines[1:]}
+
+
+def losses(out):
+    """step -> (loss, heldout_kl) columns of loss.csv (empty string where a row has none)."""
+    return {step: (row.split(",")[1], row.split(",")[5]) for step, row in loss_rows(out).items()}
+
+
+def embeddings(folder):
+    return load_file(str(pathlib.Path(folder) / "adapter_model.safetensors"))["prompt_embeddings"]
+
+
+def adapter_config(folder):
+    return json.loads((pathlib.Path(folder) / "adapter_config.json").read_text())
+
+
+def checkpoint_steps(out):
+    return sorted(int(path.name.split("-")[1]) for path in pathlib.Path(out).glob("checkpoint-*"))
+
+
+def hf_model():
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(str(MODEL), dtype=torch.float32).eval()
+
+
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(MODEL))
+
+
+def peft_text_init(num_virtual_tokens, num_frozen_tokens):
+    """PEFT's own initialisation of a CARTRIDGE from the corpus (plain tokenization), [p, W]."""
+    from peft import CartridgeConfig, get_peft_model, initialize_kv_prefix_from_text
+
+    config = CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
+                             num_frozen_tokens=num_frozen_tokens)
+    peft_model = get_peft_model(hf_model(), config)
+    text = CORPUS.read_text(encoding="utf-8")
+    return initialize_kv_prefix_from_text(peft_model, hf_tokenizer(), text=text, use_chat_template=False).float()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One finished `cartridge study` run (human output) and a snapshot of its folder."""
+    assert MODEL.is_dir(), f"missing fixture {MODEL} (run tests/fixtures/make_all.py)"
+    out = tmp_path_factory.mktemp("study") / "cartridge"
+    result = run(study_command(out))
+    return out, result, folder_bytes(out)
+
+
+def copy_of(study, tmp_path):
+    out, _, _ = study
+    copy = tmp_path / "cartridge"
+    shutil.copytree(out, copy)
+    return copy
+
+
+def test_study_end_to_end_gives_a_cartridge_that_peft_loads(study, tmp_path):
+    from peft import PeftModel
+
+    out, result, _ = study
+    # It says how to use the cartridge, naming the output folder.
+    lines = result.stdout.splitlines()
+    assert "use it:" in lines, result.stdout
+    usage = lines[lines.index("use it:") + 1:]
+    assert any(line.split()[:2] == ["cartridge", "chat"] and f"--cartridge {out}" in line for line in usage), usage
+    assert any(line.split()[:2] == ["cartridge", "generate"] and f"--cartridge {out}" in line for line in usage), usage
+
+    # The dataset: a header and one line per requested conversation.
+    dataset_lines = (out / "dataset.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(dataset_lines) == 1 + SAMPLES
+    for line in dataset_lines:
+        json.loads(line)
+
+    # The adapter, the cartridge asked for (p, frozen rows from the defaults), fp32 [p, W].
+    config = adapter_config(out)
+    assert config["peft_type"] == "CARTRIDGE"
+    assert config["num_virtual_tokens"] == TOKENS and config["num_frozen_tokens"] == 1
+    assert (out / "cartridge_fingerprint.json").is_file()
+    stored = embeddings(out)
+    assert stored.dtype == torch.float32 and stored.shape[0] == TOKENS
+
+    # Loss curves: step 0 (before training) has a held-out score, steps 1..STEPS a loss each.
+    rows = losses(out)
+    assert sorted(step for step, (loss, _) in rows.items() if loss) == list(range(1, STEPS + 1))
+    assert rows[0][1] and rows[STEPS][1]
+    assert all(math.isfinite(float(loss)) and float(loss) > 0 for loss, _ in rows.values() if loss)
+    assert ElementTree.parse(out / "loss.svg").getroot().tag.endswith("svg")
+
+    # Checkpoints: the last one is complete and is the adapter in the folder; at most --keep-checkpoints (2).
+    steps = checkpoint_steps(out)
+    assert steps[-1] == STEPS and len(steps) <= 2, steps
+    last = out / f"checkpoint-{STEPS}"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "optimizer.safetensors"):
+        assert (last / name).is_file(), name
+    assert (last / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
+    state = json.loads((last / "trainer_state.json").read_text())
+    assert state["step"] == STEPS and state["settings"]["dataset_conversations"] == SAMPLES
+
+    # PEFT loads it and gives our logits.
+    peft_model = PeftModel.from_pretrained(hf_model(), str(out)).eval()
+    assert torch.equal(peft_model.prompt_encoder["default"].weight.detach(), stored)
+    logits_path = tmp_path / "logits.safetensors"
+    generated = last_json(run([BIN, "generate", "--model", MODEL, "--cartridge", out, "--prompt", PROMPT,
+                               "--max-new-tokens", "0", "--logits-out", logits_path, "--device", "cpu", "--json",
+                               "-q"]))
+    prompt_ids = hf_tokenizer()(PROMPT)["input_ids"]
+    assert generated["prompt_tokens"] == len(prompt_ids) and generated["cartridge_tokens"] == TOKENS
+    with torch.no_grad():
+        ids = torch.tensor([prompt_ids])
+        theirs = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+    ours = load_file(str(logits_path))["logits"]
+    assert ours.shape == theirs.shape
+    difference = (ours - theirs).abs().max().item()
+    print(f"\nstudy cartridge: max |logit difference| vs PEFT {difference:.2e}")
+    assert difference <= 1e-4
+
+    # Trained from the corpus's first p tokens: the frozen row, which training never moves, is PEFT's text init.
+    initial = peft_text_init(TOKENS, 1)
+    assert (stored[:1] - initial[:1]).abs().max().item() <= 1e-5
+    # ... and the trainable rows did move.
+    assert (stored[1:] - initial[1:]).abs().max().item() > 1e-4
+
+
+def test_study_json_summary(study, tmp_path):
+    # A run of its own (with --json), so the summary describes a run that trained.
+    out = tmp_path / "cartridge"
+    summary = last_json(run(study_command(out, extra=["--json"])))
+    assert summary["steps"] == STEPS and summary["conversations"] == SAMPLES
+    assert summary["interrupted"] is False
+    assert pathlib.Path(summary["adapter"]) == out and pathlib.Path(summary["dataset"]) == out / "dataset.jsonl"
+    rows = losses(out)
+    assert math.isclose(summary["final_loss"], float(rows[STEPS][0]), rel_tol=1e-6)
+    assert math.isclose(summary["final_heldout_kl"], float(rows[STEPS][1]), rel_tol=1e-6)
+    assert math.isclose(summary["initial_heldout_kl"], float(rows[0][1]), rel_tol=1e-6)
+    # Same command, same seed: the same run as the fixture's.
+    assert folder_bytes(out)["adapter_model.safetensors"] == study[2]["adapter_model.safetensors"]
+
+
+def test_rerunning_a_finished_study_leaves_it_alone(study, tmp_path):
+    out = copy_of(study, tmp_path)
+    before = folder_bytes(out)
+    summary = last_json(run(study_command(out, extra=["--json"])))
+    assert summary["steps"] == STEPS and summary["conversations"] == SAMPLES and not summary["interrupted"]
+    after = folder_bytes(out)
+    assert sorted(after) == sorted(before)
+    for name in before:
+        assert after[name] == before[name], name
+
+
+def test_another_sample_count_is_refused_before_synthesis(study, tmp_path):
+    out = copy_of(study, tmp_path)
+    before = folder_bytes(out)
+    result = run(study_command(out, replace={"--samples": str(SAMPLES + 2)}), expect=1)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    # Refused before synthesizing anything: the dataset (and everything else) is as it was.
+    after = folder_bytes(out)
+    assert after["dataset.jsonl"] == before["dataset.jsonl"], "the dataset changed before the refusal: " + errors[0]
+    assert after == before
+    # The message names the option the user changed.
+    assert "--samples" in errors[0], errors[0]
+
+
+def test_raising_steps_continues_from_the_checkpoint(study, tmp_path):
+    more = STEPS + 2
+    out = copy_of(study, tmp_path)
+    before_rows = loss_rows(out)
+    dataset = (out / "dataset.jsonl").read_bytes()
+    summary = last_json(run(study_command(out, replace={"--steps": str(more)}, extra=["--json"])))
+    assert summary["steps"] == more and summary["conversations"] == SAMPLES
+    assert (out / "dataset.jsonl").read_bytes() == dataset
+    assert checkpoint_steps(out)[-1] == more
+    # Steps 0..STEPS are the finished run's, as recorded then (not trained again).
+    after_rows = loss_rows(out)
+    assert {step: row for step, row in after_rows.items() if step <= STEPS} == before_rows
+    assert sorted(step for step, (loss, _) in losses(out).items() if loss) == list(range(1, more + 1))
+    # And it ends where a run of `more` steps from scratch ends.
+    straight = tmp_path / "straight"
+    reference = last_json(run(study_command(straight, replace={"--steps": str(more)}, extra=["--json"])))
+    assert (straight / "dataset.jsonl").read_bytes() == dataset
+    assert summary["final_loss"] == reference["final_loss"]
+    assert summary["final_heldout_kl"] == reference["final_heldout_kl"]
+    assert losses(out) == losses(straight)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (out / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def train_command(dataset, out, *extra):
+    return [BIN, "train", "--model", MODEL, "--dataset", dataset, "--out", out, "--steps", "2", "--batch-size", "2",
+            "--seed", "4", "--device", "cpu", "--json", "-q", *extra]
+
+
+def test_train_init_text_starts_from_peft_text_init(study, tmp_path):
+    dataset = study[0] / "dataset.jsonl"
+    frozen = 2
+    expected = peft_text_init(TOKENS, frozen)
+    # --lr must be > 0; at lr 1e-30 an Adam step moves a row by at most ~1e-30, so the adapter written after
+    # one step is the initial cartridge (within far less than the tolerance).
+    still = tmp_path / "still"
+    summary = last_json(run(train_command(dataset, still, "--corpus", CORPUS, "--tokens", TOKENS, "--frozen", frozen,
+                                          "--lr", "1e-30")))
+    assert summary["steps"] == 2
+    config = adapter_config(still)
+    assert config["num_virtual_tokens"] == TOKENS and config["num_frozen_tokens"] == frozen
+    initial = embeddings(still)
+    assert initial.shape == expected.shape
+    difference = (initial - expected).abs().max().item()
+    print(f"\ntrain --init text vs PEFT initialize_kv_prefix_from_text: max |difference| {difference:.2e}")
+    assert difference <= 1e-5
+    # `--init text` is the default; at the usual lr the trainable rows move and the frozen rows do not.
+    trained = tmp_path / "trained"
+    run(train_command(dataset, trained, "--corpus", CORPUS, "--tokens", TOKENS, "--frozen", frozen))
+    moved = embeddings(trained)
+    assert torch.equal(moved[:frozen], initial[:frozen])
+    assert (moved[:frozen] - expected[:frozen]).abs().max().item() <= 1e-5
+    assert (moved[frozen:] - expected[frozen:]).abs().max().item() > 1e-4
+
+
+def test_train_init_adapter_keeps_its_size_and_frozen_rows(study, tmp_path):
+    from peft import CartridgeConfig, get_peft_model, initialize_kv_prefix_from_text
+
+    p, frozen = 10, 3  # neither the default p (from the corpus) nor the default frozen count (1)
+    peft_model = get_peft_model(hf_model(), CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=p,
+                                                            num_frozen_tokens=frozen))
+    initialize_kv_prefix_from_text(peft_model, hf_tokenizer(), text=CORPUS.read_text(encoding="utf-8")[500:],
+                                   use_chat_template=False)
+    source = tmp_path / "peft_adapter"
+    peft_model.save_pretrained(str(source))
+    source_rows = embeddings(source)
+
+    out = tmp_path / "continued"
+    summary = last_json(run(train_command(study[0] / "dataset.jsonl", out, "--init", source)))
+    assert summary["steps"] == 2
+    config = adapter_config(out)
+    assert config["num_virtual_tokens"] == p and config["num_frozen_tokens"] == frozen
+    rows = embeddings(out)
+    assert rows.shape == source_rows.shape
+    assert torch.equal(rows[:frozen], source_rows[:frozen])
+    assert (rows[frozen:] - source_rows[frozen:]).abs().max().item() > 1e-4  # it trained from there
+    # A --tokens that contradicts the adapter is refused in one line.
+    result = run(train_command(study[0] / "dataset.jsonl", tmp_path / "refused", "--init", source, "--tokens", p + 1),
+                 expect=1)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "--tokens" in errors[0], result.stderr
