@@ -1,4 +1,4 @@
-// Model forward speed: prefill tokens/s (batch 1) and decode tokens/s (batch 1 and 8) for a model in a
+// Model forward speed: prefill tokens/s and decode tokens/s (batch 1 and 8) for a model in a
 // given dtype on a given device. Prints one JSON object per measurement on stdout; bench/model_bench.py runs
 // this and transformers in the same run and prints the markdown table.
 //
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", device_name, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--prompt-tokens", prompt_tokens, "prefill length (tokens)");
   app.add_option("--decode-steps", decode_steps, "decode steps after a prefill");
-  app.add_option("--batches", batches, "decode batch sizes")->delimiter(',');
+  app.add_option("--batches", batches, "batch sizes (prefill and decode)")->delimiter(',');
   app.add_option("--repeats", repeats, "best of N runs");
   CLI11_PARSE(app, argc, argv);
 
@@ -78,22 +78,22 @@ int main(int argc, char** argv) {
     at::manual_seed(0);
     const auto ids_options = at::TensorOptions().dtype(at::kLong).device(options.device);
 
-    // Prefill: one prompt, all positions through the model, logits of the last one.
-    {
-      const at::Tensor ids = at::randint(vocab, {1, prompt_tokens}, ids_options);
-      const at::Tensor mask = at::ones({1, prompt_tokens}, ids_options.dtype(at::kBool));
+    // Prefill: `batch` prompts of prompt_tokens each, all positions through the model, logits of the last one.
+    for (const int64_t batch : batches) {
+      const at::Tensor ids = at::randint(vocab, {batch, prompt_tokens}, ids_options);        // [B, T]
+      const at::Tensor mask = at::ones({batch, prompt_tokens}, ids_options.dtype(at::kBool));  // [B, T]
       cartridge::ForwardOptions last_only;
       last_only.last_token_only = true;
       double best = 1e30;
       for (int run = 0; run <= repeats; ++run) {  // run 0 warms up
-        cartridge::KvCache cache = model->new_cache(1);
+        cartridge::KvCache cache = model->new_cache(batch);
         synchronize(options.device);
         const auto start = Clock::now();
         model->forward(ids, mask, cache, last_only);
         synchronize(options.device);
         if (run > 0) best = std::min(best, seconds_since(start));
       }
-      print_result("prefill", 1, prompt_tokens, best, dtype_name, device_name);
+      print_result("prefill", batch, batch * prompt_tokens, best, dtype_name, device_name);
     }
 
     // Decode: after a short prefill, `decode_steps` single-token steps per row.

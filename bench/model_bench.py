@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Model forward speed, cartridge.cpp vs transformers, in one run: prefill tokens/s (batch 1) and decode
-tokens/s (batch 1 and 8) for the default model, same dtype, same thread count, same libtorch.
+"""Model forward speed, cartridge.cpp vs transformers, in one run: prefill tokens/s and decode tokens/s
+(batch 1 and 8) for the default model, same dtype, same thread count, same libtorch.
 
     .venv/bin/python bench/model_bench.py --bin build/model_bench [--dtype f32|bf16] [--prompt-tokens 256]
         [--decode-steps 32] [--repeats 3] [--threads N]
@@ -46,15 +46,17 @@ def run_transformers(args):
     generator = torch.Generator().manual_seed(0)
     results = []
     with torch.inference_mode():
-        ids = torch.randint(vocab, (1, args.prompt_tokens), generator=generator)
-        best = float("inf")
-        for run in range(args.repeats + 1):
-            start = time.perf_counter()
-            model(input_ids=ids, cache=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
-            if run > 0:
-                best = min(best, time.perf_counter() - start)
-        results.append({"impl": "transformers", "phase": "prefill", "batch": 1, "tokens": args.prompt_tokens,
-                        "seconds": best, "tokens_per_second": args.prompt_tokens / best})
+        for batch in args.batches:
+            ids = torch.randint(vocab, (batch, args.prompt_tokens), generator=generator)
+            best = float("inf")
+            for run in range(args.repeats + 1):
+                start = time.perf_counter()
+                model(input_ids=ids, cache=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+                if run > 0:
+                    best = min(best, time.perf_counter() - start)
+            results.append({"impl": "transformers", "phase": "prefill", "batch": batch,
+                            "tokens": batch * args.prompt_tokens, "seconds": best,
+                            "tokens_per_second": batch * args.prompt_tokens / best})
         for batch in args.batches:
             ids = torch.randint(vocab, (batch, 32), generator=generator)
             best = float("inf")
