@@ -36,10 +36,34 @@ Chunk Chunker::chunk_at(int64_t start, int64_t length) const {
   return chunk;
 }
 
+const char* chunk_placement_name(ChunkPlacement placement) {
+  return placement == ChunkPlacement::kEvenCoverage ? "even_coverage" : "uniform_start";
+}
+
+ChunkPlacement parse_chunk_placement(const std::string& name) {
+  if (name == "uniform_start") return ChunkPlacement::kUniformStart;
+  if (name == "even_coverage") return ChunkPlacement::kEvenCoverage;
+  throw InvalidArgumentError("--chunk-placement must be uniform_start or even_coverage (got '" + name + "')");
+}
+
 Chunk Chunker::sample(SynthesisRandom& random) const {
   const int64_t length = random.uniform_int(min_length_, max_length_);
-  const int64_t start = random.uniform_int(0, corpus_tokens() - length);
-  return chunk_at(start, length);
+  if (options_.placement == ChunkPlacement::kUniformStart) {
+    return chunk_at(random.uniform_int(0, corpus_tokens() - length), length);
+  }
+  // Window [window_start, window_start + length) over the corpus extended by length - 1 tokens on each side:
+  // each corpus token lies in exactly `length` of the N + length - 1 windows.
+  const int64_t window_start = random.uniform_int(-(length - 1), corpus_tokens() - 1);
+  int64_t start = std::max<int64_t>(window_start, 0);
+  int64_t end = std::min<int64_t>(window_start + length, corpus_tokens());
+  if (end - start < min_length_) {  // widen into the corpus (min_length_ <= N, so this fits)
+    if (start == 0) {
+      end = min_length_;
+    } else {
+      start = corpus_tokens() - min_length_;
+    }
+  }
+  return chunk_at(start, end - start);
 }
 
 }  // namespace cartridge

@@ -228,6 +228,7 @@ DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corp
       {"min_chunk_tokens", options.chunks.min_tokens},
       {"max_chunk_tokens", options.chunks.max_tokens},
       {"description", options.chunks.description},
+      {"chunk_placement", chunk_placement_name(options.chunks.placement)},
       {"conversations_per_chunk", options.conversations_per_chunk},
       {"max_question_tokens", options.max_question_tokens},
       {"max_answer_tokens", options.max_answer_tokens},

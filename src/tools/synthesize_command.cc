@@ -76,6 +76,14 @@ void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis) {
                   "Longest corpus chunk, tokens (also bounded by the corpus and the model's context)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  command
+      .add_option_function<std::string>(
+          "--chunk-placement",
+          [&synthesis](const std::string& name) { synthesis.chunks.placement = parse_chunk_placement(name); },
+          "Where chunks go: uniform_start (start uniform where the chunk fits, as in the paper; the corpus's "
+          "ends are seen less) or even_coverage (every token about equally often; chunks at the ends are "
+          "shorter)")
+      ->default_str("uniform_start");
   command.add_option("--description", synthesis.chunks.description,
                      "One line saying what the corpus is, put before every chunk");
   command

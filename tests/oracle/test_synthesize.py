@@ -157,3 +157,28 @@ def test_other_settings_on_an_existing_dataset_fail_with_one_line(tmp_path):
     message = result.stderr.strip()
     assert message.startswith("error: ") and "\n" not in message
     assert "max_answer_tokens 24 in the file vs 20 now" in message and "delete the file" in message
+
+
+def test_chunk_placement_is_recorded_and_even_coverage_stays_in_the_corpus(tmp_path, dataset):
+    header, _ = read_dataset(dataset)
+    assert header["settings"]["chunk_placement"] == "uniform_start"  # the default, the paper's chunker
+    result = synthesize(tmp_path, ["--chunk-placement", "even_coverage"], replace={"--batch": "1"})
+    assert result.returncode == 0, result.stderr
+    header, conversations = read_dataset(tmp_path / "dataset.jsonl")
+    assert header["settings"]["chunk_placement"] == "even_coverage"
+    assert len(conversations) == 8
+    for conversation in conversations:
+        assert conversation["chunk_start"] >= 0 and conversation["chunk_tokens"] >= 60
+        assert conversation["chunk_start"] + conversation["chunk_tokens"] <= header["corpus_tokens"]
+    # Another placement on the same folder is another dataset: refused like any other setting.
+    result = synthesize(tmp_path, replace={"--batch": "1"})
+    assert result.returncode == 1 and "chunk_placement" in result.stderr and "\n" not in result.stderr.strip()
+
+
+def test_unknown_chunk_placement_is_refused_with_the_choices(tmp_path):
+    result = synthesize(tmp_path, ["--chunk-placement", "middle"])
+    assert result.returncode == 1
+    message = result.stderr.strip()
+    assert message.startswith("error: --chunk-placement") and "\n" not in message
+    assert "uniform_start" in message and "even_coverage" in message
+    assert not (tmp_path / "dataset.jsonl").exists()

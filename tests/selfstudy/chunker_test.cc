@@ -56,6 +56,49 @@ TEST_F(ChunkerTest, LengthsAndStartsStayInBoundsAndCoverTheRange) {
   EXPECT_GT(highest_end, corpus - 10);
 }
 
+// How often each corpus token lies in a sampled chunk, [N] counts over `samples` chunks.
+std::vector<int64_t> coverage(const Chunker& chunker, int64_t samples) {
+  std::vector<int64_t> counts(chunker.corpus_tokens(), 0);
+  for (int64_t index = 0; index < samples; ++index) {
+    SynthesisRandom random(11, RandomPurpose::kChunk, static_cast<uint64_t>(index));
+    const Chunk chunk = chunker.sample(random);
+    EXPECT_GE(chunk.length, chunker.min_length());
+    EXPECT_LE(chunk.length, chunker.max_length());
+    EXPECT_GE(chunk.start, 0);
+    EXPECT_LE(chunk.start + chunk.length, chunker.corpus_tokens());
+    for (int64_t token = chunk.start; token < chunk.start + chunk.length; ++token) ++counts[token];
+  }
+  return counts;
+}
+
+TEST_F(ChunkerTest, UniformStartSeesTheEndsLessEvenCoverageSeesEveryTokenAlike) {
+  ChunkerOptions options;
+  options.min_tokens = 100;
+  options.max_tokens = 300;
+  const int64_t corpus = static_cast<int64_t>(corpus_ids_.size());
+  const int64_t middle = corpus / 2;
+  const auto ratio = [&](const std::vector<int64_t>& counts, int64_t token) {
+    return static_cast<double>(counts[token]) / static_cast<double>(counts[middle]);
+  };
+  // Uniform start: token 5 is in about 6 / (N - L + 1) of the chunks, the middle in L / (N - L + 1).
+  const std::vector<int64_t> uniform_start = coverage(Chunker(*tokenizer_, corpus_ids_, options, 100000), 20000);
+  EXPECT_LT(ratio(uniform_start, 5), 0.2);
+  EXPECT_LT(ratio(uniform_start, corpus - 6), 0.2);
+  // Even coverage: (L + x) / L of the middle for x tokens from an end (x = 5: about 1.03), sampling noise
+  // about 2 % at 20000 chunks.
+  options.placement = ChunkPlacement::kEvenCoverage;
+  const std::vector<int64_t> even = coverage(Chunker(*tokenizer_, corpus_ids_, options, 100000), 20000);
+  for (const int64_t token : {int64_t{0}, int64_t{5}, corpus - 6, corpus - 1}) {
+    EXPECT_GT(ratio(even, token), 0.9) << "token " << token;
+    EXPECT_LT(ratio(even, token), 1.15) << "token " << token;
+  }
+  EXPECT_STREQ(chunk_placement_name(ChunkPlacement::kEvenCoverage), "even_coverage");
+  EXPECT_STREQ(chunk_placement_name(ChunkPlacement::kUniformStart), "uniform_start");
+  EXPECT_EQ(parse_chunk_placement("even_coverage"), ChunkPlacement::kEvenCoverage);
+  EXPECT_EQ(parse_chunk_placement("uniform_start"), ChunkPlacement::kUniformStart);
+  EXPECT_THROW(parse_chunk_placement("middle"), InvalidArgumentError);
+}
+
 TEST_F(ChunkerTest, BoundedByCorpusAndContext) {
   ChunkerOptions options;
   options.min_tokens = 512;
