@@ -83,7 +83,7 @@ void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis) {
           "Where chunks go: uniform_start (start uniform where the chunk fits, as in the paper; the corpus's "
           "ends are seen less) or even_coverage (every token about equally often; chunks at the ends are "
           "shorter)")
-      ->default_str("uniform_start");
+      ->default_str(chunk_placement_name(synthesis.chunks.placement));
   command.add_option("--description", synthesis.chunks.description,
                      "One line saying what the corpus is, put before every chunk");
   command
