@@ -212,7 +212,12 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& token_m
     hidden = hidden.gather(1, index);  // [B, 1, hidden]
   }
   hidden = rms_norm(hidden, final_norm_, config_.rms_norm_eps);
-  return at::linear(hidden, lm_head_).to(at::kFloat);  // [B, T or 1, V]
+  if (options.final_hidden_states) return hidden;  // [B, T or 1, hidden]
+  return logits_from_hidden(hidden);               // [B, T or 1, V]
+}
+
+at::Tensor Model::logits_from_hidden(const at::Tensor& hidden) const {
+  return at::linear(hidden, lm_head_).to(at::kFloat);
 }
 
 // --- building from a weight source -------------------------------------------------------------------

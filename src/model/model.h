@@ -31,6 +31,10 @@ struct ForwardOptions {
   bool last_token_only = false;
   // Explicit RoPE positions [B, T] int64 (on any device) instead of next_positions + running count.
   std::optional<at::Tensor> positions;
+  // Return the final-normed hidden states [B, T (or 1), hidden] in the model dtype instead of logits, so a
+  // caller that needs the logits of many positions can run Model::logits_from_hidden on a few at a time
+  // (a [B, T, V] float32 tensor can be gigabytes).
+  bool final_hidden_states = false;
 };
 
 class Model {
@@ -66,6 +70,10 @@ class Model {
   // without autograd recording when nothing requires grad.
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_mask, KvCache& cache,
                      const ForwardOptions& options = {}) const;
+
+  // The language-model head on final-normed hidden states [..., hidden] (from forward with
+  // final_hidden_states): logits [..., V] float32.
+  at::Tensor logits_from_hidden(const at::Tensor& hidden) const;
 
   // Per-layer weights in this model's dtype/device. q/k/v (and gate/up) are stored fused, row-stacked in
   // that order, so one matmul computes them.

@@ -89,6 +89,7 @@ std::string header_differences(const DatasetHeader& existing, const DatasetHeade
   auto compare = [&](const std::string& name, const Json& old_value, const Json& new_value) {
     if (old_value != new_value) parts.push_back(name + " " + old_value.dump() + " in the file vs " + new_value.dump() + " now");
   };
+  compare("version", existing.version, wanted.version);
   compare("model_fingerprint", existing.model_fingerprint, wanted.model_fingerprint);
   compare("corpus_sha256", existing.corpus_sha256, wanted.corpus_sha256);
   compare("corpus_tokens", existing.corpus_tokens, wanted.corpus_tokens);
@@ -110,7 +111,7 @@ std::string header_line(const DatasetHeader& header) {
   // Keys in the documented order (nlohmann::json would sort them).
   nlohmann::ordered_json object;
   object["format"] = kDatasetFormat;
-  object["version"] = kDatasetVersion;
+  object["version"] = header.version;
   object["model"] = header.model;
   object["model_fingerprint"] = nlohmann::ordered_json::parse(header.model_fingerprint.dump());
   object["corpus_sha256"] = header.corpus_sha256;
@@ -183,13 +184,16 @@ DatasetHeader DatasetHeader::from_json(const Json& object, const std::string& wh
         "pass a dataset.jsonl written by `cartridge synthesize`"));
   }
   const auto version = object.find("version");
-  if (version == object.end() || !version->is_number_integer() || version->get<int64_t>() != kDatasetVersion) {
+  if (version == object.end() || !version->is_number_integer() || version->get<int64_t>() > kDatasetVersion ||
+      version->get<int64_t>() < kOldestReadableDatasetVersion) {
     throw UnsupportedError(describe_file_problem(
         where, "dataset version " + (version == object.end() ? std::string("(missing)") : version->dump()) +
-                   " is not supported (this build reads version " + std::to_string(kDatasetVersion) + ")",
+                   " is not supported (this build reads versions " + std::to_string(kOldestReadableDatasetVersion) +
+                   " to " + std::to_string(kDatasetVersion) + ")",
         "synthesize the data again with this build"));
   }
   DatasetHeader header;
+  header.version = version->get<int64_t>();
   header.model = require_string(object, "model", where);
   header.model_fingerprint = require(object, "model_fingerprint", where);
   if (!header.model_fingerprint.is_string() && !header.model_fingerprint.is_object()) {
@@ -209,14 +213,29 @@ DatasetHeader DatasetHeader::from_json(const Json& object, const std::string& wh
 }
 
 bool DatasetHeader::same_data_as(const DatasetHeader& other) const {
-  return model_fingerprint == other.model_fingerprint && corpus_sha256 == other.corpus_sha256 &&
+  return version == other.version && model_fingerprint == other.model_fingerprint && corpus_sha256 == other.corpus_sha256 &&
          corpus_tokens == other.corpus_tokens && seed == other.seed && top_k == other.top_k &&
          settings == other.settings;
+}
+
+Conversation with_answer_targets_only(const Conversation& conversation) {
+  Conversation answer_only = conversation;
+  const int64_t question_rows = conversation.num_question_targets();
+  if (question_rows == 0 || conversation.num_targets() == 0) return answer_only;
+  const size_t top_k = conversation.target_ids.size() / static_cast<size_t>(conversation.num_targets());  // K
+  answer_only.target_start = conversation.answer_start;
+  answer_only.target_ids.erase(answer_only.target_ids.begin(), answer_only.target_ids.begin() + question_rows * top_k);
+  answer_only.target_logprobs.erase(answer_only.target_logprobs.begin(),
+                                    answer_only.target_logprobs.begin() + question_rows * top_k);
+  return answer_only;
 }
 
 std::string conversation_to_json_line(const Conversation& conversation) {
   const int64_t targets = conversation.num_targets();  // N
   TORCH_CHECK(conversation.target_start >= 1 && targets >= 0, "target_start out of range");
+  TORCH_CHECK(conversation.answer_start >= conversation.target_start &&
+                  conversation.answer_start <= static_cast<int64_t>(conversation.input_ids.size()),
+              "answer_start out of range");
   TORCH_CHECK(targets == 0 || conversation.target_ids.size() % static_cast<size_t>(targets) == 0,
               "target_ids is not [N, K]");
   TORCH_CHECK(conversation.target_ids.size() == conversation.target_logprobs.size(),
@@ -241,6 +260,8 @@ std::string conversation_to_json_line(const Conversation& conversation) {
   }
   out += "],\"target_start\":";
   append_number(out, conversation.target_start);
+  out += ",\"answer_start\":";
+  append_number(out, conversation.answer_start);
   out += ",\"target_ids\":[";
   for (int64_t row = 0; row < targets; ++row) {
     out += row ? ",[" : "[";
@@ -263,7 +284,8 @@ std::string conversation_to_json_line(const Conversation& conversation) {
   return out;
 }
 
-Conversation conversation_from_json_line(const std::string& line, int64_t top_k, const std::string& where) {
+Conversation conversation_from_json_line(const std::string& line, int64_t top_k, int64_t version,
+                                         const std::string& where) {
   Json object;
   try {
     object = Json::parse(line);
@@ -291,6 +313,18 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
     throw FormatError(describe_file_problem(where, "target_start " + std::to_string(conversation.target_start) +
                                                        " is beyond input_ids (" +
                                                        std::to_string(conversation.input_ids.size()) + " tokens)"));
+  }
+  if (version >= 2) {
+    conversation.answer_start = require_integer(object, "answer_start", where, 1);
+    if (conversation.answer_start < conversation.target_start ||
+        conversation.answer_start > static_cast<int64_t>(conversation.input_ids.size())) {
+      throw FormatError(describe_file_problem(
+          where, "answer_start " + std::to_string(conversation.answer_start) + " is outside [target_start " +
+                     std::to_string(conversation.target_start) + ", " + std::to_string(conversation.input_ids.size()) +
+                     "]"));
+    }
+  } else {
+    conversation.answer_start = conversation.target_start;  // version 1: answer targets only
   }
   const int64_t targets = conversation.num_targets();
   const Json& target_ids = require(object, "target_ids", where);
@@ -390,7 +424,7 @@ DatasetWriter::DatasetWriter(const std::string& path, const DatasetHeader& heade
     header_ = stored;
     count_ = static_cast<int64_t>(existing.complete_lines) - 1;
     if (count_ > 0) {
-      const Conversation last = conversation_from_json_line(last_line, stored.top_k,
+      const Conversation last = conversation_from_json_line(last_line, stored.top_k, stored.version,
                                                             line_place(path, existing.complete_lines));
       if (last.index != count_ - 1) {
         throw FormatError(describe_file_problem(
@@ -453,7 +487,7 @@ Dataset read_dataset(const std::string& path) {
   scan_complete_lines(stream, [&](size_t number, const std::string& line) {
     if (number == 1) return;  // the header
     const std::string where = line_place(path, number);
-    Conversation conversation = conversation_from_json_line(line, dataset.header.top_k, where);
+    Conversation conversation = conversation_from_json_line(line, dataset.header.top_k, dataset.header.version, where);
     const int64_t expected = static_cast<int64_t>(number) - 2;
     if (conversation.index != expected) {
       throw FormatError(describe_file_problem(where, "conversation index " + std::to_string(conversation.index) +

@@ -1,5 +1,5 @@
 // The self-study dataset file: synthetic conversations about a corpus with the teacher's top-k
-// log-probabilities for every answer token (docs/dataset_format.md is the full description).
+// log-probabilities for every question and answer token (docs/dataset_format.md is the full description).
 //
 // `dataset.jsonl` is JSON Lines, UTF-8. Line 1 is a header (format name, version, model, corpus hash,
 // seed, top_k, synthesis settings); every following line is one conversation. The writer appends one
@@ -17,10 +17,14 @@
 namespace cartridge {
 
 inline constexpr const char* kDatasetFormat = "cartridge-selfstudy-dataset";
-inline constexpr int64_t kDatasetVersion = 1;
+// Version 2 records targets for the question's tokens too (answer_start marks where the answer begins);
+// version 1 files (answer targets only) are still read.
+inline constexpr int64_t kDatasetVersion = 2;
+inline constexpr int64_t kOldestReadableDatasetVersion = 1;
 
 // Line 1 of the file.
 struct DatasetHeader {
+  int64_t version = kDatasetVersion;    // the file's format version (new files: kDatasetVersion)
   std::string model;                    // what --model was, as given (informational)
   nlohmann::json model_fingerprint;     // a string or an object identifying the base model
   std::string corpus_sha256;            // lowercase hex SHA-256 of the corpus file's bytes
@@ -53,15 +57,23 @@ struct Conversation {
   // end-of-turn token when it produced one).
   std::vector<int32_t> input_ids;
   // Target j belongs to input_ids[target_start + j]: the student's logits at position target_start + j - 1
-  // are trained towards the teacher's distribution recorded when it generated that token.
+  // are trained towards the teacher's distribution for that token (recorded while the teacher read the
+  // question or generated the answer).
   int64_t target_start = 0;
+  // Index of the first answer token (target_start <= answer_start <= T): targets before it are the user
+  // turn's tokens. Version 1 files have answer targets only (answer_start == target_start).
+  int64_t answer_start = 0;
   // [N, K] row-major, N = T - target_start, K = top_k of the header: the teacher's top-k token ids per
   // target, by decreasing probability, and their full-vocabulary log-probabilities (not renormalised).
   std::vector<int32_t> target_ids;
   std::vector<float> target_logprobs;
 
   int64_t num_targets() const { return static_cast<int64_t>(input_ids.size()) - target_start; }  // N
+  int64_t num_question_targets() const { return answer_start - target_start; }  // the first rows of N
 };
+
+// The same conversation with only its answer tokens' targets (the question rows dropped).
+Conversation with_answer_targets_only(const Conversation& conversation);
 
 // Appends conversations to a dataset file, continuing an existing one. Not copyable; one writer per file
 // (an exclusive advisory lock refuses a second process on the same file).
@@ -108,7 +120,9 @@ DatasetHeader read_dataset_header(const std::string& path);
 // shortest form that reads back to the same float32.
 std::string conversation_to_json_line(const Conversation& conversation);
 
-// Parses and validates one conversation line; `top_k` is the header's, `where` names file and line.
-Conversation conversation_from_json_line(const std::string& line, int64_t top_k, const std::string& where);
+// Parses and validates one conversation line of a file of format `version`; `top_k` is the header's, `where`
+// names file and line.
+Conversation conversation_from_json_line(const std::string& line, int64_t top_k, int64_t version,
+                                         const std::string& where);
 
 }  // namespace cartridge

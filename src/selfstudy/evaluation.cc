@@ -188,7 +188,7 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
         heldout_prompts.push_back(loaded.encode_chat(messages, /*add_generation_prompt=*/true));
       } else {
         heldout_prompts.emplace_back(conversation->input_ids.begin(),
-                                     conversation->input_ids.begin() + conversation->target_start);
+                                     conversation->input_ids.begin() + conversation->answer_start);
       }
     }
     // The longest run of tokens every prompt starts with (at least one token of each prompt stays its own,
@@ -222,10 +222,13 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
       question_rows.push_back(std::move(row));
     }
     for (size_t index = 0; index < heldout.size(); ++index) {
-      const Conversation& original = *heldout[index];
+      // Scored on the answer's tokens only: the question's targets were recorded after the teacher's own
+      // system turn, which the in-context condition's prompt does not have.
+      const Conversation original = with_answer_targets_only(*heldout[index]);
       Conversation row = original;
       row.input_ids.assign(heldout_prompts[index].begin() + shared, heldout_prompts[index].end());
       row.target_start = static_cast<int64_t>(row.input_ids.size());
+      row.answer_start = row.target_start;
       row.input_ids.insert(row.input_ids.end(), original.input_ids.begin() + original.target_start,
                            original.input_ids.end());
       longest_row = std::max<int64_t>(longest_row, static_cast<int64_t>(row.input_ids.size()));

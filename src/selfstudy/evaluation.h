@@ -3,7 +3,8 @@
 //   - no context: the question alone (chat template, one user turn);
 //   - in context (ICL): the whole corpus as a system message before the question;
 //   - a cartridge: its KV prefix, then the question alone.
-// Optionally also the held-out KL to the teacher on self-study conversations (the same split as training).
+// Optionally also the held-out KL to the teacher on self-study conversations (the same split as training),
+// over their answer tokens.
 // Each condition reports the KV-cache bytes its context occupies.
 //
 // Answer tokens are the answer text tokenized without special tokens, appended to the rendered prompt
@@ -51,7 +52,7 @@ struct ConditionScore {
   double answer_nll = 0;         // mean over questions of the mean per-token NLL of the answer (nats)
   int64_t answer_tokens = 0;     // answer tokens scored, over all questions
   std::vector<double> question_nlls;  // per question, in file order: the mean NLL of its answer tokens
-  double heldout_kl = 0;         // mean truncated KL per held-out target position (NaN when not computed)
+  double heldout_kl = 0;         // mean truncated KL per held-out answer token (NaN when not computed)
   int64_t heldout_positions = 0;
   std::string skipped;           // non-empty when the condition could not run (e.g. corpus beyond the context)
 };

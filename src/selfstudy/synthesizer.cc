@@ -27,7 +27,8 @@ namespace {
 
 // Bumped whenever the prompts or the algorithm change what a seed produces, so an old file is not
 // silently continued with differently made conversations.
-constexpr const char* kGeneratorRevision = "cartridge.cpp self-study 1";
+// Revision 2: the teacher's top-k is recorded for the question's tokens too.
+constexpr const char* kGeneratorRevision = "cartridge.cpp self-study 2";
 
 // Tokens of slack between a chunk's length in corpus tokens and its length once decoded and tokenized
 // again inside the template (a chunk boundary can split a word or a multi-byte character).
@@ -37,6 +38,13 @@ int64_t common_prefix_length(const std::vector<int32_t>& a, const std::vector<in
   const size_t limit = std::min(a.size(), b.size());
   size_t length = 0;
   while (length < limit && a[length] == b[length]) ++length;
+  return static_cast<int64_t>(length);
+}
+
+int64_t common_suffix_length(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  const size_t limit = std::min(a.size(), b.size());
+  size_t length = 0;
+  while (length < limit && a[a.size() - 1 - length] == b[b.size() - 1 - length]) ++length;
   return static_cast<int64_t>(length);
 }
 
@@ -127,12 +135,24 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
                    shared_length, &counts);
 
   std::vector<std::string> question_texts;
+  std::vector<std::vector<int32_t>> student_prompts;  // per row: the question alone in the chat template
+  std::vector<int64_t> question_target_counts;        // per row: student prompt tokens that get targets
   std::vector<BatchDecodeRow> answer_rows;
   int64_t answer_shared = shared_length;
   for (const BatchDecodeOutput& question : questions) {
     question_texts.push_back(trim(loaded.tokenizer->decode(without_stop(question), /*skip_special_tokens=*/true)));
     BatchDecodeRow row;
     row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", question_texts.back()}}, true);
+    // The student sees the question alone (no system message from us). Its prompt and the teacher's end
+    // alike from the user turn on: those common tokens get the teacher's distributions as targets (the
+    // paper's objective distils the whole conversation), except the first, whose preceding token differs
+    // (the end of two different system turns).
+    student_prompts.push_back(loaded.encode_chat({{"user", question_texts.back()}}, true));
+    const int64_t common = common_suffix_length(row.prompt_ids, student_prompts.back());
+    question_target_counts.push_back(std::max<int64_t>(common - 1, 0));
+    if (question_target_counts.back() > 0) {
+      row.record_prompt_from = static_cast<int64_t>(row.prompt_ids.size()) - question_target_counts.back();
+    }
     row.temperature = 0;
     const int64_t room = context.context_tokens - static_cast<int64_t>(row.prompt_ids.size());
     if (room < 1) {
@@ -144,6 +164,7 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     // The answer prompts share the system message with the question prompts: reuse that much of the cache.
     answer_shared = std::min(answer_shared, common_prefix_length(reference, row.prompt_ids));
     answer_shared = std::min<int64_t>(answer_shared, static_cast<int64_t>(row.prompt_ids.size()) - 1);
+    if (row.record_prompt_from > 0) answer_shared = std::min(answer_shared, row.record_prompt_from - 1);
     answer_rows.push_back(std::move(row));
   }
   const std::vector<BatchDecodeOutput> answers =
@@ -160,12 +181,16 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     conversation.chunk_tokens = chunk.length;
     conversation.question = question_texts[row];
     conversation.answer = loaded.tokenizer->decode(without_stop(answer), /*skip_special_tokens=*/true);
-    // The student sees the question alone (no system message from us), then the teacher's answer.
-    conversation.input_ids = loaded.encode_chat({{"user", conversation.question}}, true);
-    conversation.target_start = static_cast<int64_t>(conversation.input_ids.size());
+    // The student sequence: the question alone, then the teacher's answer; targets from the user turn on.
+    conversation.input_ids = student_prompts[row];
+    conversation.answer_start = static_cast<int64_t>(conversation.input_ids.size());
+    conversation.target_start = conversation.answer_start - question_target_counts[row];
     conversation.input_ids.insert(conversation.input_ids.end(), answer.token_ids.begin(), answer.token_ids.end());
-    conversation.target_ids = answer.top_ids;
-    conversation.target_logprobs = answer.top_logprobs;
+    conversation.target_ids = answer.prompt_top_ids;
+    conversation.target_ids.insert(conversation.target_ids.end(), answer.top_ids.begin(), answer.top_ids.end());
+    conversation.target_logprobs = answer.prompt_top_logprobs;
+    conversation.target_logprobs.insert(conversation.target_logprobs.end(), answer.top_logprobs.begin(),
+                                        answer.top_logprobs.end());
     conversations.push_back(std::move(conversation));
   }
   return conversations;
@@ -292,9 +317,44 @@ std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vecto
   const at::Tensor token_mask = at::tensor(mask, at::kByte).view({batch, longest_rest}).to(at::kBool).to(device);  // [B, T]
   ForwardOptions last_only;
   last_only.last_token_only = true;
-  at::Tensor logits = model.forward(input_ids, token_mask, cache, last_only);  // [B, 1, V]
-
   std::vector<BatchDecodeOutput> outputs(batch);
+  bool records_prompt = false;
+  for (const BatchDecodeRow& row : rows) {
+    TORCH_CHECK(row.record_prompt_from == 0 || (row.record_prompt_from > shared_length &&
+                                                row.record_prompt_from <= static_cast<int64_t>(row.prompt_ids.size())),
+                "decode_batch: record_prompt_from must lie after the shared prefix, inside the prompt");
+    records_prompt = records_prompt || (record_top_k > 0 && row.record_prompt_from > 0);
+  }
+  at::Tensor logits;  // [B_active, 1, V]: the logits the next tokens are chosen from
+  if (!records_prompt) {
+    logits = model.forward(input_ids, token_mask, cache, last_only);
+  } else {
+    // The prompt tokens' distributions too: hidden states of every column, turned into logits one row at
+    // a time (a [B, T, V] float32 tensor would be B * T * V * 4 bytes).
+    ForwardOptions hidden_only;
+    hidden_only.final_hidden_states = true;
+    const at::Tensor hidden = model.forward(input_ids, token_mask, cache, hidden_only);  // [B, T, hidden]
+    std::vector<at::Tensor> last_logits;  // per row [V]
+    for (int64_t row = 0; row < batch; ++row) {
+      const int64_t real = static_cast<int64_t>(rows[row].prompt_ids.size()) - shared_length;  // columns [0, real)
+      // Column c predicts prompt token shared_length + c + 1; the last real column predicts the first new token.
+      const int64_t first_column = rows[row].record_prompt_from > 0 ? rows[row].record_prompt_from - shared_length - 1
+                                                                    : real - 1;
+      const at::Tensor row_logits = model.logits_from_hidden(hidden[row].narrow(0, first_column, real - first_column));
+      const int64_t recorded = real - 1 - first_column;  // m prompt tokens
+      if (recorded > 0) {
+        const int64_t k = std::min<int64_t>(record_top_k, row_logits.size(-1));
+        auto top = row_logits.narrow(0, 0, recorded).log_softmax(-1).topk(k, -1, /*largest=*/true, /*sorted=*/true);
+        const at::Tensor values = std::get<0>(top).to(at::kCPU).contiguous();           // [m, K]
+        const at::Tensor indices = std::get<1>(top).to(at::kCPU, at::kInt).contiguous();  // [m, K]
+        outputs[row].prompt_top_logprobs.assign(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
+        outputs[row].prompt_top_ids.assign(indices.data_ptr<int32_t>(), indices.data_ptr<int32_t>() + indices.numel());
+      }
+      last_logits.push_back(row_logits[recorded]);
+    }
+    logits = at::stack(last_logits).unsqueeze(1);  // [B, 1, V]
+  }
+
   std::vector<Sampler> samplers;
   bool all_greedy = true;
   for (const BatchDecodeRow& row : rows) {

@@ -77,6 +77,10 @@ struct BatchDecodeRow {
   double temperature = 0;           // 0 = greedy
   uint64_t sampling_seed = 0;
   int64_t max_new_tokens = 1;
+  // > 0: also record the top-k for the prompt's own tokens [record_prompt_from, prompt size), each from the
+  // logits one position before it (the teacher's distribution over the question it was given). Must exceed
+  // the shared prefix length (those logits are computed in this call). 0 = generated tokens only.
+  int64_t record_prompt_from = 0;
 };
 
 struct BatchDecodeOutput {
@@ -84,6 +88,8 @@ struct BatchDecodeOutput {
   bool stopped = false;                // ended on a stop token (else on max_new_tokens)
   std::vector<int32_t> top_ids;        // [n, K] row-major when top-k was recorded (n = token_ids.size())
   std::vector<float> top_logprobs;     // [n, K] full-vocabulary log-softmax of the logits each token came from
+  std::vector<int32_t> prompt_top_ids;     // [m, K] for the prompt tokens from record_prompt_from (m of them)
+  std::vector<float> prompt_top_logprobs;  // [m, K] the same for their log-probabilities
 };
 
 struct BatchDecodeCounts {
@@ -95,7 +101,8 @@ struct BatchDecodeCounts {
 // When `shared_length` > 0, the first shared_length prompt tokens are common to every row and
 // `shared_cache` (a batch-1 cache holding at least those slots, from Model::forward on them) provides their
 // keys and values: they are replicated for the batch instead of prefilled per row; shared_length must be
-// smaller than every prompt. `record_top_k` > 0 records that many top log-probabilities per token.
+// smaller than every prompt. `record_top_k` > 0 records that many top log-probabilities per generated
+// token (and per prompt token from each row's record_prompt_from).
 std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vector<BatchDecodeRow>& rows,
                                             const std::vector<int32_t>& stop_ids, int64_t record_top_k,
                                             const KvCache* shared_cache, int64_t shared_length,

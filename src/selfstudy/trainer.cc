@@ -260,13 +260,34 @@ std::vector<int64_t> batch_for_step(int64_t training_count, int64_t batch_size, 
   return batch;
 }
 
+const char* distill_tokens_name(DistillTokens tokens) {
+  return tokens == DistillTokens::kAnswer ? "answer" : "conversation";
+}
+
+DistillTokens parse_distill_tokens(const std::string& name) {
+  if (name == "conversation") return DistillTokens::kConversation;
+  if (name == "answer") return DistillTokens::kAnswer;
+  throw InvalidArgumentError("--distill must be conversation (question and answer tokens) or answer, got '" + name +
+                             "'");
+}
+
 std::string latest_checkpoint(const std::string& output_dir) {
   return newest_checkpoint_folder(output_dir);
 }
 
 TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const Cartridge& initial,
-                               const Dataset& dataset, const TrainingOptions& options) {
+                               const Dataset& full_dataset, const TrainingOptions& options) {
   const Model& model = *model_pointer;
+  // Answer-only distillation drops the question rows once here; everything below uses `dataset`.
+  std::optional<Dataset> answer_only;
+  if (options.distill == DistillTokens::kAnswer) {
+    answer_only.emplace();
+    answer_only->header = full_dataset.header;
+    for (const Conversation& conversation : full_dataset.conversations) {
+      answer_only->conversations.push_back(with_answer_targets_only(conversation));
+    }
+  }
+  const Dataset& dataset = answer_only ? *answer_only : full_dataset;
   if (options.output_dir.empty()) throw InvalidArgumentError("training needs an output folder (--out DIR)");
   if (options.steps < 1) throw InvalidArgumentError(fmt::format("--steps must be >= 1, got {}", options.steps));
   if (options.batch_size < 1) {

@@ -30,6 +30,15 @@
 
 namespace cartridge {
 
+// Which of a conversation's recorded targets the loss covers.
+enum class DistillTokens {
+  kConversation,  // every token with a target: the question's and the answer's (the paper's objective, spec §B1.1)
+  kAnswer,        // the answer's tokens only (v2 of the reference implementation, spec §B1.3)
+};
+const char* distill_tokens_name(DistillTokens tokens);  // "conversation", "answer"
+// Parses a name of distill_tokens_name; throws InvalidArgumentError naming the choices.
+DistillTokens parse_distill_tokens(const std::string& name);
+
 struct TrainingOptions {
   std::string output_dir;
   int64_t steps = 100;                 // optimizer steps in total (a resumed run continues up to this)
@@ -37,6 +46,8 @@ struct TrainingOptions {
   // Micro-batching: a step's conversations are run in pieces of at most this many padded tokens
   // (rows x longest row), gradients accumulated; the loss is the same. 0 = the whole step at once.
   int64_t max_batch_tokens = 4096;
+  // The positions distilled (a version 1 dataset has answer targets only, so both train on the answers).
+  DistillTokens distill = DistillTokens::kConversation;
   double learning_rate = 2e-2;
   double beta1 = 0.9;
   double beta2 = 0.999;

@@ -110,6 +110,7 @@ TrainerSettings TrainerSettings::from(const TrainingOptions& options, const Cart
   settings.values = {
       {"batch_size", options.batch_size},
       {"max_batch_tokens", options.max_batch_tokens},
+      {"distill", distill_tokens_name(options.distill)},
       {"learning_rate", options.learning_rate},
       {"beta1", options.beta1},
       {"beta2", options.beta2},

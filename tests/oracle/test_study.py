@@ -316,3 +316,56 @@ def test_train_init_adapter_keeps_its_size_and_frozen_rows(study, tmp_path):
                  expect=1)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "--tokens" in errors[0], result.stderr
+
+
+def peft_distillation_loss(peft_model, conversations, first_target):
+    """Mean over targets of -sum_k p_teacher(k) log p_student(k), the student being the PEFT model with its
+    cartridge and the conversation's tokens; targets from first_target(conversation) on."""
+    total, count = 0.0, 0
+    for c in conversations:
+        ids = torch.tensor([c["input_ids"][:-1]])
+        with torch.no_grad():
+            log_q = torch.log_softmax(peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float(), -1)
+        skipped = first_target(c) - c["target_start"]
+        for j in range(skipped, len(c["input_ids"]) - c["target_start"]):
+            position = c["target_start"] + j - 1
+            teacher_ids = torch.tensor(c["target_ids"][j])
+            teacher_p = torch.tensor(c["target_logprobs"][j]).exp()
+            total += -(teacher_p * log_q[position, teacher_ids]).sum().item()
+            count += 1
+    return total / count
+
+
+def test_first_step_loss_covers_question_and_answer_tokens_as_peft_computes_it(study, tmp_path):
+    """The step-1 loss over the whole dataset (one batch, nothing held out) from a PEFT-saved adapter equals
+    the loss computed with PEFT over the question's and answer's targets (--distill conversation, the
+    default), or over the answer's alone (--distill answer)."""
+    from peft import CartridgeConfig, PeftModel, get_peft_model, initialize_kv_prefix_from_text
+
+    peft_model = get_peft_model(hf_model(), CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=10,
+                                                            num_frozen_tokens=1))
+    initialize_kv_prefix_from_text(peft_model, hf_tokenizer(), text=CORPUS.read_text(encoding="utf-8"),
+                                   use_chat_template=False)
+    source = tmp_path / "peft_adapter"
+    peft_model.save_pretrained(str(source))
+    reference_model = PeftModel.from_pretrained(hf_model(), str(source)).eval()
+    dataset = study[0] / "dataset.jsonl"
+    conversations = [json.loads(line) for line in dataset.read_text(encoding="utf-8").splitlines()[1:]]
+    assert all(c["target_start"] < c["answer_start"] for c in conversations)
+    for distill, first_target in (("conversation", lambda c: c["target_start"]),
+                                  ("answer", lambda c: c["answer_start"])):
+        out = tmp_path / distill
+        run([BIN, "train", "--model", MODEL, "--dataset", dataset, "--out", out, "--init", source, "--steps", "1",
+             "--batch-size", len(conversations), "--eval-fraction", "0", "--distill", distill, "--seed", "4",
+             "--device", "cpu", "--json", "-q"])
+        ours = float(losses(out)[1][0])
+        reference = peft_distillation_loss(reference_model, conversations, first_target)
+        print(f"\n--distill {distill}: step-1 loss {ours:.6f}, PEFT reference {reference:.6f}")
+        assert abs(ours - reference) <= 1e-5 * max(1.0, abs(reference))
+    # The two really differ (the question's targets change the loss).
+    assert losses(tmp_path / "conversation")[1][0] != losses(tmp_path / "answer")[1][0]
+    result = run([BIN, "train", "--model", MODEL, "--dataset", dataset, "--out", tmp_path / "bad", "--distill",
+                  "questions", "-q"], expect=1)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "conversation" in errors[0] and "answer" in errors[0], result.stderr
+    assert not (tmp_path / "bad").exists()

@@ -74,7 +74,7 @@ def test_header_matches_hashlib_and_the_hf_tokenizer(dataset, hf):
     tokenizer, _ = hf
     header, conversations = read_dataset(dataset)
     corpus = CORPUS.read_bytes()
-    assert header["format"] == "cartridge-selfstudy-dataset" and header["version"] == 1
+    assert header["format"] == "cartridge-selfstudy-dataset" and header["version"] == 2
     assert header["corpus_sha256"] == hashlib.sha256(corpus).hexdigest()
     assert header["corpus_tokens"] == len(tokenizer(corpus.decode("utf-8"), add_special_tokens=False)["input_ids"])
     assert header["seed"] == 11 and header["top_k"] == 20
@@ -87,9 +87,11 @@ def test_student_sequence_is_the_question_alone_then_the_answer(dataset, hf):
     _, conversations = read_dataset(dataset)
     for c in conversations:
         prompt = chat_ids(tokenizer, [{"role": "user", "content": c["question"]}])
-        assert c["input_ids"][:c["target_start"]] == prompt
-        answer = c["input_ids"][c["target_start"]:]
-        assert len(c["target_ids"]) == len(answer) == len(c["target_logprobs"])
+        assert c["input_ids"][:c["answer_start"]] == prompt
+        answer = c["input_ids"][c["answer_start"]:]
+        # Targets from the user turn on: the question's tokens, then every answer token.
+        assert 1 <= c["target_start"] < c["answer_start"]
+        assert len(c["target_ids"]) == len(c["input_ids"]) - c["target_start"] == len(c["target_logprobs"])
         # The final end-of-turn token is special, so skipping special tokens drops it.
         assert c["answer"] == tokenizer.decode(answer, skip_special_tokens=True)
 
@@ -99,7 +101,7 @@ def test_recorded_top_k_equals_transformers_log_softmax(dataset, hf):
     header, conversations = read_dataset(dataset)
     settings = header["settings"]
     corpus_ids = tokenizer(CORPUS.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
-    checked = 0
+    checked_answer = checked_question = 0
     for c in conversations:
         chunk = tokenizer.decode(corpus_ids[c["chunk_start"]:c["chunk_start"] + c["chunk_tokens"]])
         if settings["description"]:
@@ -107,21 +109,28 @@ def test_recorded_top_k_equals_transformers_log_softmax(dataset, hf):
         system = settings["system_prompt"].replace("{chunk}", chunk)
         teacher = chat_ids(tokenizer, [{"role": "system", "content": system},
                                        {"role": "user", "content": c["question"]}])
-        answer = c["input_ids"][c["target_start"]:]
+        answer = c["input_ids"][c["answer_start"]:]
+        sequence = teacher + answer
+        # The student's tokens from the one before the first target on end the teacher's sequence too.
+        offset = len(sequence) - len(c["input_ids"])
+        assert c["input_ids"][c["target_start"] - 1:] == sequence[c["target_start"] - 1 + offset:]
         with torch.no_grad():
-            logits = model(torch.tensor([teacher + answer])).logits[0].float()
+            logits = model(torch.tensor([sequence])).logits[0].float()
         log_probs = torch.log_softmax(logits, dim=-1)
-        for j, token in enumerate(answer):
-            expected = log_probs[len(teacher) + j - 1]
+        for j, token in enumerate(c["input_ids"][c["target_start"]:]):
+            expected = log_probs[offset + c["target_start"] + j - 1]
             ids = torch.tensor(c["target_ids"][j])
             recorded = torch.tensor(c["target_logprobs"][j])
             # Our ids carry transformers' log-probabilities, and they are its top 20 values.
             torch.testing.assert_close(recorded, expected[ids], atol=1e-4, rtol=0)
             torch.testing.assert_close(recorded, expected.topk(20).values, atol=1e-4, rtol=0)
-            # The answer is greedy: its token is the most likely one (up to rounding).
-            assert expected[token] >= expected.max() - 1e-4
-            checked += 1
-    assert checked > 50
+            if c["target_start"] + j >= c["answer_start"]:
+                # The answer is greedy: its token is the most likely one (up to rounding).
+                assert expected[token] >= expected.max() - 1e-4
+                checked_answer += 1
+            else:
+                checked_question += 1
+    assert checked_answer > 50 and checked_question > 50
 
 
 def test_killed_run_resumes_to_a_byte_identical_file(tmp_path):

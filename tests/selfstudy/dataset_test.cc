@@ -61,9 +61,11 @@ Conversation make_conversation(int64_t index, int64_t top_k, std::mt19937& rando
   std::uniform_int_distribution<int32_t> token(0, 49151);
   const int64_t prompt = 5 + index, answer = 4 + 2 * index;
   for (int64_t i = 0; i < prompt + answer; ++i) conversation.input_ids.push_back(token(random));
-  conversation.target_start = prompt;
+  // The last two prompt tokens have targets too (the question's), then every answer token.
+  conversation.answer_start = prompt;
+  conversation.target_start = prompt - 2;
   std::uniform_real_distribution<float> uniform(0.0f, 30.0f);
-  for (int64_t row = 0; row < answer; ++row) {
+  for (int64_t row = 0; row < answer + 2; ++row) {
     std::vector<float> values;
     for (int64_t k = 0; k < top_k; ++k) values.push_back(-uniform(random));
     if (row == 0) values[0] = 0.0f;
@@ -99,6 +101,7 @@ void expect_equal(const Conversation& a, const Conversation& b) {
   EXPECT_EQ(a.answer, b.answer);
   EXPECT_EQ(a.input_ids, b.input_ids);
   EXPECT_EQ(a.target_start, b.target_start);
+  EXPECT_EQ(a.answer_start, b.answer_start);
   EXPECT_EQ(a.target_ids, b.target_ids);
   ASSERT_EQ(a.target_logprobs.size(), b.target_logprobs.size());
   for (size_t i = 0; i < a.target_logprobs.size(); ++i) {
@@ -129,7 +132,7 @@ TEST_F(DatasetTest, RoundTripIsExact) {
 
   // The header line starts with the format name (documented order) and every line ends with a newline.
   const std::string bytes = read_bytes(path_);
-  EXPECT_EQ(bytes.rfind("{\"format\":\"cartridge-selfstudy-dataset\",\"version\":1,", 0), 0u);
+  EXPECT_EQ(bytes.rfind("{\"format\":\"cartridge-selfstudy-dataset\",\"version\":2,", 0), 0u);
   EXPECT_EQ(bytes.back(), '\n');
   EXPECT_EQ(std::count(bytes.begin(), bytes.end(), '\n'), 5);
   EXPECT_EQ(read_dataset_header(path_).corpus_tokens, 1234);
@@ -238,13 +241,13 @@ TEST_F(DatasetTest, ForeignFileIsNotOverwritten) {
 
 TEST_F(DatasetTest, UnknownVersionOrFormatIsRefused) {
   nlohmann::json header = make_header().to_json();
-  header["version"] = 2;
+  header["version"] = 3;
   append_bytes(path_, header.dump() + "\n");
   try {
     read_dataset(path_);
-    FAIL() << "version 2 was accepted";
+    FAIL() << "version 3 was accepted";
   } catch (const UnsupportedError& error) {
-    EXPECT_NE(std::string(error.what()).find("version 2 is not supported"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("version 3 is not supported"), std::string::npos) << error.what();
   }
   fs::remove(path_);
   header["version"] = 1;
@@ -252,6 +255,43 @@ TEST_F(DatasetTest, UnknownVersionOrFormatIsRefused) {
   append_bytes(path_, header.dump() + "\n");
   EXPECT_THROW(read_dataset(path_), UnsupportedError);
   EXPECT_THROW(read_dataset((folder_ / "missing.jsonl").string()), FileNotFoundError);
+}
+
+TEST_F(DatasetTest, VersionOneFilesReadAsAnswerTargetsOnly) {
+  // A version 1 file (what builds before question targets wrote): no answer_start, targets are the answer's.
+  std::mt19937 random(3);
+  Conversation conversation = with_answer_targets_only(make_conversation(0, 3, random));
+  nlohmann::json line = nlohmann::json::parse(conversation_to_json_line(conversation));
+  line.erase("answer_start");
+  nlohmann::json header = make_header().to_json();
+  header["version"] = 1;
+  append_bytes(path_, header.dump() + "\n" + line.dump() + "\n");
+  const Dataset dataset = read_dataset(path_);
+  EXPECT_EQ(dataset.header.version, 1);
+  ASSERT_EQ(dataset.conversations.size(), 1u);
+  expect_equal(dataset.conversations[0], conversation);
+  EXPECT_EQ(dataset.conversations[0].num_question_targets(), 0);
+  // Continuing it with this build (which writes version 2) is refused, naming the version.
+  try {
+    DatasetWriter writer(path_, make_header());
+    ADD_FAILURE() << "a version 1 file was continued as version 2";
+  } catch (const MismatchError& error) {
+    EXPECT_NE(std::string(error.what()).find("version 1 in the file vs 2 now"), std::string::npos) << error.what();
+  }
+}
+
+TEST_F(DatasetTest, AnswerTargetsOnlyDropsTheQuestionRows) {
+  std::mt19937 random(4);
+  const Conversation conversation = make_conversation(1, 3, random);
+  ASSERT_EQ(conversation.num_question_targets(), 2);
+  const Conversation answer_only = with_answer_targets_only(conversation);
+  EXPECT_EQ(answer_only.target_start, conversation.answer_start);
+  EXPECT_EQ(answer_only.answer_start, conversation.answer_start);
+  EXPECT_EQ(answer_only.input_ids, conversation.input_ids);
+  EXPECT_EQ(answer_only.num_targets(), conversation.num_targets() - 2);
+  EXPECT_EQ(answer_only.target_ids, std::vector<int32_t>(conversation.target_ids.begin() + 2 * 3, conversation.target_ids.end()));
+  EXPECT_EQ(answer_only.target_logprobs,
+            std::vector<float>(conversation.target_logprobs.begin() + 2 * 3, conversation.target_logprobs.end()));
 }
 
 TEST_F(DatasetTest, DamagedLinesAreReportedWithTheirLineNumber) {
@@ -267,6 +307,9 @@ TEST_F(DatasetTest, DamagedLinesAreReportedWithTheirLineNumber) {
       {"negative token", [](nlohmann::json& line) { line["input_ids"][0] = -1; }},
       {"target_start beyond input", [](nlohmann::json& line) { line["target_start"] = 1000; }},
       {"zero target_start", [](nlohmann::json& line) { line["target_start"] = 0; }},
+      {"missing answer_start", [](nlohmann::json& line) { line.erase("answer_start"); }},
+      {"answer_start before target_start", [](nlohmann::json& line) { line["answer_start"] = 1; }},
+      {"answer_start beyond input", [](nlohmann::json& line) { line["answer_start"] = 1000; }},
       {"row count", [](nlohmann::json& line) { line["target_ids"].erase(0); }},
       {"row width", [](nlohmann::json& line) { line["target_logprobs"][0].erase(0); }},
       {"positive logprob", [](nlohmann::json& line) { line["target_logprobs"][0][0] = 0.5; }},

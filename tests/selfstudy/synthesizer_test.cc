@@ -115,9 +115,11 @@ TEST_F(SynthesizerTest, DatasetHasTheDocumentedStructure) {
 
     // The student sequence: the chat template with the question alone, then the answer tokens.
     const std::vector<int32_t> student_prompt = model_->encode_chat({{"user", conversation.question}}, true);
-    ASSERT_EQ(conversation.target_start, static_cast<int64_t>(student_prompt.size()));
+    ASSERT_EQ(conversation.answer_start, static_cast<int64_t>(student_prompt.size()));
     EXPECT_TRUE(std::equal(student_prompt.begin(), student_prompt.end(), conversation.input_ids.begin()));
-    std::vector<int32_t> answer(conversation.input_ids.begin() + conversation.target_start,
+    // The question's tokens have targets too: the user turn, after the student's own system turn.
+    EXPECT_GT(conversation.num_question_targets(), 2);
+    std::vector<int32_t> answer(conversation.input_ids.begin() + conversation.answer_start,
                                 conversation.input_ids.end());
     ASSERT_GE(answer.size(), 1u);
     ASSERT_LE(answer.size(), 16u);
@@ -131,10 +133,11 @@ TEST_F(SynthesizerTest, DatasetHasTheDocumentedStructure) {
     EXPECT_EQ(conversation.answer, model_->tokenizer->decode(answer_text_ids, true));
 
     // Greedy answers: each token is the teacher's most likely one (row 0 of its targets, up to exact ties).
-    for (int64_t j = 0; j < conversation.num_targets(); ++j) {
+    for (int64_t j = 0; j < static_cast<int64_t>(answer.size()); ++j) {
       const int32_t token = answer[j];
-      const float* row = conversation.target_logprobs.data() + j * 20;
-      const int32_t* ids = conversation.target_ids.data() + j * 20;
+      const int64_t target = conversation.num_question_targets() + j;
+      const float* row = conversation.target_logprobs.data() + target * 20;
+      const int32_t* ids = conversation.target_ids.data() + target * 20;
       const auto found = std::find(ids, ids + 20, token);
       ASSERT_NE(found, ids + 20);
       EXPECT_EQ(row[found - ids], row[0]);
@@ -158,9 +161,14 @@ TEST_F(SynthesizerTest, RecordedTopKEqualsAFullForwardOfTheTeacherSequence) {
                                          corpus_ids.begin() + conversation.chunk_start + conversation.chunk_tokens);
     const std::string system = synthesis_system_message(options, model_->tokenizer->decode(chunk_ids));
     std::vector<int32_t> teacher = model_->encode_chat({{"system", system}, {"user", conversation.question}}, true);
-    const int64_t prompt_length = static_cast<int64_t>(teacher.size());
-    teacher.insert(teacher.end(), conversation.input_ids.begin() + conversation.target_start,
+    teacher.insert(teacher.end(), conversation.input_ids.begin() + conversation.answer_start,
                    conversation.input_ids.end());
+    // The student's tokens from the one before target_start on are the teacher's last ones (the user turn
+    // and the answer), so each target's preceding token is the same in both sequences.
+    const int64_t offset = static_cast<int64_t>(teacher.size()) - static_cast<int64_t>(conversation.input_ids.size());
+    ASSERT_GT(conversation.num_question_targets(), 0);
+    ASSERT_TRUE(std::equal(conversation.input_ids.begin() + conversation.target_start - 1, conversation.input_ids.end(),
+                           teacher.begin() + conversation.target_start - 1 + offset));
     const int64_t length = static_cast<int64_t>(teacher.size());
     std::vector<int64_t> ids(teacher.begin(), teacher.end());
     KvCache cache = model.new_cache(1);
@@ -168,7 +176,7 @@ TEST_F(SynthesizerTest, RecordedTopKEqualsAFullForwardOfTheTeacherSequence) {
                                             at::ones({1, length}, at::kBool), cache);  // [1, T, V]
     const at::Tensor log_probs = logits[0].log_softmax(-1);                                // [T, V]
     for (int64_t j = 0; j < conversation.num_targets(); ++j) {
-      const at::Tensor expected = log_probs[prompt_length + j - 1];  // [V]
+      const at::Tensor expected = log_probs[offset + conversation.target_start + j - 1];  // [V]
       const at::Tensor top = std::get<0>(expected.topk(20));        // [20]
       for (int64_t k = 0; k < 20; ++k) {
         const int32_t id = conversation.target_ids[j * 20 + k];
