@@ -6,7 +6,8 @@
 # answers are quoted from the text: examples/data/apache-2.0.qa.jsonl (the set the learning rate was chosen
 # on) and examples/data/apache-2.0.heldout.qa.jsonl (written afterwards, never used to choose anything).
 # p = 256 <= 1/8 of the document.
-#   bench/training_quality.sh [OUT]       (default OUT: out/apache-2.0; BIN=build/cartridge; LR, SAMPLES, STEPS, CHUNK_PLACEMENT)
+#   bench/training_quality.sh [OUT]       (default OUT: out/apache-2.0; BIN=build/cartridge; LR, SAMPLES, STEPS,
+#                                          CHUNK_PLACEMENT, CONVERSATIONS_PER_CHUNK, DISTILL)
 # Rerunning continues an interrupted run (synthesis and training resume). Prints the markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,11 +28,16 @@ SAMPLES=${SAMPLES:-96}
 STEPS=${STEPS:-60}
 # Where chunks go (--chunk-placement): uniform_start (the paper's) or even_coverage.
 CHUNK_PLACEMENT=${CHUNK_PLACEMENT:-uniform_start}
+# Conversations sharing one chunk (--batch): 8 gives 12 distinct chunks for 96 conversations; the official
+# arXiv example uses 1 (spec §B1.3).
+CONVERSATIONS_PER_CHUNK=${CONVERSATIONS_PER_CHUNK:-8}
+# Tokens the loss covers (--distill): answer, or conversation (question and answer, the paper's objective).
+DISTILL=${DISTILL:-answer}
 
 # 1. Self-study: $SAMPLES synthetic conversations about random 512-1024-token chunks, then $STEPS steps of 4 at $LR.
 "$BIN" study --model "$MODEL" --corpus "$DOC" --tokens "$TOKENS" --out "$OUT/trained" --seed "$SEED" \
-  --samples "$SAMPLES" --min-chunk 512 --max-chunk 1024 --chunk-placement "$CHUNK_PLACEMENT" --batch 8 --max-question-tokens 64 --max-answer-tokens 192 \
-  --steps "$STEPS" --batch-size 4 --eval-fraction 0.1 --eval-every 20 --checkpoint-every 10 --lr "$LR" -q
+  --samples "$SAMPLES" --min-chunk 512 --max-chunk 1024 --chunk-placement "$CHUNK_PLACEMENT" --batch "$CONVERSATIONS_PER_CHUNK" --max-question-tokens 64 --max-answer-tokens 192 \
+  --steps "$STEPS" --batch-size 4 --eval-fraction 0.1 --eval-every 20 --checkpoint-every 10 --lr "$LR" --distill "$DISTILL" -q
 # 2. The initialisation on its own: the KV of the document's first 256 tokens (what training started from).
 [ -f "$OUT/init/adapter_config.json" ] ||
   "$BIN" init --model "$MODEL" --text-file "$DOC" --tokens "$TOKENS" --no-chat-template --out "$OUT/init" -q

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -73,8 +74,25 @@ StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text,
     }
   }
 
-  result.synthesis = synthesize(loaded, corpus_text, options.synthesis, result.dataset_path);
-  const Dataset dataset = read_dataset(result.dataset_path);
+  // A folder from a build before dataset version 2 (no question targets): a finished dataset is used as it
+  // is, since answer targets are what the default training needs; an unfinished one cannot be continued
+  // and synthesize() says so.
+  std::optional<Dataset> older;
+  try {
+    if (std::filesystem::exists(result.dataset_path) &&
+        read_dataset_header(result.dataset_path).version < kDatasetVersion) {
+      older = read_dataset(result.dataset_path);
+      if (static_cast<int64_t>(older->conversations.size()) != options.synthesis.samples) older.reset();
+    }
+  } catch (const Error&) {
+    older.reset();  // an empty, damaged or foreign file: synthesize() reports it (or starts it afresh)
+  }
+  if (older) {
+    result.synthesis.existing_conversations = static_cast<int64_t>(older->conversations.size());
+  } else {
+    result.synthesis = synthesize(loaded, corpus_text, options.synthesis, result.dataset_path);
+  }
+  const Dataset dataset = older ? std::move(*older) : read_dataset(result.dataset_path);
 
   TrainingOptions training = options.training;
   training.output_dir = options.output_dir;

@@ -267,8 +267,8 @@ const char* distill_tokens_name(DistillTokens tokens) {
 DistillTokens parse_distill_tokens(const std::string& name) {
   if (name == "conversation") return DistillTokens::kConversation;
   if (name == "answer") return DistillTokens::kAnswer;
-  throw InvalidArgumentError("--distill must be conversation (question and answer tokens) or answer, got '" + name +
-                             "'");
+  throw InvalidArgumentError("--distill must be answer (answer tokens) or conversation (question and answer tokens), "
+                             "got '" + name + "'");
 }
 
 std::string latest_checkpoint(const std::string& output_dir) {

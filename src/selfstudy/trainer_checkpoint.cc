@@ -199,6 +199,8 @@ CheckpointState read_checkpoint(const std::string& folder, const Model& model, c
   } catch (const Json::exception& error) {
     damaged(state_path, std::string("missing or mistyped field (") + error.what() + ")");
   }
+  // Checkpoints from before --distill existed trained on the answers only.
+  if (saved.values.is_object() && !saved.values.contains("distill")) saved.values["distill"] = "answer";
   const std::vector<std::string> differences = saved.differences(expected);
   if (!differences.empty()) {
     std::string joined;

@@ -136,8 +136,8 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
   command
       .add_option_function<std::string>(
           "--distill", [&training](const std::string& name) { training.distill = parse_distill_tokens(name); },
-          "Tokens the loss covers: conversation (the question's and the answer's, the paper's objective) or "
-          "answer (the answer's only). A version 1 dataset has answer targets only")
+          "Tokens the loss covers: answer (the answer's, as the official v2) or conversation (the question's "
+          "too, the paper's equation). A version 1 dataset has answer targets only")
       ->default_str(distill_tokens_name(training.distill));
   command.add_option("--max-batch-tokens", training.max_batch_tokens,
                      "Padded tokens per forward pass; a larger step is split and its gradients summed (0 = no limit)")
@@ -168,9 +168,9 @@ void add_train_command(CLI::App& app) {
       "train", "Train a cartridge on a self-study dataset (distillation from the teacher's top-k log-probabilities)");
   command->footer(
       "The student is the model with the cartridge as its KV prefix and no document in context; the loss at\n"
-      "each question and answer token (--distill) is -sum_k p_teacher(k) log p_student(k) over the recorded\n"
-      "top-k, averaged over those tokens of the batch. Only the cartridge's trainable rows change (Adam); the\n"
-      "model is frozen.\n"
+      "each answer token (--distill conversation: question tokens too) is -sum_k p_teacher(k) log p_student(k)\n"
+      "over the recorded top-k, averaged over those tokens of the batch. Only the cartridge's trainable rows\n"
+      "change (Adam); the model is frozen.\n"
       "Output: --out holds the latest cartridge as a PEFT adapter, checkpoint-<step>/ folders (adapter +\n"
       "optimizer state), loss.csv and loss.svg. Ctrl-C saves a checkpoint after the current step; --resume\n"
       "continues exactly where a run stopped (also after a crash or kill, from the newest checkpoint).\n"

@@ -221,6 +221,48 @@ def test_rerunning_a_finished_study_leaves_it_alone(study, tmp_path):
         assert after[name] == before[name], name
 
 
+def as_written_before_dataset_version_2(out):
+    """Rewrites a finished study folder as a build before question targets left it: a version 1 dataset
+    (answer targets only, no answer_start, generator revision 1) and checkpoints without "distill"."""
+    lines = (out / "dataset.jsonl").read_text(encoding="utf-8").splitlines()
+    header = json.loads(lines[0])
+    header["version"] = 1
+    header["settings"]["generator"] = "cartridge.cpp self-study 1"
+    conversations = []
+    for line in lines[1:]:
+        c = json.loads(line)
+        question_rows = c.pop("answer_start") - c["target_start"]
+        c["target_start"] += question_rows
+        c["target_ids"] = c["target_ids"][question_rows:]
+        c["target_logprobs"] = c["target_logprobs"][question_rows:]
+        conversations.append(json.dumps(c))
+    (out / "dataset.jsonl").write_text("\n".join([json.dumps(header)] + conversations) + "\n", encoding="utf-8")
+    for state_path in out.glob("checkpoint-*/trainer_state.json"):
+        state = json.loads(state_path.read_text())
+        del state["settings"]["distill"]
+        state["settings"]["dataset_settings"]["generator"] = "cartridge.cpp self-study 1"
+        state_path.write_text(json.dumps(state))
+
+
+def test_a_study_folder_from_before_question_targets_still_reruns_and_continues(study, tmp_path):
+    out = copy_of(study, tmp_path)
+    as_written_before_dataset_version_2(out)
+    before = folder_bytes(out)
+    # The README's main command reruns `study` on its folder: a finished old one is left alone (its
+    # checkpoint's trainer_state.json may be written again, now naming "distill") ...
+    summary = last_json(run(study_command(out, extra=["--json"])))
+    assert summary["steps"] == STEPS and summary["conversations"] == SAMPLES
+    after = folder_bytes(out)
+    assert sorted(after) == sorted(before)
+    for name in before:
+        if not name.endswith("trainer_state.json"):
+            assert after[name] == before[name], name
+    # ... and more steps continue it on its answer targets.
+    summary = last_json(run(study_command(out, replace={"--steps": str(STEPS + 2)}, extra=["--json"])))
+    assert summary["steps"] == STEPS + 2
+    assert (out / "dataset.jsonl").read_bytes() == before["dataset.jsonl"]
+
+
 def test_another_sample_count_is_refused_before_synthesis(study, tmp_path):
     out = copy_of(study, tmp_path)
     before = folder_bytes(out)
@@ -338,8 +380,8 @@ def peft_distillation_loss(peft_model, conversations, first_target):
 
 def test_first_step_loss_covers_question_and_answer_tokens_as_peft_computes_it(study, tmp_path):
     """The step-1 loss over the whole dataset (one batch, nothing held out) from a PEFT-saved adapter equals
-    the loss computed with PEFT over the question's and answer's targets (--distill conversation, the
-    default), or over the answer's alone (--distill answer)."""
+    the loss computed with PEFT over the answer's targets (--distill answer, the default) or over the
+    question's and the answer's (--distill conversation)."""
     from peft import CartridgeConfig, PeftModel, get_peft_model, initialize_kv_prefix_from_text
 
     peft_model = get_peft_model(hf_model(), CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=10,
