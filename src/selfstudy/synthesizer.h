@@ -1,7 +1,7 @@
 // Self-study synthesis (spec §B1.1, the paper's Algorithm 1 with k = 1 round): the model writes questions
 // about random chunks of a corpus and answers them with the chunk in context; the answers' tokens and the
-// teacher's top-k log-probabilities, recorded while generating, become the dataset a cartridge is trained
-// on (docs/dataset_format.md).
+// teacher's top-k log-probabilities, recorded while generating (and for the question's tokens, from the
+// prefill before the answer), become the dataset a cartridge is trained on (docs/dataset_format.md).
 //
 // Conversations come in groups of `conversations_per_chunk` that share one chunk: the chunk's system
 // prompt is prefilled once (batch 1), its KV rows are replicated for the group, and the group's questions
