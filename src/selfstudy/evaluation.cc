@@ -224,12 +224,11 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     for (size_t index = 0; index < heldout.size(); ++index) {
       // Scored on the answer's tokens only: the question's targets were recorded after the teacher's own
       // system turn, which the in-context condition's prompt does not have.
-      const Conversation original = with_answer_targets_only(*heldout[index]);
-      Conversation row = original;
+      const Conversation& original = *heldout[index];
+      Conversation row = with_answer_targets_only(original);
       row.input_ids.assign(heldout_prompts[index].begin() + shared, heldout_prompts[index].end());
-      row.target_start = static_cast<int64_t>(row.input_ids.size());
-      row.answer_start = row.target_start;
-      row.input_ids.insert(row.input_ids.end(), original.input_ids.begin() + original.target_start,
+      row.target_start = row.answer_start = static_cast<int64_t>(row.input_ids.size());
+      row.input_ids.insert(row.input_ids.end(), original.input_ids.begin() + original.answer_start,
                            original.input_ids.end());
       longest_row = std::max<int64_t>(longest_row, static_cast<int64_t>(row.input_ids.size()));
       heldout_rows.push_back(std::move(row));
