@@ -5,7 +5,9 @@
 # document in context (ICL): held-out KL to the teacher and answer NLL on two sets of 12 questions whose
 # answers are quoted from the text: examples/data/apache-2.0.qa.jsonl (the set the learning rate was chosen
 # on) and examples/data/apache-2.0.heldout.qa.jsonl (written afterwards, never used to choose anything).
-# p = 256 <= 1/8 of the document.
+# p = 256 <= 1/8 of the document. Early stopping: the dev questions are also given to training as
+# --validation-qa, so $OUT/trained/best is the adapter of the evaluation step (every 10) with the lowest dev
+# answer NLL; the held-out questions score it, the last step's adapter, and the initialisation.
 #   bench/training_quality.sh [OUT]       (default OUT: out/apache-2.0; BIN=build/cartridge; LR, SAMPLES, STEPS,
 #                                          CHUNK_PLACEMENT, CONVERSATIONS_PER_CHUNK, DISTILL)
 # Rerunning continues an interrupted run (synthesis and training resume). Prints the markdown table.
@@ -37,15 +39,18 @@ DISTILL=${DISTILL:-answer}
 # 1. Self-study: $SAMPLES synthetic conversations about random 512-1024-token chunks, then $STEPS steps of 4 at $LR.
 "$BIN" study --model "$MODEL" --corpus "$DOC" --tokens "$TOKENS" --out "$OUT/trained" --seed "$SEED" \
   --samples "$SAMPLES" --min-chunk 512 --max-chunk 1024 --chunk-placement "$CHUNK_PLACEMENT" --batch "$CONVERSATIONS_PER_CHUNK" --max-question-tokens 64 --max-answer-tokens 192 \
-  --steps "$STEPS" --batch-size 4 --eval-fraction 0.1 --eval-every 20 --checkpoint-every 10 --lr "$LR" --distill "$DISTILL" -q
+  --steps "$STEPS" --batch-size 4 --eval-fraction 0.1 --eval-every 10 --checkpoint-every 10 --lr "$LR" --distill "$DISTILL" \
+  --validation-qa "$QA" -q
 # 2. The initialisation on its own: the KV of the document's first 256 tokens (what training started from).
 [ -f "$OUT/init/adapter_config.json" ] ||
   "$BIN" init --model "$MODEL" --text-file "$DOC" --tokens "$TOKENS" --no-chat-template --out "$OUT/init" -q
+best_step() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' "$OUT/trained/best/best_validation.json"; }
 # 3. The tables, one per question set: held-out conversations are the ones training never saw (same seed
 #    and fraction).
 for questions in "$QA" "$HELDOUT_QA"; do
   echo "questions: $questions"
   "$BIN" eval --model "$MODEL" --corpus "$DOC" --qa "$questions" --dataset "$OUT/trained/dataset.jsonl" \
     --eval-fraction 0.1 --seed "$SEED" --cartridge "$OUT/init" --name "cartridge, init (first $TOKENS tokens)" \
-    --cartridge "$OUT/trained" --name "cartridge, after self-study" --markdown -q
+    --cartridge "$OUT/trained" --name "cartridge, after self-study (last step)" \
+    --cartridge "$OUT/trained/best" --name "cartridge, after self-study (best dev step: $(best_step))" --markdown -q
 done

@@ -66,32 +66,29 @@ std::shared_ptr<const KvPrefix> extend_prefix(const Model& model, const std::sha
   return prefix;
 }
 
-// The mean NLL of each question's answer tokens (indexed by Conversation::index) and the answer tokens.
-std::pair<std::vector<double>, int64_t> score_questions(const Model& model, const KvPrefix* prefix,
-                                                        const std::vector<Conversation>& questions,
-                                                        int64_t max_batch_tokens, ProgressBar& progress) {
-  at::NoGradGuard no_grad;
-  std::vector<const Conversation*> pointers;
-  for (const Conversation& question : questions) pointers.push_back(&question);
-  std::vector<double> means(questions.size(), kNotComputed);
-  int64_t tokens = 0;
-  for (const auto& group : micro_batches(pointers, max_batch_tokens)) {
-    const StudentBatch batch = make_student_batch(group, /*top_k=*/1, model.device());
-    // With a one-hot teacher (log-probability 0 on the answer token) the cross-entropy is the NLL.
-    const at::Tensor nll = student_cross_entropy(model, prefix, batch).to(at::kCPU, at::kDouble);  // [N]
-    const double* values = nll.data_ptr<double>();
-    int64_t offset = 0;
-    for (const Conversation* question : group) {
-      const int64_t count = question->num_targets();
-      double sum = 0;
-      for (int64_t index = 0; index < count; ++index) sum += values[offset + index];
-      means[question->index] = sum / static_cast<double>(count);
-      offset += count;
-      tokens += count;
+// The answers tokenized without special tokens; an answer with no tokens is an error naming the question.
+std::vector<std::vector<int32_t>> answer_token_ids(const LoadedModel& loaded, const std::vector<QuestionAnswer>& questions) {
+  std::vector<std::vector<int32_t>> answer_ids;
+  for (size_t index = 0; index < questions.size(); ++index) {
+    answer_ids.push_back(loaded.tokenizer->encode(questions[index].answer, /*add_special_tokens=*/false));
+    if (answer_ids.back().empty()) {
+      throw InvalidArgumentError(fmt::format("question {} has an answer with no tokens", index + 1));
     }
-    progress.advance(static_cast<int64_t>(group.size()));
   }
-  return {means, tokens};
+  return answer_ids;
+}
+
+// `prompt` then `answer`, the answer's tokens as one-hot targets (log-probability 0: probability 1), so
+// the distillation cross-entropy of a target is the answer token's NLL.
+Conversation one_hot_row(int64_t index, std::vector<int32_t> prompt, const std::vector<int32_t>& answer) {
+  Conversation row;
+  row.index = index;
+  row.input_ids = std::move(prompt);
+  row.target_start = row.answer_start = static_cast<int64_t>(row.input_ids.size());
+  row.input_ids.insert(row.input_ids.end(), answer.begin(), answer.end());
+  row.target_ids = answer;
+  row.target_logprobs.assign(answer.size(), 0.0f);
+  return row;
 }
 
 std::string kind_name(ContextKind kind) {
@@ -146,19 +143,24 @@ std::vector<QuestionAnswer> read_question_answers(const std::string& path) {
   return pairs;
 }
 
+std::vector<Conversation> question_answer_rows(const LoadedModel& loaded, const std::vector<QuestionAnswer>& questions) {
+  std::vector<std::vector<int32_t>> answer_ids = answer_token_ids(loaded, questions);
+  std::vector<Conversation> rows;
+  for (size_t index = 0; index < questions.size(); ++index) {
+    rows.push_back(one_hot_row(static_cast<int64_t>(index),
+                               loaded.encode_chat({{"user", questions[index].question}}, /*add_generation_prompt=*/true),
+                               answer_ids[index]));
+  }
+  return rows;
+}
+
 std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const std::vector<QuestionAnswer>& questions,
                                                 const std::vector<const Conversation*>& heldout, int64_t top_k,
                                                 const std::vector<EvaluationCondition>& conditions,
                                                 const EvaluationOptions& options) {
   const Model& model = *loaded.model;
   const int64_t context_limit = model.config().max_position_embeddings;
-  std::vector<std::vector<int32_t>> answer_ids;
-  for (size_t index = 0; index < questions.size(); ++index) {
-    answer_ids.push_back(loaded.tokenizer->encode(questions[index].answer, /*add_special_tokens=*/false));
-    if (answer_ids.back().empty()) {
-      throw InvalidArgumentError(fmt::format("question {} has an answer with no tokens", index + 1));
-    }
-  }
+  const std::vector<std::vector<int32_t>> answer_ids = answer_token_ids(loaded, questions);
   ProgressBar progress("evaluating", static_cast<int64_t>(conditions.size() * (questions.size() + heldout.size())),
                        "rows", options.show_progress);
   std::vector<ConditionScore> scores;
@@ -211,13 +213,10 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     int64_t longest_row = 0;
     std::vector<Conversation> question_rows, heldout_rows;
     for (size_t index = 0; index < questions.size(); ++index) {
-      Conversation row;
-      row.index = static_cast<int64_t>(index);
-      row.input_ids.assign(question_prompts[index].begin() + shared, question_prompts[index].end());
-      row.target_start = static_cast<int64_t>(row.input_ids.size());
-      row.input_ids.insert(row.input_ids.end(), answer_ids[index].begin(), answer_ids[index].end());
-      row.target_ids = answer_ids[index];
-      row.target_logprobs.assign(answer_ids[index].size(), 0.0f);  // probability 1
+      Conversation row = one_hot_row(static_cast<int64_t>(index),
+                                     std::vector<int32_t>(question_prompts[index].begin() + shared,
+                                                          question_prompts[index].end()),
+                                     answer_ids[index]);
       longest_row = std::max<int64_t>(longest_row, static_cast<int64_t>(row.input_ids.size()));
       question_rows.push_back(std::move(row));
     }
@@ -246,11 +245,14 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     const std::shared_ptr<const KvPrefix> context = extend_prefix(model, base, shared_tokens);
 
     if (!question_rows.empty()) {
-      auto [means, tokens] = score_questions(model, context.get(), question_rows, options.max_batch_tokens, progress);
+      std::vector<const Conversation*> pointers;
+      for (const Conversation& row : question_rows) pointers.push_back(&row);
+      std::vector<double> means = mean_target_nlls(model, context.get(), pointers, options.max_batch_tokens,
+                                                   [&](int64_t rows) { progress.advance(rows); });
       double sum = 0;
       for (const double mean : means) sum += mean;
       score.answer_nll = sum / static_cast<double>(means.size());
-      score.answer_tokens = tokens;
+      for (const Conversation& row : question_rows) score.answer_tokens += row.num_targets();
       score.question_nlls = std::move(means);
     }
     if (!heldout_rows.empty()) {

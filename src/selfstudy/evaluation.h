@@ -33,6 +33,12 @@ struct QuestionAnswer {
 // ignored). Throws FileNotFoundError, or FormatError naming the file and line.
 std::vector<QuestionAnswer> read_question_answers(const std::string& path);
 
+// One row per question for scoring with a cartridge (TrainingOptions::validation_questions): the question
+// rendered with the chat template (one user turn, generation prompt) followed by the answer's tokens
+// (without special tokens) as one-hot targets; Conversation::index is the question's place in the file.
+// Throws InvalidArgumentError for an answer with no tokens, UnsupportedError without a chat template.
+std::vector<Conversation> question_answer_rows(const LoadedModel& model, const std::vector<QuestionAnswer>& questions);
+
 enum class ContextKind { kNone, kInContext, kCartridge };
 
 struct EvaluationCondition {

@@ -13,6 +13,8 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <tuple>
+#include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -233,6 +235,32 @@ std::pair<double, int64_t> mean_heldout_kl(const Model& model, const KvPrefix* p
   return {kl_sum / static_cast<double>(positions), positions};
 }
 
+std::vector<double> mean_target_nlls(const Model& model, const KvPrefix* prefix,
+                                     const std::vector<const Conversation*>& rows, int64_t max_batch_tokens,
+                                     const std::function<void(int64_t)>& on_rows_done) {
+  at::NoGradGuard no_grad;
+  // micro_batches sorts by length; each row's place in `rows` says where its mean goes.
+  std::unordered_map<const Conversation*, size_t> place;
+  for (size_t index = 0; index < rows.size(); ++index) place.emplace(rows[index], index);
+  std::vector<double> means(rows.size(), std::numeric_limits<double>::quiet_NaN());
+  for (const auto& group : micro_batches(rows, max_batch_tokens)) {
+    const StudentBatch batch = make_student_batch(group, /*top_k=*/1, model.device());
+    // With a one-hot teacher (log-probability 0 on the reference token) the cross-entropy is the NLL.
+    const at::Tensor nll = student_cross_entropy(model, prefix, batch).to(at::kCPU, at::kDouble);  // [N]
+    const double* values = nll.data_ptr<double>();
+    int64_t offset = 0;
+    for (const Conversation* row : group) {
+      const int64_t count = row->num_targets();
+      double sum = 0;
+      for (int64_t index = 0; index < count; ++index) sum += values[offset + index];
+      means[place.at(row)] = sum / static_cast<double>(count);
+      offset += count;
+    }
+    if (on_rows_done) on_rows_done(static_cast<int64_t>(group.size()));
+  }
+  return means;
+}
+
 std::vector<int64_t> heldout_indices(int64_t count, double fraction, int64_t max_count, uint64_t seed) {
   if (count < 2 || !(fraction > 0)) return {};
   int64_t wanted = static_cast<int64_t>(std::llround(fraction * static_cast<double>(count)));
@@ -369,11 +397,36 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     const at::Tensor rows = at::cat({frozen, with_grad ? trainable : trainable.detach()}, 0);
     return kv_prefix_from_prompt_embeddings(rows, model.config(), model.dtype(), model.device());
   };
+  std::vector<const Conversation*> validation;
+  for (const Conversation& row : options.validation_questions) validation.push_back(&row);
+  // The best validation score so far (a resumed run's comes from its restored evaluations; the
+  // earliest of equal scores wins).
+  for (const EvaluationEntry& entry : result.evaluations) {
+    if (!std::isfinite(entry.validation_answer_nll)) continue;
+    if (result.best_step < 0 || entry.validation_answer_nll < result.best_validation_answer_nll) {
+      result.best_step = entry.step;
+      result.best_validation_answer_nll = entry.validation_answer_nll;
+    }
+  }
   const auto evaluate = [&](int64_t step) {
-    if (heldout.empty()) return;
+    if (heldout.empty() && validation.empty()) return;
     const KvPrefix prefix = prefix_of(false);
-    const auto [kl, positions] = mean_heldout_kl(model, &prefix, heldout, top_k, options.max_batch_tokens);
-    result.evaluations.push_back({step, kl, positions});
+    EvaluationEntry entry;
+    entry.step = step;
+    std::tie(entry.heldout_kl, entry.positions) =
+        mean_heldout_kl(model, &prefix, heldout, top_k, options.max_batch_tokens);
+    if (!validation.empty()) {
+      const std::vector<double> means = mean_target_nlls(model, &prefix, validation, options.max_batch_tokens);
+      entry.validation_answer_nll = std::accumulate(means.begin(), means.end(), 0.0) / static_cast<double>(means.size());
+      // Early stopping: keep the adapter of the lowest score (strictly lower, so the earliest of equals).
+      if (result.best_step < 0 || entry.validation_answer_nll < result.best_validation_answer_nll) {
+        result.best_step = step;
+        result.best_validation_answer_nll = entry.validation_answer_nll;
+        write_best_adapter(options.output_dir, step, entry.validation_answer_nll, current_cartridge(),
+                           options.model_name, model, options.fingerprint);
+      }
+    }
+    result.evaluations.push_back(entry);
   };
   const auto save = [&](int64_t step) {
     write_checkpoint(options.output_dir, step, current_cartridge(), optimizer, trainable, settings, result.history,
@@ -422,7 +475,12 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     const bool interrupted = interrupt.requested();
     if (last || (options.eval_every > 0 && step % options.eval_every == 0)) evaluate(step);
     std::string extra = fmt::format("loss {:.4f} | {:.0f} tok/s", loss, step_tokens / std::max(seconds, 1e-9));
-    if (!result.evaluations.empty()) extra += fmt::format(" | held-out KL {:.4f}", result.evaluations.back().heldout_kl);
+    if (!result.evaluations.empty() && std::isfinite(result.evaluations.back().heldout_kl)) {
+      extra += fmt::format(" | held-out KL {:.4f}", result.evaluations.back().heldout_kl);
+    }
+    if (result.best_step >= 0) {
+      extra += fmt::format(" | best validation NLL {:.4f} (step {})", result.best_validation_answer_nll, result.best_step);
+    }
     progress.advance(1, extra);
     if (last || interrupted || (options.checkpoint_every > 0 && step % options.checkpoint_every == 0)) save(step);
     if (interrupted) {

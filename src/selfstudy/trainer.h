@@ -9,12 +9,17 @@
 //                                history, evaluations) and optimizer.safetensors (Adam moments), each
 //                                folder written atomically; the newest `keep_checkpoints` are kept
 //   <out>/loss.csv, loss.svg     the loss curve and held-out KL, rewritten at every checkpoint
+//   <out>/best/                  with validation questions only: the adapter of the evaluation with the
+//                                lowest validation answer NLL (the initialisation counts), and
+//                                best_validation.json {"step", "validation_answer_nll"}
 // `resume` continues from the newest checkpoint exactly: the data order is a pure function of the seed and
 // the step, and parameters and Adam moments are restored bit for bit, so the losses equal those of an
 // uninterrupted run.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -63,6 +68,10 @@ struct TrainingOptions {
   int64_t eval_every = 50;             // steps; 0 = only before the first and after the last step
   int64_t checkpoint_every = 50;       // steps; 0 = only after the last step (and on Ctrl-C)
   int64_t keep_checkpoints = 2;        // newest checkpoint folders kept (>= 1)
+  // Validation questions (evaluation.h, question_answer_rows: the chat-template prompt and the reference
+  // answer as one-hot targets): when given, their mean answer NLL is scored at every evaluation and the
+  // best adapter so far is kept in <out>/best/ (early stopping on questions the user wrote, never trained on).
+  std::vector<Conversation> validation_questions;
   bool resume = false;                 // continue from the newest <out>/checkpoint-*
   bool show_progress = true;
   bool handle_interrupt = true;        // SIGINT: finish the current step, checkpoint, return
@@ -76,6 +85,9 @@ struct TrainingResult {
   std::vector<TrainingHistoryEntry> history;   // every step from 1, including steps before a resume
   std::vector<EvaluationEntry> evaluations;
   std::vector<int64_t> heldout_indices;        // dataset indices never trained on
+  // With validation questions: the evaluation step whose adapter is in <out>/best/ (-1 without them).
+  int64_t best_step = -1;
+  double best_validation_answer_nll = std::numeric_limits<double>::quiet_NaN();
 };
 
 // The conversations of one forward pass as tensors (right-padded).
@@ -120,6 +132,13 @@ BatchScores score_student_batch(const Model& model, const KvPrefix* prefix, cons
 std::pair<double, int64_t> mean_heldout_kl(const Model& model, const KvPrefix* prefix,
                                            const std::vector<const Conversation*>& conversations,
                                            int64_t top_k, int64_t max_batch_tokens);
+
+// The mean NLL of each row's targets, in the order given: rows whose targets are one-hot (top-k 1,
+// log-probability 0), as question_answer_rows (evaluation.h) makes them, with `prefix` (no gradient), in
+// batches of at most `max_batch_tokens` padded tokens. `on_rows_done(n)` is called after each batch.
+std::vector<double> mean_target_nlls(const Model& model, const KvPrefix* prefix,
+                                     const std::vector<const Conversation*>& rows, int64_t max_batch_tokens,
+                                     const std::function<void(int64_t)>& on_rows_done = {});
 
 // The held-out split: dataset indices (sorted) chosen by a seeded shuffle of 0..count-1; the same for
 // `cartridge train` and `cartridge eval` given the same seed, fraction and cap.

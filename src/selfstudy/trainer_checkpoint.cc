@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/optim/adam.h>
 
 #include "cartridge/adapter_config.h"
@@ -18,6 +19,7 @@
 #include "generate/loaded_model.h"
 #include "io/safetensors.h"
 #include "selfstudy/loss_plot.h"
+#include "selfstudy/sha256.h"
 #include "selfstudy/trainer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -57,12 +59,24 @@ Json history_to_json(const std::vector<TrainingHistoryEntry>& history) {
   return rows;
 }
 
+// JSON has no NaN: a value not computed is null.
+Json number_or_null(double value) { return std::isfinite(value) ? Json(value) : Json(nullptr); }
+double number_or_nan(const Json& value) { return value.is_null() ? std::nan("") : value.get<double>(); }
+
 Json evaluations_to_json(const std::vector<EvaluationEntry>& evaluations) {
   Json rows = Json::array();
   for (const EvaluationEntry& entry : evaluations) {
-    rows.push_back({{"step", entry.step}, {"heldout_kl", entry.heldout_kl}, {"positions", entry.positions}});
+    rows.push_back({{"step", entry.step},
+                    {"heldout_kl", number_or_null(entry.heldout_kl)},
+                    {"positions", entry.positions},
+                    {"validation_answer_nll", number_or_null(entry.validation_answer_nll)}});
   }
   return rows;
+}
+
+AdapterConfig adapter_config_for(const Cartridge& cartridge, const std::string& model_name, const Model& model) {
+  return AdapterConfig::for_model(model.config(), cartridge.num_virtual_tokens(), cartridge.num_frozen_tokens(),
+                                  model_name.empty() ? std::nullopt : std::optional<std::string>(model_name));
 }
 
 [[noreturn]] void damaged(const std::string& path, const std::string& problem) {
@@ -129,6 +143,15 @@ TrainerSettings TrainerSettings::from(const TrainingOptions& options, const Cart
       // another dataset.
       {"dataset_settings", dataset.header.settings},
   };
+  // Best-adapter choices made on one question set cannot continue on another. Absent without questions,
+  // so runs without them (and their checkpoints from before the option) compare equal.
+  if (!options.validation_questions.empty()) {
+    std::string tokens;
+    for (const Conversation& row : options.validation_questions) {
+      tokens += fmt::format("{}:{}|", row.target_start, fmt::join(row.input_ids, ","));
+    }
+    settings.values["validation_questions_sha256"] = sha256_hex(tokens);
+  }
   return settings;
 }
 
@@ -192,9 +215,10 @@ CheckpointState read_checkpoint(const std::string& folder, const Model& model, c
                          row.at("positions").get<int64_t>(), row.at("seconds").get<double>()});
     }
     for (const Json& row : state.at("evaluations")) {
-      // A KL that was NaN is stored as null.
-      const double kl = row.at("heldout_kl").is_null() ? std::nan("") : row.at("heldout_kl").get<double>();
-      evaluations.push_back({row.at("step").get<int64_t>(), kl, row.at("positions").get<int64_t>()});
+      // Checkpoints from before validation questions existed have no "validation_answer_nll".
+      evaluations.push_back({row.at("step").get<int64_t>(), number_or_nan(row.at("heldout_kl")),
+                             row.at("positions").get<int64_t>(),
+                             number_or_nan(row.value("validation_answer_nll", Json(nullptr)))});
     }
   } catch (const Json::exception& error) {
     damaged(state_path, std::string("missing or mistyped field (") + error.what() + ")");
@@ -223,7 +247,8 @@ std::string loss_csv(const std::vector<TrainingHistoryEntry>& history, const std
   std::map<int64_t, std::pair<const TrainingHistoryEntry*, const EvaluationEntry*>> rows;
   for (const TrainingHistoryEntry& entry : history) rows[entry.step].first = &entry;
   for (const EvaluationEntry& entry : evaluations) rows[entry.step].second = &entry;
-  std::string csv = "step,loss,tokens,positions,seconds,heldout_kl\n";
+  std::string csv = "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n";
+  const auto cell = [](double value) { return std::isfinite(value) ? fmt::format(",{:.9g}", value) : std::string(","); };
   for (const auto& [step, row] : rows) {
     csv += std::to_string(step);
     if (row.first != nullptr) {
@@ -232,7 +257,8 @@ std::string loss_csv(const std::vector<TrainingHistoryEntry>& history, const std
     } else {
       csv += ",,,,";
     }
-    csv += row.second != nullptr ? fmt::format(",{:.9g}\n", row.second->heldout_kl) : ",\n";
+    csv += row.second != nullptr ? cell(row.second->heldout_kl) + cell(row.second->validation_answer_nll) + "\n"
+                                 : std::string(",,\n");
   }
   return csv;
 }
@@ -241,11 +267,18 @@ std::string loss_svg(const std::vector<TrainingHistoryEntry>& history, const std
   PlotSeries loss{"training loss", {}, "#1f77b4"};
   for (const TrainingHistoryEntry& entry : history) loss.points.emplace_back(entry.step, entry.loss);
   PlotSeries kl{"held-out KL", {}, "#d62728"};
-  for (const EvaluationEntry& entry : evaluations) kl.points.emplace_back(entry.step, entry.heldout_kl);
-  return render_line_chart_svg(
-      {{"Training loss (cross-entropy to the teacher's top-k, per target token)", "nats / token", {loss}},
-       {"Held-out KL to the teacher's top-k (per target token)", "nats / token", {kl}}},
-      "step");
+  PlotSeries validation{"validation answer NLL", {}, "#2ca02c"};
+  for (const EvaluationEntry& entry : evaluations) {
+    if (std::isfinite(entry.heldout_kl)) kl.points.emplace_back(entry.step, entry.heldout_kl);
+    if (std::isfinite(entry.validation_answer_nll)) validation.points.emplace_back(entry.step, entry.validation_answer_nll);
+  }
+  std::vector<PlotPanel> panels = {
+      {"Training loss (cross-entropy to the teacher's top-k, per target token)", "nats / token", {loss}},
+      {"Held-out KL to the teacher's top-k (per target token)", "nats / token", {kl}}};
+  if (!validation.points.empty()) {
+    panels.push_back({"Answer NLL of the validation questions (mean over questions)", "nats / token", {validation}});
+  }
+  return render_line_chart_svg(panels, "step");
 }
 
 void write_checkpoint(const std::string& output_dir, int64_t step, const Cartridge& cartridge,
@@ -253,15 +286,9 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
                       const TrainerSettings& settings, const std::vector<TrainingHistoryEntry>& history,
                       const std::vector<EvaluationEntry>& evaluations, const std::string& model_name,
                       const Model& model, const std::optional<ModelFingerprint>& fingerprint, int64_t keep) {
-  const AdapterConfig config = AdapterConfig::for_model(model.config(), cartridge.num_virtual_tokens(),
-                                                        cartridge.num_frozen_tokens(),
-                                                        model_name.empty() ? std::nullopt
-                                                                           : std::optional<std::string>(model_name));
+  const AdapterConfig config = adapter_config_for(cartridge, model_name, model);
   const AdamMoments moments = adam_moments(optimizer, trainable);
-  Json evaluations_json = evaluations_to_json(evaluations);
-  for (Json& row : evaluations_json) {
-    if (row["heldout_kl"].is_number() && !std::isfinite(row["heldout_kl"].get<double>())) row["heldout_kl"] = nullptr;
-  }
+  const Json evaluations_json = evaluations_to_json(evaluations);
   const Json state = {{"format", kTrainerStateFormat},
                       {"version", kTrainerStateVersion},
                       {"step", step},
@@ -295,6 +322,17 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
     if (checkpoints.front().first != step) fs::remove_all(checkpoints.front().second, ignored);
     checkpoints.erase(checkpoints.begin());
   }
+}
+
+void write_best_adapter(const std::string& output_dir, int64_t step, double validation_answer_nll,
+                        const Cartridge& cartridge, const std::string& model_name, const Model& model,
+                        const std::optional<ModelFingerprint>& fingerprint) {
+  const AdapterConfig config = adapter_config_for(cartridge, model_name, model);
+  const Json state = {{"step", step}, {"validation_answer_nll", validation_answer_nll}};
+  write_directory_atomic(output_dir + "/" + kBestFolderName, /*overwrite=*/true, [&](const std::string& temporary) {
+    save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr, /*overwrite=*/true);
+    write_file_atomic(temporary + "/" + kBestStateFileName, state.dump(2));
+  });
 }
 
 }  // namespace cartridge

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,8 +39,10 @@ struct TrainingHistoryEntry {
 
 struct EvaluationEntry {
   int64_t step = 0;
-  double heldout_kl = 0;    // mean truncated KL to the teacher per held-out target position
+  double heldout_kl = 0;    // mean truncated KL to the teacher per held-out target position (NaN: none held out)
   int64_t positions = 0;
+  // Mean answer NLL over the validation questions (TrainingOptions::validation_questions); NaN without them.
+  double validation_answer_nll = std::numeric_limits<double>::quiet_NaN();
 };
 
 
@@ -49,6 +52,9 @@ inline constexpr char kTrainerStateFileName[] = "trainer_state.json";
 inline constexpr char kOptimizerFileName[] = "optimizer.safetensors";
 inline constexpr char kLossCsvFileName[] = "loss.csv";
 inline constexpr char kLossSvgFileName[] = "loss.svg";
+// <out>/best/: the adapter with the lowest validation answer NLL so far, plus kBestStateFileName.
+inline constexpr char kBestFolderName[] = "best";
+inline constexpr char kBestStateFileName[] = "best_validation.json";  // {"step", "validation_answer_nll"}
 
 // Everything that must be equal for a resumed run to continue the same computation.
 struct TrainerSettings {
@@ -98,8 +104,14 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
                       const std::vector<EvaluationEntry>& evaluations, const std::string& model_name,
                       const Model& model, const std::optional<ModelFingerprint>& fingerprint, int64_t keep);
 
-// The loss curve as CSV (step,loss,tokens,positions,seconds,heldout_kl; one row per step and per
-// evaluation) and as an SVG chart.
+// Writes <output_dir>/best/ (atomically, replacing an older one): `cartridge` as a PEFT adapter and
+// best_validation.json naming the step and its validation answer NLL.
+void write_best_adapter(const std::string& output_dir, int64_t step, double validation_answer_nll,
+                        const Cartridge& cartridge, const std::string& model_name, const Model& model,
+                        const std::optional<ModelFingerprint>& fingerprint);
+
+// The loss curve as CSV (step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll; one row per
+// step and per evaluation; empty cells where a row has no value) and as an SVG chart.
 std::string loss_csv(const std::vector<TrainingHistoryEntry>& history,
                      const std::vector<EvaluationEntry>& evaluations);
 std::string loss_svg(const std::vector<TrainingHistoryEntry>& history,

@@ -6,11 +6,13 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "generate/loaded_model.h"
 
 namespace cartridge {
 struct TrainingOptions;
+struct TrainingResult;
 struct SynthesisOptions;
 }  // namespace cartridge
 
@@ -44,6 +46,18 @@ LoadedModel load_model_from_options(const ModelOptions& options);
 // The training options shared by `cartridge train` and `cartridge study` (steps, batch, lr, evaluation,
 // checkpoints), defined in train_command.cc.
 void add_training_options(CLI::App& command, TrainingOptions& training);
+
+// --validation-qa FILE, shared by `cartridge train` and `cartridge study` (defined in train_command.cc).
+// Each command reads the file before loading the model (so a bad one fails fast) and, once it is loaded,
+// turns it into TrainingOptions::validation_questions (question_answer_rows).
+void add_validation_option(CLI::App& command, std::string& path);
+
+// The value, or null when it is not finite (JSON has no NaN).
+nlohmann::json json_number(double value);
+// After training with validation questions: adds best_adapter, best_step, initial/best/final
+// validation_answer_nll to a --json summary, or prints one line naming <out>/best (nothing without them).
+void add_validation_summary(nlohmann::json& output, const TrainingResult& result, const std::string& out);
+void print_validation_summary(const TrainingResult& result, const std::string& out);
 
 // The synthesis options shared by `cartridge synthesize` and `cartridge study` (chunk sizes, description,
 // conversations per chunk, question and answer lengths, seed-prompt types), defined in synthesize_command.cc.

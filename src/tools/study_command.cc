@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "selfstudy/evaluation.h"
 #include "selfstudy/study.h"
 #include "tools/commands.h"
 #include "util/error.h"
@@ -24,6 +25,7 @@ struct StudyCommandOptions {
   int64_t tokens = 0;
   int64_t frozen = 1;
   StudyOptions study;
+  std::string validation_qa;
   bool json = false;
 };
 
@@ -50,8 +52,11 @@ StudyOptions quick_defaults() {
 void run_study_command(StudyCommandOptions& options) {
   const std::string corpus_text = read_text_file(options.corpus);  // fails fast, before the model loads
   if (corpus_text.empty()) throw InvalidArgumentError(describe_file_problem(options.corpus, "is empty"));
+  const std::vector<QuestionAnswer> validation =
+      options.validation_qa.empty() ? std::vector<QuestionAnswer>() : read_question_answers(options.validation_qa);
   const auto started = std::chrono::steady_clock::now();
   const LoadedModel loaded = load_model_from_options(options.model);
+  options.study.training.validation_questions = question_answer_rows(loaded, validation);
 
   StudyOptions& study = options.study;
   study.output_dir = options.out;
@@ -86,9 +91,7 @@ void run_study_command(StudyCommandOptions& options) {
   const double first_kl = training.evaluations.empty() ? NAN : training.evaluations.front().heldout_kl;
   const double last_kl = training.evaluations.empty() ? NAN : training.evaluations.back().heldout_kl;
   if (options.json) {
-    const auto number = [](double value) {
-      return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json();
-    };
+    const auto number = json_number;
     nlohmann::json output = {
         {"adapter", result.adapter_dir},
         {"dataset", result.dataset_path},
@@ -99,6 +102,7 @@ void run_study_command(StudyCommandOptions& options) {
         {"initial_heldout_kl", number(first_kl)},
         {"final_heldout_kl", number(last_kl)},
         {"seconds", seconds}};
+    add_validation_summary(output, training, result.adapter_dir);
     std::cout << output.dump() << std::endl;
     return;
   }
@@ -106,9 +110,10 @@ void run_study_command(StudyCommandOptions& options) {
               static_cast<long long>(result.synthesis.existing_conversations +
                                      result.synthesis.written_conversations),
               static_cast<long long>(training.steps_done), final_loss);
-  if (!training.evaluations.empty()) std::printf(", held-out KL %.4f -> %.4f", first_kl, last_kl);
+  if (std::isfinite(last_kl)) std::printf(", held-out KL %.4f -> %.4f", first_kl, last_kl);
   std::printf("\ncartridge: %s (a PEFT adapter; loss curve: %s/loss.svg)\n", result.adapter_dir.c_str(),
               result.adapter_dir.c_str());
+  print_validation_summary(training, result.adapter_dir);
   if (training.interrupted) {
     std::printf("interrupted: run the same command again to continue\n");
     return;
@@ -136,7 +141,9 @@ void add_study_command(CLI::App& app) {
       "corpus's first --tokens tokens, into <out> (a PEFT adapter, checkpoints, loss.csv, loss.svg). The\n"
       "defaults finish in a few minutes on 2 CPU cores with the default model; for a better cartridge raise\n"
       "--samples, --steps and the chunk/answer lengths in a new --out. Rerunning the same command continues\n"
-      "an interrupted run (both phases resume); a larger --steps continues a finished one.\n"
+      "an interrupted run (both phases resume); a larger --steps continues a finished one. With\n"
+      "--validation-qa QA.jsonl (questions you wrote, with answers) <out>/best/ is the adapter of the\n"
+      "evaluation step where their answer NLL was lowest (early stopping).\n"
       "Example:\n  cartridge study --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --tokens "
       "128 \\\n"
       "    --out doc-cartridge\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridge "
@@ -162,6 +169,7 @@ void add_study_command(CLI::App& app) {
       ->capture_default_str();
   add_synthesis_options(*command, synthesis);
   add_training_options(*command, options->study.training);
+  add_validation_option(*command, options->validation_qa);
   command->add_flag("--json", options->json, "Print one JSON object with the results");
   command->callback([options] { run_study_command(*options); });
 }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cartridge/fingerprint.h"
+#include "selfstudy/evaluation.h"
 #include "selfstudy/sha256.h"
 #include "selfstudy/study.h"
 #include "tools/commands.h"
@@ -27,6 +28,7 @@ struct TrainCommandOptions {
   int64_t tokens = 0;
   int64_t frozen = 1;
   TrainingOptions training;
+  std::string validation_qa;
   bool json = false;
 };
 
@@ -60,23 +62,24 @@ void print_summary(const TrainingResult& result, const std::string& out, const s
   const double first_kl = result.evaluations.empty() ? NAN : result.evaluations.front().heldout_kl;
   const double last_kl = result.evaluations.empty() ? NAN : result.evaluations.back().heldout_kl;
   if (json) {
-    const auto number = [](double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); };
     nlohmann::json output = {{"adapter", out},
                              {"steps", result.steps_done},
                              {"interrupted", result.interrupted},
-                             {"final_loss", number(final_loss)},
-                             {"initial_heldout_kl", number(first_kl)},
-                             {"final_heldout_kl", number(last_kl)},
+                             {"final_loss", json_number(final_loss)},
+                             {"initial_heldout_kl", json_number(first_kl)},
+                             {"final_heldout_kl", json_number(last_kl)},
                              {"heldout_conversations", result.heldout_indices.size()}};
+    add_validation_summary(output, result, out);
     std::cout << output.dump() << std::endl;
     return;
   }
   std::printf("step %lld: loss %.4f", static_cast<long long>(result.steps_done), final_loss);
-  if (!result.evaluations.empty()) {
+  if (std::isfinite(last_kl)) {
     std::printf(", held-out KL %.4f (step %lld: %.4f)", last_kl,
                 static_cast<long long>(result.evaluations.front().step), first_kl);
   }
   std::printf("\ncartridge: %s (PEFT adapter; loss curve in %s/loss.svg)\n", out.c_str(), out.c_str());
+  print_validation_summary(result, out);
   if (!result.interrupted) {
     std::printf("chat with it:  cartridge chat --model %s --cartridge %s\n", model.c_str(), out.c_str());
   }
@@ -97,8 +100,11 @@ void run_train(TrainCommandOptions& options) {
         options.out, "already holds training checkpoints (" + std::filesystem::path(previous_run).filename().string() + ")",
         "pass --resume to continue that run, or choose another --out folder"));
   }
+  const std::vector<QuestionAnswer> validation =
+      options.validation_qa.empty() ? std::vector<QuestionAnswer>() : read_question_answers(options.validation_qa);
   const LoadedModel loaded = load_model_from_options(options.model);
   warn_about_dataset(dataset.header, corpus_text, loaded, dataset_path);
+  options.training.validation_questions = question_answer_rows(loaded, validation);
 
   CartridgeInit init;
   init.source = options.init;
@@ -162,6 +168,40 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
       ->check(CLI::PositiveNumber);
 }
 
+nlohmann::json json_number(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
+
+namespace {
+// The evaluations' validation NLL at the first and the last evaluation (NaN without validation questions).
+std::pair<double, double> first_and_last_validation(const TrainingResult& result) {
+  if (result.best_step < 0 || result.evaluations.empty()) return {NAN, NAN};
+  return {result.evaluations.front().validation_answer_nll, result.evaluations.back().validation_answer_nll};
+}
+}  // namespace
+
+void add_validation_summary(nlohmann::json& output, const TrainingResult& result, const std::string& out) {
+  if (result.best_step < 0) return;
+  const auto [first, last] = first_and_last_validation(result);
+  output["best_adapter"] = out + "/" + kBestFolderName;
+  output["best_step"] = result.best_step;
+  output["initial_validation_answer_nll"] = json_number(first);
+  output["best_validation_answer_nll"] = json_number(result.best_validation_answer_nll);
+  output["final_validation_answer_nll"] = json_number(last);
+}
+
+void print_validation_summary(const TrainingResult& result, const std::string& out) {
+  if (result.best_step < 0) return;
+  const auto [first, last] = first_and_last_validation(result);
+  std::printf("validation answer NLL: %.4f at step %lld, %.4f now; best %.4f at step %lld: %s/%s\n", first,
+              static_cast<long long>(result.evaluations.front().step), last, result.best_validation_answer_nll,
+              static_cast<long long>(result.best_step), out.c_str(), kBestFolderName);
+}
+
+void add_validation_option(CLI::App& command, std::string& path) {
+  command.add_option("--validation-qa", path,
+                     "Questions about the document with reference answers (JSON Lines, as `cartridge eval --qa`): "
+                     "their answer NLL is scored at every evaluation and the best adapter kept in <out>/best/");
+}
+
 void add_train_command(CLI::App& app) {
   auto options = std::make_shared<TrainCommandOptions>();
   CLI::App* command = app.add_subcommand(
@@ -174,6 +214,9 @@ void add_train_command(CLI::App& app) {
       "Output: --out holds the latest cartridge as a PEFT adapter, checkpoint-<step>/ folders (adapter +\n"
       "optimizer state), loss.csv and loss.svg. Ctrl-C saves a checkpoint after the current step; --resume\n"
       "continues exactly where a run stopped (also after a crash or kill, from the newest checkpoint).\n"
+      "Early stopping: with --validation-qa QA.jsonl (questions you wrote, never trained on) every evaluation\n"
+      "also scores their answer NLL (loss.csv column validation_answer_nll) and <out>/best/ holds the adapter\n"
+      "with the lowest so far (the initialisation counts), with best_validation.json naming its step.\n"
       "Example:\n  cartridge train --model models/SmolLM2-135M-Instruct.Q4_1.gguf --dataset study/dataset.jsonl \\\n"
       "    --corpus doc.txt --tokens 128 --steps 200 --out study/cartridge");
   add_model_options(*command, options->model);
@@ -192,6 +235,7 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   add_training_options(*command, options->training);
+  add_validation_option(*command, options->validation_qa);
   command->add_option("--seed", options->training.seed, "Seed of the data order, the held-out split and --init random")
       ->capture_default_str();
   command->add_flag("--resume", options->training.resume, "Continue from the newest checkpoint in --out");

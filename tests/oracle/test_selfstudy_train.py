@@ -4,7 +4,9 @@ tests/fixtures/make_selfstudy.py (same test run):
 - a run killed with SIGKILL mid-training and resumed gives a valid PEFT adapter and exactly the same losses
   and final adapter as an uninterrupted run with the same seed; the same after Ctrl-C (SIGINT);
 - resuming with other settings, or training into a folder that already holds a run, is refused in one line;
-- `cartridge eval` gives transformers' answer NLL (no context, corpus in context, a PEFT-saved cartridge).
+- `cartridge eval` gives transformers' answer NLL (no context, corpus in context, a PEFT-saved cartridge);
+- `--validation-qa`: every recorded validation answer NLL is transformers' for that step's adapter loaded in
+  PeftModel, <out>/best/ is the adapter of the lowest one, and a killed run resumes to the same best/.
 """
 import json
 import os
@@ -23,10 +25,11 @@ STEPS = 240
 
 
 def train_args(out, *extra):
+    # With validation questions, so the kill/resume tests cover <out>/best/ too.
     return [BIN, "train", "--model", str(FIXTURES / "model"), "--dataset", str(FIXTURES / "dataset.jsonl"),
             "--init", "random", "--tokens", "6", "--steps", str(STEPS), "--batch-size", "2",
             "--checkpoint-every", "5", "--eval-fraction", "0.25", "--eval-every", "40", "--seed", "5",
-            "--out", str(out), "--json", "-q", *extra]
+            "--validation-qa", str(FIXTURES / "qa.jsonl"), "--out", str(out), "--json", "-q", *extra]
 
 
 def run_json(args):
@@ -39,6 +42,12 @@ def losses(out):
     """step -> loss from loss.csv (the loss column as written)."""
     rows = (pathlib.Path(out) / "loss.csv").read_text().splitlines()[1:]
     return {int(row.split(",")[0]): row.split(",")[1] for row in rows if row.split(",")[1]}
+
+
+def validation_column(out):
+    """step -> validation_answer_nll from loss.csv, for the rows that have one."""
+    rows = [row.split(",") for row in (pathlib.Path(out) / "loss.csv").read_text().splitlines()[1:]]
+    return {int(row[0]): row[6] for row in rows if row[6]}
 
 
 def checkpoint_steps(out):
@@ -75,8 +84,11 @@ def assert_same_as(out, reference):
     assert summary["final_loss"] == reference_summary["final_loss"]
     assert summary["final_heldout_kl"] == reference_summary["final_heldout_kl"]
     assert losses(out) == losses(reference_out)
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
+    for name in ("adapter_model.safetensors", "adapter_config.json", "best/adapter_model.safetensors",
+                 "best/best_validation.json"):
         assert (out / name).read_bytes() == (reference_out / name).read_bytes(), name
+    assert summary["best_step"] == reference_summary["best_step"]
+    assert validation_column(out) == validation_column(reference_out)
 
 
 def assert_valid_peft_adapter(out):
@@ -155,3 +167,45 @@ def test_eval_answer_nll_matches_transformers():
         for ours, theirs in zip(rows[kind]["answer_nll_per_question"], reference):
             assert abs(ours - theirs) < 1e-4, kind
     assert rows["cartridge"]["name"] == "init" and rows["cartridge"]["context_tokens"] == 6
+
+
+def test_validation_questions_score_each_adapter_as_transformers_and_keep_the_best(tmp_path):
+    import importlib.util
+    import math
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("make_selfstudy", pathlib.Path(__file__).parents[1] / "fixtures" /
+                                                  "make_selfstudy.py")
+    make_selfstudy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_selfstudy)
+    out = tmp_path / "cartridge"
+    args = train_args(out)
+    for option, value in (("--steps", "12"), ("--eval-every", "2"), ("--checkpoint-every", "2")):
+        args[args.index(option) + 1] = value
+    summary = run_json(args + ["--keep-checkpoints", "100", "--lr", "0.05"])
+    header = (out / "loss.csv").read_text().splitlines()[0]
+    assert header == "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll"
+    recorded = {step: float(value) for step, value in validation_column(out).items()}
+    assert sorted(recorded) == list(range(0, 13, 2))
+
+    tokenizer = AutoTokenizer.from_pretrained(str(FIXTURES / "model"))
+    pairs = [json.loads(line) for line in (FIXTURES / "qa.jsonl").read_text().splitlines() if line.strip()]
+
+    def transformers_nll(adapter):
+        base = AutoModelForCausalLM.from_pretrained(str(FIXTURES / "model"), dtype=torch.float32)
+        means = make_selfstudy.answer_nll(PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer, pairs)
+        return sum(means) / len(means)
+
+    for step, value in recorded.items():
+        if step > 0:  # the step-0 adapter is the random initialisation, not kept as a checkpoint
+            assert abs(value - transformers_nll(out / f"checkpoint-{step}")) < 1e-4, step
+    best_step = min(recorded, key=lambda step: (recorded[step], step))
+    best = json.loads((out / "best" / "best_validation.json").read_text())
+    assert best["step"] == best_step == summary["best_step"]
+    assert math.isclose(best["validation_answer_nll"], recorded[best_step], rel_tol=1e-6)
+    assert abs(transformers_nll(out / "best") - recorded[best_step]) < 1e-4
+    assert summary["best_adapter"] == str(out / "best")
+    assert math.isclose(summary["initial_validation_answer_nll"], recorded[0], rel_tol=1e-6)
+    assert math.isclose(summary["final_validation_answer_nll"], recorded[12], rel_tol=1e-6)

@@ -70,7 +70,7 @@ def folder_bytes(folder):
 def loss_rows(out):
     """step -> the row of loss.csv as written (the header checked)."""
     lines = (pathlib.Path(out) / "loss.csv").read_text().splitlines()
-    assert lines[0] == "step,loss,tokens,positions,seconds,heldout_kl", lines[0]
+    assert lines[0] == "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll", lines[0]
     return {int(line.split(",")[0]): line for line in lines[1:]}
 
 
@@ -208,6 +208,33 @@ def test_study_json_summary(study, tmp_path):
     assert math.isclose(summary["initial_heldout_kl"], float(rows[0][1]), rel_tol=1e-6)
     # Same command, same seed: the same run as the fixture's.
     assert folder_bytes(out)["adapter_model.safetensors"] == study[2]["adapter_model.safetensors"]
+
+
+def test_study_with_validation_questions_keeps_the_best_adapter_and_refuses_to_switch_them(study, tmp_path):
+    from peft import PeftModel
+
+    questions = tmp_path / "qa.jsonl"
+    questions.write_text(json.dumps({"question": "Who founded Varnholm?", "answer": "Ottilie Brask, in 1643."}) + "\n")
+    out = tmp_path / "cartridge"
+    out.mkdir()
+    shutil.copy(study[0] / "dataset.jsonl", out / "dataset.jsonl")  # the fixture's conversations: no synthesis
+    summary = last_json(run(study_command(out, extra=["--json", "--validation-qa", str(questions)])))
+    best = json.loads((out / "best" / "best_validation.json").read_text())
+    assert summary["best_adapter"] == str(out / "best") and summary["best_step"] == best["step"]
+    recorded = {int(row.split(",")[0]): float(row.split(",")[6]) for row in loss_rows(out).values() if row.split(",")[6]}
+    assert sorted(recorded) == list(range(0, STEPS + 1, 2))  # every --eval-every 2 steps, and the initialisation
+    assert best["step"] == min(recorded, key=lambda step: (recorded[step], step))
+    assert math.isclose(summary["best_validation_answer_nll"], recorded[best["step"]], rel_tol=1e-9)
+    # The final adapter (the last step's) is the one trained without validation questions: they only watch.
+    assert folder_bytes(out)["adapter_model.safetensors"] == study[2]["adapter_model.safetensors"]
+    peft_model = PeftModel.from_pretrained(hf_model(), str(out / "best"))
+    assert torch.equal(peft_model.prompt_encoder["default"].weight.detach(), embeddings(out / "best"))
+    # Continuing with other questions (or none) would mix two choices of "best": one line, nothing changed.
+    before = folder_bytes(out)
+    result = run(study_command(out, replace={"--steps": str(STEPS + 2)}), expect=1)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "validation_questions_sha256" in errors[0], result.stderr
+    assert folder_bytes(out) == before
 
 
 def test_rerunning_a_finished_study_leaves_it_alone(study, tmp_path):

@@ -98,6 +98,81 @@ TEST(Evaluation, HeldoutKlEqualsTheTrainersAndPeft) {
   EXPECT_TRUE(std::isnan(scores[0].answer_nll));
 }
 
+// Early stopping on validation questions: the trainer's score of the initial cartridge is transformers'
+// answer NLL with the PEFT cartridge (the fixture's eval/cartridge), every later score is what
+// `cartridge eval` gives that step's checkpoint, and <out>/best/ is the checkpoint with the lowest one.
+TEST(Evaluation, ValidationQuestionsDuringTrainingKeepTheBestAdapter) {
+  const LoadedModel model = tiny_loaded_model();
+  const std::vector<QuestionAnswer> questions = read_question_answers(fixture_path("selfstudy/qa.jsonl"));
+  const Dataset dataset = read_dataset(fixture_path("selfstudy/dataset.jsonl"));
+  const Cartridge initial = load_adapter(fixture_path("selfstudy/init_adapter")).cartridge;
+  const fs::path out = fs::temp_directory_path() / ("cartridge_validation_test_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  TrainingOptions options;
+  options.output_dir = out.string();
+  options.steps = 16;
+  options.batch_size = 2;
+  options.learning_rate = 0.2;  // large enough that the score first falls, then rises on this tiny model
+  options.eval_fraction = 0.25;
+  options.eval_every = 1;
+  options.checkpoint_every = 1;
+  options.keep_checkpoints = 100;
+  options.show_progress = false;
+  options.handle_interrupt = false;
+  options.validation_questions = question_answer_rows(model, questions);
+  ASSERT_EQ(options.validation_questions.size(), questions.size());
+  const TrainingResult result = train_cartridge(model.model, initial, dataset, options);
+
+  ASSERT_EQ(result.evaluations.size(), 17u);  // steps 0..16
+  const std::vector<double> reference = nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")))
+                                            ["eval"]["cartridge"].get<std::vector<double>>();
+  double reference_mean = 0;
+  for (const double value : reference) reference_mean += value / static_cast<double>(reference.size());
+  EXPECT_NEAR(result.evaluations[0].validation_answer_nll, reference_mean, 1e-4);
+
+  EvaluationOptions evaluation;
+  evaluation.show_progress = false;
+  int64_t lowest_step = -1;
+  double lowest = 0;
+  for (const EvaluationEntry& entry : result.evaluations) {
+    ASSERT_TRUE(std::isfinite(entry.validation_answer_nll)) << "step " << entry.step;
+    EXPECT_TRUE(std::isfinite(entry.heldout_kl)) << "step " << entry.step;
+    if (lowest_step < 0 || entry.validation_answer_nll < lowest) {
+      lowest_step = entry.step;
+      lowest = entry.validation_answer_nll;
+    }
+    if (entry.step == 0) continue;
+    const std::string checkpoint = out.string() + "/checkpoint-" + std::to_string(entry.step);
+    const Cartridge trained = load_adapter(checkpoint).cartridge;
+    const std::vector<ConditionScore> scores = evaluate_conditions(
+        model, questions, {}, 1, {{"step", ContextKind::kCartridge, trained.kv_prefix_for(*model.model), ""}},
+        evaluation);
+    EXPECT_NEAR(entry.validation_answer_nll, scores[0].answer_nll, 1e-5) << "step " << entry.step;
+  }
+  EXPECT_GT(lowest_step, 0) << "training never beat the initialisation: the test does not exercise early stopping";
+  EXPECT_LT(lowest_step, 16) << "the last step was the best: the test does not exercise early stopping";
+  EXPECT_EQ(result.best_step, lowest_step);
+  EXPECT_EQ(result.best_validation_answer_nll, lowest);
+  const nlohmann::json best = nlohmann::json::parse(read_text_file(out.string() + "/best/best_validation.json"));
+  EXPECT_EQ(best["step"].get<int64_t>(), lowest_step);
+  EXPECT_EQ(best["validation_answer_nll"].get<double>(), lowest);
+  EXPECT_EQ(read_text_file(out.string() + "/best/adapter_model.safetensors"),
+            read_text_file(out.string() + "/checkpoint-" + std::to_string(lowest_step) + "/adapter_model.safetensors"));
+  // The final adapter is the last step's, as without validation questions.
+  EXPECT_EQ(read_text_file(out.string() + "/adapter_model.safetensors"),
+            read_text_file(out.string() + "/checkpoint-16/adapter_model.safetensors"));
+  EXPECT_NE(read_text_file(out.string() + "/loss.csv").find("validation_answer_nll"), std::string::npos);
+  EXPECT_NE(read_text_file(out.string() + "/loss.svg").find("validation answer NLL"), std::string::npos);
+
+  // Resuming with other validation questions is refused: the best so far was chosen on these.
+  TrainingOptions other = options;
+  other.steps = 17;
+  other.resume = true;
+  other.validation_questions.pop_back();
+  EXPECT_THROW(train_cartridge(model.model, initial, dataset, other), MismatchError);
+  fs::remove_all(out);
+}
+
 TEST(Evaluation, SkipsAContextBeyondTheModel) {
   const LoadedModel model = tiny_loaded_model();
   std::string long_corpus;

@@ -291,12 +291,20 @@ TEST(TrainerOutputs, CsvAndSvg) {
   const std::vector<TrainingHistoryEntry> history = {{1, 2.5, 100, 50, 0.5}, {2, 2.0, 100, 50, 0.5}};
   const std::vector<EvaluationEntry> evaluations = {{0, 1.5, 20}, {2, 1.25, 20}};
   EXPECT_EQ(loss_csv(history, evaluations),
-            "step,loss,tokens,positions,seconds,heldout_kl\n0,,,,,1.5\n1,2.5,100,50,0.5000,\n2,2,100,50,0.5000,1.25\n");
+            "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n0,,,,,1.5,\n1,2.5,100,50,0.5000,,\n"
+            "2,2,100,50,0.5000,1.25,\n");
   const std::string svg = loss_svg(history, evaluations);
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
   EXPECT_NE(svg.find("<polyline"), std::string::npos);
   EXPECT_NE(svg.find("held-out KL"), std::string::npos);
+  EXPECT_EQ(svg.find("validation answer NLL"), std::string::npos);  // no panel without validation questions
+  // With validation questions and nothing held out: the KL cell is empty, the NLL cell filled.
+  const std::vector<EvaluationEntry> validated = {{0, std::nan(""), 0, 3.5}, {2, std::nan(""), 0, 3.25}};
+  EXPECT_EQ(loss_csv(history, validated),
+            "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n0,,,,,,3.5\n1,2.5,100,50,0.5000,,\n"
+            "2,2,100,50,0.5000,,3.25\n");
+  EXPECT_NE(loss_svg(history, validated).find("validation answer NLL"), std::string::npos);
 }
 
 }  // namespace
