@@ -118,14 +118,15 @@ void run_study_command(StudyCommandOptions& options) {
     std::printf("interrupted: run the same command again to continue\n");
     return;
   }
+  // With validation questions the early-stopped adapter is the one to use.
+  const std::string use = training.best_step >= 0 ? result.adapter_dir + "/" + kBestFolderName : result.adapter_dir;
   std::printf(
       "use it:\n"
       "  cartridge chat --model %s --cartridge %s\n"
       "  cartridge generate --model %s --cartridge %s --chat --prompt 'Your question about the document'\n"
       "  cartridge eval --model %s --corpus %s --qa QUESTIONS.jsonl --cartridge %s\n",
-      options.model.model.c_str(), result.adapter_dir.c_str(), options.model.model.c_str(),
-      result.adapter_dir.c_str(), options.model.model.c_str(), options.corpus.c_str(),
-      result.adapter_dir.c_str());
+      options.model.model.c_str(), use.c_str(), options.model.model.c_str(), use.c_str(),
+      options.model.model.c_str(), options.corpus.c_str(), use.c_str());
 }
 
 }  // namespace

@@ -81,7 +81,9 @@ void print_summary(const TrainingResult& result, const std::string& out, const s
   std::printf("\ncartridge: %s (PEFT adapter; loss curve in %s/loss.svg)\n", out.c_str(), out.c_str());
   print_validation_summary(result, out);
   if (!result.interrupted) {
-    std::printf("chat with it:  cartridge chat --model %s --cartridge %s\n", model.c_str(), out.c_str());
+    // With validation questions the early-stopped adapter is the one to use.
+    const std::string use = result.best_step >= 0 ? out + "/" + kBestFolderName : out;
+    std::printf("chat with it:  cartridge chat --model %s --cartridge %s\n", model.c_str(), use.c_str());
   }
 }
 
