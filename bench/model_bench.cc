@@ -12,9 +12,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <CLI/CLI.hpp>
 #include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
+#include <CLI/CLI.hpp>
 
 #include "io/model_files.h"
 #include "model/model.h"
@@ -32,12 +32,14 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-void print_result(const std::string& phase, int64_t batch, int64_t tokens, double seconds, const std::string& dtype,
-                  const std::string& device) {
-  std::printf("{\"impl\": \"cartridge.cpp\", \"phase\": \"%s\", \"batch\": %lld, \"tokens\": %lld, \"seconds\": %.6f, "
-              "\"tokens_per_second\": %.3f, \"dtype\": \"%s\", \"device\": \"%s\", \"threads\": %d}\n",
-              phase.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), seconds, tokens / seconds,
-              dtype.c_str(), device.c_str(), at::get_num_threads());
+void print_result(const std::string& phase, int64_t batch, int64_t tokens, double seconds,
+                  const std::string& dtype, const std::string& device) {
+  std::printf(
+      "{\"impl\": \"cartridge.cpp\", \"phase\": \"%s\", \"batch\": %lld, \"tokens\": %lld, \"seconds\": "
+      "%.6f, "
+      "\"tokens_per_second\": %.3f, \"dtype\": \"%s\", \"device\": \"%s\", \"threads\": %d}\n",
+      phase.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), seconds, tokens / seconds,
+      dtype.c_str(), device.c_str(), at::get_num_threads());
   std::fflush(stdout);
 }
 
@@ -65,7 +67,8 @@ int main(int argc, char** argv) {
     cartridge::LoadOptions options;
     options.dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
     if (device_name == "cuda") {
-      if (!torch::cuda::is_available()) throw cartridge::UnsupportedError("--device cuda: no CUDA device available");
+      if (!torch::cuda::is_available())
+        throw cartridge::UnsupportedError("--device cuda: no CUDA device available");
       options.device = at::Device(at::kCUDA, 0);
     }
     options.show_progress = false;
@@ -78,9 +81,10 @@ int main(int argc, char** argv) {
     at::manual_seed(0);
     const auto ids_options = at::TensorOptions().dtype(at::kLong).device(options.device);
 
-    // Prefill: `batch` prompts of prompt_tokens each, all positions through the model, logits of the last one.
+    // Prefill: `batch` prompts of prompt_tokens each, all positions through the model, logits of the last
+    // one.
     for (const int64_t batch : batches) {
-      const at::Tensor ids = at::randint(vocab, {batch, prompt_tokens}, ids_options);        // [B, T]
+      const at::Tensor ids = at::randint(vocab, {batch, prompt_tokens}, ids_options);          // [B, T]
       const at::Tensor mask = at::ones({batch, prompt_tokens}, ids_options.dtype(at::kBool));  // [B, T]
       cartridge::ForwardOptions last_only;
       last_only.last_token_only = true;

@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
   app.add_option("--tokenizer-config", tokenizer_config, "tokenizer_config.json beside it");
   app.add_option("--gguf", gguf_path, "GGUF file whose tokenizer to load instead");
   app.add_option("--text", text_path, "UTF-8 text to encode")->required();
-  app.add_option("--repeats", repeats, "timed runs after one warm-up; the best is reported")->check(CLI::PositiveNumber);
+  app.add_option("--repeats", repeats, "timed runs after one warm-up; the best is reported")
+      ->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "threads for the line-by-line run")->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
@@ -85,9 +86,14 @@ int main(int argc, char** argv) {
       ids = tokenizer.encode(text, false);
       if (run > 0) best = std::min(best, seconds_since(start));
     }
-    std::cout << nlohmann::json{{"impl", "ours"},         {"mode", "single"},       {"threads", 1},
-                                {"bytes", text.size()},   {"tokens", ids.size()},   {"seconds", best},
-                                {"checksum", std::to_string(checksum(ids))}, {"load_seconds", load_seconds}}
+    std::cout << nlohmann::json{{"impl", "ours"},
+                                {"mode", "single"},
+                                {"threads", 1},
+                                {"bytes", text.size()},
+                                {"tokens", ids.size()},
+                                {"seconds", best},
+                                {"checksum", std::to_string(checksum(ids))},
+                                {"load_seconds", load_seconds}}
                      .dump()
               << std::endl;
 
@@ -101,7 +107,8 @@ int main(int argc, char** argv) {
       std::vector<std::thread> workers;
       for (int t = 0; t < threads; ++t) {
         workers.emplace_back([&] {
-          for (size_t i = next++; i < lines.size(); i = next++) line_ids[i] = tokenizer.encode(lines[i], false);
+          for (size_t i = next++; i < lines.size(); i = next++)
+            line_ids[i] = tokenizer.encode(lines[i], false);
         });
       }
       for (std::thread& worker : workers) worker.join();
@@ -113,8 +120,12 @@ int main(int argc, char** argv) {
       hash = checksum(line, hash);
       tokens += line.size();
     }
-    std::cout << nlohmann::json{{"impl", "ours"},       {"mode", "lines"},     {"threads", threads},
-                                {"bytes", text.size()}, {"tokens", tokens},    {"seconds", best},
+    std::cout << nlohmann::json{{"impl", "ours"},
+                                {"mode", "lines"},
+                                {"threads", threads},
+                                {"bytes", text.size()},
+                                {"tokens", tokens},
+                                {"seconds", best},
                                 {"checksum", std::to_string(hash)}}
                      .dump()
               << std::endl;

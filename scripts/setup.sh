@@ -21,7 +21,7 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # 1. Debian packages (headers and libraries we build against).
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git unzip nlohmann-json3-dev libpcre2-dev
   libutf8proc-dev libcli11-dev libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libcpp-httplib-dev)
+  libcpp-httplib-dev clang-format)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

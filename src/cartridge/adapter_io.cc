@@ -75,27 +75,19 @@ std::optional<fs::path> cached_snapshot(const fs::path& repo_folder) {
 
 at::ScalarType torch_dtype(SafetensorsDType dtype) {
   switch (dtype) {
-    case SafetensorsDType::F32:
-      return at::kFloat;
-    case SafetensorsDType::F16:
-      return at::kHalf;
-    case SafetensorsDType::BF16:
-      return at::kBFloat16;
-    default:
-      return at::ScalarType::Undefined;
+    case SafetensorsDType::F32: return at::kFloat;
+    case SafetensorsDType::F16: return at::kHalf;
+    case SafetensorsDType::BF16: return at::kBFloat16;
+    default: return at::ScalarType::Undefined;
   }
 }
 
 SafetensorsDType safetensors_dtype(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat:
-      return SafetensorsDType::F32;
-    case at::kHalf:
-      return SafetensorsDType::F16;
-    case at::kBFloat16:
-      return SafetensorsDType::BF16;
-    default:
-      TORCH_CHECK(false, "no safetensors dtype for ", dtype);
+    case at::kFloat: return SafetensorsDType::F32;
+    case at::kHalf: return SafetensorsDType::F16;
+    case at::kBFloat16: return SafetensorsDType::BF16;
+    default: TORCH_CHECK(false, "no safetensors dtype for ", dtype);
   }
 }
 
@@ -332,9 +324,10 @@ std::vector<std::string> compose_adapter_folders(const std::vector<std::string>&
       field = "num_transformer_submodules";
     if (field != nullptr) {
       // The values as adapter_config.json spells them (a null task_type included).
-      throw MismatchError(folders[i].string() + " cannot be composed with " + folders[0].string() + ": their " +
-                          field + " differ (" + first.to_json().at(field).dump() + " vs " +
-                          other.to_json().at(field).dump() + "); compose only cartridges made for the same model");
+      throw MismatchError(folders[i].string() + " cannot be composed with " + folders[0].string() +
+                          ": their " + field + " differ (" + first.to_json().at(field).dump() + " vs " +
+                          other.to_json().at(field).dump() +
+                          "); compose only cartridges made for the same model");
     }
   }
   std::vector<at::Tensor> parts;  // each [p_i, W] in its stored dtype

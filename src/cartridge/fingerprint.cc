@@ -93,15 +93,9 @@ at::Tensor hf_final_norm(const ModelFiles& files) {
     if (info == nullptr) continue;
     at::ScalarType dtype;
     switch (info->dtype) {
-      case SafetensorsDType::F32:
-        dtype = at::kFloat;
-        break;
-      case SafetensorsDType::F16:
-        dtype = at::kHalf;
-        break;
-      case SafetensorsDType::BF16:
-        dtype = at::kBFloat16;
-        break;
+      case SafetensorsDType::F32: dtype = at::kFloat; break;
+      case SafetensorsDType::F16: dtype = at::kHalf; break;
+      case SafetensorsDType::BF16: dtype = at::kBFloat16; break;
       default:
         throw UnsupportedError(describe_file_problem(
             path, name + " is " + safetensors_dtype_name(info->dtype), "expected F32, F16 or BF16"));

@@ -12,13 +12,13 @@
 namespace cartridge {
 
 struct GenerationRequest {
-  std::vector<int32_t> prompt_ids;          // non-empty
-  std::shared_ptr<const KvPrefix> prefix;   // null = no cartridge; real tokens then start at position 0
+  std::vector<int32_t> prompt_ids;         // non-empty
+  std::shared_ptr<const KvPrefix> prefix;  // null = no cartridge; real tokens then start at position 0
   SamplingOptions sampling;
   int64_t max_new_tokens = 256;
-  bool stop_at_eos = true;                  // stop on the tokenizer's end-of-sequence token(s)
-  std::vector<int32_t> stop_token_ids;      // extra stop tokens (not included in the output)
-  std::vector<std::string> stop_strings;    // the text ends before the first occurrence (not included)
+  bool stop_at_eos = true;                // stop on the tokenizer's end-of-sequence token(s)
+  std::vector<int32_t> stop_token_ids;    // extra stop tokens (not included in the output)
+  std::vector<std::string> stop_strings;  // the text ends before the first occurrence (not included)
 };
 
 struct GenerationResult {

@@ -5,7 +5,8 @@
 namespace cartridge {
 
 std::vector<GenerationResult> generate(const Model& model, const Tokenizer& tokenizer,
-                                       const std::vector<GenerationRequest>& requests, const TextCallback& on_text) {
+                                       const std::vector<GenerationRequest>& requests,
+                                       const TextCallback& on_text) {
   if (requests.empty()) return {};
   c10::InferenceMode inference_mode;
 
@@ -25,7 +26,7 @@ std::vector<GenerationResult> generate(const Model& model, const Tokenizer& toke
 
   while (true) {
     const at::Tensor last_logits = logits.select(1, 0).to(at::kFloat);  // [B_active, V]
-    std::vector<int64_t> still_active;  // positions in `active` that continue
+    std::vector<int64_t> still_active;                                  // positions in `active` that continue
     for (size_t slot = 0; slot < active.size(); ++slot) {
       RowDecoder& row = rows[active[slot]];
       if (row.finished()) continue;  // max_new_tokens == 0

@@ -21,16 +21,19 @@ LoadedModel load_model(const std::string& model_spec, const LoadOptions& options
 std::string LoadedModel::render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                                      const ChatTemplateOptions& options) const {
   if (!chat_template) {
-    throw UnsupportedError(files.name + ": the model has no chat template (use a raw prompt instead of --chat)");
+    throw UnsupportedError(files.name +
+                           ": the model has no chat template (use a raw prompt instead of --chat)");
   }
   ChatTemplateOptions with_prompt = options;
   with_prompt.add_generation_prompt = add_generation_prompt;
   return chat_template->render(messages, with_prompt);
 }
 
-std::vector<int32_t> LoadedModel::encode_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+std::vector<int32_t> LoadedModel::encode_chat(const std::vector<ChatMessage>& messages,
+                                              bool add_generation_prompt,
                                               const ChatTemplateOptions& options) const {
-  return tokenizer->encode(render_chat(messages, add_generation_prompt, options), /*add_special_tokens=*/false);
+  return tokenizer->encode(render_chat(messages, add_generation_prompt, options),
+                           /*add_special_tokens=*/false);
 }
 
 at::ScalarType parse_dtype(const std::string& name) {
@@ -54,7 +57,8 @@ at::Device parse_device(const std::string& name) {
   try {
     at::Device device(name);
     if (device.is_cuda() && !at::hasCUDA()) {
-      throw InvalidArgumentError("device '" + name + "' asked for, but this build/machine has no CUDA (use --device cpu)");
+      throw InvalidArgumentError("device '" + name +
+                                 "' asked for, but this build/machine has no CUDA (use --device cpu)");
     }
     return device;
   } catch (const c10::Error&) {

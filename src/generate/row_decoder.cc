@@ -12,13 +12,14 @@ void check_generation_request(const ModelConfig& config, const GenerationRequest
   if (request.prompt_ids.empty()) throw InvalidArgumentError("the prompt is empty: give at least one token");
   if (request.max_new_tokens < 0) throw InvalidArgumentError("max_new_tokens must be >= 0");
   const int64_t prefix_length = request.prefix ? request.prefix->length() : 0;
-  const int64_t needed = prefix_length + static_cast<int64_t>(request.prompt_ids.size()) + request.max_new_tokens;
+  const int64_t needed =
+      prefix_length + static_cast<int64_t>(request.prompt_ids.size()) + request.max_new_tokens;
   if (needed > config.max_position_embeddings) {
-    throw InvalidArgumentError("cartridge (" + std::to_string(prefix_length) + ") + prompt (" +
-                               std::to_string(request.prompt_ids.size()) + ") + max_new_tokens (" +
-                               std::to_string(request.max_new_tokens) + ") tokens exceed the model's context of " +
-                               std::to_string(config.max_position_embeddings) +
-                               " (shorten the prompt or lower max_new_tokens)");
+    throw InvalidArgumentError(
+        "cartridge (" + std::to_string(prefix_length) + ") + prompt (" +
+        std::to_string(request.prompt_ids.size()) + ") + max_new_tokens (" +
+        std::to_string(request.max_new_tokens) + ") tokens exceed the model's context of " +
+        std::to_string(config.max_position_embeddings) + " (shorten the prompt or lower max_new_tokens)");
   }
 }
 
@@ -33,7 +34,8 @@ RowDecoder::RowDecoder(const GenerationRequest& request, const Tokenizer& tokeni
 }
 
 bool RowDecoder::is_stop_token(int32_t token) const {
-  if (request_->stop_at_eos && tokenizer_->eos_token_id() && token == *tokenizer_->eos_token_id()) return true;
+  if (request_->stop_at_eos && tokenizer_->eos_token_id() && token == *tokenizer_->eos_token_id())
+    return true;
   return std::find(request_->stop_token_ids.begin(), request_->stop_token_ids.end(), token) !=
          request_->stop_token_ids.end();
 }
@@ -55,11 +57,13 @@ std::string RowDecoder::advance(const at::Tensor& logits) {
   std::string visible = stop_matcher_.push(decoder_.push(token));
   result_.text += visible;
   if (stop_matcher_.stopped()) return visible + finish("stop");
-  if (static_cast<int64_t>(result_.token_ids.size()) >= request_->max_new_tokens) return visible + finish("length");
+  if (static_cast<int64_t>(result_.token_ids.size()) >= request_->max_new_tokens)
+    return visible + finish("length");
   return visible;
 }
 
-KvCache make_prefixed_cache(const Model& model, const std::vector<std::shared_ptr<const KvPrefix>>& prefixes) {
+KvCache make_prefixed_cache(const Model& model,
+                            const std::vector<std::shared_ptr<const KvPrefix>>& prefixes) {
   const ModelConfig& config = model.config();
   const int64_t batch = static_cast<int64_t>(prefixes.size());
   int64_t longest = 0;  // P_max, tokens
@@ -70,15 +74,17 @@ KvCache make_prefixed_cache(const Model& model, const std::vector<std::shared_pt
   std::vector<at::Tensor> keys, values;  // per layer [B, H_kv, P_max, D]
   for (int64_t layer = 0; layer < config.num_layers; ++layer) {
     keys.push_back(at::zeros({batch, config.num_key_value_heads, longest, config.head_dim}, tensor_options));
-    values.push_back(at::zeros({batch, config.num_key_value_heads, longest, config.head_dim}, tensor_options));
+    values.push_back(
+        at::zeros({batch, config.num_key_value_heads, longest, config.head_dim}, tensor_options));
   }
   at::Tensor lengths = at::zeros({batch}, at::kLong);  // [B] valid prefix slots per row
   for (int64_t row = 0; row < batch; ++row) {
     const auto& prefix = prefixes[row];
     if (!prefix || prefix->length() == 0) continue;
     if (static_cast<int64_t>(prefix->keys.size()) != config.num_layers) {
-      throw MismatchError("a cartridge has " + std::to_string(prefix->keys.size()) + " layers but the model has " +
-                          std::to_string(config.num_layers) + " (use a cartridge made for this model)");
+      throw MismatchError("a cartridge has " + std::to_string(prefix->keys.size()) +
+                          " layers but the model has " + std::to_string(config.num_layers) +
+                          " (use a cartridge made for this model)");
     }
     const int64_t length = prefix->length();
     for (int64_t layer = 0; layer < config.num_layers; ++layer) {
@@ -111,15 +117,18 @@ std::pair<KvCache, at::Tensor> prefill_batch(const Model& model,
   KvCache cache = make_prefixed_cache(model, prefixes);
   ForwardOptions last_only;
   last_only.last_token_only = true;
-  at::Tensor logits = model.forward(input_ids.to(model.device()), token_mask.to(model.device()), cache, last_only);
+  at::Tensor logits =
+      model.forward(input_ids.to(model.device()), token_mask.to(model.device()), cache, last_only);
   return {std::move(cache), std::move(logits)};
 }
 
 at::Tensor decode_step(const Model& model, KvCache& cache, const std::vector<int64_t>& tokens) {
   const int64_t batch = static_cast<int64_t>(tokens.size());
-  TORCH_CHECK(batch == cache.batch_size(), "decode_step: ", batch, " tokens for ", cache.batch_size(), " rows");
+  TORCH_CHECK(batch == cache.batch_size(), "decode_step: ", batch, " tokens for ", cache.batch_size(),
+              " rows");
   const at::Tensor step_ids = at::tensor(tokens, at::kLong).view({batch, 1}).to(model.device());  // [B, 1]
-  const at::Tensor step_mask = at::ones({batch, 1}, at::TensorOptions().dtype(at::kBool).device(model.device()));
+  const at::Tensor step_mask =
+      at::ones({batch, 1}, at::TensorOptions().dtype(at::kBool).device(model.device()));
   ForwardOptions last_only;
   last_only.last_token_only = true;
   return model.forward(step_ids, step_mask, cache, last_only);

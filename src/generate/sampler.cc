@@ -11,7 +11,8 @@ namespace cartridge {
 
 Sampler::Sampler(const SamplingOptions& options) : options_(options), random_(options.seed) {
   if (!(options.temperature >= 0.0)) {
-    throw InvalidArgumentError("temperature must be >= 0 (0 = greedy), got " + std::to_string(options.temperature));
+    throw InvalidArgumentError("temperature must be >= 0 (0 = greedy), got " +
+                               std::to_string(options.temperature));
   }
   if (!(options.top_p > 0.0 && options.top_p <= 1.0)) {
     throw InvalidArgumentError("top_p must be in (0, 1], got " + std::to_string(options.top_p));
@@ -33,7 +34,9 @@ int64_t Sampler::sample(const at::Tensor& logits) {
   std::iota(order.begin(), order.end(), 0);
   int64_t kept = vocab;
   if (options_.top_k > 0 && options_.top_k < vocab) kept = options_.top_k;
-  auto by_score = [&](int32_t a, int32_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
+  auto by_score = [&](int32_t a, int32_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+  };
   if (kept < vocab) {
     std::partial_sort(order.begin(), order.begin() + kept, order.end(), by_score);
     order.resize(kept);

@@ -5,7 +5,8 @@
 namespace cartridge {
 
 StopMatcher::StopMatcher(std::vector<std::string> stop_strings) : stop_strings_(std::move(stop_strings)) {
-  stop_strings_.erase(std::remove(stop_strings_.begin(), stop_strings_.end(), std::string()), stop_strings_.end());
+  stop_strings_.erase(std::remove(stop_strings_.begin(), stop_strings_.end(), std::string()),
+                      stop_strings_.end());
 }
 
 std::string StopMatcher::push(const std::string& text) {

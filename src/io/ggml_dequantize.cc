@@ -9,8 +9,8 @@
 #include <thread>
 #include <vector>
 
-#include "io/gguf.h"
 #include "io/ggml_types.h"
+#include "io/gguf.h"
 #include "util/error.h"
 
 #if defined(__clang__)
@@ -70,7 +70,8 @@ void dequantize_f16(const uint8_t* blocks, int64_t count, float* out) {
 }
 
 void dequantize_bf16(const uint8_t* blocks, int64_t count, float* out) {
-  for (int64_t i = 0; i < count; ++i) out[i] = bits_to_float(static_cast<uint32_t>(load_u16(blocks + 2 * i)) << 16);
+  for (int64_t i = 0; i < count; ++i)
+    out[i] = bits_to_float(static_cast<uint32_t>(load_u16(blocks + 2 * i)) << 16);
 }
 
 void dequantize_f64(const uint8_t* blocks, int64_t count, float* out) {
@@ -371,9 +372,10 @@ uint64_t ggml_byte_size(GgmlType type, int64_t element_count) {
 void dequantize_ggml(GgmlType type, const uint8_t* data, int64_t element_count, float* out) {
   const TypeEntry* entry = find_entry(static_cast<uint32_t>(type));
   if (entry == nullptr || entry->dequantizer == nullptr) {
-    throw UnsupportedError("cannot dequantise ggml tensor type " + ggml_type_name(type) +
-                           " (supported: F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
-                           "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); convert the model to one of those types");
+    throw UnsupportedError(
+        "cannot dequantise ggml tensor type " + ggml_type_name(type) +
+        " (supported: F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+        "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K); convert the model to one of those types");
   }
   ggml_byte_size(type, element_count);  // checks whole blocks
   const GgmlTypeTraits& traits = entry->traits;
@@ -381,7 +383,8 @@ void dequantize_ggml(GgmlType type, const uint8_t* data, int64_t element_count, 
   if (block_count == 0) return;
 
   const int64_t hardware = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t thread_count = std::min<int64_t>({hardware, 16, std::max<int64_t>(1, element_count / kElementsPerThread)});
+  const int64_t thread_count =
+      std::min<int64_t>({hardware, 16, std::max<int64_t>(1, element_count / kElementsPerThread)});
   if (thread_count <= 1) {
     entry->dequantizer(data, block_count, out);
     return;

@@ -8,37 +8,50 @@
 #include <utility>
 
 #include "io/checked_math.h"
-#include "io/quoted.h"
 #include "io/ggml_types.h"
+#include "io/quoted.h"
 #include "util/error.h"
 
 namespace cartridge {
 
 namespace {
 
-constexpr uint32_t kMaxDims = 4;         // GGML_MAX_DIMS
-constexpr int kMaxArrayNesting = 4;      // arrays of arrays deeper than this are refused (stack safety)
+constexpr uint32_t kMaxDims = 4;            // GGML_MAX_DIMS
+constexpr int kMaxArrayNesting = 4;         // arrays of arrays deeper than this are refused (stack safety)
 constexpr uint64_t kDefaultAlignment = 32;  // bytes, when general.alignment is absent
 
 enum GgufValueType : uint32_t {
-  kUint8 = 0, kInt8, kUint16, kInt16, kUint32, kInt32, kFloat32, kBool, kString, kArray, kUint64, kInt64,
+  kUint8 = 0,
+  kInt8,
+  kUint16,
+  kInt16,
+  kUint32,
+  kInt32,
+  kFloat32,
+  kBool,
+  kString,
+  kArray,
+  kUint64,
+  kInt64,
   kFloat64,
 };
 
 // Names of the GgufValue alternatives, in variant order (which is also the file's type numbering).
-const char* const kValueTypeNames[] = {"uint8", "int8",   "uint16", "int16", "uint32", "int32", "float32",
-                                       "bool",  "string", "array",  "uint64", "int64", "float64"};
+const char* const kValueTypeNames[] = {"uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+                                       "bool",  "string", "array",  "uint64", "int64",  "float64"};
 
 const char* alternative_name(const GgufValue& value) {
-  // Variant order: uint8, int8, uint16, int16, uint32, int32, float, bool, string, uint64, int64, double, array.
-  static const char* const kNames[] = {"uint8",  "int8",   "uint16", "int16",   "uint32", "int32", "float32",
-                                       "bool",   "string", "uint64", "int64",   "float64", "array"};
+  // Variant order: uint8, int8, uint16, int16, uint32, int32, float, bool, string, uint64, int64, double,
+  // array.
+  static const char* const kNames[] = {"uint8", "int8",   "uint16", "int16", "uint32",  "int32", "float32",
+                                       "bool",  "string", "uint64", "int64", "float64", "array"};
   return kNames[value.value.index()];
 }
 
 [[noreturn]] void throw_wrong_type(const std::string& key, const GgufValue& value, const char* expected) {
-  throw FormatError("GGUF metadata key " + quote_name(key) + " holds a " + alternative_name(value) + ", expected " +
-                    expected + " (the file does not follow the layout this model type needs)");
+  throw FormatError("GGUF metadata key " + quote_name(key) + " holds a " + alternative_name(value) +
+                    ", expected " + expected +
+                    " (the file does not follow the layout this model type needs)");
 }
 
 const char* const kDamagedHint = "the file is incomplete or damaged; download or convert it again";
@@ -73,12 +86,12 @@ class Cursor {
   std::string read_string(const std::string& what) {
     const uint64_t length = read<uint64_t>(what + " (string length)");
     if (length > remaining()) {
-      throw FormatError(describe_file_problem(
-          file_.path(),
-          "GGUF string length " + std::to_string(length) + " for " + what + " at byte " +
-              std::to_string(position_ - 8) + " runs past the end of the file (" + std::to_string(file_.size()) +
-              " bytes)",
-          kDamagedHint));
+      throw FormatError(describe_file_problem(file_.path(),
+                                              "GGUF string length " + std::to_string(length) + " for " +
+                                                  what + " at byte " + std::to_string(position_ - 8) +
+                                                  " runs past the end of the file (" +
+                                                  std::to_string(file_.size()) + " bytes)",
+                                              kDamagedHint));
     }
     std::string text(reinterpret_cast<const char*>(file_.data() + position_), length);
     position_ += length;
@@ -94,16 +107,25 @@ class Cursor {
 // anything is allocated for it.
 uint64_t minimum_value_bytes(uint32_t type) {
   switch (type) {
-    case kUint8: case kInt8: case kBool: return 1;
-    case kUint16: case kInt16: return 2;
-    case kUint32: case kInt32: case kFloat32: return 4;
-    case kUint64: case kInt64: case kFloat64: case kString: return 8;
+    case kUint8:
+    case kInt8:
+    case kBool: return 1;
+    case kUint16:
+    case kInt16: return 2;
+    case kUint32:
+    case kInt32:
+    case kFloat32: return 4;
+    case kUint64:
+    case kInt64:
+    case kFloat64:
+    case kString: return 8;
     case kArray: return 12;
     default: return 1;
   }
 }
 
-GgufValue read_value(Cursor& cursor, uint32_t type, const std::string& key, int depth, const std::string& path) {
+GgufValue read_value(Cursor& cursor, uint32_t type, const std::string& key, int depth,
+                     const std::string& path) {
   const std::string what = "the value of metadata key " + quote_name(key);
   GgufValue result;
   switch (type) {
@@ -121,14 +143,18 @@ GgufValue read_value(Cursor& cursor, uint32_t type, const std::string& key, int 
     case kFloat64: result.value = cursor.read<double>(what); break;
     case kArray: {
       if (depth >= kMaxArrayNesting) {
-        throw FormatError(describe_file_problem(path, "GGUF metadata key " + quote_name(key) + " nests arrays more than " +
-                                                          std::to_string(kMaxArrayNesting) + " deep",
+        throw FormatError(describe_file_problem(path,
+                                                "GGUF metadata key " + quote_name(key) +
+                                                    " nests arrays more than " +
+                                                    std::to_string(kMaxArrayNesting) + " deep",
                                                 kDamagedHint));
       }
       const uint32_t element_type = cursor.read<uint32_t>(what + " (array element type)");
       if (element_type > kFloat64) {
-        throw FormatError(describe_file_problem(path, "GGUF metadata key " + quote_name(key) + " is an array of unknown type " +
-                                                          std::to_string(element_type),
+        throw FormatError(describe_file_problem(path,
+                                                "GGUF metadata key " + quote_name(key) +
+                                                    " is an array of unknown type " +
+                                                    std::to_string(element_type),
                                                 kDamagedHint));
       }
       const uint64_t count = cursor.read<uint64_t>(what + " (array length)");
@@ -143,13 +169,15 @@ GgufValue read_value(Cursor& cursor, uint32_t type, const std::string& key, int 
       }
       GgufArray elements;
       elements.reserve(count);
-      for (uint64_t i = 0; i < count; ++i) elements.push_back(read_value(cursor, element_type, key, depth + 1, path));
+      for (uint64_t i = 0; i < count; ++i)
+        elements.push_back(read_value(cursor, element_type, key, depth + 1, path));
       result.value = std::move(elements);
       break;
     }
     default:
       throw FormatError(describe_file_problem(
-          path, "GGUF metadata key " + quote_name(key) + " has unknown value type " + std::to_string(type), kDamagedHint));
+          path, "GGUF metadata key " + quote_name(key) + " has unknown value type " + std::to_string(type),
+          kDamagedHint));
   }
   return result;
 }
@@ -203,7 +231,8 @@ bool GgufValue::as_bool(const std::string& key) const {
   }
   const int64_t number = as_int(key);
   if (number != 0 && number != 1) {
-    throw FormatError("GGUF metadata key " + quote_name(key) + " holds " + std::to_string(number) + ", expected a bool");
+    throw FormatError("GGUF metadata key " + quote_name(key) + " holds " + std::to_string(number) +
+                      ", expected a bool");
   }
   return number == 1;
 }
@@ -232,8 +261,9 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   cursor.need(4, "the GGUF magic");
   if (std::memcmp(file_.data(), "GGUF", 4) != 0) {
     const std::string found(reinterpret_cast<const char*>(file_.data()), 4);
-    throw FormatError(describe_file_problem(path, "not a GGUF file (starts with " + quote_name(found) + ", expected \"GGUF\")",
-                                            "pass a .gguf model file"));
+    throw FormatError(describe_file_problem(
+        path, "not a GGUF file (starts with " + quote_name(found) + ", expected \"GGUF\")",
+        "pass a .gguf model file"));
   }
   cursor.read<uint32_t>("the GGUF magic");
   version_ = cursor.read<uint32_t>("the GGUF version");
@@ -252,7 +282,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   // Each metadata entry takes at least 13 bytes (key length, value type, one byte); each tensor entry 24
   // (name length, dimension count, type, offset). Refuse counts the file cannot hold before looping.
   if (metadata_count > cursor.remaining() / 13) {
-    fail("GGUF header declares " + std::to_string(metadata_count) + " metadata entries, more than the file can hold");
+    fail("GGUF header declares " + std::to_string(metadata_count) +
+         " metadata entries, more than the file can hold");
   }
   if (tensor_count > cursor.remaining() / 24) {
     fail("GGUF header declares " + std::to_string(tensor_count) + " tensors, more than the file can hold");
@@ -263,7 +294,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
     std::string key = cursor.read_string(entry + " (key)");
     const uint32_t type = cursor.read<uint32_t>("the value type of metadata key " + quote_name(key));
     GgufValue value = read_value(cursor, type, key, 0, path);
-    if (!metadata_.emplace(key, std::move(value)).second) fail("GGUF metadata key " + quote_name(key) + " appears twice");
+    if (!metadata_.emplace(key, std::move(value)).second)
+      fail("GGUF metadata key " + quote_name(key) + " appears twice");
   }
 
   if (const GgufValue* alignment = find("general.alignment")) {
@@ -289,7 +321,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
     const std::string what = "the entry of tensor " + quote_name(tensor.name);
     const uint32_t dim_count = cursor.read<uint32_t>(what);
     if (dim_count > kMaxDims) {
-      fail("tensor " + quote_name(tensor.name) + " has " + std::to_string(dim_count) + " dimensions, at most 4 allowed");
+      fail("tensor " + quote_name(tensor.name) + " has " + std::to_string(dim_count) +
+           " dimensions, at most 4 allowed");
     }
     uint64_t element_count = 1;
     for (uint32_t d = 0; d < dim_count; ++d) {
@@ -313,8 +346,9 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
     if ((!tensor.dims.empty() && tensor.dims[0] % traits->block_elements != 0) ||
         element_count % traits->block_elements != 0) {
       const uint64_t row = tensor.dims.empty() ? element_count : static_cast<uint64_t>(tensor.dims[0]);
-      fail("tensor " + quote_name(tensor.name) + " of type " + traits->name + " has rows of " + std::to_string(row) +
-           " elements, not a multiple of its " + std::to_string(traits->block_elements) + "-element blocks");
+      fail("tensor " + quote_name(tensor.name) + " of type " + traits->name + " has rows of " +
+           std::to_string(row) + " elements, not a multiple of its " +
+           std::to_string(traits->block_elements) + "-element blocks");
     }
     if (!checked_multiply(element_count / traits->block_elements, traits->block_bytes, &tensor.byte_size)) {
       fail("tensor " + quote_name(tensor.name) + " is too large to address");
@@ -335,9 +369,9 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
     uint64_t begin = 0, end = 0;
     if (!checked_add(data_offset_, tensor.offset, &begin) || !checked_add(begin, tensor.byte_size, &end) ||
         end > file_size) {
-      fail("tensor " + quote_name(tensor.name) + " data (" + std::to_string(tensor.byte_size) + " bytes at data offset " +
-           std::to_string(tensor.offset) + ") runs past the end of the file (" + std::to_string(file_size) +
-           " bytes; truncated?)");
+      fail("tensor " + quote_name(tensor.name) + " data (" + std::to_string(tensor.byte_size) +
+           " bytes at data offset " + std::to_string(tensor.offset) + ") runs past the end of the file (" +
+           std::to_string(file_size) + " bytes; truncated?)");
     }
   }
   std::vector<const GgufTensorInfo*> by_offset;
@@ -348,7 +382,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
             [](const auto* left, const auto* right) { return left->offset < right->offset; });
   for (size_t i = 1; i < by_offset.size(); ++i) {
     if (by_offset[i]->offset < by_offset[i - 1]->offset + by_offset[i - 1]->byte_size) {
-      fail("tensors " + quote_name(by_offset[i - 1]->name) + " and " + quote_name(by_offset[i]->name) + " overlap in the data section");
+      fail("tensors " + quote_name(by_offset[i - 1]->name) + " and " + quote_name(by_offset[i]->name) +
+           " overlap in the data section");
     }
   }
 }
@@ -381,10 +416,13 @@ const uint8_t* GgufFile::tensor_data(const GgufTensorInfo& tensor) const {
 void GgufFile::dequantize(const GgufTensorInfo& tensor, float* out) const {
   const GgmlTypeTraits* traits = find_ggml_type(static_cast<uint32_t>(tensor.type));
   if (traits == nullptr || !traits->can_dequantize) {
-    throw UnsupportedError(describe_file_problem(
-        path(), "tensor " + quote_name(tensor.name) + " has type " + ggml_type_name(tensor.type) + ", which cannot be dequantised here",
-        "supported: F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, "
-        "Q6_K; convert the model to one of those"));
+    throw UnsupportedError(describe_file_problem(path(),
+                                                 "tensor " + quote_name(tensor.name) + " has type " +
+                                                     ggml_type_name(tensor.type) +
+                                                     ", which cannot be dequantised here",
+                                                 "supported: F32, F16, BF16, F64, I8, I16, I32, I64, Q4_0, "
+                                                 "Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, "
+                                                 "Q6_K; convert the model to one of those"));
   }
   dequantize_ggml(tensor.type, tensor_data(tensor), tensor.element_count(), out);
 }

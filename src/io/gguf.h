@@ -16,9 +16,26 @@ namespace cartridge {
 
 // ggml tensor types, numbered as in the file.
 enum class GgmlType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
-  I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  I8 = 24,
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
+  BF16 = 30,
 };
 
 // The name llama.cpp uses ("Q4_1", "F32", ...), or "type<N>" for a number we do not know.
@@ -62,8 +79,10 @@ class GgufFile {
   uint32_t version() const { return version_; }
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }  // in file order
-  uint64_t alignment() const { return alignment_; }      // bytes (general.alignment, default 32)
-  uint64_t data_offset() const { return data_offset_; }  // bytes from the start of the file to the data section
+  uint64_t alignment() const { return alignment_; }  // bytes (general.alignment, default 32)
+  uint64_t data_offset() const {
+    return data_offset_;
+  }  // bytes from the start of the file to the data section
 
   // Metadata lookups; `find` returns nullptr when absent, `get` throws FormatError naming the key.
   const GgufValue* find(const std::string& key) const;
@@ -81,8 +100,8 @@ class GgufFile {
  private:
   MappedFile file_;
   uint32_t version_ = 0;
-  uint64_t alignment_ = 32;     // bytes
-  uint64_t data_offset_ = 0;    // bytes from the start of the file
+  uint64_t alignment_ = 32;   // bytes
+  uint64_t data_offset_ = 0;  // bytes from the start of the file
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensorInfo> tensors_;
 };

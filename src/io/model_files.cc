@@ -34,7 +34,8 @@ bool folder_exists(const fs::path& path) {
 }
 
 bool ends_with(const std::string& text, const std::string& suffix) {
-  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // True when the file starts with the GGUF magic, whatever its name.
@@ -92,9 +93,9 @@ ModelFiles resolve_folder(const std::string& spec, const fs::path& folder) {
     std::set<std::string> shards;  // file names sort in shard order: model-00001-of-00003.safetensors, ...
     for (const auto& [tensor, shard] : parsed["weight_map"].items()) {
       if (!shard.is_string() || !is_plain_file_name(shard.get<std::string>())) {
-        throw FormatError(describe_file_problem(index.string(),
-                                                "weight_map entry for " + quote_name(tensor) + " is not a file name",
-                                                "download the model's index file again"));
+        throw FormatError(describe_file_problem(
+            index.string(), "weight_map entry for " + quote_name(tensor) + " is not a file name",
+            "download the model's index file again"));
       }
       shards.insert(shard.get<std::string>());
     }
@@ -105,14 +106,15 @@ ModelFiles resolve_folder(const std::string& spec, const fs::path& folder) {
     for (const std::string& shard : shards) {
       const fs::path path = folder / shard;
       if (!file_exists(path)) {
-        throw FormatError(describe_file_problem(index.string(), "names shard " + quote_name(shard) +
-                                                                    ", which is missing from " + folder.string(),
-                                                "download the missing shard into the folder"));
+        throw FormatError(describe_file_problem(
+            index.string(), "names shard " + quote_name(shard) + ", which is missing from " + folder.string(),
+            "download the missing shard into the folder"));
       }
       files.weight_paths.push_back(path.string());
     }
   }
-  // No safetensors weights at all is left to the weight loader to report: tokenizer-only uses do not need them.
+  // No safetensors weights at all is left to the weight loader to report: tokenizer-only uses do not need
+  // them.
   files.tokenizer_json_path = existing_or_empty(folder / "tokenizer.json");
   files.tokenizer_config_path = existing_or_empty(folder / "tokenizer_config.json");
   files.chat_template_path = existing_or_empty(folder / "chat_template.jinja");
@@ -126,8 +128,8 @@ bool looks_like_hub_id(const std::string& spec) {
   if (slash == std::string::npos || slash == 0 || slash + 1 == spec.size()) return false;
   if (spec.find('/', slash + 1) != std::string::npos) return false;
   for (char character : spec) {
-    const bool allowed = std::isalnum(static_cast<unsigned char>(character)) || character == '-' || character == '_' ||
-                         character == '.' || character == '/';
+    const bool allowed = std::isalnum(static_cast<unsigned char>(character)) || character == '-' ||
+                         character == '_' || character == '.' || character == '/';
     if (!allowed) return false;
   }
   const std::string org = spec.substr(0, slash), name = spec.substr(slash + 1);
@@ -156,7 +158,8 @@ fs::path find_snapshot(const fs::path& repository, std::vector<std::string>* sea
   const fs::path main_ref = repository / "refs" / "main";
   if (file_exists(main_ref)) {
     std::string revision = read_text_file(main_ref.string());
-    revision.erase(std::remove_if(revision.begin(), revision.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); }),
+    revision.erase(std::remove_if(revision.begin(), revision.end(),
+                                  [](char c) { return std::isspace(static_cast<unsigned char>(c)); }),
                    revision.end());
     if (is_plain_file_name(revision)) {
       const fs::path snapshot = snapshots / revision;
@@ -185,7 +188,8 @@ fs::path find_snapshot(const fs::path& repository, std::vector<std::string>* sea
 
 ModelFiles resolve_model_files(const std::string& spec) {
   if (spec.empty()) {
-    throw InvalidArgumentError("no model given: pass a .gguf file, a Hugging Face model folder or a Hub id (org/name)");
+    throw InvalidArgumentError(
+        "no model given: pass a .gguf file, a Hugging Face model folder or a Hub id (org/name)");
   }
   const fs::path path(spec);
   if (file_exists(path)) {
@@ -196,9 +200,10 @@ ModelFiles resolve_model_files(const std::string& spec) {
       files.gguf_path = spec;
       return files;
     }
-    throw FormatError(describe_file_problem(spec, "is neither a GGUF file nor a folder",
-                                            "pass a .gguf file, or the Hugging Face folder that holds config.json "
-                                            "and the .safetensors weights"));
+    throw FormatError(
+        describe_file_problem(spec, "is neither a GGUF file nor a folder",
+                              "pass a .gguf file, or the Hugging Face folder that holds config.json "
+                              "and the .safetensors weights"));
   }
   if (folder_exists(path)) return resolve_folder(spec, path);
 
@@ -216,10 +221,11 @@ ModelFiles resolve_model_files(const std::string& spec) {
   }
   std::string list;
   for (const std::string& place : searched) list += (list.empty() ? "" : ", ") + place;
-  throw FileNotFoundError("model " + quote_name(spec) + " not found; searched: " + list +
-                          " (pass a .gguf file or a model folder, or download the model into the Hugging Face "
-                          "cache on a machine with network: hf download " +
-                          (looks_like_hub_id(spec) ? spec : std::string("org/name")) + ")");
+  throw FileNotFoundError(
+      "model " + quote_name(spec) + " not found; searched: " + list +
+      " (pass a .gguf file or a model folder, or download the model into the Hugging Face "
+      "cache on a machine with network: hf download " +
+      (looks_like_hub_id(spec) ? spec : std::string("org/name")) + ")");
 }
 
 }  // namespace cartridge

@@ -19,12 +19,12 @@ struct ModelFiles {
 
   // kHuggingFaceFolder: the folder and the files found in it ("" when absent).
   std::string folder;
-  std::string config_path;                  // config.json (required)
-  std::vector<std::string> weight_paths;    // model.safetensors, or the shards listed by the index, in order
-  std::string tokenizer_json_path;          // tokenizer.json
-  std::string tokenizer_config_path;        // tokenizer_config.json
-  std::string chat_template_path;           // chat_template.jinja (transformers >= 4.43 writes it separately)
-  std::string generation_config_path;       // generation_config.json
+  std::string config_path;                // config.json (required)
+  std::vector<std::string> weight_paths;  // model.safetensors, or the shards listed by the index, in order
+  std::string tokenizer_json_path;        // tokenizer.json
+  std::string tokenizer_config_path;      // tokenizer_config.json
+  std::string chat_template_path;         // chat_template.jinja (transformers >= 4.43 writes it separately)
+  std::string generation_config_path;     // generation_config.json
 };
 
 // Resolves `spec`:

@@ -28,10 +28,10 @@ struct DTypeEntry {
 
 // In the order of the Rust `Dtype` enum, whose derived ordering decides the tensor order in a written file.
 constexpr DTypeEntry kDTypes[] = {
-    {SafetensorsDType::BOOL, "BOOL", 1}, {SafetensorsDType::U8, "U8", 1},     {SafetensorsDType::I8, "I8", 1},
-    {SafetensorsDType::I16, "I16", 2},   {SafetensorsDType::U16, "U16", 2},   {SafetensorsDType::F16, "F16", 2},
-    {SafetensorsDType::BF16, "BF16", 2}, {SafetensorsDType::I32, "I32", 4},   {SafetensorsDType::U32, "U32", 4},
-    {SafetensorsDType::F32, "F32", 4},   {SafetensorsDType::F64, "F64", 8},   {SafetensorsDType::I64, "I64", 8},
+    {SafetensorsDType::BOOL, "BOOL", 1}, {SafetensorsDType::U8, "U8", 1},   {SafetensorsDType::I8, "I8", 1},
+    {SafetensorsDType::I16, "I16", 2},   {SafetensorsDType::U16, "U16", 2}, {SafetensorsDType::F16, "F16", 2},
+    {SafetensorsDType::BF16, "BF16", 2}, {SafetensorsDType::I32, "I32", 4}, {SafetensorsDType::U32, "U32", 4},
+    {SafetensorsDType::F32, "F32", 4},   {SafetensorsDType::F64, "F64", 8}, {SafetensorsDType::I64, "I64", 8},
     {SafetensorsDType::U64, "U64", 8},
 };
 
@@ -93,18 +93,20 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   const auto fail = [&](const std::string& problem) { throw_damaged(path, problem); };
   const uint64_t file_size = file_.size();
   if (file_size < kLengthPrefixBytes) {
-    fail("safetensors file is " + std::to_string(file_size) + " bytes, shorter than its 8-byte header length");
+    fail("safetensors file is " + std::to_string(file_size) +
+         " bytes, shorter than its 8-byte header length");
   }
   uint64_t header_length = 0;
   for (size_t i = 0; i < kLengthPrefixBytes; ++i) {
     header_length |= static_cast<uint64_t>(file_.data()[i]) << (8 * i);
   }
   if (header_length > kMaxHeaderBytes) {
-    fail("safetensors header length " + std::to_string(header_length) + " bytes exceeds the 100000000-byte limit");
+    fail("safetensors header length " + std::to_string(header_length) +
+         " bytes exceeds the 100000000-byte limit");
   }
   if (header_length > file_size - kLengthPrefixBytes) {
-    fail("safetensors header length " + std::to_string(header_length) + " bytes runs past the end of the file (" +
-         std::to_string(file_size) + " bytes)");
+    fail("safetensors header length " + std::to_string(header_length) +
+         " bytes runs past the end of the file (" + std::to_string(file_size) + " bytes)");
   }
   data_offset_ = kLengthPrefixBytes + header_length;
   const uint64_t data_size = file_size - data_offset_;
@@ -114,7 +116,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   // JSON allows repeated keys and the parser would silently keep one; a repeated tensor name is an error.
   std::set<std::string> top_level_keys;
   std::string repeated_key;
-  const auto note_keys = [&](int depth, nlohmann::ordered_json::parse_event_t event, nlohmann::ordered_json& parsed) {
+  const auto note_keys = [&](int depth, nlohmann::ordered_json::parse_event_t event,
+                             nlohmann::ordered_json& parsed) {
     if (depth == 1 && event == nlohmann::ordered_json::parse_event_t::key && parsed.is_string()) {
       if (!top_level_keys.insert(parsed.get<std::string>()).second && repeated_key.empty()) {
         repeated_key = parsed.get<std::string>();
@@ -136,7 +139,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     if (name == "__metadata__") {
       if (!entry.is_object()) fail("safetensors __metadata__ is not an object of strings");
       for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string()) fail("safetensors __metadata__ value for " + quote_name(key) + " is not a string");
+        if (!value.is_string())
+          fail("safetensors __metadata__ value for " + quote_name(key) + " is not a string");
         metadata_[key] = value.get<std::string>();
       }
       continue;
@@ -182,21 +186,23 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     if (!checked_multiply(element_count, dtype->size, &byte_count)) {
       fail(where + " has a shape whose byte size overflows 64 bits");
     }
-    if (!offsets_field->is_array() || offsets_field->size() != 2 || !(*offsets_field)[0].is_number_unsigned() ||
-        !(*offsets_field)[1].is_number_unsigned()) {
+    if (!offsets_field->is_array() || offsets_field->size() != 2 ||
+        !(*offsets_field)[0].is_number_unsigned() || !(*offsets_field)[1].is_number_unsigned()) {
       fail(where + " has data_offsets that are not two non-negative integers");
     }
     info.begin = (*offsets_field)[0].get<uint64_t>();
     info.end = (*offsets_field)[1].get<uint64_t>();
     const std::string offsets_text = "[" + std::to_string(info.begin) + ", " + std::to_string(info.end) + "]";
-    if (info.end < info.begin) fail(where + " has data_offsets " + offsets_text + " that end before they begin");
+    if (info.end < info.begin)
+      fail(where + " has data_offsets " + offsets_text + " that end before they begin");
     if (info.end > data_size) {
       fail(where + " has data_offsets " + offsets_text + " beyond the " + std::to_string(data_size) +
            "-byte data section (file truncated?)");
     }
     if (info.end - info.begin != byte_count) {
-      fail(where + " has data_offsets " + offsets_text + " spanning " + std::to_string(info.end - info.begin) +
-           " bytes, but its shape and dtype " + dtype_name + " need " + std::to_string(byte_count) + " bytes");
+      fail(where + " has data_offsets " + offsets_text + " spanning " +
+           std::to_string(info.end - info.begin) + " bytes, but its shape and dtype " + dtype_name +
+           " need " + std::to_string(byte_count) + " bytes");
     }
     tensors_.push_back(std::move(info));
   }
@@ -211,7 +217,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
     const SafetensorsTensorInfo& previous = *by_offset[i - 1];
     const SafetensorsTensorInfo& current = *by_offset[i];
     if (current.begin < previous.end) {
-      fail("tensors " + quote_name(previous.name) + " and " + quote_name(current.name) + " have overlapping data_offsets");
+      fail("tensors " + quote_name(previous.name) + " and " + quote_name(current.name) +
+           " have overlapping data_offsets");
     }
   }
 }
@@ -234,10 +241,12 @@ std::string serialize_safetensors(const std::vector<SafetensorsTensorBytes>& ten
   std::set<std::string> names;
   for (const SafetensorsTensorBytes& tensor : tensors) {
     if (tensor.name == "__metadata__") {
-      throw InvalidArgumentError("safetensors: a tensor cannot be named \"__metadata__\" (reserved for metadata)");
+      throw InvalidArgumentError(
+          "safetensors: a tensor cannot be named \"__metadata__\" (reserved for metadata)");
     }
     if (!names.insert(tensor.name).second) {
-      throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor.name) + " is given twice; names must be unique");
+      throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor.name) +
+                                 " is given twice; names must be unique");
     }
     ordered.push_back(&tensor);
   }
@@ -267,7 +276,8 @@ std::string serialize_safetensors(const std::vector<SafetensorsTensorBytes>& ten
     uint64_t element_count = 1;
     for (int64_t dim : tensor->shape) {
       if (dim < 0 || !checked_multiply(element_count, static_cast<uint64_t>(dim), &element_count)) {
-        throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor->name) + " has a negative or overflowing shape");
+        throw InvalidArgumentError("safetensors: tensor " + quote_name(tensor->name) +
+                                   " has a negative or overflowing shape");
       }
     }
     uint64_t byte_count = 0;
@@ -284,7 +294,8 @@ std::string serialize_safetensors(const std::vector<SafetensorsTensorBytes>& ten
       if (i > 0) header += ',';
       header += std::to_string(tensor->shape[i]);
     }
-    header += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + byte_count) + "]}";
+    header +=
+        "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + byte_count) + "]}";
     offset += byte_count;
     byte_counts.push_back(byte_count);
   }
@@ -294,7 +305,8 @@ std::string serialize_safetensors(const std::vector<SafetensorsTensorBytes>& ten
   std::string bytes;
   bytes.reserve(kLengthPrefixBytes + header.size() + offset);
   const uint64_t header_length = header.size();
-  for (size_t i = 0; i < kLengthPrefixBytes; ++i) bytes.push_back(static_cast<char>((header_length >> (8 * i)) & 0xFF));
+  for (size_t i = 0; i < kLengthPrefixBytes; ++i)
+    bytes.push_back(static_cast<char>((header_length >> (8 * i)) & 0xFF));
   bytes += header;
   for (size_t i = 0; i < ordered.size(); ++i) {
     if (byte_counts[i] > 0) bytes.append(static_cast<const char*>(ordered[i]->data), byte_counts[i]);

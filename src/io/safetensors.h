@@ -17,7 +17,7 @@ namespace cartridge {
 enum class SafetensorsDType { BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
 
 std::string safetensors_dtype_name(SafetensorsDType dtype);  // "F32", "BF16", ...
-size_t safetensors_dtype_size(SafetensorsDType dtype);        // bytes per element
+size_t safetensors_dtype_size(SafetensorsDType dtype);       // bytes per element
 
 struct SafetensorsTensorInfo {
   std::string name;

@@ -29,7 +29,8 @@ int64_t KvCache::batch_size() const { return slot_mask.defined() ? slot_mask.siz
 
 int64_t KvCache::length() const { return slot_mask.defined() ? slot_mask.size(1) : 0; }
 
-KvCache KvCache::empty(const ModelConfig& config, int64_t batch_size, at::ScalarType dtype, at::Device device) {
+KvCache KvCache::empty(const ModelConfig& config, int64_t batch_size, at::ScalarType dtype,
+                       at::Device device) {
   TORCH_CHECK(batch_size >= 0, "KvCache::empty: negative batch size");
   KvCache cache;
   const auto options = at::TensorOptions().dtype(dtype).device(device);
@@ -71,7 +72,8 @@ KvCache KvCache::with_prefix(std::vector<at::Tensor> prefix_keys, std::vector<at
   const at::Device device = first.device();
   prefix_lengths = prefix_lengths.to(at::TensorOptions().dtype(at::kLong).device(device));
   TORCH_CHECK(prefix_lengths.dim() == 1 && prefix_lengths.size(0) == batch_size,
-              "KvCache::with_prefix: prefix_lengths must be [", batch_size, "], got ", prefix_lengths.sizes());
+              "KvCache::with_prefix: prefix_lengths must be [", batch_size, "], got ",
+              prefix_lengths.sizes());
   const at::Tensor slot_index = at::arange(prefix_slots, at::TensorOptions().dtype(at::kLong).device(device));
   cache.slot_mask = slot_index.unsqueeze(0) < prefix_lengths.unsqueeze(1);  // [B, P]
   cache.next_positions = prefix_lengths.clone();
@@ -190,9 +192,9 @@ void KvCache::append_layer(int64_t layer, const at::Tensor& new_keys, const at::
   if (growth_buffers.size() != keys.size()) growth_buffers.resize(keys.size());
   std::shared_ptr<GrowthBuffer>& buffer = growth_buffers[layer];
 
-  const bool autograd = c10::GradMode::is_enabled() &&
-                        (current_keys.requires_grad() || current_values.requires_grad() ||
-                         new_keys.requires_grad() || new_values.requires_grad());
+  const bool autograd =
+      c10::GradMode::is_enabled() && (current_keys.requires_grad() || current_values.requires_grad() ||
+                                      new_keys.requires_grad() || new_values.requires_grad());
   if (autograd) {
     // In-place writes would invalidate tensors saved for backward; concatenate instead.
     current_keys = at::cat({current_keys, new_keys}, 2);

@@ -14,7 +14,8 @@
 namespace cartridge {
 
 struct KvCache {
-  std::vector<at::Tensor> keys;    // per layer [B, H_kv, S, D] (post-RoPE, post k-norm: what transformers caches)
+  std::vector<at::Tensor>
+      keys;  // per layer [B, H_kv, S, D] (post-RoPE, post k-norm: what transformers caches)
   std::vector<at::Tensor> values;  // per layer [B, H_kv, S, D]
   at::Tensor slot_mask;            // [B, S] bool: true where the slot holds a real key (prefix slot or token)
   at::Tensor next_positions;       // [B] int64: RoPE position of each row's next real token
@@ -24,7 +25,8 @@ struct KvCache {
   int64_t num_layers() const { return static_cast<int64_t>(keys.size()); }
 
   // A cache with no slots (S = 0) for `batch_size` rows; next_positions = 0.
-  static KvCache empty(const ModelConfig& config, int64_t batch_size, at::ScalarType dtype, at::Device device);
+  static KvCache empty(const ModelConfig& config, int64_t batch_size, at::ScalarType dtype,
+                       at::Device device);
 
   // A cache that starts with a prefix. prefix_keys/values: per layer [B, H_kv, P, D], or [1, H_kv, P, D]
   // broadcast to `batch_size` rows. prefix_lengths [B] int64 (any device): row b's valid prefix slots are

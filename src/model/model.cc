@@ -43,7 +43,9 @@ std::shared_ptr<const Model> Model::from_weights(const ModelConfig& config,
   return build(config, weight_source, options);
 }
 
-KvCache Model::new_cache(int64_t batch_size) const { return KvCache::empty(config_, batch_size, dtype_, device_); }
+KvCache Model::new_cache(int64_t batch_size) const {
+  return KvCache::empty(config_, batch_size, dtype_, device_);
+}
 
 std::pair<at::Tensor, at::Tensor> Model::rope_tables(const at::Tensor& positions) const {
   return rope_cos_sin(positions, inverse_frequencies_, dtype_);
@@ -58,28 +60,31 @@ at::Tensor Model::attention_mask(const KvCache& cache, const at::Tensor& token_m
   const at::Tensor diagonal = at::eye(new_tokens, bool_options);                      // [T, T]
   // Query i sees the real tokens j <= i of this call, and always itself so that a padding query never
   // has an empty row (an all-masked softmax is NaN, and NaN * 0 poisons gradients).
-  const at::Tensor new_part = causal.unsqueeze(0).logical_and(token_mask.unsqueeze(1)).logical_or(diagonal);  // [B, T, T]
-  if (old_slots == 0) return new_part.unsqueeze(1);  // [B, 1, T, T]
-  const at::Tensor old_part = cache.slot_mask.unsqueeze(1).expand({batch, new_tokens, old_slots});  // [B, T, S]
-  return at::cat({old_part, new_part}, 2).unsqueeze(1);  // [B, 1, T, S + T]
+  const at::Tensor new_part =
+      causal.unsqueeze(0).logical_and(token_mask.unsqueeze(1)).logical_or(diagonal);  // [B, T, T]
+  if (old_slots == 0) return new_part.unsqueeze(1);                                   // [B, 1, T, T]
+  const at::Tensor old_part =
+      cache.slot_mask.unsqueeze(1).expand({batch, new_tokens, old_slots});  // [B, T, S]
+  return at::cat({old_part, new_part}, 2).unsqueeze(1);                     // [B, 1, T, S + T]
 }
 
 at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& token_mask_in, KvCache& cache,
                           const ForwardOptions& options) const {
   TORCH_CHECK(input_ids.dim() == 2, "Model::forward: input_ids must be [B, T], got ", input_ids.sizes());
-  TORCH_CHECK(token_mask_in.sizes() == input_ids.sizes(), "Model::forward: token_mask ", token_mask_in.sizes(),
-              " does not match input_ids ", input_ids.sizes());
+  TORCH_CHECK(token_mask_in.sizes() == input_ids.sizes(), "Model::forward: token_mask ",
+              token_mask_in.sizes(), " does not match input_ids ", input_ids.sizes());
   TORCH_CHECK(cache.num_layers() == config_.num_layers, "Model::forward: cache has ", cache.num_layers(),
               " layers, the model ", config_.num_layers);
   const int64_t batch = input_ids.size(0);
   const int64_t new_tokens = input_ids.size(1);
-  TORCH_CHECK(cache.batch_size() == batch, "Model::forward: cache has ", cache.batch_size(), " rows, input ", batch);
+  TORCH_CHECK(cache.batch_size() == batch, "Model::forward: cache has ", cache.batch_size(), " rows, input ",
+              batch);
   TORCH_CHECK(new_tokens > 0, "Model::forward: no input tokens");
   for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
     const at::Tensor& keys = cache.keys[layer];
     TORCH_CHECK(keys.scalar_type() == dtype_ && cache.values[layer].scalar_type() == dtype_,
-                "Model::forward: cache layer ", layer, " is ", keys.scalar_type(), ", the model runs in ", dtype_,
-                " (cast the prefix to the model dtype)");
+                "Model::forward: cache layer ", layer, " is ", keys.scalar_type(), ", the model runs in ",
+                dtype_, " (cast the prefix to the model dtype)");
     TORCH_CHECK(keys.dim() == 4 && keys.size(0) == batch && keys.size(1) == config_.num_key_value_heads &&
                     keys.size(2) == cache.length() && keys.size(3) == config_.head_dim &&
                     cache.values[layer].sizes() == keys.sizes(),
@@ -106,23 +111,25 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& token_m
 
   const at::Tensor token_mask = token_mask_in.to(at::TensorOptions().dtype(at::kBool).device(device_));
   // Padding ids are arbitrary (often -1); give them a valid id so the embedding lookup is safe.
-  const at::Tensor ids = at::where(token_mask, input_ids.to(at::TensorOptions().dtype(at::kLong).device(device_)), 0);
+  const at::Tensor ids =
+      at::where(token_mask, input_ids.to(at::TensorOptions().dtype(at::kLong).device(device_)), 0);
   {
     const at::Tensor bounds = at::stack({ids.min(), ids.max()}).cpu();
     const int64_t smallest = bounds[0].item<int64_t>();
     const int64_t largest = bounds[1].item<int64_t>();
     if (smallest < 0 || largest >= config_.vocab_size) {
       throw InvalidArgumentError("token id " + std::to_string(smallest < 0 ? smallest : largest) +
-                                 " is outside the model's vocabulary [0, " + std::to_string(config_.vocab_size) +
+                                 " is outside the model's vocabulary [0, " +
+                                 std::to_string(config_.vocab_size) +
                                  ") (the tokenizer does not belong to this model)");
     }
   }
 
-  const at::Tensor mask_long = token_mask.to(at::kLong);                     // [B, T]
-  const at::Tensor real_counts = mask_long.sum(1);                           // [B]
-  const at::Tensor running_count = mask_long.cumsum(1);                      // [B, T]
-  const at::Tensor next_positions = cache.next_positions.to(device_);       // [B]
-  at::Tensor positions;                                                      // [B, T]
+  const at::Tensor mask_long = token_mask.to(at::kLong);               // [B, T]
+  const at::Tensor real_counts = mask_long.sum(1);                     // [B]
+  const at::Tensor running_count = mask_long.cumsum(1);                // [B, T]
+  const at::Tensor next_positions = cache.next_positions.to(device_);  // [B]
+  at::Tensor positions;                                                // [B, T]
   if (options.positions.has_value()) {
     positions = options.positions->to(at::TensorOptions().dtype(at::kLong).device(device_));
     TORCH_CHECK(positions.sizes() == input_ids.sizes(), "Model::forward: positions ", positions.sizes(),
@@ -165,9 +172,10 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& token_m
     const at::Tensor normed = rms_norm(hidden, layer.input_norm, config_.rms_norm_eps);
     const at::Tensor qkv = linear(normed, layer.qkv_weight, layer.qkv_bias);  // [B, T, (H + 2 H_kv) D]
     at::Tensor query = qkv.narrow(-1, 0, heads * head_dim).view({batch, new_tokens, heads, head_dim});
-    at::Tensor key = qkv.narrow(-1, heads * head_dim, kv_heads * head_dim).view({batch, new_tokens, kv_heads, head_dim});
-    at::Tensor value =
-        qkv.narrow(-1, (heads + kv_heads) * head_dim, kv_heads * head_dim).view({batch, new_tokens, kv_heads, head_dim});
+    at::Tensor key =
+        qkv.narrow(-1, heads * head_dim, kv_heads * head_dim).view({batch, new_tokens, kv_heads, head_dim});
+    at::Tensor value = qkv.narrow(-1, (heads + kv_heads) * head_dim, kv_heads * head_dim)
+                           .view({batch, new_tokens, kv_heads, head_dim});
     if (config_.qk_norm) {
       query = rms_norm(query, layer.q_norm, config_.rms_norm_eps);
       key = rms_norm(key, layer.k_norm, config_.rms_norm_eps);
@@ -181,13 +189,16 @@ at::Tensor Model::forward(const at::Tensor& input_ids, const at::Tensor& token_m
     if (expand_kv_heads) {
       // Each KV head repeated for its query group (as transformers' repeat_kv): [B, H, S + T, D].
       const int64_t slots = all_keys.size(2);
-      all_keys = all_keys.unsqueeze(2).expand({batch, kv_heads, groups, slots, head_dim}).reshape({batch, heads, slots, head_dim});
-      all_values =
-          all_values.unsqueeze(2).expand({batch, kv_heads, groups, slots, head_dim}).reshape({batch, heads, slots, head_dim});
+      all_keys = all_keys.unsqueeze(2)
+                     .expand({batch, kv_heads, groups, slots, head_dim})
+                     .reshape({batch, heads, slots, head_dim});
+      all_values = all_values.unsqueeze(2)
+                       .expand({batch, kv_heads, groups, slots, head_dim})
+                       .reshape({batch, heads, slots, head_dim});
     }
     const at::Tensor attended = at::scaled_dot_product_attention(
-        query, all_keys, all_values, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0, is_causal,
-        scale, /*enable_gqa=*/kv_heads != heads && !expand_kv_heads);  // [B, H, T, D]
+        query, all_keys, all_values, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, 0.0,
+        is_causal, scale, /*enable_gqa=*/kv_heads != heads && !expand_kv_heads);  // [B, H, T, D]
     const at::Tensor merged = attended.transpose(1, 2).reshape({batch, new_tokens, heads * head_dim});
     hidden = hidden + linear(merged, layer.output_weight, layer.output_bias);
 
@@ -222,7 +233,8 @@ at::Tensor Model::logits_from_hidden(const at::Tensor& hidden) const {
 
 // --- building from a weight source -------------------------------------------------------------------
 
-std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSource& source, const LoadOptions& options) {
+std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSource& source,
+                                          const LoadOptions& options) {
   config.validate(source.checkpoint());
   auto model = std::shared_ptr<Model>(new Model());
   model->config_ = config;
@@ -234,7 +246,8 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
 
   // Fetches a tensor, checks its shape against the config, converts it (always a copy: sources may
   // alias memory-mapped files).
-  auto fetch = [&](const std::string& name, std::vector<int64_t> expected, bool required = true) -> at::Tensor {
+  auto fetch = [&](const std::string& name, std::vector<int64_t> expected,
+                   bool required = true) -> at::Tensor {
     std::optional<at::Tensor> tensor = source.get(name);
     if (!tensor.has_value()) {
       if (!required) return {};
@@ -245,15 +258,16 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
     }
     if (tensor->sizes() != at::IntArrayRef(expected)) {
       throw FormatError(describe_file_problem(source.describe(name),
-                                              "tensor \"" + name + "\" has shape " + shape_string(tensor->sizes()) +
-                                                  ", the config implies " + shape_string(expected),
+                                              "tensor \"" + name + "\" has shape " +
+                                                  shape_string(tensor->sizes()) + ", the config implies " +
+                                                  shape_string(expected),
                                               "the weights and the config belong to different models"));
     }
     const at::ScalarType stored = tensor->scalar_type();
     if (stored != at::kFloat && stored != at::kHalf && stored != at::kBFloat16 && stored != at::kDouble) {
-      throw UnsupportedError(describe_file_problem(source.describe(name), "tensor \"" + name + "\" has dtype " +
-                                                                             std::string(c10::toString(stored)),
-                                                   "supported: F32, F16, BF16, F64"));
+      throw UnsupportedError(describe_file_problem(
+          source.describe(name), "tensor \"" + name + "\" has dtype " + std::string(c10::toString(stored)),
+          "supported: F32, F16, BF16, F64"));
     }
     return tensor->to(target, /*non_blocking=*/false, /*copy=*/true);
   };
@@ -268,7 +282,8 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
   model->embedding_ = fetch("model.embed_tokens.weight", {config.vocab_size, hidden});
   model->final_norm_ = fetch("model.norm.weight", {hidden});
   // transformers ties whenever the config says so, even if the checkpoint also has lm_head.weight.
-  model->lm_head_ = config.tie_word_embeddings ? model->embedding_ : fetch("lm_head.weight", {config.vocab_size, hidden});
+  model->lm_head_ =
+      config.tie_word_embeddings ? model->embedding_ : fetch("lm_head.weight", {config.vocab_size, hidden});
   at::Tensor frequency_factors;
   if (std::optional<at::Tensor> factors = source.get("rope_freqs.weight")) frequency_factors = *factors;
   model->inverse_frequencies_ = rope_inverse_frequencies(config, frequency_factors).to(options.device);
@@ -300,9 +315,8 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
                                    0);
     layer.down_weight = fetch(prefix + "mlp.down_proj.weight", {hidden, width});
     if (config.mlp_bias) {
-      layer.gate_up_bias = at::cat({fetch(prefix + "mlp.gate_proj.bias", {width}),
-                                    fetch(prefix + "mlp.up_proj.bias", {width})},
-                                   0);
+      layer.gate_up_bias = at::cat(
+          {fetch(prefix + "mlp.gate_proj.bias", {width}), fetch(prefix + "mlp.up_proj.bias", {width})}, 0);
       layer.down_bias = fetch(prefix + "mlp.down_proj.bias", {hidden});
     }
     model->layers_.push_back(std::move(layer));

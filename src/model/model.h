@@ -45,9 +45,9 @@ class Model {
   // tensor shape, unsupported dtype.
   static std::shared_ptr<const Model> load(const ModelFiles& files, const LoadOptions& options = {});
 
-  // Builds a model from tensors named as in a Hugging Face checkpoint ("model.layers.0.self_attn.q_proj.weight",
-  // "model.embed_tokens.weight", "lm_head.weight", ...), any float dtype, converted to options.dtype/device.
-  // `source` names where they came from, for error messages.
+  // Builds a model from tensors named as in a Hugging Face checkpoint
+  // ("model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", "lm_head.weight", ...), any float
+  // dtype, converted to options.dtype/device. `source` names where they came from, for error messages.
   static std::shared_ptr<const Model> from_weights(const ModelConfig& config,
                                                    const std::map<std::string, at::Tensor>& weights,
                                                    const LoadOptions& options, const std::string& source);
@@ -78,18 +78,18 @@ class Model {
   // Per-layer weights in this model's dtype/device. q/k/v (and gate/up) are stored fused, row-stacked in
   // that order, so one matmul computes them.
   struct LayerWeights {
-    at::Tensor input_norm;       // [hidden]
-    at::Tensor qkv_weight;       // [(H + 2 H_kv) D, hidden]
-    at::Tensor qkv_bias;         // [(H + 2 H_kv) D] or undefined
-    at::Tensor q_norm;           // [D] or undefined (Qwen3)
-    at::Tensor k_norm;           // [D] or undefined (Qwen3)
-    at::Tensor output_weight;    // [hidden, H D]
-    at::Tensor output_bias;      // [hidden] or undefined
-    at::Tensor post_norm;        // [hidden]
-    at::Tensor gate_up_weight;   // [2 I, hidden]
-    at::Tensor gate_up_bias;     // [2 I] or undefined
-    at::Tensor down_weight;      // [hidden, I]
-    at::Tensor down_bias;        // [hidden] or undefined
+    at::Tensor input_norm;      // [hidden]
+    at::Tensor qkv_weight;      // [(H + 2 H_kv) D, hidden]
+    at::Tensor qkv_bias;        // [(H + 2 H_kv) D] or undefined
+    at::Tensor q_norm;          // [D] or undefined (Qwen3)
+    at::Tensor k_norm;          // [D] or undefined (Qwen3)
+    at::Tensor output_weight;   // [hidden, H D]
+    at::Tensor output_bias;     // [hidden] or undefined
+    at::Tensor post_norm;       // [hidden]
+    at::Tensor gate_up_weight;  // [2 I, hidden]
+    at::Tensor gate_up_bias;    // [2 I] or undefined
+    at::Tensor down_weight;     // [hidden, I]
+    at::Tensor down_bias;       // [hidden] or undefined
   };
 
  private:
@@ -106,10 +106,10 @@ class Model {
   ModelConfig config_;
   at::ScalarType dtype_ = at::kFloat;
   at::Device device_ = at::kCPU;
-  at::Tensor embedding_;                   // [V, hidden]
-  at::Tensor final_norm_;                  // [hidden]
-  at::Tensor lm_head_;                     // [V, hidden] (the embedding itself when tied)
-  at::Tensor inverse_frequencies_;         // [D / 2] float32, RoPE (after scaling)
+  at::Tensor embedding_;            // [V, hidden]
+  at::Tensor final_norm_;           // [hidden]
+  at::Tensor lm_head_;              // [V, hidden] (the embedding itself when tied)
+  at::Tensor inverse_frequencies_;  // [D / 2] float32, RoPE (after scaling)
   std::vector<LayerWeights> layers_;
 };
 

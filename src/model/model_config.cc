@@ -26,8 +26,8 @@ int64_t get_int(const Json& object, const char* key, int64_t fallback, const std
   const Json* value = find_value(object, key);
   if (value == nullptr) return fallback;
   if (!value->is_number_integer() && !value->is_number_unsigned()) {
-    throw FormatError(describe_file_problem(path, std::string("\"") + key + "\" must be an integer, found " +
-                                                      value->dump()));
+    throw FormatError(describe_file_problem(
+        path, std::string("\"") + key + "\" must be an integer, found " + value->dump()));
   }
   return value->get<int64_t>();
 }
@@ -44,8 +44,8 @@ double get_double(const Json& object, const char* key, double fallback, const st
   const Json* value = find_value(object, key);
   if (value == nullptr) return fallback;
   if (!value->is_number()) {
-    throw FormatError(describe_file_problem(path, std::string("\"") + key + "\" must be a number, found " +
-                                                      value->dump()));
+    throw FormatError(
+        describe_file_problem(path, std::string("\"") + key + "\" must be a number, found " + value->dump()));
   }
   return value->get<double>();
 }
@@ -54,8 +54,8 @@ bool get_bool(const Json& object, const char* key, bool fallback, const std::str
   const Json* value = find_value(object, key);
   if (value == nullptr) return fallback;
   if (!value->is_boolean()) {
-    throw FormatError(describe_file_problem(path, std::string("\"") + key + "\" must be true or false, found " +
-                                                      value->dump()));
+    throw FormatError(describe_file_problem(
+        path, std::string("\"") + key + "\" must be true or false, found " + value->dump()));
   }
   return value->get<bool>();
 }
@@ -112,7 +112,8 @@ void read_rope(const Json& config, const std::string& path, ModelConfig& out) {
   out.rope_scaling.type = type;
   for (const char* key : {"factor", "low_freq_factor", "high_freq_factor"}) {
     if (find_value(*parameters, key) == nullptr) {
-      throw FormatError(describe_file_problem(path, std::string("llama3 RoPE scaling without \"") + key + "\""));
+      throw FormatError(
+          describe_file_problem(path, std::string("llama3 RoPE scaling without \"") + key + "\""));
     }
   }
   out.rope_scaling.factor = get_double(*parameters, "factor", 1, path);
@@ -124,7 +125,8 @@ void read_rope(const Json& config, const std::string& path, ModelConfig& out) {
       config, "original_max_position_embeddings",
       get_int(*parameters, "original_max_position_embeddings", out.max_position_embeddings, path), path);
   if (out.rope_scaling.high_freq_factor == out.rope_scaling.low_freq_factor) {
-    throw FormatError(describe_file_problem(path, "llama3 RoPE scaling with high_freq_factor == low_freq_factor"));
+    throw FormatError(
+        describe_file_problem(path, "llama3 RoPE scaling with high_freq_factor == low_freq_factor"));
   }
 }
 
@@ -158,7 +160,8 @@ void ModelConfig::validate(const std::string& source) const {
     fail(std::to_string(num_attention_heads) + " attention heads are not a multiple of " +
          std::to_string(num_key_value_heads) + " key/value heads");
   }
-  if (head_dim % 2 != 0) fail("head_dim " + std::to_string(head_dim) + " is odd; RoPE needs an even head_dim");
+  if (head_dim % 2 != 0)
+    fail("head_dim " + std::to_string(head_dim) + " is odd; RoPE needs an even head_dim");
   if (!(rms_norm_eps > 0) || !(rope_theta > 0)) fail("rms_norm_eps and rope_theta must be positive");
 }
 
@@ -193,11 +196,13 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& config_path) {
 
   const std::string activation = get_string(config, "hidden_act", "silu");
   if (activation != "silu") {
-    throw UnsupportedError(describe_file_problem(config_path, "hidden_act \"" + activation + "\" is not supported",
+    throw UnsupportedError(describe_file_problem(config_path,
+                                                 "hidden_act \"" + activation + "\" is not supported",
                                                  "only silu (SwiGLU) is implemented"));
   }
 
-  // Defaults are those of the transformers config classes (LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config).
+  // Defaults are those of the transformers config classes (LlamaConfig, MistralConfig, Qwen2Config,
+  // Qwen3Config).
   out.vocab_size = get_int(config, "vocab_size", is_qwen ? 151936 : 32000, config_path);
   out.hidden_size = require_int(config, "hidden_size", config_path);
   out.intermediate_size = require_int(config, "intermediate_size", config_path);
@@ -224,7 +229,9 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& config_path) {
       // Mistral's window defaults to 4096 when the key is absent; null means no window.
       if (is_mistral) {
         auto it = config.find("sliding_window");
-        out.sliding_window = it == config.end() ? 4096 : (it->is_null() ? 0 : get_int(config, "sliding_window", 0, config_path));
+        out.sliding_window = it == config.end()
+                                 ? 4096
+                                 : (it->is_null() ? 0 : get_int(config, "sliding_window", 0, config_path));
       }
       break;
     case Architecture::kQwen2:
@@ -277,7 +284,8 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& gguf) {
   out.intermediate_size = int_key("feed_forward_length");
   out.num_attention_heads = int_key("attention.head_count");
   out.num_key_value_heads = optional_int("attention.head_count_kv", out.num_attention_heads);
-  out.max_position_embeddings = optional_int("context_length", out.architecture == Architecture::kLlama ? 2048 : 32768);
+  out.max_position_embeddings =
+      optional_int("context_length", out.architecture == Architecture::kLlama ? 2048 : 32768);
   out.rms_norm_eps = optional_double("attention.layer_norm_rms_epsilon", 1e-6);
   out.rope_theta = optional_double("rope.freq_base", 10000.0);
   if (out.num_attention_heads <= 0) {
@@ -287,18 +295,20 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& gguf) {
   // head_dim: llama.cpp writes attention.key_length when it differs from hidden/heads; transformers reads
   // llama's rope.dimension_count as head_dim; Qwen3's k-norm weight has exactly head_dim elements.
   int64_t head_dim = optional_int("attention.key_length", 0);
-  if (head_dim == 0 && out.architecture == Architecture::kLlama) head_dim = optional_int("rope.dimension_count", 0);
+  if (head_dim == 0 && out.architecture == Architecture::kLlama)
+    head_dim = optional_int("rope.dimension_count", 0);
   if (head_dim == 0 && out.architecture == Architecture::kQwen3) {
-    if (const GgufTensorInfo* k_norm = gguf.find_tensor("blk.0.attn_k_norm.weight")) head_dim = k_norm->dims.at(0);
+    if (const GgufTensorInfo* k_norm = gguf.find_tensor("blk.0.attn_k_norm.weight"))
+      head_dim = k_norm->dims.at(0);
   }
   if (head_dim == 0) head_dim = out.hidden_size / out.num_attention_heads;
   out.head_dim = head_dim;
   if (out.architecture == Architecture::kLlama) {
     const int64_t rope_dims = optional_int("rope.dimension_count", head_dim);
     if (rope_dims != head_dim) {
-      throw UnsupportedError(describe_file_problem(path, "partial RoPE (rope.dimension_count " +
-                                                             std::to_string(rope_dims) + " < head_dim " +
-                                                             std::to_string(head_dim) + ") is not supported"));
+      throw UnsupportedError(
+          describe_file_problem(path, "partial RoPE (rope.dimension_count " + std::to_string(rope_dims) +
+                                          " < head_dim " + std::to_string(head_dim) + ") is not supported"));
     }
   }
 
@@ -306,8 +316,9 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& gguf) {
   if (const GgufValue* scaling = gguf.find(scaling_key)) {
     const std::string type = scaling->as_string(scaling_key);
     if (type != "none") {
-      throw UnsupportedError(describe_file_problem(path, "RoPE scaling \"" + type + "\" is not supported",
-                                                   "supported: none, and llama3 frequency factors (rope_freqs)"));
+      throw UnsupportedError(
+          describe_file_problem(path, "RoPE scaling \"" + type + "\" is not supported",
+                                "supported: none, and llama3 frequency factors (rope_freqs)"));
     }
   }
 

@@ -28,8 +28,9 @@ class SafetensorsWeightSource : public WeightSource {
  public:
   SafetensorsWeightSource(const ModelFiles& files) : folder_(files.folder) {
     if (files.weight_paths.empty()) {
-      throw FileNotFoundError(describe_file_problem(files.folder, "no model.safetensors (or index and shards) found",
-                                                    "download the model's safetensors weights into this folder"));
+      throw FileNotFoundError(
+          describe_file_problem(files.folder, "no model.safetensors (or index and shards) found",
+                                "download the model's safetensors weights into this folder"));
     }
     for (const std::string& path : files.weight_paths) {
       files_.push_back(std::make_unique<SafetensorsFile>(path));
@@ -46,9 +47,9 @@ class SafetensorsWeightSource : public WeightSource {
     const SafetensorsTensorInfo& info = *it->second.second;
     const at::ScalarType dtype = torch_dtype(info.dtype);
     if (dtype == at::ScalarType::Undefined) {
-      throw UnsupportedError(describe_file_problem(file.path(), "tensor \"" + hf_name + "\" has dtype " +
-                                                                    safetensors_dtype_name(info.dtype),
-                                                   "supported: F32, F16, BF16, F64"));
+      throw UnsupportedError(describe_file_problem(
+          file.path(), "tensor \"" + hf_name + "\" has dtype " + safetensors_dtype_name(info.dtype),
+          "supported: F32, F16, BF16, F64"));
     }
     // A view of the mapping; Model copies it into its own storage.
     return at::from_blob(const_cast<uint8_t*>(file.data(info)), info.shape, at::TensorOptions().dtype(dtype));
@@ -59,7 +60,8 @@ class SafetensorsWeightSource : public WeightSource {
     return it == where_.end() ? folder_ : it->second.first->path();
   }
   std::string checkpoint() const override {
-    return files_.size() == 1 ? files_.front()->path() : folder_ + " (" + std::to_string(files_.size()) + " shards)";
+    return files_.size() == 1 ? files_.front()->path()
+                              : folder_ + " (" + std::to_string(files_.size()) + " shards)";
   }
 
  private:
@@ -123,11 +125,11 @@ class GgufWeightSource : public WeightSource {
     const std::string layer = hf_name.substr(kLayerPrefix.size(), dot - kLayerPrefix.size());
     const std::string rest = hf_name.substr(dot + 1);
     static const std::unordered_map<std::string, std::string> kLayer = {
-        {"input_layernorm", "attn_norm"},          {"self_attn.q_proj", "attn_q"},
-        {"self_attn.k_proj", "attn_k"},            {"self_attn.v_proj", "attn_v"},
-        {"self_attn.o_proj", "attn_output"},       {"self_attn.q_norm", "attn_q_norm"},
-        {"self_attn.k_norm", "attn_k_norm"},       {"post_attention_layernorm", "ffn_norm"},
-        {"mlp.gate_proj", "ffn_gate"},             {"mlp.up_proj", "ffn_up"},
+        {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+        {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
+        {"self_attn.o_proj", "attn_output"}, {"self_attn.q_norm", "attn_q_norm"},
+        {"self_attn.k_norm", "attn_k_norm"}, {"post_attention_layernorm", "ffn_norm"},
+        {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
         {"mlp.down_proj", "ffn_down"},
     };
     const size_t last_dot = rest.rfind('.');
@@ -151,7 +153,8 @@ std::shared_ptr<const Model> Model::load(const ModelFiles& files, const LoadOpti
     return build(config, source, options);
   }
   if (files.config_path.empty()) {
-    throw FileNotFoundError(describe_file_problem(files.folder, "no config.json", "a Hugging Face model folder has one"));
+    throw FileNotFoundError(
+        describe_file_problem(files.folder, "no config.json", "a Hugging Face model folder has one"));
   }
   const ModelConfig config = ModelConfig::from_hf_config_json(files.config_path);
   SafetensorsWeightSource source(files);

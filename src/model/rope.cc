@@ -14,15 +14,16 @@ at::Tensor rope_inverse_frequencies(const ModelConfig& config, const at::Tensor&
   if (config.rope_scaling.type == "llama3") {
     const RopeScaling& scaling = config.rope_scaling;
     const double old_context = static_cast<double>(scaling.original_max_position_embeddings);  // tokens
-    const double low_freq_wavelength = old_context / scaling.low_freq_factor;                 // tokens
-    const double high_freq_wavelength = old_context / scaling.high_freq_factor;               // tokens
+    const double low_freq_wavelength = old_context / scaling.low_freq_factor;                  // tokens
+    const double high_freq_wavelength = old_context / scaling.high_freq_factor;                // tokens
     const at::Tensor wavelength = at::reciprocal(inverse) * (2 * M_PI);
     // Long wavelengths are slowed down by `factor`, short ones kept, the band between interpolated.
     at::Tensor scaled = at::where(wavelength > low_freq_wavelength, inverse / scaling.factor, inverse);
     const at::Tensor smooth = (at::reciprocal(wavelength) * old_context - scaling.low_freq_factor) /
                               (scaling.high_freq_factor - scaling.low_freq_factor);
     const at::Tensor smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled;
-    const at::Tensor is_medium = (wavelength >= high_freq_wavelength).logical_and(wavelength <= low_freq_wavelength);
+    const at::Tensor is_medium =
+        (wavelength >= high_freq_wavelength).logical_and(wavelength <= low_freq_wavelength);
     inverse = at::where(is_medium, smoothed, scaled);
   }
   if (frequency_factors.defined()) {
@@ -33,8 +34,8 @@ at::Tensor rope_inverse_frequencies(const ModelConfig& config, const at::Tensor&
   return inverse.contiguous();
 }
 
-std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& positions, const at::Tensor& inverse_frequencies,
-                                               at::ScalarType dtype) {
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& positions,
+                                               const at::Tensor& inverse_frequencies, at::ScalarType dtype) {
   const at::Tensor angles = positions.to(at::kFloat).unsqueeze(-1) * inverse_frequencies;  // [B, T, D / 2]
   const at::Tensor doubled = at::cat({angles, angles}, -1).unsqueeze(1);                   // [B, 1, T, D]
   return {doubled.cos().to(dtype), doubled.sin().to(dtype)};

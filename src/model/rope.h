@@ -18,8 +18,8 @@ at::Tensor rope_inverse_frequencies(const ModelConfig& config, const at::Tensor&
 
 // cos and sin [B, 1, T, D] in `dtype` for positions [B, T] (int64) and inverse frequencies [D / 2] float32
 // on the positions' device.
-std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& positions, const at::Tensor& inverse_frequencies,
-                                               at::ScalarType dtype);
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& positions,
+                                               const at::Tensor& inverse_frequencies, at::ScalarType dtype);
 
 // x * cos + rotate_half(x) * sin for x [B, H, T, D] and cos/sin [B, 1, T, D].
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

@@ -14,12 +14,13 @@ Chunker::Chunker(const Tokenizer& tokenizer, std::vector<int32_t> corpus_ids, Ch
   if (corpus_ids_.empty()) throw InvalidArgumentError("the corpus is empty: give a file with some text");
   if (options_.min_tokens < 1 || options_.min_tokens > options_.max_tokens) {
     throw InvalidArgumentError("chunk sizes must satisfy 1 <= --min-chunk <= --max-chunk (got " +
-                               std::to_string(options_.min_tokens) + " and " + std::to_string(options_.max_tokens) +
-                               ")");
+                               std::to_string(options_.min_tokens) + " and " +
+                               std::to_string(options_.max_tokens) + ")");
   }
   if (longest_allowed < 1) {
-    throw InvalidArgumentError("the model's context leaves no room for a corpus chunk next to the question and "
-                               "answer (lower --max-question-tokens / --max-answer-tokens)");
+    throw InvalidArgumentError(
+        "the model's context leaves no room for a corpus chunk next to the question and "
+        "answer (lower --max-question-tokens / --max-answer-tokens)");
   }
   max_length_ = std::min({options_.max_tokens, corpus_tokens(), longest_allowed});
   min_length_ = std::min(options_.min_tokens, max_length_);

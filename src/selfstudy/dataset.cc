@@ -32,15 +32,17 @@ std::string dump_string(const std::string& text) {
 const Json& require(const Json& object, const char* key, const std::string& where) {
   auto found = object.find(key);
   if (found == object.end()) {
-    throw FormatError(describe_file_problem(where, std::string("missing field \"") + key + "\"",
-                                            "the file is damaged or was not written by `cartridge synthesize`"));
+    throw FormatError(
+        describe_file_problem(where, std::string("missing field \"") + key + "\"",
+                              "the file is damaged or was not written by `cartridge synthesize`"));
   }
   return *found;
 }
 
 [[noreturn]] void wrong_type(const char* key, const char* expected, const std::string& where) {
-  throw FormatError(describe_file_problem(where, std::string("field \"") + key + "\" is not " + expected,
-                                          "the file is damaged or was not written by `cartridge synthesize`"));
+  throw FormatError(
+      describe_file_problem(where, std::string("field \"") + key + "\" is not " + expected,
+                            "the file is damaged or was not written by `cartridge synthesize`"));
 }
 
 int64_t require_integer(const Json& object, const char* key, const std::string& where, int64_t minimum = 0) {
@@ -79,7 +81,8 @@ void append_float(std::string& out, float value) {
   TORCH_CHECK(!std::isnan(value), "a teacher log-probability is NaN");
   // JSON has no infinity; a log-probability of -inf (probability 0) is stored as the lowest float, whose
   // exp() is 0 as well.
-  if (std::isinf(value)) value = value < 0 ? std::numeric_limits<float>::lowest() : std::numeric_limits<float>::max();
+  if (std::isinf(value))
+    value = value < 0 ? std::numeric_limits<float>::lowest() : std::numeric_limits<float>::max();
   append_number(out, value);
 }
 
@@ -87,7 +90,8 @@ void append_float(std::string& out, float value) {
 std::string header_differences(const DatasetHeader& existing, const DatasetHeader& wanted) {
   std::vector<std::string> parts;
   auto compare = [&](const std::string& name, const Json& old_value, const Json& new_value) {
-    if (old_value != new_value) parts.push_back(name + " " + old_value.dump() + " in the file vs " + new_value.dump() + " now");
+    if (old_value != new_value)
+      parts.push_back(name + " " + old_value.dump() + " in the file vs " + new_value.dump() + " now");
   };
   compare("version", existing.version, wanted.version);
   compare("model_fingerprint", existing.model_fingerprint, wanted.model_fingerprint);
@@ -128,14 +132,14 @@ void write_all(int descriptor, const std::string& bytes, const std::string& path
     const ssize_t count = ::write(descriptor, bytes.data() + written, bytes.size() - written);
     if (count < 0) {
       if (errno == EINTR) continue;
-      throw FileNotFoundError(describe_file_problem(path, std::string("write failed: ") + std::strerror(errno),
-                                                    "is the disk full?"));
+      throw FileNotFoundError(describe_file_problem(
+          path, std::string("write failed: ") + std::strerror(errno), "is the disk full?"));
     }
     written += static_cast<size_t>(count);
   }
   if (::fsync(descriptor) != 0) {
-    throw FileNotFoundError(describe_file_problem(path, std::string("could not flush to disk: ") + std::strerror(errno),
-                                                  "is the disk full?"));
+    throw FileNotFoundError(describe_file_problem(
+        path, std::string("could not flush to disk: ") + std::strerror(errno), "is the disk full?"));
   }
 }
 
@@ -169,13 +173,12 @@ std::string line_place(const std::string& path, size_t line_number) {
 
 }  // namespace
 
-Json DatasetHeader::to_json() const {
-  return Json::parse(header_line(*this));
-}
+Json DatasetHeader::to_json() const { return Json::parse(header_line(*this)); }
 
 DatasetHeader DatasetHeader::from_json(const Json& object, const std::string& where) {
   if (!object.is_object()) {
-    throw FormatError(describe_file_problem(where, "line 1 is not a JSON object", "this is not a self-study dataset"));
+    throw FormatError(
+        describe_file_problem(where, "line 1 is not a JSON object", "this is not a self-study dataset"));
   }
   const auto format = object.find("format");
   if (format == object.end() || !format->is_string() || format->get<std::string>() != kDatasetFormat) {
@@ -187,9 +190,10 @@ DatasetHeader DatasetHeader::from_json(const Json& object, const std::string& wh
   if (version == object.end() || !version->is_number_integer() || version->get<int64_t>() > kDatasetVersion ||
       version->get<int64_t>() < kOldestReadableDatasetVersion) {
     throw UnsupportedError(describe_file_problem(
-        where, "dataset version " + (version == object.end() ? std::string("(missing)") : version->dump()) +
-                   " is not supported (this build reads versions " + std::to_string(kOldestReadableDatasetVersion) +
-                   " to " + std::to_string(kDatasetVersion) + ")",
+        where,
+        "dataset version " + (version == object.end() ? std::string("(missing)") : version->dump()) +
+            " is not supported (this build reads versions " + std::to_string(kOldestReadableDatasetVersion) +
+            " to " + std::to_string(kDatasetVersion) + ")",
         "synthesize the data again with this build"));
   }
   DatasetHeader header;
@@ -202,7 +206,8 @@ DatasetHeader DatasetHeader::from_json(const Json& object, const std::string& wh
   header.corpus_sha256 = require_string(object, "corpus_sha256", where);
   header.corpus_tokens = require_integer(object, "corpus_tokens", where);
   const Json& seed = require(object, "seed", where);
-  if (!seed.is_number_integer() || (seed.is_number_integer() && !seed.is_number_unsigned() && seed.get<int64_t>() < 0)) {
+  if (!seed.is_number_integer() ||
+      (seed.is_number_integer() && !seed.is_number_unsigned() && seed.get<int64_t>() < 0)) {
     wrong_type("seed", "an integer >= 0", where);
   }
   header.seed = seed.get<uint64_t>();
@@ -213,9 +218,9 @@ DatasetHeader DatasetHeader::from_json(const Json& object, const std::string& wh
 }
 
 bool DatasetHeader::same_data_as(const DatasetHeader& other) const {
-  return version == other.version && model_fingerprint == other.model_fingerprint && corpus_sha256 == other.corpus_sha256 &&
-         corpus_tokens == other.corpus_tokens && seed == other.seed && top_k == other.top_k &&
-         settings == other.settings;
+  return version == other.version && model_fingerprint == other.model_fingerprint &&
+         corpus_sha256 == other.corpus_sha256 && corpus_tokens == other.corpus_tokens && seed == other.seed &&
+         top_k == other.top_k && settings == other.settings;
 }
 
 Conversation with_answer_targets_only(const Conversation& conversation) {
@@ -224,7 +229,8 @@ Conversation with_answer_targets_only(const Conversation& conversation) {
   if (question_rows == 0 || conversation.num_targets() == 0) return answer_only;
   const size_t top_k = conversation.target_ids.size() / static_cast<size_t>(conversation.num_targets());  // K
   answer_only.target_start = conversation.answer_start;
-  answer_only.target_ids.erase(answer_only.target_ids.begin(), answer_only.target_ids.begin() + question_rows * top_k);
+  answer_only.target_ids.erase(answer_only.target_ids.begin(),
+                               answer_only.target_ids.begin() + question_rows * top_k);
   answer_only.target_logprobs.erase(answer_only.target_logprobs.begin(),
                                     answer_only.target_logprobs.begin() + question_rows * top_k);
   return answer_only;
@@ -243,8 +249,8 @@ std::string conversation_to_json_line(const Conversation& conversation) {
   const size_t top_k = targets == 0 ? 0 : conversation.target_ids.size() / static_cast<size_t>(targets);  // K
 
   std::string out;
-  out.reserve(64 + conversation.question.size() + conversation.answer.size() + conversation.input_ids.size() * 6 +
-              conversation.target_ids.size() * 18);
+  out.reserve(64 + conversation.question.size() + conversation.answer.size() +
+              conversation.input_ids.size() * 6 + conversation.target_ids.size() * 18);
   out += "{\"index\":";
   append_number(out, conversation.index);
   out += ",\"seed_type\":" + dump_string(conversation.seed_type) + ",\"chunk_start\":";
@@ -252,7 +258,8 @@ std::string conversation_to_json_line(const Conversation& conversation) {
   out += ",\"chunk_tokens\":";
   append_number(out, conversation.chunk_tokens);
   out += ',';
-  out += "\"question\":" + dump_string(conversation.question) + ",\"answer\":" + dump_string(conversation.answer);
+  out += "\"question\":" + dump_string(conversation.question) +
+         ",\"answer\":" + dump_string(conversation.answer);
   out += ",\"input_ids\":[";
   for (size_t i = 0; i < conversation.input_ids.size(); ++i) {
     if (i) out += ',';
@@ -290,9 +297,10 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
   try {
     object = Json::parse(line);
   } catch (const Json::parse_error& error) {
-    throw FormatError(describe_file_problem(where, std::string("not valid JSON (") + error.what() + ")",
-                                            "the file is damaged; delete this line and the ones after it, then rerun "
-                                            "`cartridge synthesize` to regenerate them"));
+    throw FormatError(
+        describe_file_problem(where, std::string("not valid JSON (") + error.what() + ")",
+                              "the file is damaged; delete this line and the ones after it, then rerun "
+                              "`cartridge synthesize` to regenerate them"));
   }
   if (!object.is_object()) {
     throw FormatError(describe_file_problem(where, "not a JSON object", "the file is damaged"));
@@ -305,14 +313,15 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
   conversation.question = require_string(object, "question", where);
   conversation.answer = require_string(object, "answer", where);
   const Json& input_ids = require(object, "input_ids", where);
-  if (!input_ids.is_array() || input_ids.empty()) wrong_type("input_ids", "a non-empty list of token ids", where);
+  if (!input_ids.is_array() || input_ids.empty())
+    wrong_type("input_ids", "a non-empty list of token ids", where);
   conversation.input_ids.reserve(input_ids.size());
   for (const Json& id : input_ids) conversation.input_ids.push_back(token_id(id, "input_ids", where));
   conversation.target_start = require_integer(object, "target_start", where, 1);
   if (conversation.target_start > static_cast<int64_t>(conversation.input_ids.size())) {
-    throw FormatError(describe_file_problem(where, "target_start " + std::to_string(conversation.target_start) +
-                                                       " is beyond input_ids (" +
-                                                       std::to_string(conversation.input_ids.size()) + " tokens)"));
+    throw FormatError(describe_file_problem(
+        where, "target_start " + std::to_string(conversation.target_start) + " is beyond input_ids (" +
+                   std::to_string(conversation.input_ids.size()) + " tokens)"));
   }
   if (version >= 2) {
     conversation.answer_start = require_integer(object, "answer_start", where, 1);
@@ -320,8 +329,8 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
         conversation.answer_start > static_cast<int64_t>(conversation.input_ids.size())) {
       throw FormatError(describe_file_problem(
           where, "answer_start " + std::to_string(conversation.answer_start) + " is outside [target_start " +
-                     std::to_string(conversation.target_start) + ", " + std::to_string(conversation.input_ids.size()) +
-                     "]"));
+                     std::to_string(conversation.target_start) + ", " +
+                     std::to_string(conversation.input_ids.size()) + "]"));
     }
   } else {
     conversation.answer_start = conversation.target_start;  // version 1: answer targets only
@@ -329,11 +338,12 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
   const int64_t targets = conversation.num_targets();
   const Json& target_ids = require(object, "target_ids", where);
   const Json& target_logprobs = require(object, "target_logprobs", where);
-  if (!target_ids.is_array() || static_cast<int64_t>(target_ids.size()) != targets || !target_logprobs.is_array() ||
-      static_cast<int64_t>(target_logprobs.size()) != targets) {
+  if (!target_ids.is_array() || static_cast<int64_t>(target_ids.size()) != targets ||
+      !target_logprobs.is_array() || static_cast<int64_t>(target_logprobs.size()) != targets) {
     throw FormatError(describe_file_problem(
-        where, "target_ids and target_logprobs must have one row per target (len(input_ids) - target_start = " +
-                   std::to_string(targets) + ")"));
+        where,
+        "target_ids and target_logprobs must have one row per target (len(input_ids) - target_start = " +
+            std::to_string(targets) + ")"));
   }
   conversation.target_ids.reserve(targets * top_k);
   conversation.target_logprobs.reserve(targets * top_k);
@@ -342,8 +352,9 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
     const Json& logprobs = target_logprobs[row];
     if (!ids.is_array() || static_cast<int64_t>(ids.size()) != top_k || !logprobs.is_array() ||
         static_cast<int64_t>(logprobs.size()) != top_k) {
-      throw FormatError(describe_file_problem(
-          where, "target row " + std::to_string(row) + " does not have top_k = " + std::to_string(top_k) + " entries"));
+      throw FormatError(describe_file_problem(where, "target row " + std::to_string(row) +
+                                                         " does not have top_k = " + std::to_string(top_k) +
+                                                         " entries"));
     }
     float previous = std::numeric_limits<float>::infinity();
     for (int64_t k = 0; k < top_k; ++k) {
@@ -353,7 +364,8 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
       // Log-probabilities are <= 0 (a little slack for rounding) and sorted by decreasing probability.
       if (!std::isfinite(value) || value > 1e-4f || value > previous) {
         throw FormatError(describe_file_problem(
-            where, "target row " + std::to_string(row) + " has log-probabilities that are not <= 0 and decreasing",
+            where,
+            "target row " + std::to_string(row) + " has log-probabilities that are not <= 0 and decreasing",
             "the file is damaged"));
       }
       previous = value;
@@ -363,11 +375,13 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
   return conversation;
 }
 
-DatasetWriter::DatasetWriter(const std::string& path, const DatasetHeader& header) : path_(path), header_(header) {
+DatasetWriter::DatasetWriter(const std::string& path, const DatasetHeader& header)
+    : path_(path), header_(header) {
   descriptor_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (descriptor_ < 0) {
-    throw FileNotFoundError(describe_file_problem(path, std::string("cannot open for writing: ") + std::strerror(errno),
-                                                  "check that the folder exists and is writable"));
+    throw FileNotFoundError(
+        describe_file_problem(path, std::string("cannot open for writing: ") + std::strerror(errno),
+                              "check that the folder exists and is writable"));
   }
   try {
     if (::flock(descriptor_, LOCK_EX | LOCK_NB) != 0) {
@@ -394,7 +408,8 @@ DatasetWriter::DatasetWriter(const std::string& path, const DatasetHeader& heade
         }
       }
       if (::ftruncate(descriptor_, 0) != 0) {
-        throw FileNotFoundError(describe_file_problem(path, std::string("cannot truncate: ") + std::strerror(errno)));
+        throw FileNotFoundError(
+            describe_file_problem(path, std::string("cannot truncate: ") + std::strerror(errno)));
       }
       ::lseek(descriptor_, 0, SEEK_SET);
       write_all(descriptor_, header_line(header_) + "\n", path);
@@ -427,16 +442,18 @@ DatasetWriter::DatasetWriter(const std::string& path, const DatasetHeader& heade
       const Conversation last = conversation_from_json_line(last_line, stored.top_k, stored.version,
                                                             line_place(path, existing.complete_lines));
       if (last.index != count_ - 1) {
-        throw FormatError(describe_file_problem(
-            path, "the last conversation has index " + std::to_string(last.index) + " but is number " +
-                      std::to_string(count_ - 1) + " in the file",
-            "the file was edited or damaged; choose another --out or delete the file"));
+        throw FormatError(
+            describe_file_problem(path,
+                                  "the last conversation has index " + std::to_string(last.index) +
+                                      " but is number " + std::to_string(count_ - 1) + " in the file",
+                                  "the file was edited or damaged; choose another --out or delete the file"));
       }
     }
     if (existing.total_bytes != existing.complete_bytes) {
-      if (::ftruncate(descriptor_, static_cast<off_t>(existing.complete_bytes)) != 0 || ::fsync(descriptor_) != 0) {
-        throw FileNotFoundError(
-            describe_file_problem(path, std::string("cannot cut the unfinished last line: ") + std::strerror(errno)));
+      if (::ftruncate(descriptor_, static_cast<off_t>(existing.complete_bytes)) != 0 ||
+          ::fsync(descriptor_) != 0) {
+        throw FileNotFoundError(describe_file_problem(
+            path, std::string("cannot cut the unfinished last line: ") + std::strerror(errno)));
       }
     }
     ::lseek(descriptor_, static_cast<off_t>(existing.complete_bytes), SEEK_SET);
@@ -453,8 +470,9 @@ DatasetWriter::~DatasetWriter() {
 
 void DatasetWriter::append(const Conversation& conversation) {
   TORCH_CHECK(conversation.index == count_, "appending conversation ", conversation.index, " after ", count_);
-  TORCH_CHECK(conversation.target_ids.size() == static_cast<size_t>(conversation.num_targets() * header_.top_k),
-              "conversation targets are not [N, top_k]");
+  TORCH_CHECK(
+      conversation.target_ids.size() == static_cast<size_t>(conversation.num_targets() * header_.top_k),
+      "conversation targets are not [N, top_k]");
   write_all(descriptor_, conversation_to_json_line(conversation) + "\n", path_);
   ++count_;
 }
@@ -487,11 +505,13 @@ Dataset read_dataset(const std::string& path) {
   scan_complete_lines(stream, [&](size_t number, const std::string& line) {
     if (number == 1) return;  // the header
     const std::string where = line_place(path, number);
-    Conversation conversation = conversation_from_json_line(line, dataset.header.top_k, dataset.header.version, where);
+    Conversation conversation =
+        conversation_from_json_line(line, dataset.header.top_k, dataset.header.version, where);
     const int64_t expected = static_cast<int64_t>(number) - 2;
     if (conversation.index != expected) {
-      throw FormatError(describe_file_problem(where, "conversation index " + std::to_string(conversation.index) +
-                                                         " where " + std::to_string(expected) + " was expected",
+      throw FormatError(describe_file_problem(where,
+                                              "conversation index " + std::to_string(conversation.index) +
+                                                  " where " + std::to_string(expected) + " was expected",
                                               "the file was edited or damaged"));
     }
     dataset.conversations.push_back(std::move(conversation));

@@ -24,13 +24,13 @@ inline constexpr int64_t kOldestReadableDatasetVersion = 1;
 
 // Line 1 of the file.
 struct DatasetHeader {
-  int64_t version = kDatasetVersion;    // the file's format version (new files: kDatasetVersion)
-  std::string model;                    // what --model was, as given (informational)
-  nlohmann::json model_fingerprint;     // a string or an object identifying the base model
-  std::string corpus_sha256;            // lowercase hex SHA-256 of the corpus file's bytes
-  int64_t corpus_tokens = 0;            // tokens in the corpus (tokenized without special tokens)
-  uint64_t seed = 0;                    // the synthesis seed (--seed)
-  int64_t top_k = 20;                   // teacher entries stored per target position
+  int64_t version = kDatasetVersion;  // the file's format version (new files: kDatasetVersion)
+  std::string model;                  // what --model was, as given (informational)
+  nlohmann::json model_fingerprint;   // a string or an object identifying the base model
+  std::string corpus_sha256;          // lowercase hex SHA-256 of the corpus file's bytes
+  int64_t corpus_tokens = 0;          // tokens in the corpus (tokenized without special tokens)
+  uint64_t seed = 0;                  // the synthesis seed (--seed)
+  int64_t top_k = 20;                 // teacher entries stored per target position
   nlohmann::json settings = nlohmann::json::object();  // every synthesis setting that shapes the data
 
   // The header as one JSON object with the keys of docs/dataset_format.md.
@@ -46,12 +46,12 @@ struct DatasetHeader {
 
 // One synthesized conversation (lines 2, 3, ...).
 struct Conversation {
-  int64_t index = 0;           // 0, 1, 2, ... in file order
-  std::string seed_type;       // "structuring", "summarization", "question", "use_cases" or "creative"
-  int64_t chunk_start = 0;     // first corpus token of the chunk the teacher saw
-  int64_t chunk_tokens = 0;    // chunk length, tokens
-  std::string question;        // the question (user turn) written by the model
-  std::string answer;          // the teacher's answer, decoded (special tokens skipped)
+  int64_t index = 0;         // 0, 1, 2, ... in file order
+  std::string seed_type;     // "structuring", "summarization", "question", "use_cases" or "creative"
+  int64_t chunk_start = 0;   // first corpus token of the chunk the teacher saw
+  int64_t chunk_tokens = 0;  // chunk length, tokens
+  std::string question;      // the question (user turn) written by the model
+  std::string answer;        // the teacher's answer, decoded (special tokens skipped)
   // The student sequence [T]: the chat template with one user turn (the question) and the generation
   // prompt, tokenized without special tokens, followed by the teacher's answer tokens (with its final
   // end-of-turn token when it produced one).

@@ -28,9 +28,9 @@ constexpr double kNotComputed = std::numeric_limits<double>::quiet_NaN();
 // own tokens, which start at position P.
 struct PreparedRows {
   std::shared_ptr<const KvPrefix> context;
-  int64_t shared_prompt_tokens = 0;            // tokens common to every prompt, prefilled once into `context`
-  std::vector<Conversation> questions;         // one per question: prompt suffix + answer, answer as one-hot targets
-  std::vector<Conversation> heldout;           // held-out conversations with their prompt suffix
+  int64_t shared_prompt_tokens = 0;     // tokens common to every prompt, prefilled once into `context`
+  std::vector<Conversation> questions;  // one per question: prompt suffix + answer, answer as one-hot targets
+  std::vector<Conversation> heldout;    // held-out conversations with their prompt suffix
 };
 
 int64_t common_prefix_length(const std::vector<const std::vector<int32_t>*>& sequences) {
@@ -67,7 +67,8 @@ std::shared_ptr<const KvPrefix> extend_prefix(const Model& model, const std::sha
 }
 
 // The answers tokenized without special tokens; an answer with no tokens is an error naming the question.
-std::vector<std::vector<int32_t>> answer_token_ids(const LoadedModel& loaded, const std::vector<QuestionAnswer>& questions) {
+std::vector<std::vector<int32_t>> answer_token_ids(const LoadedModel& loaded,
+                                                   const std::vector<QuestionAnswer>& questions) {
   std::vector<std::vector<int32_t>> answer_ids;
   for (size_t index = 0; index < questions.size(); ++index) {
     answer_ids.push_back(loaded.tokenizer->encode(questions[index].answer, /*add_special_tokens=*/false));
@@ -130,39 +131,46 @@ std::vector<QuestionAnswer> read_question_answers(const std::string& path) {
     try {
       object = Json::parse(line);
     } catch (const Json::exception&) {
-      throw FormatError(describe_file_problem(where, "is not a JSON object",
-                                              "write one {\"question\": ..., \"answer\": ...} object per line"));
+      throw FormatError(describe_file_problem(
+          where, "is not a JSON object", "write one {\"question\": ..., \"answer\": ...} object per line"));
     }
     if (!object.is_object() || !object.contains("question") || !object["question"].is_string() ||
-        !object.contains("answer") || !object["answer"].is_string() || object["answer"].get<std::string>().empty()) {
-      throw FormatError(describe_file_problem(where, "needs string fields \"question\" and a non-empty \"answer\"",
-                                              "write one {\"question\": ..., \"answer\": ...} object per line"));
+        !object.contains("answer") || !object["answer"].is_string() ||
+        object["answer"].get<std::string>().empty()) {
+      throw FormatError(
+          describe_file_problem(where, "needs string fields \"question\" and a non-empty \"answer\"",
+                                "write one {\"question\": ..., \"answer\": ...} object per line"));
     }
     pairs.push_back({object["question"].get<std::string>(), object["answer"].get<std::string>()});
   }
   return pairs;
 }
 
-std::vector<Conversation> question_answer_rows(const LoadedModel& loaded, const std::vector<QuestionAnswer>& questions) {
+std::vector<Conversation> question_answer_rows(const LoadedModel& loaded,
+                                               const std::vector<QuestionAnswer>& questions) {
   std::vector<std::vector<int32_t>> answer_ids = answer_token_ids(loaded, questions);
   std::vector<Conversation> rows;
   for (size_t index = 0; index < questions.size(); ++index) {
-    rows.push_back(one_hot_row(static_cast<int64_t>(index),
-                               loaded.encode_chat({{"user", questions[index].question}}, /*add_generation_prompt=*/true),
-                               answer_ids[index]));
+    rows.push_back(
+        one_hot_row(static_cast<int64_t>(index),
+                    loaded.encode_chat({{"user", questions[index].question}}, /*add_generation_prompt=*/true),
+                    answer_ids[index]));
   }
   return rows;
 }
 
-std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const std::vector<QuestionAnswer>& questions,
-                                                const std::vector<const Conversation*>& heldout, int64_t top_k,
+std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded,
+                                                const std::vector<QuestionAnswer>& questions,
+                                                const std::vector<const Conversation*>& heldout,
+                                                int64_t top_k,
                                                 const std::vector<EvaluationCondition>& conditions,
                                                 const EvaluationOptions& options) {
   const Model& model = *loaded.model;
   const int64_t context_limit = model.config().max_position_embeddings;
   const std::vector<std::vector<int32_t>> answer_ids = answer_token_ids(loaded, questions);
-  ProgressBar progress("evaluating", static_cast<int64_t>(conditions.size() * (questions.size() + heldout.size())),
-                       "rows", options.show_progress);
+  ProgressBar progress("evaluating",
+                       static_cast<int64_t>(conditions.size() * (questions.size() + heldout.size())), "rows",
+                       options.show_progress);
   std::vector<ConditionScore> scores;
   for (const EvaluationCondition& condition : conditions) {
     ConditionScore score;
@@ -170,7 +178,8 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     score.kind = condition.kind;
     score.heldout_kl = kNotComputed;
     score.answer_nll = kNotComputed;
-    std::shared_ptr<const KvPrefix> base = condition.kind == ContextKind::kCartridge ? condition.cartridge : nullptr;
+    std::shared_ptr<const KvPrefix> base =
+        condition.kind == ContextKind::kCartridge ? condition.cartridge : nullptr;
     const int64_t base_length = base ? base->length() : 0;
 
     // Every prompt of this condition, full length (before the shared part is cut off).
@@ -199,8 +208,10 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     int64_t shortest = std::numeric_limits<int64_t>::max();
     for (const auto& prompt : question_prompts) all_prompts.push_back(&prompt);
     for (const auto& prompt : heldout_prompts) all_prompts.push_back(&prompt);
-    for (const auto* prompt : all_prompts) shortest = std::min<int64_t>(shortest, static_cast<int64_t>(prompt->size()));
-    const int64_t shared = all_prompts.empty() ? 0 : std::min(common_prefix_length(all_prompts), shortest - 1);
+    for (const auto* prompt : all_prompts)
+      shortest = std::min<int64_t>(shortest, static_cast<int64_t>(prompt->size()));
+    const int64_t shared =
+        all_prompts.empty() ? 0 : std::min(common_prefix_length(all_prompts), shortest - 1);
 
     if (condition.kind == ContextKind::kCartridge) {
       score.context_tokens = base_length;
@@ -213,10 +224,10 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     int64_t longest_row = 0;
     std::vector<Conversation> question_rows, heldout_rows;
     for (size_t index = 0; index < questions.size(); ++index) {
-      Conversation row = one_hot_row(static_cast<int64_t>(index),
-                                     std::vector<int32_t>(question_prompts[index].begin() + shared,
-                                                          question_prompts[index].end()),
-                                     answer_ids[index]);
+      Conversation row = one_hot_row(
+          static_cast<int64_t>(index),
+          std::vector<int32_t>(question_prompts[index].begin() + shared, question_prompts[index].end()),
+          answer_ids[index]);
       longest_row = std::max<int64_t>(longest_row, static_cast<int64_t>(row.input_ids.size()));
       question_rows.push_back(std::move(row));
     }
@@ -234,14 +245,16 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     }
     const int64_t needed = base_length + shared + longest_row;
     if (context_limit > 0 && needed > context_limit) {
-      score.skipped = fmt::format("needs {} positions, beyond the model's context of {}", needed, context_limit);
+      score.skipped =
+          fmt::format("needs {} positions, beyond the model's context of {}", needed, context_limit);
       progress.advance(static_cast<int64_t>(questions.size() + heldout.size()));
       scores.push_back(score);
       continue;
     }
     const std::vector<int32_t> shared_tokens =
-        all_prompts.empty() ? std::vector<int32_t>() : std::vector<int32_t>(all_prompts.front()->begin(),
-                                                                            all_prompts.front()->begin() + shared);
+        all_prompts.empty()
+            ? std::vector<int32_t>()
+            : std::vector<int32_t>(all_prompts.front()->begin(), all_prompts.front()->begin() + shared);
     const std::shared_ptr<const KvPrefix> context = extend_prefix(model, base, shared_tokens);
 
     if (!question_rows.empty()) {
@@ -258,7 +271,8 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded, const
     if (!heldout_rows.empty()) {
       std::vector<const Conversation*> pointers;
       for (const Conversation& row : heldout_rows) pointers.push_back(&row);
-      const auto [kl, positions] = mean_heldout_kl(model, context.get(), pointers, top_k, options.max_batch_tokens);
+      const auto [kl, positions] =
+          mean_heldout_kl(model, context.get(), pointers, top_k, options.max_batch_tokens);
       score.heldout_kl = kl;
       score.heldout_positions = positions;
       progress.advance(static_cast<int64_t>(heldout_rows.size()));
@@ -279,16 +293,17 @@ std::string format_evaluation_table(const std::vector<ConditionScore>& scores) {
       table += fmt::format("{:<{}}  skipped: {}\n", score.name, name_width, score.skipped);
       continue;
     }
-    table += fmt::format("{:<{}}  {:>10}  {:>12}  {:>10}  {:>12}\n", score.name, name_width, score.context_tokens,
-                         format_bytes(score.context_kv_bytes), format_number(score.answer_nll, 4),
-                         format_number(score.heldout_kl, 4));
+    table += fmt::format("{:<{}}  {:>10}  {:>12}  {:>10}  {:>12}\n", score.name, name_width,
+                         score.context_tokens, format_bytes(score.context_kv_bytes),
+                         format_number(score.answer_nll, 4), format_number(score.heldout_kl, 4));
   }
   return table;
 }
 
 std::string format_evaluation_markdown(const std::vector<ConditionScore>& scores) {
   std::string table =
-      "| condition | context tokens | context KV bytes | answer NLL (nats/token) | held-out KL (nats/token) |\n"
+      "| condition | context tokens | context KV bytes | answer NLL (nats/token) | held-out KL (nats/token) "
+      "|\n"
       "|---|---:|---:|---:|---:|\n";
   for (const ConditionScore& score : scores) {
     if (!score.skipped.empty()) {

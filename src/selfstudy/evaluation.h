@@ -37,12 +37,13 @@ std::vector<QuestionAnswer> read_question_answers(const std::string& path);
 // rendered with the chat template (one user turn, generation prompt) followed by the answer's tokens
 // (without special tokens) as one-hot targets; Conversation::index is the question's place in the file.
 // Throws InvalidArgumentError for an answer with no tokens, UnsupportedError without a chat template.
-std::vector<Conversation> question_answer_rows(const LoadedModel& model, const std::vector<QuestionAnswer>& questions);
+std::vector<Conversation> question_answer_rows(const LoadedModel& model,
+                                               const std::vector<QuestionAnswer>& questions);
 
 enum class ContextKind { kNone, kInContext, kCartridge };
 
 struct EvaluationCondition {
-  std::string name;                           // shown in the table ("no context", "ICL", a folder, ...)
+  std::string name;  // shown in the table ("no context", "ICL", a folder, ...)
   ContextKind kind = ContextKind::kNone;
   std::shared_ptr<const KvPrefix> cartridge;  // kCartridge: keys/values in the model's dtype and device
   std::string corpus;                         // kInContext: the system message's content
@@ -55,12 +56,12 @@ struct ConditionScore {
   // or the cartridge's p. Bytes are those tokens' keys and values in the model's dtype.
   int64_t context_tokens = 0;
   int64_t context_kv_bytes = 0;
-  double answer_nll = 0;         // mean over questions of the mean per-token NLL of the answer (nats)
-  int64_t answer_tokens = 0;     // answer tokens scored, over all questions
+  double answer_nll = 0;              // mean over questions of the mean per-token NLL of the answer (nats)
+  int64_t answer_tokens = 0;          // answer tokens scored, over all questions
   std::vector<double> question_nlls;  // per question, in file order: the mean NLL of its answer tokens
-  double heldout_kl = 0;         // mean truncated KL per held-out answer token (NaN when not computed)
+  double heldout_kl = 0;              // mean truncated KL per held-out answer token (NaN when not computed)
   int64_t heldout_positions = 0;
-  std::string skipped;           // non-empty when the condition could not run (e.g. corpus beyond the context)
+  std::string skipped;  // non-empty when the condition could not run (e.g. corpus beyond the context)
 };
 
 struct EvaluationOptions {
@@ -71,8 +72,10 @@ struct EvaluationOptions {
 // Scores every condition on `questions` (may be empty) and, when `heldout` is not empty, on those
 // conversations (held-out KL; `top_k` is the dataset's). The ICL condition prefills the corpus turn once
 // and reuses it for every question. Throws UnsupportedError when the model has no chat template.
-std::vector<ConditionScore> evaluate_conditions(const LoadedModel& model, const std::vector<QuestionAnswer>& questions,
-                                                const std::vector<const Conversation*>& heldout, int64_t top_k,
+std::vector<ConditionScore> evaluate_conditions(const LoadedModel& model,
+                                                const std::vector<QuestionAnswer>& questions,
+                                                const std::vector<const Conversation*>& heldout,
+                                                int64_t top_k,
                                                 const std::vector<EvaluationCondition>& conditions,
                                                 const EvaluationOptions& options = {});
 

@@ -24,13 +24,13 @@ void check_shapes(const at::Tensor& student_logits, const at::Tensor& teacher_id
 at::Tensor distillation_cross_entropy(const at::Tensor& student_logits, const at::Tensor& teacher_ids,
                                       const at::Tensor& teacher_log_probs) {
   check_shapes(student_logits, teacher_ids, teacher_log_probs);
-  const at::Tensor logits = student_logits.to(at::kFloat);              // [N, V]
+  const at::Tensor logits = student_logits.to(at::kFloat);                                        // [N, V]
   const at::Tensor probabilities = teacher_probabilities(teacher_log_probs).to(logits.device());  // [N, K]
   // Padding ids may be anything in range; their probability is 0, so they contribute nothing.
   const at::Tensor ids = teacher_ids.to(logits.device(), at::kLong).clamp(0, logits.size(1) - 1);  // [N, K]
-  const at::Tensor log_normalizer = at::logsumexp(logits, /*dim=*/{1});  // [N]
-  const at::Tensor picked = logits.gather(1, ids);                       // [N, K]
-  return log_normalizer * probabilities.sum(1) - (probabilities * picked).sum(1);  // [N]
+  const at::Tensor log_normalizer = at::logsumexp(logits, /*dim=*/{1});                            // [N]
+  const at::Tensor picked = logits.gather(1, ids);                                                 // [N, K]
+  return log_normalizer * probabilities.sum(1) - (probabilities * picked).sum(1);                  // [N]
 }
 
 at::Tensor teacher_negative_entropy(const at::Tensor& teacher_log_probs) {

@@ -13,11 +13,11 @@ namespace cartridge {
 
 namespace {
 
-constexpr double kWidth = 720;         // px, whole chart
-constexpr double kPanelHeight = 240;   // px per panel
-constexpr double kLeft = 70;           // px margin for y tick labels
+constexpr double kWidth = 720;        // px, whole chart
+constexpr double kPanelHeight = 240;  // px per panel
+constexpr double kLeft = 70;          // px margin for y tick labels
 constexpr double kRight = 20;
-constexpr double kTop = 34;            // px margin for the title
+constexpr double kTop = 34;  // px margin for the title
 constexpr double kBottom = 30;
 constexpr int kTargetTicks = 5;
 
@@ -77,17 +77,18 @@ void render_panel(const PlotPanel& panel, const Range& shared_x, double x_step, 
                   const std::string& x_label, bool last, std::string& svg) {
   const double plot_left = kLeft, plot_right = kWidth - kRight;
   const double plot_top = top + kTop, plot_bottom = top + kPanelHeight - kBottom;
-  svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"14\" font-weight=\"bold\">{}</text>\n", plot_left,
-                     top + 20, escape_xml(panel.title));
+  svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
+                     plot_left, top + 20, escape_xml(panel.title));
   Range y;
   for (const PlotSeries& series : panel.series) {
     for (const auto& [x, value] : series.points) {
       if (std::isfinite(x) && std::isfinite(value)) y.add(value);
     }
   }
-  svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"none\" "
-                     "stroke=\"#999\"/>\n",
-                     plot_left, plot_top, plot_right - plot_left, plot_bottom - plot_top);
+  svg += fmt::format(
+      "<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"none\" "
+      "stroke=\"#999\"/>\n",
+      plot_left, plot_top, plot_right - plot_left, plot_bottom - plot_top);
   if (!y.valid() || !shared_x.valid()) {
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" fill=\"#666\">no data</text>\n",
                        (plot_left + plot_right) / 2 - 20, (plot_top + plot_bottom) / 2);
@@ -102,8 +103,8 @@ void render_panel(const PlotPanel& panel, const Range& shared_x, double x_step, 
   };
   // Grid and tick labels.
   for (double tick = y.low; tick <= y.high + y_step * 1e-6; tick += y_step) {
-    svg += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#eee\"/>\n", plot_left,
-                       plot_right, to_y(tick), to_y(tick));
+    svg += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#eee\"/>\n",
+                       plot_left, plot_right, to_y(tick), to_y(tick));
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" text-anchor=\"end\">{}</text>\n",
                        plot_left - 6, to_y(tick) + 4, format_tick(tick, y_step));
   }
@@ -111,9 +112,10 @@ void render_panel(const PlotPanel& panel, const Range& shared_x, double x_step, 
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\n",
                        to_x(tick), plot_bottom + 15, format_tick(tick, x_step));
   }
-  svg += fmt::format("<text transform=\"translate({:.1f},{:.1f}) rotate(-90)\" font-size=\"12\" "
-                     "text-anchor=\"middle\">{}</text>\n",
-                     16.0, (plot_top + plot_bottom) / 2, escape_xml(panel.y_label));
+  svg += fmt::format(
+      "<text transform=\"translate({:.1f},{:.1f}) rotate(-90)\" font-size=\"12\" "
+      "text-anchor=\"middle\">{}</text>\n",
+      16.0, (plot_top + plot_bottom) / 2, escape_xml(panel.y_label));
   if (last) {
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",
                        (plot_left + plot_right) / 2, plot_bottom + 28, escape_xml(x_label));
@@ -132,15 +134,16 @@ void render_panel(const PlotPanel& panel, const Range& shared_x, double x_step, 
     if (series.points.size() <= 40) {  // few points (evaluations): mark each one
       for (const auto& [x, value] : series.points) {
         if (!std::isfinite(x) || !std::isfinite(value)) continue;
-        svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2.5\" fill=\"{}\"/>\n", to_x(x), to_y(value),
-                           escape_xml(series.color));
+        svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2.5\" fill=\"{}\"/>\n", to_x(x),
+                           to_y(value), escape_xml(series.color));
       }
     }
-    svg += fmt::format("<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
-                       "stroke-width=\"2\"/>\n",
-                       plot_right - 150, plot_right - 130, legend_y - 4, legend_y - 4, escape_xml(series.color));
-    svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\">{}</text>\n", plot_right - 125, legend_y,
-                       escape_xml(series.name));
+    svg += fmt::format(
+        "<line x1=\"{:.1f}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
+        "stroke-width=\"2\"/>\n",
+        plot_right - 150, plot_right - 130, legend_y - 4, legend_y - 4, escape_xml(series.color));
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\">{}</text>\n", plot_right - 125,
+                       legend_y, escape_xml(series.name));
     legend_y += 15;
   }
 }
@@ -150,7 +153,8 @@ void render_panel(const PlotPanel& panel, const Range& shared_x, double x_step, 
 std::string render_line_chart_svg(const std::vector<PlotPanel>& panels, const std::string& x_label) {
   const double height = kPanelHeight * static_cast<double>(std::max<size_t>(panels.size(), 1)) + 10;
   std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" height=\"{:.0f}\" viewBox=\"0 0 {:.0f} {:.0f}\" "
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0f}\" height=\"{:.0f}\" viewBox=\"0 0 {:.0f} "
+      "{:.0f}\" "
       "font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
       kWidth, height, kWidth, height);
   // One x range for all panels so steps line up vertically.

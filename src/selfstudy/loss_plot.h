@@ -8,9 +8,9 @@
 namespace cartridge {
 
 struct PlotSeries {
-  std::string name;                                // legend text
-  std::vector<std::pair<double, double>> points;   // (x, y), drawn in order; non-finite y values are skipped
-  std::string color = "#1f77b4";                   // any SVG colour
+  std::string name;                               // legend text
+  std::vector<std::pair<double, double>> points;  // (x, y), drawn in order; non-finite y values are skipped
+  std::string color = "#1f77b4";                  // any SVG colour
 };
 
 struct PlotPanel {

@@ -14,13 +14,16 @@ const std::map<std::string, std::vector<std::string>>& phrasings() {
   static const std::map<std::string, std::vector<std::string>> table = {
       {"structuring",
        {"Choose one specific part of the document above and name it precisely (by its heading, its topic or "
-        "the people, dates or items it covers). Write an instruction asking to rewrite the information in that "
+        "the people, dates or items it covers). Write an instruction asking to rewrite the information in "
+        "that "
         "part as {format}, keeping every name, date and number exactly. Reply with the instruction only.",
-        "Write a request that asks for the facts of one clearly identified section of the document above to be "
+        "Write a request that asks for the facts of one clearly identified section of the document above to "
+        "be "
         "organised as {format}. Say which section you mean so that nobody could confuse it with another, and "
         "ask that no detail (names, figures, dates) be lost. Reply with the request only."}},
       {"summarization",
-       {"Choose one specific part of the document above and identify it clearly (its heading, its subject, or "
+       {"Choose one specific part of the document above and identify it clearly (its heading, its subject, "
+        "or "
         "what happens in it). Write an instruction asking for a summary of that part. Reply with the "
         "instruction only.",
         "Write a request for a short summary of one well-defined passage of the document above. Describe the "
@@ -30,8 +33,10 @@ const std::map<std::string, std::vector<std::string>>& phrasings() {
        {"Write one question that tests whether someone knows what the document above says. Include specific "
         "names, dates, numbers or terms from it so that the question is unambiguous even for someone who "
         "cannot see the document. Reply with the question only.",
-        "Ask one factual question about a detail of the document above that only a careful reader would know. "
-        "Make the question self-contained: mention the names, places, figures or terms it is about. Reply with "
+        "Ask one factual question about a detail of the document above that only a careful reader would "
+        "know. "
+        "Make the question self-contained: mention the names, places, figures or terms it is about. Reply "
+        "with "
         "the question only."}},
       {"use_cases",
        {"Think about who would need the information in the document above and what real task they would use "
@@ -41,7 +46,8 @@ const std::map<std::string, std::vector<std::string>>& phrasings() {
         "problem to solve, a task to finish). Write the question they would ask about it. Reply with the "
         "question only."}},
       {"creative",
-       {"Write one open-ended, creative question or request inspired by the document above, for example about "
+       {"Write one open-ended, creative question or request inspired by the document above, for example "
+        "about "
         "its implications, a comparison, or a story built on its details, that still depends on what the "
         "document actually says. Reply with the question or request only.",
         "Write an imaginative prompt that starts a conversation about the document above: a thought "
@@ -62,7 +68,7 @@ std::string fill_format(std::string text, const std::string& format) {
 
 const std::vector<std::string>& seed_prompt_types() {
   static const std::vector<std::string> types = {"structuring", "summarization", "question", "use_cases",
-                                                  "creative"};
+                                                 "creative"};
   return types;
 }
 
@@ -72,12 +78,15 @@ const std::vector<std::string>& structuring_formats() {
 }
 
 SeedPrompt sample_seed_prompt(SynthesisRandom& random, const std::vector<std::string>& types) {
-  if (types.empty()) throw InvalidArgumentError("no seed-prompt types given (choose among structuring, "
-                                                "summarization, question, use_cases, creative)");
+  if (types.empty())
+    throw InvalidArgumentError(
+        "no seed-prompt types given (choose among structuring, "
+        "summarization, question, use_cases, creative)");
   for (const std::string& type : types) {
     if (!phrasings().count(type)) {
-      throw InvalidArgumentError("unknown seed-prompt type '" + type +
-                                 "' (choose among structuring, summarization, question, use_cases, creative)");
+      throw InvalidArgumentError(
+          "unknown seed-prompt type '" + type +
+          "' (choose among structuring, summarization, question, use_cases, creative)");
     }
   }
   SeedPrompt prompt;

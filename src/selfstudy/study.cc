@@ -18,20 +18,21 @@
 
 namespace cartridge {
 
-Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus_text, const CartridgeInit& init) {
+Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus_text,
+                            const CartridgeInit& init) {
   const Model& model = *loaded.model;
   if (init.source == "text" || init.source == "random") {
     if (init.num_virtual_tokens < 1) {
       throw InvalidArgumentError(fmt::format("--tokens must be >= 1, got {}", init.num_virtual_tokens));
     }
     if (init.num_frozen_tokens < 0 || init.num_frozen_tokens > init.num_virtual_tokens) {
-      throw InvalidArgumentError(fmt::format("--frozen must be in [0, --tokens = {}], got {}", init.num_virtual_tokens,
-                                             init.num_frozen_tokens));
+      throw InvalidArgumentError(fmt::format("--frozen must be in [0, --tokens = {}], got {}",
+                                             init.num_virtual_tokens, init.num_frozen_tokens));
     }
   }
   if (init.source == "random") {
-    return Cartridge::random(CartridgeShape::of_model(model.config()), init.num_virtual_tokens, init.num_frozen_tokens,
-                             init.seed);
+    return Cartridge::random(CartridgeShape::of_model(model.config()), init.num_virtual_tokens,
+                             init.num_frozen_tokens, init.seed);
   }
   if (init.source == "text") {
     return initialize_from_text(model, *loaded.tokenizer, loaded.chat_template.get(), corpus_text,
@@ -40,10 +41,11 @@ Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus
   LoadedAdapter adapter = load_adapter(init.source);
   adapter.cartridge.check_fits(model.config(), adapter.folder, loaded.files.name);
   if (init.num_virtual_tokens != 0 && init.num_virtual_tokens != adapter.cartridge.num_virtual_tokens()) {
-    throw MismatchError(describe_file_problem(
-        adapter.folder, fmt::format("has {} virtual tokens, but --tokens asks for {}",
-                                    adapter.cartridge.num_virtual_tokens(), init.num_virtual_tokens),
-        "leave --tokens out to use the adapter's size"));
+    throw MismatchError(
+        describe_file_problem(adapter.folder,
+                              fmt::format("has {} virtual tokens, but --tokens asks for {}",
+                                          adapter.cartridge.num_virtual_tokens(), init.num_virtual_tokens),
+                              "leave --tokens out to use the adapter's size"));
   }
   return std::move(adapter.cartridge);
 }
@@ -52,8 +54,10 @@ int64_t default_cartridge_tokens(int64_t corpus_tokens) {
   return std::clamp<int64_t>(corpus_tokens / 8 / 16 * 16, 16, 512);
 }
 
-StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text, const StudyOptions& options) {
-  if (options.output_dir.empty()) throw InvalidArgumentError("`cartridge study` needs an output folder (--out DIR)");
+StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text,
+                      const StudyOptions& options) {
+  if (options.output_dir.empty())
+    throw InvalidArgumentError("`cartridge study` needs an output folder (--out DIR)");
   std::filesystem::create_directories(options.output_dir);
   StudyResult result;
   result.dataset_path = options.output_dir + "/" + kStudyDatasetFileName;
@@ -64,13 +68,15 @@ StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text,
   // Training that has started cannot take in more (or fewer) conversations: the data order and the
   // held-out split depend on the count. Say so now, not after synthesizing the extra ones.
   if (const std::string checkpoint = newest_checkpoint_folder(options.output_dir); !checkpoint.empty()) {
-    const nlohmann::json trained_on = read_checkpoint_settings(checkpoint).values.value("dataset_conversations", -1);
+    const nlohmann::json trained_on =
+        read_checkpoint_settings(checkpoint).values.value("dataset_conversations", -1);
     if (trained_on != options.synthesis.samples) {
       throw MismatchError(describe_file_problem(
           options.output_dir,
-          fmt::format("was trained on {} synthetic conversations, but --samples asks for {}", trained_on.dump(),
-                      options.synthesis.samples),
-          fmt::format("use a new --out for more conversations, or --samples {} to continue this run", trained_on.dump())));
+          fmt::format("was trained on {} synthetic conversations, but --samples asks for {}",
+                      trained_on.dump(), options.synthesis.samples),
+          fmt::format("use a new --out for more conversations, or --samples {} to continue this run",
+                      trained_on.dump())));
     }
   }
 

@@ -1,8 +1,9 @@
 // The whole method in one call (`cartridge study`): synthesize self-study conversations about a corpus,
 // then train a cartridge on them. Output folder:
 //   <out>/dataset.jsonl                     the synthetic conversations (docs/dataset_format.md)
-//   <out>/adapter_config.json, ...          the trained cartridge as a PEFT adapter (use it with --cartridge <out>)
-//   <out>/checkpoint-<step>/, loss.csv, loss.svg   training checkpoints and curves (selfstudy/trainer.h)
+//   <out>/adapter_config.json, ...          the trained cartridge as a PEFT adapter (use it with --cartridge
+//   <out>) <out>/checkpoint-<step>/, loss.csv, loss.svg   training checkpoints and curves
+//   (selfstudy/trainer.h)
 // Running it again with the same settings continues where it stopped (synthesis appends to the dataset,
 // training resumes from the newest checkpoint); a finished run is left as it is.
 #pragma once
@@ -25,7 +26,7 @@ struct CartridgeInit {
   std::string source = "text";  // "text", "random", or an adapter folder / Hub id
   int64_t num_virtual_tokens = 0;
   int64_t num_frozen_tokens = 1;
-  uint64_t seed = 0;            // for "random"
+  uint64_t seed = 0;  // for "random"
 };
 
 // Builds the initial cartridge. "text": a prefill of the corpus tokenized as transformers' tokenizer(text)
@@ -33,7 +34,8 @@ struct CartridgeInit {
 // throws InvalidArgumentError when the corpus is shorter than p tokens. An adapter folder must fit the
 // model (MismatchError otherwise); its p and frozen count are used, and `num_virtual_tokens` must be 0 or
 // equal to them.
-Cartridge initial_cartridge(const LoadedModel& model, const std::string& corpus_text, const CartridgeInit& init);
+Cartridge initial_cartridge(const LoadedModel& model, const std::string& corpus_text,
+                            const CartridgeInit& init);
 
 // p for a corpus of `corpus_tokens` tokens when the user gives none: 1/8 of the corpus, rounded down to a
 // multiple of 16, between 16 and 512 tokens.
@@ -43,14 +45,14 @@ struct StudyOptions {
   std::string output_dir;
   CartridgeInit init;
   SynthesisOptions synthesis;
-  TrainingOptions training;     // output_dir is set to StudyOptions::output_dir
+  TrainingOptions training;  // output_dir is set to StudyOptions::output_dir
 };
 
 struct StudyResult {
   SynthesisStats synthesis;
   TrainingResult training;
   std::string dataset_path;
-  std::string adapter_dir;      // == output_dir
+  std::string adapter_dir;  // == output_dir
 };
 
 // Synthesizes into <out>/dataset.jsonl, then trains into <out> (resuming when a checkpoint exists).

@@ -23,7 +23,8 @@ enum class RandomPurpose : uint64_t { kChunk = 1, kConversation = 2, kSampling =
 class SynthesisRandom {
  public:
   SynthesisRandom(uint64_t seed, RandomPurpose purpose, uint64_t index)
-      : state_(mix_bits(mix_bits(seed) ^ mix_bits(static_cast<uint64_t>(purpose) * 0x100000001B3ull + index))) {}
+      : state_(
+            mix_bits(mix_bits(seed) ^ mix_bits(static_cast<uint64_t>(purpose) * 0x100000001B3ull + index))) {}
 
   // The next 64 random bits (SplitMix64).
   uint64_t next() {

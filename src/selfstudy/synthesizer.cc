@@ -104,12 +104,12 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", seeds.back().text}}, true);
     row.temperature = options.question_temperature;
     row.sampling_seed = random.next();
-    row.max_new_tokens = std::min<int64_t>(options.max_question_tokens,
-                                           context.context_tokens - static_cast<int64_t>(row.prompt_ids.size()));
+    row.max_new_tokens = std::min<int64_t>(
+        options.max_question_tokens, context.context_tokens - static_cast<int64_t>(row.prompt_ids.size()));
     if (row.max_new_tokens < 1) {
       throw InvalidArgumentError("a question prompt of " + std::to_string(row.prompt_ids.size()) +
-                                 " tokens fills the model's context of " + std::to_string(context.context_tokens) +
-                                 " (lower --max-chunk)");
+                                 " tokens fills the model's context of " +
+                                 std::to_string(context.context_tokens) + " (lower --max-chunk)");
     }
     question_rows.push_back(std::move(row));
   }
@@ -140,7 +140,8 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
   std::vector<BatchDecodeRow> answer_rows;
   int64_t answer_shared = shared_length;
   for (const BatchDecodeOutput& question : questions) {
-    question_texts.push_back(trim(loaded.tokenizer->decode(without_stop(question), /*skip_special_tokens=*/true)));
+    question_texts.push_back(
+        trim(loaded.tokenizer->decode(without_stop(question), /*skip_special_tokens=*/true)));
     BatchDecodeRow row;
     row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", question_texts.back()}}, true);
     // The student sees the question alone (no system message from us). Its prompt and the teacher's end
@@ -157,7 +158,8 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     const int64_t room = context.context_tokens - static_cast<int64_t>(row.prompt_ids.size());
     if (room < 1) {
       throw InvalidArgumentError("an answer prompt of " + std::to_string(row.prompt_ids.size()) +
-                                 " tokens fills the model's context of " + std::to_string(context.context_tokens) +
+                                 " tokens fills the model's context of " +
+                                 std::to_string(context.context_tokens) +
                                  " (lower --max-chunk or --max-question-tokens)");
     }
     row.max_new_tokens = std::min<int64_t>(options.max_answer_tokens, room);
@@ -168,8 +170,8 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     answer_rows.push_back(std::move(row));
   }
   const std::vector<BatchDecodeOutput> answers =
-      decode_batch(model, answer_rows, context.stop_ids, options.top_k, answer_shared > 0 ? &shared_cache : nullptr,
-                   answer_shared, &counts);
+      decode_batch(model, answer_rows, context.stop_ids, options.top_k,
+                   answer_shared > 0 ? &shared_cache : nullptr, answer_shared, &counts);
 
   std::vector<Conversation> conversations;
   for (int64_t row = 0; row < end - first; ++row) {
@@ -185,9 +187,11 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     conversation.input_ids = student_prompts[row];
     conversation.answer_start = static_cast<int64_t>(conversation.input_ids.size());
     conversation.target_start = conversation.answer_start - question_target_counts[row];
-    conversation.input_ids.insert(conversation.input_ids.end(), answer.token_ids.begin(), answer.token_ids.end());
+    conversation.input_ids.insert(conversation.input_ids.end(), answer.token_ids.begin(),
+                                  answer.token_ids.end());
     conversation.target_ids = answer.prompt_top_ids;
-    conversation.target_ids.insert(conversation.target_ids.end(), answer.top_ids.begin(), answer.top_ids.end());
+    conversation.target_ids.insert(conversation.target_ids.end(), answer.top_ids.begin(),
+                                   answer.top_ids.end());
     conversation.target_logprobs = answer.prompt_top_logprobs;
     conversation.target_logprobs.insert(conversation.target_logprobs.end(), answer.top_logprobs.begin(),
                                         answer.top_logprobs.end());
@@ -202,7 +206,8 @@ std::string synthesis_system_message(const SynthesisOptions& options, const std:
   const std::string placeholder = "{chunk}";
   const size_t at = options.system_prompt.find(placeholder);
   if (at == std::string::npos) {
-    throw InvalidArgumentError("the synthesis system prompt must contain {chunk} where the corpus chunk goes");
+    throw InvalidArgumentError(
+        "the synthesis system prompt must contain {chunk} where the corpus chunk goes");
   }
   std::string message = options.system_prompt;
   message.replace(at, placeholder.size(), chunk_text);
@@ -214,7 +219,8 @@ std::vector<int32_t> end_of_turn_ids(const Tokenizer& tokenizer) {
   if (tokenizer.eos_token_id()) ids.push_back(*tokenizer.eos_token_id());
   for (const char* piece : {"<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<|end_of_text|>"}) {
     const std::optional<int32_t> id = tokenizer.token_id(piece);
-    if (id && tokenizer.is_special(*id) && std::find(ids.begin(), ids.end(), *id) == ids.end()) ids.push_back(*id);
+    if (id && tokenizer.is_special(*id) && std::find(ids.begin(), ids.end(), *id) == ids.end())
+      ids.push_back(*id);
   }
   return ids;
 }
@@ -222,21 +228,24 @@ std::vector<int32_t> end_of_turn_ids(const Tokenizer& tokenizer) {
 int64_t longest_chunk_allowed(const LoadedModel& model, const SynthesisOptions& options) {
   // The longest prompt around a chunk: the system message without the chunk (but with the description)
   // and the longest seed prompt or a question of max_question_tokens, whichever template turn is longer.
-  const std::string empty_chunk = options.chunks.description.empty() ? "" : options.chunks.description + "\n\n";
+  const std::string empty_chunk =
+      options.chunks.description.empty() ? "" : options.chunks.description + "\n\n";
   const std::string system = synthesis_system_message(options, empty_chunk);
   int64_t around = 0;
   for (const std::string& seed : all_seed_prompt_texts()) {
     around = std::max<int64_t>(around, model.encode_chat({{"system", system}, {"user", seed}}, true).size());
   }
-  const int64_t answer_prompt = static_cast<int64_t>(model.encode_chat({{"system", system}, {"user", ""}}, true).size()) +
-                                options.max_question_tokens;
+  const int64_t answer_prompt =
+      static_cast<int64_t>(model.encode_chat({{"system", system}, {"user", ""}}, true).size()) +
+      options.max_question_tokens;
   const int64_t question_total = around + options.max_question_tokens;
   const int64_t answer_total = answer_prompt + options.max_answer_tokens;
-  return model.model->config().max_position_embeddings - std::max(question_total, answer_total) - kRetokenizationSlack;
+  return model.model->config().max_position_embeddings - std::max(question_total, answer_total) -
+         kRetokenizationSlack;
 }
 
-DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corpus_text, int64_t corpus_tokens,
-                               const SynthesisOptions& options) {
+DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corpus_text,
+                               int64_t corpus_tokens, const SynthesisOptions& options) {
   DatasetHeader header;
   header.model = options.model_name.empty() ? model.files.name : options.model_name;
   ModelFingerprint fingerprint = fingerprint_model(model.files, model.model->config());
@@ -279,10 +288,12 @@ std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vecto
   const at::Device device = model.device();
   int64_t longest_rest = 0, longest_new = 0;
   for (const BatchDecodeRow& row : rows) {
-    TORCH_CHECK(static_cast<int64_t>(row.prompt_ids.size()) > shared_length, "decode_batch: a prompt is not longer "
+    TORCH_CHECK(static_cast<int64_t>(row.prompt_ids.size()) > shared_length,
+                "decode_batch: a prompt is not longer "
                 "than the shared prefix");
     TORCH_CHECK(row.max_new_tokens >= 1, "decode_batch: max_new_tokens must be >= 1");
-    longest_rest = std::max<int64_t>(longest_rest, static_cast<int64_t>(row.prompt_ids.size()) - shared_length);
+    longest_rest =
+        std::max<int64_t>(longest_rest, static_cast<int64_t>(row.prompt_ids.size()) - shared_length);
     longest_new = std::max(longest_new, row.max_new_tokens);
   }
 
@@ -294,8 +305,8 @@ std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vecto
       keys.push_back(shared_cache->keys[layer].narrow(2, 0, shared_length));
       values.push_back(shared_cache->values[layer].narrow(2, 0, shared_length));
     }
-    cache = KvCache::with_prefix(std::move(keys), std::move(values), at::full({batch}, shared_length, at::kLong),
-                                 batch);
+    cache = KvCache::with_prefix(std::move(keys), std::move(values),
+                                 at::full({batch}, shared_length, at::kLong), batch);
   } else {
     cache = model.new_cache(batch);
   }
@@ -313,15 +324,17 @@ std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vecto
     }
     if (counts) counts->prefill_tokens += static_cast<int64_t>(prompt.size()) - shared_length;
   }
-  const at::Tensor input_ids = at::tensor(input, at::kLong).view({batch, longest_rest}).to(device);         // [B, T]
-  const at::Tensor token_mask = at::tensor(mask, at::kByte).view({batch, longest_rest}).to(at::kBool).to(device);  // [B, T]
+  const at::Tensor input_ids = at::tensor(input, at::kLong).view({batch, longest_rest}).to(device);  // [B, T]
+  const at::Tensor token_mask =
+      at::tensor(mask, at::kByte).view({batch, longest_rest}).to(at::kBool).to(device);  // [B, T]
   ForwardOptions last_only;
   last_only.last_token_only = true;
   std::vector<BatchDecodeOutput> outputs(batch);
   bool records_prompt = false;
   for (const BatchDecodeRow& row : rows) {
-    TORCH_CHECK(row.record_prompt_from == 0 || (row.record_prompt_from > shared_length &&
-                                                row.record_prompt_from <= static_cast<int64_t>(row.prompt_ids.size())),
+    TORCH_CHECK(row.record_prompt_from == 0 ||
+                    (row.record_prompt_from > shared_length &&
+                     row.record_prompt_from <= static_cast<int64_t>(row.prompt_ids.size())),
                 "decode_batch: record_prompt_from must lie after the shared prefix, inside the prompt");
     records_prompt = records_prompt || (record_top_k > 0 && row.record_prompt_from > 0);
   }
@@ -334,21 +347,27 @@ std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vecto
     ForwardOptions hidden_only;
     hidden_only.final_hidden_states = true;
     const at::Tensor hidden = model.forward(input_ids, token_mask, cache, hidden_only);  // [B, T, hidden]
-    std::vector<at::Tensor> last_logits;  // per row [V]
+    std::vector<at::Tensor> last_logits;                                                 // per row [V]
     for (int64_t row = 0; row < batch; ++row) {
-      const int64_t real = static_cast<int64_t>(rows[row].prompt_ids.size()) - shared_length;  // columns [0, real)
-      // Column c predicts prompt token shared_length + c + 1; the last real column predicts the first new token.
-      const int64_t first_column = rows[row].record_prompt_from > 0 ? rows[row].record_prompt_from - shared_length - 1
-                                                                    : real - 1;
-      const at::Tensor row_logits = model.logits_from_hidden(hidden[row].narrow(0, first_column, real - first_column));
+      const int64_t real =
+          static_cast<int64_t>(rows[row].prompt_ids.size()) - shared_length;  // columns [0, real)
+      // Column c predicts prompt token shared_length + c + 1; the last real column predicts the first new
+      // token.
+      const int64_t first_column =
+          rows[row].record_prompt_from > 0 ? rows[row].record_prompt_from - shared_length - 1 : real - 1;
+      const at::Tensor row_logits =
+          model.logits_from_hidden(hidden[row].narrow(0, first_column, real - first_column));
       const int64_t recorded = real - 1 - first_column;  // m prompt tokens
       if (recorded > 0) {
         const int64_t k = std::min<int64_t>(record_top_k, row_logits.size(-1));
-        auto top = row_logits.narrow(0, 0, recorded).log_softmax(-1).topk(k, -1, /*largest=*/true, /*sorted=*/true);
-        const at::Tensor values = std::get<0>(top).to(at::kCPU).contiguous();           // [m, K]
+        auto top =
+            row_logits.narrow(0, 0, recorded).log_softmax(-1).topk(k, -1, /*largest=*/true, /*sorted=*/true);
+        const at::Tensor values = std::get<0>(top).to(at::kCPU).contiguous();             // [m, K]
         const at::Tensor indices = std::get<1>(top).to(at::kCPU, at::kInt).contiguous();  // [m, K]
-        outputs[row].prompt_top_logprobs.assign(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
-        outputs[row].prompt_top_ids.assign(indices.data_ptr<int32_t>(), indices.data_ptr<int32_t>() + indices.numel());
+        outputs[row].prompt_top_logprobs.assign(values.data_ptr<float>(),
+                                                values.data_ptr<float>() + values.numel());
+        outputs[row].prompt_top_ids.assign(indices.data_ptr<int32_t>(),
+                                           indices.data_ptr<int32_t>() + indices.numel());
       }
       last_logits.push_back(row_logits[recorded]);
     }
@@ -418,15 +437,16 @@ std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vecto
       cache.reserve(remaining);
     }
     const int64_t count = static_cast<int64_t>(active.size());
-    const at::Tensor step_ids = at::tensor(next_tokens, at::kLong).view({count, 1}).to(device);  // [B_active, 1]
+    const at::Tensor step_ids =
+        at::tensor(next_tokens, at::kLong).view({count, 1}).to(device);  // [B_active, 1]
     const at::Tensor step_mask = at::ones({count, 1}, at::TensorOptions().dtype(at::kBool).device(device));
     logits = model.forward(step_ids, step_mask, cache, last_only);
   }
   return outputs;
 }
 
-SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_text, const SynthesisOptions& options,
-                          const std::string& dataset_path) {
+SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_text,
+                          const SynthesisOptions& options, const std::string& dataset_path) {
   if (options.samples < 0) throw InvalidArgumentError("--samples must be >= 0");
   if (options.conversations_per_chunk < 1) throw InvalidArgumentError("--batch must be >= 1");
   if (options.max_question_tokens < 1 || options.max_answer_tokens < 1) {
@@ -435,14 +455,16 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
   if (options.question_temperature < 0) throw InvalidArgumentError("the question temperature must be >= 0");
   if (options.top_k < 1) throw InvalidArgumentError("top_k must be >= 1");
   if (!model.chat_template) {
-    throw UnsupportedError(model.files.name + ": the model has no chat template, which self-study needs to write "
+    throw UnsupportedError(model.files.name +
+                           ": the model has no chat template, which self-study needs to write "
                            "conversations (use an instruct/chat model)");
   }
   for (const std::string& type : options.seed_types) {
     const auto& known = seed_prompt_types();
     if (std::find(known.begin(), known.end(), type) == known.end()) {
-      throw InvalidArgumentError("unknown seed-prompt type '" + type +
-                                 "' (choose among structuring, summarization, question, use_cases, creative)");
+      throw InvalidArgumentError(
+          "unknown seed-prompt type '" + type +
+          "' (choose among structuring, summarization, question, use_cases, creative)");
     }
   }
   if (options.seed_types.empty()) throw InvalidArgumentError("no seed-prompt types given");
@@ -450,7 +472,8 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
 
   std::vector<int32_t> corpus_ids = model.tokenizer->encode(corpus_text, /*add_special_tokens=*/false);
   const int64_t corpus_tokens = static_cast<int64_t>(corpus_ids.size());
-  const Chunker chunker(*model.tokenizer, std::move(corpus_ids), options.chunks, longest_chunk_allowed(model, options));
+  const Chunker chunker(*model.tokenizer, std::move(corpus_ids), options.chunks,
+                        longest_chunk_allowed(model, options));
 
   DatasetWriter writer(dataset_path, synthesis_header(model, corpus_text, corpus_tokens, options));
   SynthesisStats stats;
@@ -464,7 +487,8 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
                        options.show_progress);
   BatchDecodeCounts counts;
   const int64_t per_group = options.conversations_per_chunk;
-  for (int64_t group = writer.conversation_count() / per_group; group * per_group < options.samples; ++group) {
+  for (int64_t group = writer.conversation_count() / per_group; group * per_group < options.samples;
+       ++group) {
     const int64_t first = group * per_group;
     const int64_t end = std::min(first + per_group, options.samples);
     const std::vector<Conversation> conversations = generate_group(context, group, first, end, counts);

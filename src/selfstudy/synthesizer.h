@@ -26,21 +26,21 @@ namespace cartridge {
 extern const char* const kDefaultSynthesisSystemPrompt;
 
 struct SynthesisOptions {
-  int64_t samples = 256;                  // conversations the file should hold when done
+  int64_t samples = 256;  // conversations the file should hold when done
   uint64_t seed = 0;
-  ChunkerOptions chunks;                  // chunk lengths (tokens) and the optional corpus description
-  int64_t conversations_per_chunk = 16;   // conversations sharing one chunk, generated as one batch
+  ChunkerOptions chunks;                 // chunk lengths (tokens) and the optional corpus description
+  int64_t conversations_per_chunk = 16;  // conversations sharing one chunk, generated as one batch
   int64_t max_question_tokens = 512;
   int64_t max_answer_tokens = 1024;
-  double question_temperature = 0.6;      // answers are always greedy
-  int64_t top_k = 20;                     // teacher entries recorded per answer token
+  double question_temperature = 0.6;  // answers are always greedy
+  int64_t top_k = 20;                 // teacher entries recorded per answer token
   std::vector<std::string> seed_types = seed_prompt_types();
   std::string system_prompt = kDefaultSynthesisSystemPrompt;  // must contain "{chunk}"
   // Prefill each chunk's shared prompt once and replicate it for the group (true), or let every row prefill
   // its whole prompt (false; the same data up to rounding, for benchmarks).
   bool share_prefill = true;
-  std::string model_name;                 // recorded in the header's "model" (what the user passed)
-  bool show_progress = true;              // progress bar on stderr
+  std::string model_name;     // recorded in the header's "model" (what the user passed)
+  bool show_progress = true;  // progress bar on stderr
   // Called after each conversation is safely on disk (tests use it to interrupt a run).
   std::function<void(const Conversation&)> on_conversation;
 };
@@ -57,12 +57,12 @@ struct SynthesisStats {
 // an earlier (interrupted) run with the same settings. Throws InvalidArgumentError for bad options (or a
 // corpus too short/long for them), MismatchError when the existing file was made with other settings,
 // UnsupportedError when the model has no chat template.
-SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_text, const SynthesisOptions& options,
-                          const std::string& dataset_path);
+SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_text,
+                          const SynthesisOptions& options, const std::string& dataset_path);
 
 // The header synthesize() writes for these inputs (corpus hash, model fingerprint, settings).
-DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corpus_text, int64_t corpus_tokens,
-                               const SynthesisOptions& options);
+DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corpus_text,
+                               int64_t corpus_tokens, const SynthesisOptions& options);
 
 // The most tokens a chunk may have so that the teacher's prompts and generations fit the model's context.
 int64_t longest_chunk_allowed(const LoadedModel& model, const SynthesisOptions& options);
@@ -84,10 +84,10 @@ struct BatchDecodeRow {
 };
 
 struct BatchDecodeOutput {
-  std::vector<int32_t> token_ids;      // generated tokens, the stop token included when the row stopped
-  bool stopped = false;                // ended on a stop token (else on max_new_tokens)
-  std::vector<int32_t> top_ids;        // [n, K] row-major when top-k was recorded (n = token_ids.size())
-  std::vector<float> top_logprobs;     // [n, K] full-vocabulary log-softmax of the logits each token came from
+  std::vector<int32_t> token_ids;   // generated tokens, the stop token included when the row stopped
+  bool stopped = false;             // ended on a stop token (else on max_new_tokens)
+  std::vector<int32_t> top_ids;     // [n, K] row-major when top-k was recorded (n = token_ids.size())
+  std::vector<float> top_logprobs;  // [n, K] full-vocabulary log-softmax of the logits each token came from
   std::vector<int32_t> prompt_top_ids;     // [m, K] for the prompt tokens from record_prompt_from (m of them)
   std::vector<float> prompt_top_logprobs;  // [m, K] the same for their log-probabilities
 };

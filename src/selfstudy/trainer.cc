@@ -18,9 +18,9 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/optim/adam.h>
+#include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 #include "selfstudy/loss.h"
@@ -118,9 +118,9 @@ KvCache student_cache(const Model& model, const KvPrefix* prefix, int64_t batch_
 
 std::vector<std::vector<const Conversation*>> micro_batches(std::vector<const Conversation*> conversations,
                                                             int64_t max_batch_tokens) {
-  std::stable_sort(conversations.begin(), conversations.end(), [](const Conversation* a, const Conversation* b) {
-    return a->input_ids.size() < b->input_ids.size();
-  });
+  std::stable_sort(
+      conversations.begin(), conversations.end(),
+      [](const Conversation* a, const Conversation* b) { return a->input_ids.size() < b->input_ids.size(); });
   std::vector<std::vector<const Conversation*>> groups;
   std::vector<const Conversation*> current;
   for (const Conversation* conversation : conversations) {
@@ -147,7 +147,8 @@ StudentBatch make_student_batch(const std::vector<const Conversation*>& conversa
         static_cast<int64_t>(conversation->target_ids.size()) != conversation->num_targets() * top_k ||
         conversation->target_logprobs.size() != conversation->target_ids.size()) {
       throw FormatError(fmt::format(
-          "conversation {} has no usable targets (target_start {}, {} tokens, {} target entries for top_k {}); "
+          "conversation {} has no usable targets (target_start {}, {} tokens, {} target entries for top_k "
+          "{}); "
           "the dataset is damaged: synthesize it again",
           conversation->index, conversation->target_start, length, conversation->target_ids.size(), top_k));
     }
@@ -188,9 +189,8 @@ StudentBatch make_student_batch(const std::vector<const Conversation*>& conversa
                          .to(device);
   batch.logit_rows = at::tensor(logit_rows, as_long).to(device);
   batch.teacher_ids = at::tensor(teacher_ids, as_long).view({targets, top_k}).to(device);
-  batch.teacher_log_probs = at::tensor(teacher_log_probs, at::TensorOptions().dtype(at::kFloat))
-                                .view({targets, top_k})
-                                .to(device);
+  batch.teacher_log_probs =
+      at::tensor(teacher_log_probs, at::TensorOptions().dtype(at::kFloat)).view({targets, top_k}).to(device);
   batch.real_tokens = real_tokens;
   return batch;
 }
@@ -295,13 +295,13 @@ const char* distill_tokens_name(DistillTokens tokens) {
 DistillTokens parse_distill_tokens(const std::string& name) {
   if (name == "conversation") return DistillTokens::kConversation;
   if (name == "answer") return DistillTokens::kAnswer;
-  throw InvalidArgumentError("--distill must be answer (answer tokens) or conversation (question and answer tokens), "
-                             "got '" + name + "'");
+  throw InvalidArgumentError(
+      "--distill must be answer (answer tokens) or conversation (question and answer tokens), "
+      "got '" +
+      name + "'");
 }
 
-std::string latest_checkpoint(const std::string& output_dir) {
-  return newest_checkpoint_folder(output_dir);
-}
+std::string latest_checkpoint(const std::string& output_dir) { return newest_checkpoint_folder(output_dir); }
 
 TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const Cartridge& initial,
                                const Dataset& full_dataset, const TrainingOptions& options) {
@@ -317,7 +317,8 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
   }
   const Dataset& dataset = answer_only ? *answer_only : full_dataset;
   if (options.output_dir.empty()) throw InvalidArgumentError("training needs an output folder (--out DIR)");
-  if (options.steps < 1) throw InvalidArgumentError(fmt::format("--steps must be >= 1, got {}", options.steps));
+  if (options.steps < 1)
+    throw InvalidArgumentError(fmt::format("--steps must be >= 1, got {}", options.steps));
   if (options.batch_size < 1) {
     throw InvalidArgumentError(fmt::format("--batch-size must be >= 1, got {}", options.batch_size));
   }
@@ -325,17 +326,20 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     throw InvalidArgumentError(fmt::format("--lr must be > 0, got {}", options.learning_rate));
   }
   if (options.keep_checkpoints < 1) {
-    throw InvalidArgumentError(fmt::format("--keep-checkpoints must be >= 1, got {}", options.keep_checkpoints));
+    throw InvalidArgumentError(
+        fmt::format("--keep-checkpoints must be >= 1, got {}", options.keep_checkpoints));
   }
   if (!(options.eval_fraction >= 0 && options.eval_fraction < 1)) {
-    throw InvalidArgumentError(fmt::format("--eval-fraction must be in [0, 1), got {}", options.eval_fraction));
+    throw InvalidArgumentError(
+        fmt::format("--eval-fraction must be in [0, 1), got {}", options.eval_fraction));
   }
   initial.check_fits(model.config(), "the initial cartridge", options.model_name);
   const int64_t top_k = dataset.header.top_k;
   const int64_t count = static_cast<int64_t>(dataset.conversations.size());
 
   TrainingResult result;
-  result.heldout_indices = heldout_indices(count, options.eval_fraction, options.max_eval_conversations, options.seed);
+  result.heldout_indices =
+      heldout_indices(count, options.eval_fraction, options.max_eval_conversations, options.seed);
   std::vector<const Conversation*> heldout, training;
   {
     size_t next_heldout = 0;
@@ -349,9 +353,10 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     }
   }
   if (training.empty()) {
-    throw InvalidArgumentError(fmt::format("the dataset has {} conversation(s) and none is left for training after "
-                                           "holding out {}: synthesize more (--samples) or lower --eval-fraction",
-                                           count, heldout.size()));
+    throw InvalidArgumentError(
+        fmt::format("the dataset has {} conversation(s) and none is left for training after "
+                    "holding out {}: synthesize more (--samples) or lower --eval-fraction",
+                    count, heldout.size()));
   }
 
   const TrainerSettings settings = TrainerSettings::from(options, initial, dataset, model.dtype());
@@ -359,7 +364,7 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
 
   // The parameters: fp32 on the model's device; only the trainable rows get gradients.
   at::Tensor frozen = initial.frozen_embedding().to(model.device(), at::kFloat).clone();        // [F, W]
-  at::Tensor trainable = initial.trainable_embedding().to(model.device(), at::kFloat).clone();   // [p-F, W]
+  at::Tensor trainable = initial.trainable_embedding().to(model.device(), at::kFloat).clone();  // [p-F, W]
   int64_t start_step = 0;
   std::optional<AdamMoments> restored_moments;
 
@@ -378,7 +383,8 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     }
   } else if (!checkpoint.empty()) {
     throw InvalidArgumentError(describe_file_problem(
-        options.output_dir, "already holds training checkpoints (" + fs::path(checkpoint).filename().string() + ")",
+        options.output_dir,
+        "already holds training checkpoints (" + fs::path(checkpoint).filename().string() + ")",
         "pass --resume to continue that run, or choose another --out folder"));
   }
   trainable.set_requires_grad(true);
@@ -390,7 +396,8 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
   if (restored_moments) restore_adam_moments(optimizer, trainable, *restored_moments);
 
   const auto current_cartridge = [&] {
-    return Cartridge(initial.shape(), frozen.detach().to(at::kCPU).clone(), trainable.detach().to(at::kCPU).clone());
+    return Cartridge(initial.shape(), frozen.detach().to(at::kCPU).clone(),
+                     trainable.detach().to(at::kCPU).clone());
   };
   const auto prefix_of = [&](bool with_grad) {
     // [p, W] fp32 -> per-layer [H_kv, p, D] in the compute dtype; the cast is differentiable.
@@ -416,8 +423,10 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     std::tie(entry.heldout_kl, entry.positions) =
         mean_heldout_kl(model, &prefix, heldout, top_k, options.max_batch_tokens);
     if (!validation.empty()) {
-      const std::vector<double> means = mean_target_nlls(model, &prefix, validation, options.max_batch_tokens);
-      entry.validation_answer_nll = std::accumulate(means.begin(), means.end(), 0.0) / static_cast<double>(means.size());
+      const std::vector<double> means =
+          mean_target_nlls(model, &prefix, validation, options.max_batch_tokens);
+      entry.validation_answer_nll =
+          std::accumulate(means.begin(), means.end(), 0.0) / static_cast<double>(means.size());
       // Early stopping: keep the adapter of the lowest score (strictly lower, so the earliest of equals).
       if (result.best_step < 0 || entry.validation_answer_nll < result.best_validation_answer_nll) {
         result.best_step = step;
@@ -429,8 +438,9 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     result.evaluations.push_back(entry);
   };
   const auto save = [&](int64_t step) {
-    write_checkpoint(options.output_dir, step, current_cartridge(), optimizer, trainable, settings, result.history,
-                     result.evaluations, options.model_name, model, options.fingerprint, options.keep_checkpoints);
+    write_checkpoint(options.output_dir, step, current_cartridge(), optimizer, trainable, settings,
+                     result.history, result.evaluations, options.model_name, model, options.fingerprint,
+                     options.keep_checkpoints);
   };
 
   if (start_step == 0 && result.evaluations.empty()) evaluate(0);
@@ -443,8 +453,8 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     ++step;
     const auto started = std::chrono::steady_clock::now();
     std::vector<const Conversation*> batch;
-    for (const int64_t index : batch_for_step(static_cast<int64_t>(training.size()), options.batch_size, options.seed,
-                                              step)) {
+    for (const int64_t index :
+         batch_for_step(static_cast<int64_t>(training.size()), options.batch_size, options.seed, step)) {
       batch.push_back(training[index]);
     }
     int64_t step_positions = 0;
@@ -467,22 +477,25 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     const double loss = cross_entropy_sum / static_cast<double>(step_positions);
     result.history.push_back({step, loss, step_tokens, step_positions, seconds});
     if (!std::isfinite(loss)) {
-      throw InvalidArgumentError(fmt::format(
-          "the training loss became {} at step {}: lower --lr (now {}) or check the dataset", loss, step,
-          options.learning_rate));
+      throw InvalidArgumentError(
+          fmt::format("the training loss became {} at step {}: lower --lr (now {}) or check the dataset",
+                      loss, step, options.learning_rate));
     }
     const bool last = step == options.steps;
     const bool interrupted = interrupt.requested();
     if (last || (options.eval_every > 0 && step % options.eval_every == 0)) evaluate(step);
-    std::string extra = fmt::format("loss {:.4f} | {:.0f} tok/s", loss, step_tokens / std::max(seconds, 1e-9));
+    std::string extra =
+        fmt::format("loss {:.4f} | {:.0f} tok/s", loss, step_tokens / std::max(seconds, 1e-9));
     if (!result.evaluations.empty() && std::isfinite(result.evaluations.back().heldout_kl)) {
       extra += fmt::format(" | held-out KL {:.4f}", result.evaluations.back().heldout_kl);
     }
     if (result.best_step >= 0) {
-      extra += fmt::format(" | best validation NLL {:.4f} (step {})", result.best_validation_answer_nll, result.best_step);
+      extra += fmt::format(" | best validation NLL {:.4f} (step {})", result.best_validation_answer_nll,
+                           result.best_step);
     }
     progress.advance(1, extra);
-    if (last || interrupted || (options.checkpoint_every > 0 && step % options.checkpoint_every == 0)) save(step);
+    if (last || interrupted || (options.checkpoint_every > 0 && step % options.checkpoint_every == 0))
+      save(step);
     if (interrupted) {
       result.interrupted = true;
       break;

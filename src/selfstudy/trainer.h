@@ -46,8 +46,8 @@ DistillTokens parse_distill_tokens(const std::string& name);
 
 struct TrainingOptions {
   std::string output_dir;
-  int64_t steps = 100;                 // optimizer steps in total (a resumed run continues up to this)
-  int64_t batch_size = 4;              // conversations per step
+  int64_t steps = 100;     // optimizer steps in total (a resumed run continues up to this)
+  int64_t batch_size = 4;  // conversations per step
   // Micro-batching: a step's conversations are run in pieces of at most this many padded tokens
   // (rows x longest row), gradients accumulated; the loss is the same. 0 = the whole step at once.
   int64_t max_batch_tokens = 4096;
@@ -59,32 +59,33 @@ struct TrainingOptions {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double epsilon = 1e-8;
-  uint64_t seed = 0;                   // data order and held-out split
+  uint64_t seed = 0;  // data order and held-out split
   // Held-out conversations: this fraction of the dataset (at most max_eval_conversations, at least one
   // when the fraction is > 0 and the dataset has two or more), never trained on, scored every
   // `eval_every` steps (and before the first and after the last step): mean truncated KL per position.
   double eval_fraction = 0.05;
   int64_t max_eval_conversations = 64;
-  int64_t eval_every = 50;             // steps; 0 = only before the first and after the last step
-  int64_t checkpoint_every = 50;       // steps; 0 = only after the last step (and on Ctrl-C)
-  int64_t keep_checkpoints = 2;        // newest checkpoint folders kept (>= 1)
+  int64_t eval_every = 50;        // steps; 0 = only before the first and after the last step
+  int64_t checkpoint_every = 50;  // steps; 0 = only after the last step (and on Ctrl-C)
+  int64_t keep_checkpoints = 2;   // newest checkpoint folders kept (>= 1)
   // Validation questions (evaluation.h, question_answer_rows: the chat-template prompt and the reference
   // answer as one-hot targets): when given, their mean answer NLL is scored at every evaluation and the
-  // best adapter so far is kept in <out>/best/ (early stopping on questions the user wrote, never trained on).
+  // best adapter so far is kept in <out>/best/ (early stopping on questions the user wrote, never trained
+  // on).
   std::vector<Conversation> validation_questions;
-  bool resume = false;                 // continue from the newest <out>/checkpoint-*
+  bool resume = false;  // continue from the newest <out>/checkpoint-*
   bool show_progress = true;
-  bool handle_interrupt = true;        // SIGINT: finish the current step, checkpoint, return
-  std::string model_name;              // for adapter_config.json's base_model_name_or_path
+  bool handle_interrupt = true;                 // SIGINT: finish the current step, checkpoint, return
+  std::string model_name;                       // for adapter_config.json's base_model_name_or_path
   std::optional<ModelFingerprint> fingerprint;  // written beside each adapter when given
 };
 
 struct TrainingResult {
-  int64_t steps_done = 0;                      // the step reached (== options.steps unless interrupted)
-  bool interrupted = false;                    // stopped by SIGINT (a checkpoint was written)
-  std::vector<TrainingHistoryEntry> history;   // every step from 1, including steps before a resume
+  int64_t steps_done = 0;                     // the step reached (== options.steps unless interrupted)
+  bool interrupted = false;                   // stopped by SIGINT (a checkpoint was written)
+  std::vector<TrainingHistoryEntry> history;  // every step from 1, including steps before a resume
   std::vector<EvaluationEntry> evaluations;
-  std::vector<int64_t> heldout_indices;        // dataset indices never trained on
+  std::vector<int64_t> heldout_indices;  // dataset indices never trained on
   // With validation questions: the evaluation step whose adapter is in <out>/best/ (-1 without them).
   int64_t best_step = -1;
   double best_validation_answer_nll = std::numeric_limits<double>::quiet_NaN();
@@ -152,8 +153,8 @@ std::vector<int64_t> batch_for_step(int64_t training_count, int64_t batch_size, 
 // described at the top of this file. Throws InvalidArgumentError for bad options or an empty training
 // split, MismatchError when resuming with other settings or another dataset, and the file errors of the
 // layers below.
-TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartridge& initial, const Dataset& dataset,
-                               const TrainingOptions& options);
+TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartridge& initial,
+                               const Dataset& dataset, const TrainingOptions& options);
 
 // The newest complete checkpoint folder under `output_dir` ("" when there is none).
 std::string latest_checkpoint(const std::string& output_dir);

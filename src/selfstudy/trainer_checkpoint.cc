@@ -53,8 +53,11 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 Json history_to_json(const std::vector<TrainingHistoryEntry>& history) {
   Json rows = Json::array();
   for (const TrainingHistoryEntry& entry : history) {
-    rows.push_back({{"step", entry.step}, {"loss", entry.loss}, {"tokens", entry.tokens},
-                    {"positions", entry.positions}, {"seconds", entry.seconds}});
+    rows.push_back({{"step", entry.step},
+                    {"loss", entry.loss},
+                    {"tokens", entry.tokens},
+                    {"positions", entry.positions},
+                    {"seconds", entry.seconds}});
   }
   return rows;
 }
@@ -74,23 +77,29 @@ Json evaluations_to_json(const std::vector<EvaluationEntry>& evaluations) {
   return rows;
 }
 
-AdapterConfig adapter_config_for(const Cartridge& cartridge, const std::string& model_name, const Model& model) {
-  return AdapterConfig::for_model(model.config(), cartridge.num_virtual_tokens(), cartridge.num_frozen_tokens(),
+AdapterConfig adapter_config_for(const Cartridge& cartridge, const std::string& model_name,
+                                 const Model& model) {
+  return AdapterConfig::for_model(model.config(), cartridge.num_virtual_tokens(),
+                                  cartridge.num_frozen_tokens(),
                                   model_name.empty() ? std::nullopt : std::optional<std::string>(model_name));
 }
 
 [[noreturn]] void damaged(const std::string& path, const std::string& problem) {
-  throw FormatError(describe_file_problem(path, problem, "the checkpoint is damaged: delete that folder to resume "
-                                                         "from an older one"));
+  throw FormatError(describe_file_problem(path, problem,
+                                          "the checkpoint is damaged: delete that folder to resume "
+                                          "from an older one"));
 }
 
-at::Tensor read_f32_tensor(const SafetensorsFile& file, const std::string& name, int64_t rows, int64_t columns) {
+at::Tensor read_f32_tensor(const SafetensorsFile& file, const std::string& name, int64_t rows,
+                           int64_t columns) {
   const SafetensorsTensorInfo* info = file.find(name);
-  if (info == nullptr || info->dtype != SafetensorsDType::F32 || info->shape != std::vector<int64_t>{rows, columns}) {
+  if (info == nullptr || info->dtype != SafetensorsDType::F32 ||
+      info->shape != std::vector<int64_t>{rows, columns}) {
     damaged(file.path(), fmt::format("no F32 tensor \"{}\" of shape [{}, {}]", name, rows, columns));
   }
   // Copy out of the mapping: the file closes when `file` goes away.
-  return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {rows, columns}, at::TensorOptions().dtype(at::kFloat))
+  return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {rows, columns},
+                       at::TensorOptions().dtype(at::kFloat))
       .clone();
 }
 
@@ -104,22 +113,24 @@ Json read_trainer_state(const std::string& folder) {
     damaged(state_path, std::string("not valid JSON (") + error.what() + ")");
   }
   if (!state.is_object() || state.value("format", "") != kTrainerStateFormat) {
-    throw UnsupportedError(describe_file_problem(state_path, std::string("is not a \"") + kTrainerStateFormat + "\" file",
+    throw UnsupportedError(describe_file_problem(state_path,
+                                                 std::string("is not a \"") + kTrainerStateFormat + "\" file",
                                                  "resume only from folders written by `cartridge train`"));
   }
   if (state.value("version", Json()).dump() != std::to_string(kTrainerStateVersion)) {
-    throw UnsupportedError(describe_file_problem(
-        state_path, "has trainer-state version " + state.value("version", Json()).dump() + ", this build reads version " +
-                        std::to_string(kTrainerStateVersion),
-        "use the cartridge build that wrote it, or start a new run in another folder"));
+    throw UnsupportedError(
+        describe_file_problem(state_path,
+                              "has trainer-state version " + state.value("version", Json()).dump() +
+                                  ", this build reads version " + std::to_string(kTrainerStateVersion),
+                              "use the cartridge build that wrote it, or start a new run in another folder"));
   }
   return state;
 }
 
 }  // namespace
 
-TrainerSettings TrainerSettings::from(const TrainingOptions& options, const Cartridge& initial, const Dataset& dataset,
-                                      at::ScalarType compute_dtype) {
+TrainerSettings TrainerSettings::from(const TrainingOptions& options, const Cartridge& initial,
+                                      const Dataset& dataset, at::ScalarType compute_dtype) {
   TrainerSettings settings;
   settings.values = {
       {"batch_size", options.batch_size},
@@ -159,10 +170,12 @@ std::vector<std::string> TrainerSettings::differences(const TrainerSettings& now
   std::vector<std::string> items;
   for (const auto& [key, value] : values.items()) {
     const Json other = now.values.contains(key) ? now.values.at(key) : Json();
-    if (value != other) items.push_back(fmt::format("{}: {} in the checkpoint vs {} now", key, value.dump(), other.dump()));
+    if (value != other)
+      items.push_back(fmt::format("{}: {} in the checkpoint vs {} now", key, value.dump(), other.dump()));
   }
   for (const auto& [key, value] : now.values.items()) {
-    if (!values.contains(key)) items.push_back(fmt::format("{}: absent in the checkpoint vs {} now", key, value.dump()));
+    if (!values.contains(key))
+      items.push_back(fmt::format("{}: absent in the checkpoint vs {} now", key, value.dump()));
   }
   return items;
 }
@@ -181,7 +194,8 @@ AdamMoments adam_moments(const torch::optim::Adam& optimizer, const at::Tensor& 
           state.exp_avg_sq().detach().to(at::kCPU).contiguous()};
 }
 
-void restore_adam_moments(torch::optim::Adam& optimizer, const at::Tensor& parameter, const AdamMoments& moments) {
+void restore_adam_moments(torch::optim::Adam& optimizer, const at::Tensor& parameter,
+                          const AdamMoments& moments) {
   TORCH_CHECK(moments.exp_avg.sizes() == parameter.sizes() && moments.exp_avg_sq.sizes() == parameter.sizes(),
               "Adam moments do not match the parameter");
   auto state = std::make_unique<torch::optim::AdamParamState>();
@@ -199,7 +213,8 @@ TrainerSettings read_checkpoint_settings(const std::string& folder) {
   return TrainerSettings{state.at("settings")};
 }
 
-CheckpointState read_checkpoint(const std::string& folder, const Model& model, const TrainerSettings& expected) {
+CheckpointState read_checkpoint(const std::string& folder, const Model& model,
+                                const TrainerSettings& expected) {
   const std::string state_path = folder + "/" + kTrainerStateFileName;
   const Json state = read_trainer_state(folder);
   TrainerSettings saved;
@@ -211,8 +226,9 @@ CheckpointState read_checkpoint(const std::string& folder, const Model& model, c
     step = state.at("step").get<int64_t>();
     adam_step = state.at("adam_step").get<int64_t>();
     for (const Json& row : state.at("history")) {
-      history.push_back({row.at("step").get<int64_t>(), row.at("loss").get<double>(), row.at("tokens").get<int64_t>(),
-                         row.at("positions").get<int64_t>(), row.at("seconds").get<double>()});
+      history.push_back({row.at("step").get<int64_t>(), row.at("loss").get<double>(),
+                         row.at("tokens").get<int64_t>(), row.at("positions").get<int64_t>(),
+                         row.at("seconds").get<double>()});
     }
     for (const Json& row : state.at("evaluations")) {
       // Checkpoints from before validation questions existed have no "validation_answer_nll".
@@ -228,9 +244,11 @@ CheckpointState read_checkpoint(const std::string& folder, const Model& model, c
   const std::vector<std::string> differences = saved.differences(expected);
   if (!differences.empty()) {
     std::string joined;
-    for (size_t index = 0; index < differences.size() && index < 4; ++index) joined += (index ? "; " : "") + differences[index];
-    throw MismatchError(describe_file_problem(folder, "was trained with other settings (" + joined + ")",
-                                              "resume with the same options and dataset, or train into another --out"));
+    for (size_t index = 0; index < differences.size() && index < 4; ++index)
+      joined += (index ? "; " : "") + differences[index];
+    throw MismatchError(
+        describe_file_problem(folder, "was trained with other settings (" + joined + ")",
+                              "resume with the same options and dataset, or train into another --out"));
   }
   LoadedAdapter adapter = load_adapter(folder);
   adapter.cartridge.check_fits(model.config(), folder, "the model");
@@ -243,12 +261,15 @@ CheckpointState read_checkpoint(const std::string& folder, const Model& model, c
                          std::move(evaluations)};
 }
 
-std::string loss_csv(const std::vector<TrainingHistoryEntry>& history, const std::vector<EvaluationEntry>& evaluations) {
+std::string loss_csv(const std::vector<TrainingHistoryEntry>& history,
+                     const std::vector<EvaluationEntry>& evaluations) {
   std::map<int64_t, std::pair<const TrainingHistoryEntry*, const EvaluationEntry*>> rows;
   for (const TrainingHistoryEntry& entry : history) rows[entry.step].first = &entry;
   for (const EvaluationEntry& entry : evaluations) rows[entry.step].second = &entry;
   std::string csv = "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n";
-  const auto cell = [](double value) { return std::isfinite(value) ? fmt::format(",{:.9g}", value) : std::string(","); };
+  const auto cell = [](double value) {
+    return std::isfinite(value) ? fmt::format(",{:.9g}", value) : std::string(",");
+  };
   for (const auto& [step, row] : rows) {
     csv += std::to_string(step);
     if (row.first != nullptr) {
@@ -257,26 +278,30 @@ std::string loss_csv(const std::vector<TrainingHistoryEntry>& history, const std
     } else {
       csv += ",,,,";
     }
-    csv += row.second != nullptr ? cell(row.second->heldout_kl) + cell(row.second->validation_answer_nll) + "\n"
-                                 : std::string(",,\n");
+    csv += row.second != nullptr
+               ? cell(row.second->heldout_kl) + cell(row.second->validation_answer_nll) + "\n"
+               : std::string(",,\n");
   }
   return csv;
 }
 
-std::string loss_svg(const std::vector<TrainingHistoryEntry>& history, const std::vector<EvaluationEntry>& evaluations) {
+std::string loss_svg(const std::vector<TrainingHistoryEntry>& history,
+                     const std::vector<EvaluationEntry>& evaluations) {
   PlotSeries loss{"training loss", {}, "#1f77b4"};
   for (const TrainingHistoryEntry& entry : history) loss.points.emplace_back(entry.step, entry.loss);
   PlotSeries kl{"held-out KL", {}, "#d62728"};
   PlotSeries validation{"validation answer NLL", {}, "#2ca02c"};
   for (const EvaluationEntry& entry : evaluations) {
     if (std::isfinite(entry.heldout_kl)) kl.points.emplace_back(entry.step, entry.heldout_kl);
-    if (std::isfinite(entry.validation_answer_nll)) validation.points.emplace_back(entry.step, entry.validation_answer_nll);
+    if (std::isfinite(entry.validation_answer_nll))
+      validation.points.emplace_back(entry.step, entry.validation_answer_nll);
   }
   std::vector<PlotPanel> panels = {
       {"Training loss (cross-entropy to the teacher's top-k, per target token)", "nats / token", {loss}},
       {"Held-out KL to the teacher's top-k (per target token)", "nats / token", {kl}}};
   if (!validation.points.empty()) {
-    panels.push_back({"Answer NLL of the validation questions (mean over questions)", "nats / token", {validation}});
+    panels.push_back(
+        {"Answer NLL of the validation questions (mean over questions)", "nats / token", {validation}});
   }
   return render_line_chart_svg(panels, "step");
 }
@@ -302,10 +327,16 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
     save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr, /*overwrite=*/true);
     write_file_atomic(temporary + "/" + kTrainerStateFileName, state.dump(2));
     const std::vector<SafetensorsTensorBytes> tensors = {
-        {"exp_avg", SafetensorsDType::F32, {moments.exp_avg.size(0), moments.exp_avg.size(1)}, moments.exp_avg.data_ptr()},
-        {"exp_avg_sq", SafetensorsDType::F32, {moments.exp_avg_sq.size(0), moments.exp_avg_sq.size(1)},
+        {"exp_avg",
+         SafetensorsDType::F32,
+         {moments.exp_avg.size(0), moments.exp_avg.size(1)},
+         moments.exp_avg.data_ptr()},
+        {"exp_avg_sq",
+         SafetensorsDType::F32,
+         {moments.exp_avg_sq.size(0), moments.exp_avg_sq.size(1)},
          moments.exp_avg_sq.data_ptr()}};
-    write_file_atomic(temporary + "/" + kOptimizerFileName, serialize_safetensors(tensors, {{"format", "pt"}}));
+    write_file_atomic(temporary + "/" + kOptimizerFileName,
+                      serialize_safetensors(tensors, {{"format", "pt"}}));
   });
   // The latest adapter also lives in the output folder itself (as a Hugging Face Trainer's final
   // save_pretrained), so `--cartridge <out>` always works. Weights first: the config never changes.
@@ -329,10 +360,11 @@ void write_best_adapter(const std::string& output_dir, int64_t step, double vali
                         const std::optional<ModelFingerprint>& fingerprint) {
   const AdapterConfig config = adapter_config_for(cartridge, model_name, model);
   const Json state = {{"step", step}, {"validation_answer_nll", validation_answer_nll}};
-  write_directory_atomic(output_dir + "/" + kBestFolderName, /*overwrite=*/true, [&](const std::string& temporary) {
-    save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr, /*overwrite=*/true);
-    write_file_atomic(temporary + "/" + kBestStateFileName, state.dump(2));
-  });
+  write_directory_atomic(
+      output_dir + "/" + kBestFolderName, /*overwrite=*/true, [&](const std::string& temporary) {
+        save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr, /*overwrite=*/true);
+        write_file_atomic(temporary + "/" + kBestStateFileName, state.dump(2));
+      });
 }
 
 }  // namespace cartridge

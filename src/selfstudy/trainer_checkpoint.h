@@ -31,20 +31,20 @@ struct TrainingOptions;
 
 struct TrainingHistoryEntry {
   int64_t step = 0;
-  double loss = 0;          // mean distillation cross-entropy per target position of the step's batch
-  int64_t tokens = 0;       // real tokens the student ran this step
-  int64_t positions = 0;    // target positions this step
-  double seconds = 0;       // wall time of the step
+  double loss = 0;        // mean distillation cross-entropy per target position of the step's batch
+  int64_t tokens = 0;     // real tokens the student ran this step
+  int64_t positions = 0;  // target positions this step
+  double seconds = 0;     // wall time of the step
 };
 
 struct EvaluationEntry {
   int64_t step = 0;
-  double heldout_kl = 0;    // mean truncated KL to the teacher per held-out target position (NaN: none held out)
+  double heldout_kl =
+      0;  // mean truncated KL to the teacher per held-out target position (NaN: none held out)
   int64_t positions = 0;
   // Mean answer NLL over the validation questions (TrainingOptions::validation_questions); NaN without them.
   double validation_answer_nll = std::numeric_limits<double>::quiet_NaN();
 };
-
 
 inline constexpr char kTrainerStateFormat[] = "cartridge-trainer-state";
 inline constexpr int64_t kTrainerStateVersion = 1;
@@ -58,18 +58,19 @@ inline constexpr char kBestStateFileName[] = "best_validation.json";  // {"step"
 
 // Everything that must be equal for a resumed run to continue the same computation.
 struct TrainerSettings {
-  nlohmann::json values;  // a flat object: batch size, optimiser, seed, split, dtype, cartridge and dataset identity
+  nlohmann::json
+      values;  // a flat object: batch size, optimiser, seed, split, dtype, cartridge and dataset identity
 
-  static TrainerSettings from(const TrainingOptions& options, const Cartridge& initial, const Dataset& dataset,
-                              at::ScalarType compute_dtype);
+  static TrainerSettings from(const TrainingOptions& options, const Cartridge& initial,
+                              const Dataset& dataset, at::ScalarType compute_dtype);
   // One "name: X in the checkpoint vs Y now" item per differing key.
   std::vector<std::string> differences(const TrainerSettings& now) const;
 };
 
 struct AdamMoments {
-  int64_t step = 0;      // Adam's own step count (bias correction)
-  at::Tensor exp_avg;    // [p-F, W] float32, CPU
-  at::Tensor exp_avg_sq; // [p-F, W] float32, CPU
+  int64_t step = 0;       // Adam's own step count (bias correction)
+  at::Tensor exp_avg;     // [p-F, W] float32, CPU
+  at::Tensor exp_avg_sq;  // [p-F, W] float32, CPU
 };
 
 struct CheckpointState {
@@ -90,11 +91,13 @@ TrainerSettings read_checkpoint_settings(const std::string& folder);
 // Reads a checkpoint folder. Throws UnsupportedError for an unknown trainer-state format/version,
 // FormatError for damaged files, MismatchError when its settings differ from `expected` (listing them) or
 // the cartridge does not fit `model`.
-CheckpointState read_checkpoint(const std::string& folder, const Model& model, const TrainerSettings& expected);
+CheckpointState read_checkpoint(const std::string& folder, const Model& model,
+                                const TrainerSettings& expected);
 
 // Copies the optimiser's moments for `parameter` out of / into a torch Adam.
 AdamMoments adam_moments(const torch::optim::Adam& optimizer, const at::Tensor& parameter);
-void restore_adam_moments(torch::optim::Adam& optimizer, const at::Tensor& parameter, const AdamMoments& moments);
+void restore_adam_moments(torch::optim::Adam& optimizer, const at::Tensor& parameter,
+                          const AdamMoments& moments);
 
 // Writes <output_dir>/checkpoint-<step>/ (atomically), copies its adapter files to <output_dir>/ (each file
 // atomically), rewrites loss.csv and loss.svg, and removes all but the newest `keep` checkpoint folders.

@@ -40,12 +40,16 @@ std::string join_key(const std::vector<std::string>& names) {
 
 }  // namespace
 
-CartridgeRegistry::CartridgeRegistry(std::string directory, int64_t memory_budget_bytes, CartridgeLoader loader)
-    : directory_(std::move(directory)), memory_budget_bytes_(memory_budget_bytes), loader_(std::move(loader)) {
+CartridgeRegistry::CartridgeRegistry(std::string directory, int64_t memory_budget_bytes,
+                                     CartridgeLoader loader)
+    : directory_(std::move(directory)),
+      memory_budget_bytes_(memory_budget_bytes),
+      loader_(std::move(loader)) {
   std::error_code error;
   if (!fs::is_directory(directory_, error)) {
-    throw FileNotFoundError(describe_file_problem(directory_, "the cartridges directory does not exist",
-                                                  "create it, or pass the folder that holds your cartridge folders"));
+    throw FileNotFoundError(
+        describe_file_problem(directory_, "the cartridges directory does not exist",
+                              "create it, or pass the folder that holds your cartridge folders"));
   }
   canonical_directory_ = canonical_or_empty(directory_);
   if (canonical_directory_.empty()) {
@@ -57,8 +61,8 @@ CartridgeRegistry::CartridgeRegistry(std::string directory, int64_t memory_budge
 bool CartridgeRegistry::is_valid_name(const std::string& name) {
   if (name.empty() || name.size() > kMaxNameLength || name[0] == '.') return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-           c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
@@ -78,19 +82,21 @@ std::string CartridgeRegistry::resolve_folder(const std::string& name) const {
                             kAdapterConfigName + ")");
   }
   if (!is_inside(canonical, canonical_directory_)) {
-    throw InvalidArgumentError("cartridge '" + name + "' resolves outside the cartridges directory " + directory_ +
-                               " (symlinks out of it are refused)");
+    throw InvalidArgumentError("cartridge '" + name + "' resolves outside the cartridges directory " +
+                               directory_ + " (symlinks out of it are refused)");
   }
   // The files too: a symlinked adapter file must not point out of the directory either.
   for (const fs::directory_entry& entry : fs::directory_iterator(canonical, error)) {
     const std::string target = canonical_or_empty(entry.path());
     if (target.empty() || !is_inside(target, canonical_directory_)) {
-      throw InvalidArgumentError("cartridge '" + name + "' has a file that resolves outside the cartridges directory (" +
+      throw InvalidArgumentError("cartridge '" + name +
+                                 "' has a file that resolves outside the cartridges directory (" +
                                  entry.path().filename().string() + "); symlinks out of it are refused");
     }
   }
   if (error) {
-    throw FileNotFoundError(describe_file_problem(canonical, "cannot list the cartridge folder: " + error.message()));
+    throw FileNotFoundError(
+        describe_file_problem(canonical, "cannot list the cartridge folder: " + error.message()));
   }
   return canonical;
 }
@@ -142,7 +148,8 @@ void CartridgeRegistry::check_fits_budget(const std::string& what, int64_t bytes
   }
 }
 
-std::shared_ptr<const KvPrefix> CartridgeRegistry::find_fresh(const std::string& key, const std::string& signature) {
+std::shared_ptr<const KvPrefix> CartridgeRegistry::find_fresh(const std::string& key,
+                                                              const std::string& signature) {
   auto found = entries_.find(key);
   if (found == entries_.end()) return nullptr;
   if (found->second.signature != signature) {  // the files changed on disk: forget the old one
@@ -205,7 +212,8 @@ std::shared_ptr<const KvPrefix> CartridgeRegistry::acquire(const std::vector<std
   const size_t layers = parts.front()->keys.size();
   for (const auto& part : parts) {
     if (part->keys.size() != layers) {
-      throw MismatchError("cartridges '" + names.front() + "' and the others have different layer counts; "
+      throw MismatchError("cartridges '" + names.front() +
+                          "' and the others have different layer counts; "
                           "they cannot be composed");
     }
   }

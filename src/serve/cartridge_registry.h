@@ -72,7 +72,8 @@ class CartridgeRegistry {
   std::string file_signature(const std::string& folder) const;
   // Looks up `key`; returns null when absent or stale. Caller holds mutex_.
   std::shared_ptr<const KvPrefix> find_fresh(const std::string& key, const std::string& signature);
-  // Caches `prefix` under `key` and evicts least recently used entries beyond the budget. Caller holds mutex_.
+  // Caches `prefix` under `key` and evicts least recently used entries beyond the budget. Caller holds
+  // mutex_.
   void insert(const std::string& key, const std::string& signature, std::shared_ptr<const KvPrefix> prefix,
               int64_t bytes);
   void check_fits_budget(const std::string& what, int64_t bytes) const;

@@ -10,7 +10,8 @@ namespace {
 
 using json = nlohmann::json;
 
-ApiError bad_request(const std::string& param, const std::string& message, const std::string& code = "invalid_value") {
+ApiError bad_request(const std::string& param, const std::string& message,
+                     const std::string& code = "invalid_value") {
   return ApiError(400, "invalid_request_error", code, message, param);
 }
 
@@ -32,8 +33,8 @@ double number_field(const json& body, const char* name, double fallback, double 
   }
   const double number = value->get<double>();
   if (!(number >= low && number <= high)) {
-    throw bad_request(name, std::string("'") + name + "' must be in [" + json(low).dump() + ", " + json(high).dump() +
-                                "], got " + value->dump());
+    throw bad_request(name, std::string("'") + name + "' must be in [" + json(low).dump() + ", " +
+                                json(high).dump() + "], got " + value->dump());
   }
   return number;
 }
@@ -42,7 +43,8 @@ int64_t integer_field(const json& body, const char* name, int64_t fallback, int6
   const json* value = field(body, name);
   if (!value) return fallback;
   if (!value->is_number_integer()) {
-    throw bad_request(name, std::string("'") + name + "' must be an integer, got " + value->dump(), "invalid_type");
+    throw bad_request(name, std::string("'") + name + "' must be an integer, got " + value->dump(),
+                      "invalid_type");
   }
   if (value->is_number_unsigned() && value->get<uint64_t>() > static_cast<uint64_t>(high)) {
     throw bad_request(name, std::string("'") + name + "' must be at most " + std::to_string(high) + ", got " +
@@ -60,7 +62,8 @@ bool bool_field(const json& body, const char* name, bool fallback) {
   const json* value = field(body, name);
   if (!value) return fallback;
   if (!value->is_boolean()) {
-    throw bad_request(name, std::string("'") + name + "' must be true or false, got " + value->dump(), "invalid_type");
+    throw bad_request(name, std::string("'") + name + "' must be true or false, got " + value->dump(),
+                      "invalid_type");
   }
   return value->get<bool>();
 }
@@ -77,7 +80,8 @@ void refuse_unsupported(const json& body, Endpoint endpoint) {
     throw unsupported("n", "more than one choice per request (n > 1)");
   }
   for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
-    if (number_field(body, penalty, 0.0, -2.0, 2.0) != 0.0) throw unsupported(penalty, std::string("'") + penalty + "'");
+    if (number_field(body, penalty, 0.0, -2.0, 2.0) != 0.0)
+      throw unsupported(penalty, std::string("'") + penalty + "'");
   }
   if (const json* bias = field(body, "logit_bias"); bias && !(bias->is_object() && bias->empty())) {
     throw unsupported("logit_bias", "'logit_bias'");
@@ -95,7 +99,8 @@ void refuse_unsupported(const json& body, Endpoint endpoint) {
     if (integer_field(body, "best_of", 1, 1, std::numeric_limits<int32_t>::max()) != 1) {
       throw unsupported("best_of", "'best_of' > 1");
     }
-    if (const json* suffix = field(body, "suffix"); suffix && !(suffix->is_string() && suffix->get<std::string>().empty())) {
+    if (const json* suffix = field(body, "suffix");
+        suffix && !(suffix->is_string() && suffix->get<std::string>().empty())) {
       throw unsupported("suffix", "'suffix' (insertion)");
     }
   } else {
@@ -112,7 +117,8 @@ void refuse_unsupported(const json& body, Endpoint endpoint) {
 
 std::vector<std::string> parse_cartridges(const json& value) {
   if (!value.is_array()) {
-    throw bad_request("cartridges", "'cartridges' must be a list of cartridge names, got " + json_type_name(value),
+    throw bad_request("cartridges",
+                      "'cartridges' must be a list of cartridge names, got " + json_type_name(value),
                       "invalid_type");
   }
   std::vector<std::string> names;
@@ -122,11 +128,13 @@ std::vector<std::string> parse_cartridges(const json& value) {
     } else if (entry.is_object() && entry.contains("id") && entry["id"].is_string()) {
       names.push_back(entry["id"].get<std::string>());  // Tokasaurus' {"id": ...} form
     } else {
-      throw bad_request("cartridges", "each entry of 'cartridges' must be a name or {\"id\": name}, got " + entry.dump(),
+      throw bad_request("cartridges",
+                        "each entry of 'cartridges' must be a name or {\"id\": name}, got " + entry.dump(),
                         "invalid_type");
     }
   }
-  if (names.empty()) throw bad_request("cartridges", "'cartridges' is empty: name at least one cartridge, or omit it");
+  if (names.empty())
+    throw bad_request("cartridges", "'cartridges' is empty: name at least one cartridge, or omit it");
   return names;
 }
 
@@ -137,15 +145,18 @@ std::string message_content(const json& content, size_t index) {
   if (content.is_array()) {  // content parts: only text parts can be rendered by a text chat template
     std::string text;
     for (const json& part : content) {
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
-        throw bad_request(param, param + ": only text content parts ({\"type\": \"text\", \"text\": ...}) are supported",
-                          "invalid_type");
+      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+          !part["text"].is_string()) {
+        throw bad_request(
+            param, param + ": only text content parts ({\"type\": \"text\", \"text\": ...}) are supported",
+            "invalid_type");
       }
       text += part["text"].get<std::string>();
     }
     return text;
   }
-  throw bad_request(param, param + " must be a string or a list of text parts, got " + json_type_name(content),
+  throw bad_request(param,
+                    param + " must be a string or a list of text parts, got " + json_type_name(content),
                     "invalid_type");
 }
 
@@ -160,10 +171,12 @@ std::vector<ChatMessage> parse_messages(const json& body) {
     const json& message = (*messages)[i];
     if (!message.is_object() || !message.contains("role") || !message["role"].is_string()) {
       throw bad_request("messages[" + std::to_string(i) + "]",
-                        "messages[" + std::to_string(i) + "] must be an object with a string 'role'", "invalid_type");
+                        "messages[" + std::to_string(i) + "] must be an object with a string 'role'",
+                        "invalid_type");
     }
-    parsed.push_back(ChatMessage{message["role"].get<std::string>(),
-                                 message_content(message.contains("content") ? message["content"] : json(), i)});
+    parsed.push_back(
+        ChatMessage{message["role"].get<std::string>(),
+                    message_content(message.contains("content") ? message["content"] : json(), i)});
   }
   return parsed;
 }
@@ -182,8 +195,10 @@ void parse_prompt(const json& body, ApiRequest& request) {
   if (prompt->is_array() && !prompt->empty() && (*prompt)[0].is_number_integer()) {
     std::vector<int32_t> ids;
     for (const json& id : *prompt) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
-        throw bad_request("prompt", "a token-id prompt must be a list of non-negative integers", "invalid_type");
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+          id.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+        throw bad_request("prompt", "a token-id prompt must be a list of non-negative integers",
+                          "invalid_type");
       }
       ids.push_back(static_cast<int32_t>(id.get<int64_t>()));
     }
@@ -193,7 +208,8 @@ void parse_prompt(const json& body, ApiRequest& request) {
   if (prompt->is_array() && prompt->size() > 1) {
     throw unsupported("prompt", "more than one prompt per request (send one request per prompt)");
   }
-  throw bad_request("prompt", "'prompt' must be a string (or a list of token ids), got " + prompt->dump().substr(0, 80),
+  throw bad_request("prompt",
+                    "'prompt' must be a string (or a list of token ids), got " + prompt->dump().substr(0, 80),
                     "invalid_type");
 }
 
@@ -221,7 +237,8 @@ ApiError to_api_error(const std::exception& error) {
   if (dynamic_cast<const UnsupportedError*>(&error)) {
     return ApiError(400, "invalid_request_error", "unsupported", error.what());
   }
-  if (dynamic_cast<const Error*>(&error)) return ApiError(400, "invalid_request_error", "invalid_value", error.what());
+  if (dynamic_cast<const Error*>(&error))
+    return ApiError(400, "invalid_request_error", "invalid_value", error.what());
   return ApiError(500, "server_error", "internal_error", std::string("internal error: ") + error.what());
 }
 
@@ -240,13 +257,16 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body, const P
   ApiRequest request;
   request.endpoint = endpoint;
   const json* model = field(parsed, "model");
-  if (!model) throw bad_request("model", "'model' is required (GET /v1/models lists them)", "missing_required_parameter");
+  if (!model)
+    throw bad_request("model", "'model' is required (GET /v1/models lists them)",
+                      "missing_required_parameter");
   if (!model->is_string()) throw bad_request("model", "'model' must be a string", "invalid_type");
   request.model = model->get<std::string>();
   if (const json* cartridges = field(parsed, "cartridges")) {
     if (request.model != limits.base_model_id) {
       throw bad_request("cartridges", "'cartridges' composes cartridges on the base model: set 'model' to '" +
-                                          limits.base_model_id + "' (or name one cartridge in 'model' and drop 'cartridges')");
+                                          limits.base_model_id +
+                                          "' (or name one cartridge in 'model' and drop 'cartridges')");
     }
     request.cartridges = parse_cartridges(*cartridges);
   } else if (request.model != limits.base_model_id) {
@@ -261,27 +281,29 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body, const P
   }
 
   // max_completion_tokens is the newer chat name of max_tokens.
-  const char* max_tokens_name = field(parsed, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  const int64_t fallback = endpoint == Endpoint::kCompletions ? std::min(limits.default_completion_tokens,
-                                                                         limits.max_tokens_limit)
-                                                              : limits.max_tokens_limit;
-  if (const json* value = field(parsed, max_tokens_name); value && value->is_number_integer() &&
-                                                          value->get<int64_t>() > limits.max_tokens_limit) {
+  const char* max_tokens_name =
+      field(parsed, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  const int64_t fallback = endpoint == Endpoint::kCompletions
+                               ? std::min(limits.default_completion_tokens, limits.max_tokens_limit)
+                               : limits.max_tokens_limit;
+  if (const json* value = field(parsed, max_tokens_name);
+      value && value->is_number_integer() && value->get<int64_t>() > limits.max_tokens_limit) {
     throw bad_request(max_tokens_name, std::string("'") + max_tokens_name + "' is " + value->dump() +
-                                           " but this server allows at most " + std::to_string(limits.max_tokens_limit) +
-                                           " tokens per request");
+                                           " but this server allows at most " +
+                                           std::to_string(limits.max_tokens_limit) + " tokens per request");
   }
   request.max_tokens = integer_field(parsed, max_tokens_name, fallback, 0, limits.max_tokens_limit);
   request.max_tokens_given = field(parsed, max_tokens_name) != nullptr;
 
   request.sampling.temperature = number_field(parsed, "temperature", 1.0, 0.0, 2.0);
   request.sampling.top_p = number_field(parsed, "top_p", 1.0, 0.0, 1.0);
-  if (request.sampling.top_p == 0.0) throw bad_request("top_p", "'top_p' must be > 0 (use temperature 0 for greedy)");
+  if (request.sampling.top_p == 0.0)
+    throw bad_request("top_p", "'top_p' must be > 0 (use temperature 0 for greedy)");
   request.sampling.top_k = integer_field(parsed, "top_k", 0, 0, std::numeric_limits<int32_t>::max());
   if (const json* seed = field(parsed, "seed")) {
     if (!seed->is_number_integer()) throw bad_request("seed", "'seed' must be an integer", "invalid_type");
-    request.sampling.seed = seed->is_number_unsigned() ? seed->get<uint64_t>()
-                                                       : static_cast<uint64_t>(seed->get<int64_t>());
+    request.sampling.seed =
+        seed->is_number_unsigned() ? seed->get<uint64_t>() : static_cast<uint64_t>(seed->get<int64_t>());
     request.seed_given = true;
   }
 
@@ -290,20 +312,23 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body, const P
       request.stop.push_back(stop->get<std::string>());
     } else if (stop->is_array()) {
       for (const json& entry : *stop) {
-        if (!entry.is_string()) throw bad_request("stop", "'stop' must be a string or a list of strings", "invalid_type");
+        if (!entry.is_string())
+          throw bad_request("stop", "'stop' must be a string or a list of strings", "invalid_type");
         request.stop.push_back(entry.get<std::string>());
       }
     } else {
       throw bad_request("stop", "'stop' must be a string or a list of strings", "invalid_type");
     }
     if (static_cast<int64_t>(request.stop.size()) > limits.max_stop_strings) {
-      throw bad_request("stop", "at most " + std::to_string(limits.max_stop_strings) + " stop strings per request");
+      throw bad_request("stop",
+                        "at most " + std::to_string(limits.max_stop_strings) + " stop strings per request");
     }
   }
   request.ignore_eos = bool_field(parsed, "ignore_eos", false);
   request.stream = bool_field(parsed, "stream", false);
   if (const json* options = field(parsed, "stream_options")) {
-    if (!options->is_object()) throw bad_request("stream_options", "'stream_options' must be an object", "invalid_type");
+    if (!options->is_object())
+      throw bad_request("stream_options", "'stream_options' must be an object", "invalid_type");
     if (!request.stream) throw bad_request("stream_options", "'stream_options' needs 'stream': true");
     request.include_usage = bool_field(*options, "include_usage", false);
   }
@@ -321,7 +346,8 @@ json completion_response(const ApiRequest& request, const std::string& id, int64
                          const GenerationResult& result) {
   json choice;
   if (request.endpoint == Endpoint::kCompletions) {
-    choice = {{"index", 0}, {"text", result.text}, {"logprobs", nullptr}, {"finish_reason", result.finish_reason}};
+    choice = {
+        {"index", 0}, {"text", result.text}, {"logprobs", nullptr}, {"finish_reason", result.finish_reason}};
   } else {
     choice = {{"index", 0},
               {"message", {{"role", "assistant"}, {"content", result.text}}},
@@ -348,20 +374,23 @@ json stream_chunk(const ApiRequest& request, const std::string& id, int64_t crea
     if (!text.empty() || first) delta["content"] = text;
     choice = {{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish}};
   }
-  return {{"id", id},
-          {"object", request.endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
-          {"created", created},
-          {"model", request.model},
-          {"choices", json::array({choice})}};
+  return {
+      {"id", id},
+      {"object", request.endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
+      {"created", created},
+      {"model", request.model},
+      {"choices", json::array({choice})}};
 }
 
-json usage_chunk(const ApiRequest& request, const std::string& id, int64_t created, const GenerationResult& result) {
-  return {{"id", id},
-          {"object", request.endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
-          {"created", created},
-          {"model", request.model},
-          {"choices", json::array()},
-          {"usage", usage_json(result)}};
+json usage_chunk(const ApiRequest& request, const std::string& id, int64_t created,
+                 const GenerationResult& result) {
+  return {
+      {"id", id},
+      {"object", request.endpoint == Endpoint::kCompletions ? "text_completion" : "chat.completion.chunk"},
+      {"created", created},
+      {"model", request.model},
+      {"choices", json::array()},
+      {"usage", usage_json(result)}};
 }
 
 std::string sse_event(const json& payload) {

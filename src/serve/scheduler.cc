@@ -246,7 +246,8 @@ void Scheduler::record_kv_bytes() {
   // Caller holds mutex_. Counts the slots in use (padding included), not the growth capacity.
   const int64_t rows = static_cast<int64_t>(running_.size());
   stats_.running = rows;
-  stats_.kv_bytes = rows == 0 ? 0 : running_cache_.batch_size() * running_cache_.length() * kv_bytes_per_slot_;
+  stats_.kv_bytes =
+      rows == 0 ? 0 : running_cache_.batch_size() * running_cache_.length() * kv_bytes_per_slot_;
   stats_.peak_kv_bytes = std::max(stats_.peak_kv_bytes, stats_.kv_bytes);
 }
 

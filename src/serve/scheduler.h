@@ -31,8 +31,8 @@ class RequestStream {
  public:
   struct Event {
     enum class Kind { kText, kFinished, kFailed } kind;
-    std::string text;          // kText: new visible text; kFailed: the error message
-    GenerationResult result;   // kFinished: the whole result (text, tokens, finish reason, prompt tokens)
+    std::string text;         // kText: new visible text; kFailed: the error message
+    GenerationResult result;  // kFinished: the whole result (text, tokens, finish reason, prompt tokens)
   };
 
   // Scheduler side.
@@ -76,15 +76,15 @@ class Scheduler {
   std::shared_ptr<RequestStream> submit(GenerationRequest request);
 
   struct Stats {
-    int64_t waiting = 0;              // requests queued, not yet admitted
-    int64_t running = 0;              // rows in the running batch
-    int64_t completed = 0;            // requests finished (any reason)
-    int64_t prefill_steps = 0;        // batched prefills run
-    int64_t decode_steps = 0;         // decode forwards run
-    int64_t generated_tokens = 0;     // tokens sampled, all requests
-    int64_t peak_batch = 0;           // most rows decoded together
-    int64_t peak_kv_bytes = 0;        // largest running KV cache (rows x slots x bytes per slot), bytes
-    int64_t kv_bytes = 0;             // current running KV cache, bytes
+    int64_t waiting = 0;           // requests queued, not yet admitted
+    int64_t running = 0;           // rows in the running batch
+    int64_t completed = 0;         // requests finished (any reason)
+    int64_t prefill_steps = 0;     // batched prefills run
+    int64_t decode_steps = 0;      // decode forwards run
+    int64_t generated_tokens = 0;  // tokens sampled, all requests
+    int64_t peak_batch = 0;        // most rows decoded together
+    int64_t peak_kv_bytes = 0;     // largest running KV cache (rows x slots x bytes per slot), bytes
+    int64_t kv_bytes = 0;          // current running KV cache, bytes
   };
   Stats stats() const;
 

@@ -198,7 +198,8 @@ void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& 
         const ApiRequest& request = state->request;
         if (!state->sent_first && request.endpoint == Endpoint::kChatCompletions) {
           // OpenAI's first chat chunk carries the role.
-          if (!write(sse_event(stream_chunk(request, state->id, state->created, "", std::nullopt, true)))) return false;
+          if (!write(sse_event(stream_chunk(request, state->id, state->created, "", std::nullopt, true))))
+            return false;
           state->sent_first = true;
         }
         std::optional<RequestStream::Event> event = state->stream->next(kKeepAliveInterval);
@@ -206,12 +207,14 @@ void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& 
         switch (event->kind) {
           case RequestStream::Event::Kind::kText:
             state->sent_first = true;
-            return write(sse_event(stream_chunk(request, state->id, state->created, event->text, std::nullopt, false)));
+            return write(sse_event(
+                stream_chunk(request, state->id, state->created, event->text, std::nullopt, false)));
           case RequestStream::Event::Kind::kFinished: {
             const GenerationResult& result = event->result;
             current_log.completion_tokens = static_cast<int64_t>(result.token_ids.size());
             current_log.finish_reason = result.finish_reason;
-            bool written = write(sse_event(stream_chunk(request, state->id, state->created, "", result.finish_reason, false)));
+            bool written = write(
+                sse_event(stream_chunk(request, state->id, state->created, "", result.finish_reason, false)));
             if (written && request.include_usage) {
               written = write(sse_event(usage_chunk(request, state->id, state->created, result)));
             }
@@ -220,7 +223,8 @@ void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& 
             return written;
           }
           case RequestStream::Event::Kind::kFailed: {
-            const ApiError error(500, "server_error", "generation_failed", "generation failed: " + event->text);
+            const ApiError error(500, "server_error", "generation_failed",
+                                 "generation failed: " + event->text);
             current_log.error = error.what();
             const bool written = write(sse_event(error_json(error)));
             if (written) sink.done();
@@ -236,7 +240,10 @@ void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& 
 
 void Server::Impl::handle_models(httplib::Response& response) {
   json data = json::array();
-  data.push_back({{"id", limits.base_model_id}, {"object", "model"}, {"created", started_at}, {"owned_by", "cartridge.cpp"}});
+  data.push_back({{"id", limits.base_model_id},
+                  {"object", "model"},
+                  {"created", started_at},
+                  {"owned_by", "cartridge.cpp"}});
   for (const std::string& name : registry->list()) {
     if (name == limits.base_model_id) continue;  // the base model's id always means "no cartridge"
     data.push_back({{"id", name},
@@ -285,71 +292,76 @@ void Server::Impl::register_routes() {
     };
   };
   http.Get("/health", guarded([](const httplib::Request&, httplib::Response& response) {
-    send_json(response, 200, {{"status", "ok"}});
-  }));
+             send_json(response, 200, {{"status", "ok"}});
+           }));
   http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& response) {
-    handle_models(response);
-  }));
-  http.Get("/v1/stats", guarded([this](const httplib::Request&, httplib::Response& response) {
-    handle_stats(response);
-  }));
+             handle_models(response);
+           }));
+  http.Get("/v1/stats",
+           guarded([this](const httplib::Request&, httplib::Response& response) { handle_stats(response); }));
   http.Post("/v1/completions", guarded([this](const httplib::Request& request, httplib::Response& response) {
-    handle_generation(Endpoint::kCompletions, request, response);
-  }));
-  http.Post("/v1/chat/completions", guarded([this](const httplib::Request& request, httplib::Response& response) {
-    handle_generation(Endpoint::kChatCompletions, request, response);
-  }));
+              handle_generation(Endpoint::kCompletions, request, response);
+            }));
+  http.Post("/v1/chat/completions",
+            guarded([this](const httplib::Request& request, httplib::Response& response) {
+              handle_generation(Endpoint::kChatCompletions, request, response);
+            }));
 
   http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
     current_log = RequestLog();
     return httplib::Server::HandlerResponse::Unhandled;
   });
-  // Errors raised by cpp-httplib itself (unknown path, body too large, bad HTTP) get an OpenAI error body too.
+  // Errors raised by cpp-httplib itself (unknown path, body too large, bad HTTP) get an OpenAI error body
+  // too.
   const int64_t max_body_bytes = options.max_body_bytes;
-  http.set_error_handler(httplib::Server::HandlerWithResponse([max_body_bytes](const httplib::Request& request,
-                                                                                httplib::Response& response) {
-    if (!response.body.empty() || response.content_provider_) return httplib::Server::HandlerResponse::Unhandled;
-    ApiError error(response.status, "invalid_request_error", "invalid_request", "bad request");
-    switch (response.status) {
-      case 404:
-        error = ApiError(404, "not_found_error", "unknown_url",
-                         "unknown URL " + request.method + " " + request.path.substr(0, 200) +
-                             " (this server has GET /health, GET /v1/models, POST /v1/completions, POST "
-                             "/v1/chat/completions)");
-        break;
-      case 413:
-        error = ApiError(413, "invalid_request_error", "request_too_large",
-                         "the request body is larger than this server's limit of " + std::to_string(max_body_bytes) +
-                             " bytes");
-        break;
-      case 405:
-        error = ApiError(405, "invalid_request_error", "method_not_allowed", "method not allowed");
-        break;
-      default:
-        if (response.status >= 500) error = ApiError(response.status, "server_error", "internal_error", "internal error");
-        break;
-    }
-    send_error(response, error);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  http.set_error_handler(httplib::Server::HandlerWithResponse(
+      [max_body_bytes](const httplib::Request& request, httplib::Response& response) {
+        if (!response.body.empty() || response.content_provider_)
+          return httplib::Server::HandlerResponse::Unhandled;
+        ApiError error(response.status, "invalid_request_error", "invalid_request", "bad request");
+        switch (response.status) {
+          case 404:
+            error = ApiError(404, "not_found_error", "unknown_url",
+                             "unknown URL " + request.method + " " + request.path.substr(0, 200) +
+                                 " (this server has GET /health, GET /v1/models, POST /v1/completions, POST "
+                                 "/v1/chat/completions)");
+            break;
+          case 413:
+            error = ApiError(413, "invalid_request_error", "request_too_large",
+                             "the request body is larger than this server's limit of " +
+                                 std::to_string(max_body_bytes) + " bytes");
+            break;
+          case 405:
+            error = ApiError(405, "invalid_request_error", "method_not_allowed", "method not allowed");
+            break;
+          default:
+            if (response.status >= 500)
+              error = ApiError(response.status, "server_error", "internal_error", "internal error");
+            break;
+        }
+        send_error(response, error);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   http.set_logger([this](const httplib::Request& request, const httplib::Response& response) {
     if (options.log_requests) {
       const double milliseconds =
           std::chrono::duration<double, std::milli>(Clock::now() - current_log.start).count();
       char timing[32];
       std::snprintf(timing, sizeof(timing), "%.1fms", milliseconds);
-      std::string line = request.remote_addr + " \"" + request.method + " " + request.path.substr(0, 200) + "\" " +
-                         std::to_string(response.status) + " " + timing;
+      std::string line = request.remote_addr + " \"" + request.method + " " + request.path.substr(0, 200) +
+                         "\" " + std::to_string(response.status) + " " + timing;
       if (!current_log.model.empty()) line += " model=" + json(current_log.model).dump();
       if (!current_log.cartridges.empty()) line += " cartridges=" + current_log.cartridges;
       if (current_log.stream) line += " stream";
-      if (current_log.prompt_tokens >= 0) line += " prompt_tokens=" + std::to_string(current_log.prompt_tokens);
+      if (current_log.prompt_tokens >= 0)
+        line += " prompt_tokens=" + std::to_string(current_log.prompt_tokens);
       if (current_log.completion_tokens >= 0) {
         line += " completion_tokens=" + std::to_string(current_log.completion_tokens);
       }
       if (!current_log.finish_reason.empty()) line += " finish=" + current_log.finish_reason;
       if (!current_log.error.empty()) {
-        line += " error=" + json(current_log.error.substr(0, 300)).dump(-1, ' ', false, json::error_handler_t::replace);
+        line += " error=" +
+                json(current_log.error.substr(0, 300)).dump(-1, ' ', false, json::error_handler_t::replace);
       }
       write_log_line(line);
     }
@@ -365,14 +377,15 @@ Server::Server(LoadedModel model, ServerOptions options) : impl_(std::make_uniqu
     throw InvalidArgumentError("the server needs a cartridges directory (--cartridges DIR)");
   }
   if (impl.options.max_batch < 1) throw InvalidArgumentError("--max-batch must be >= 1");
-  if (impl.options.max_concurrent_requests < 1) throw InvalidArgumentError("--max-concurrent-requests must be >= 1");
+  if (impl.options.max_concurrent_requests < 1)
+    throw InvalidArgumentError("--max-concurrent-requests must be >= 1");
   if (impl.options.max_body_bytes < 1) throw InvalidArgumentError("--max-body-bytes must be >= 1");
   if (impl.options.max_tokens_limit < 1) throw InvalidArgumentError("--max-tokens-limit must be >= 1");
   impl.limits.base_model_id =
       impl.options.model_id.empty() ? default_model_id(impl.model.files) : impl.options.model_id;
   impl.limits.max_tokens_limit = impl.options.max_tokens_limit;
-  impl.registry = std::make_unique<CartridgeRegistry>(impl.options.cartridges_directory,
-                                                      impl.options.max_cartridge_memory, make_adapter_loader(impl.model));
+  impl.registry = std::make_unique<CartridgeRegistry>(
+      impl.options.cartridges_directory, impl.options.max_cartridge_memory, make_adapter_loader(impl.model));
   SchedulerOptions scheduler_options;
   scheduler_options.max_batch = impl.options.max_batch;
   scheduler_options.max_prefill_tokens = impl.options.max_prefill_tokens;
@@ -400,8 +413,9 @@ int Server::bind() {
     impl.port = impl.options.port;
   }
   if (impl.port == 0) {
-    throw InvalidArgumentError("cannot listen on " + impl.options.host + ":" + std::to_string(impl.options.port) +
-                               " (the port is in use or the address is not local; pick another --port/--host)");
+    throw InvalidArgumentError(
+        "cannot listen on " + impl.options.host + ":" + std::to_string(impl.options.port) +
+        " (the port is in use or the address is not local; pick another --port/--host)");
   }
   return impl.port;
 }
@@ -434,7 +448,8 @@ CartridgeLoader make_adapter_loader(const LoadedModel& model) {
   // The model's fingerprint is computed once; a model whose files do not allow it only loses the warning.
   std::shared_ptr<const ModelFingerprint> fingerprint;
   try {
-    fingerprint = std::make_shared<const ModelFingerprint>(fingerprint_model(model.files, model.model->config()));
+    fingerprint =
+        std::make_shared<const ModelFingerprint>(fingerprint_model(model.files, model.model->config()));
   } catch (const Error& error) {
     write_log_line(std::string("warning: no model fingerprint, cartridges will not be checked against it: ") +
                    error.what());
@@ -448,7 +463,8 @@ CartridgeLoader make_adapter_loader(const LoadedModel& model) {
     const std::vector<std::string> mismatches =
         check_adapter_for_model(adapter, shared_model->config(), fingerprint.get(), model_name);
     if (!mismatches.empty()) {
-      throw MismatchError(mismatches.front() + "; the server refuses it: serve it with the model it was made "
+      throw MismatchError(mismatches.front() +
+                          "; the server refuses it: serve it with the model it was made "
                           "for, or make it again with this one");
     }
     for (const std::string& warning : adapter.warnings) write_log_line("warning: " + folder + ": " + warning);

@@ -22,16 +22,16 @@ namespace cartridge {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;                          // 0 = any free port (see Server::port())
-  std::string cartridges_directory;         // required
-  std::string model_id;                     // the id of the base model in the API; "" = derived from the path
-  int64_t max_batch = 32;                   // rows decoded together
-  int64_t max_prefill_tokens = 4096;        // prompt tokens prefilled together in one step
+  int port = 8080;                    // 0 = any free port (see Server::port())
+  std::string cartridges_directory;   // required
+  std::string model_id;               // the id of the base model in the API; "" = derived from the path
+  int64_t max_batch = 32;             // rows decoded together
+  int64_t max_prefill_tokens = 4096;  // prompt tokens prefilled together in one step
   int64_t max_cartridge_memory = int64_t{1} << 30;  // bytes of loaded cartridge KV kept cached (0 = no limit)
   int64_t max_body_bytes = int64_t{4} << 20;        // largest request body, bytes
-  int64_t max_tokens_limit = 2048;          // largest max_tokens a request may ask for
-  int64_t max_concurrent_requests = 64;     // generation requests in flight; more get 429
-  bool log_requests = true;                 // one line per request on stderr
+  int64_t max_tokens_limit = 2048;                  // largest max_tokens a request may ask for
+  int64_t max_concurrent_requests = 64;             // generation requests in flight; more get 429
+  bool log_requests = true;                         // one line per request on stderr
 };
 
 class Server {

@@ -237,7 +237,8 @@ void BpeModel::merge_word(const std::string& word, std::vector<int32_t>& ids) co
     current.length += right.length;
     current.next = right.next;
     symbols[static_cast<size_t>(next_position)].length = 0;
-    if (right.next > -1 && right.next < symbol_count) symbols[static_cast<size_t>(right.next)].previous = top.position;
+    if (right.next > -1 && right.next < symbol_count)
+      symbols[static_cast<size_t>(right.next)].previous = top.position;
 
     if (current.previous >= 0) {
       const Symbol& previous = symbols[static_cast<size_t>(current.previous)];

@@ -91,7 +91,7 @@ class BpeModel {
   void merge_word(const std::string& word, std::vector<int32_t>& ids) const;
 
   std::unordered_map<std::string, int32_t> piece_to_id_;
-  std::vector<const std::string*> id_to_piece_;  // points into piece_to_id_ (stable node addresses)
+  std::vector<const std::string*> id_to_piece_;       // points into piece_to_id_ (stable node addresses)
   std::array<int32_t, 0x200> small_character_ids_{};  // one-character tokens below U+0200 (the byte alphabet)
   MergeTable merges_;
   size_t merge_count_ = 0;

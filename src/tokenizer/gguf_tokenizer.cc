@@ -26,7 +26,8 @@ constexpr const char* kQwen2Split =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 constexpr const char* kQwen35Split =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|"
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| "
+    "?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|"
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 constexpr const char* kTekkenSplit =
     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
@@ -85,7 +86,8 @@ void add_splits(PreTokenizer& pre_tokenizer, std::initializer_list<const char*> 
 }
 
 bool is_llama3_family(const std::string& pre) {
-  return in_list(pre, {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"});
+  return in_list(pre,
+                 {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"});
 }
 
 // transformers' GGUF_PRE_TOKENIZER_SPLITS; any other name keeps GPT2Tokenizer's ByteLevel regex.
@@ -128,9 +130,9 @@ bool llama_cpp_pre_tokenizer(const std::string& pre, PreTokenizer& pre_tokenizer
   } else if (in_list(pre, {"starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva"})) {
     pre_tokenizer.add_digits(true);
     pre_tokenizer.add_byte_level(false, true);
-  } else if (in_list(pre, {"gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
-                           "mellum", "jina-v1-en", "jina-v2-code", "roberta-bpe", "mpt", "olmo", "jais", "trillion",
-                           "granite-docling"})) {
+  } else if (in_list(pre, {"gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de",
+                           "a.x-4.0", "mellum", "jina-v1-en", "jina-v2-code", "roberta-bpe", "mpt", "olmo",
+                           "jais", "trillion", "granite-docling"})) {
     pre_tokenizer.add_byte_level(false, true);
   } else if (pre == "deepseek-llm") {
     add_splits(pre_tokenizer, {"[\\r\\n]", kDeepseekLetters, kDeepseekPunctuation, "\\s+$", kCjk, "\\p{N}+"});
@@ -205,7 +207,8 @@ std::shared_ptr<TokenizerState> load_gguf_state(const GgufFile& gguf, GgufPreTok
     for (const GgufValue& merge : merge_value->as_array("tokenizer.ggml.merges")) {
       merges.push_back(merge.as_string("tokenizer.ggml.merges"));
     }
-    if (const GgufValue* pre_value = gguf.find("tokenizer.ggml.pre")) pre = pre_value->as_string("tokenizer.ggml.pre");
+    if (const GgufValue* pre_value = gguf.find("tokenizer.ggml.pre"))
+      pre = pre_value->as_string("tokenizer.ggml.pre");
   });
   if (tokens.empty()) throw fail("tokenizer.ggml.tokens is empty");
   if (tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) throw fail("too many tokens");
@@ -237,7 +240,8 @@ std::shared_ptr<TokenizerState> load_gguf_state(const GgufFile& gguf, GgufPreTok
       throw fail("tokenizer.ggml.merges[" + std::to_string(rank) + "] \"" + merge +
                  "\" is not two tokens separated by a space");
     }
-    if (!state->model->add_merge(std::string_view(merge).substr(0, space), std::string_view(merge).substr(space + 1))) {
+    if (!state->model->add_merge(std::string_view(merge).substr(0, space),
+                                 std::string_view(merge).substr(space + 1))) {
       throw fail("tokenizer.ggml.merges[" + std::to_string(rank) + "] \"" + merge +
                  "\" names a token missing from tokenizer.ggml.tokens");
     }
@@ -277,8 +281,8 @@ std::shared_ptr<TokenizerState> load_gguf_state(const GgufFile& gguf, GgufPreTok
     int64_t id = -1;
     with_path([&] { id = value->as_int(key); });
     if (id < 0 || id >= static_cast<int64_t>(tokens.size())) {
-      throw fail(std::string(key) + " is " + std::to_string(id) + ", outside the " + std::to_string(tokens.size()) +
-                 " tokens");
+      throw fail(std::string(key) + " is " + std::to_string(id) + ", outside the " +
+                 std::to_string(tokens.size()) + " tokens");
     }
     target = NamedToken{static_cast<int32_t>(id), tokens[static_cast<size_t>(id)]};
     // transformers makes every named token special (an added token matched whole in text).
@@ -298,8 +302,10 @@ std::shared_ptr<TokenizerState> load_gguf_state(const GgufFile& gguf, GgufPreTok
   bool add_bos = !transformers && is_llama3_family(pre);
   bool add_eos = false;
   with_path([&] {
-    if (const GgufValue* value = gguf.find("tokenizer.ggml.add_bos_token")) add_bos = value->as_bool("add_bos_token");
-    if (const GgufValue* value = gguf.find("tokenizer.ggml.add_eos_token")) add_eos = value->as_bool("add_eos_token");
+    if (const GgufValue* value = gguf.find("tokenizer.ggml.add_bos_token"))
+      add_bos = value->as_bool("add_bos_token");
+    if (const GgufValue* value = gguf.find("tokenizer.ggml.add_eos_token"))
+      add_eos = value->as_bool("add_eos_token");
     if (const GgufValue* value = gguf.find("tokenizer.chat_template")) {
       state->chat_template = value->as_string("tokenizer.chat_template");
     }

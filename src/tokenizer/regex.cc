@@ -77,9 +77,11 @@ std::string translate_oniguruma_pattern(const std::string& pattern) {
       } else if (!in_class && escaped == 'H') {
         out += "[^0-9a-fA-F]";
       } else if (!in_class && escaped == 'b') {
-        out += "(?:(?<=" + word_class + ")(?!" + word_class + ")|(?<!" + word_class + ")(?=" + word_class + "))";
+        out +=
+            "(?:(?<=" + word_class + ")(?!" + word_class + ")|(?<!" + word_class + ")(?=" + word_class + "))";
       } else if (!in_class && escaped == 'B') {
-        out += "(?:(?<=" + word_class + ")(?=" + word_class + ")|(?<!" + word_class + ")(?!" + word_class + "))";
+        out +=
+            "(?:(?<=" + word_class + ")(?=" + word_class + ")|(?<!" + word_class + ")(?!" + word_class + "))";
       } else {
         out += c;
         out += escaped;
@@ -116,16 +118,16 @@ Regex::Regex(const std::string& pattern) : pattern_(pattern) {
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
   // MULTILINE: in Oniguruma's default (Ruby) syntax ^ and $ match at every line break.
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
-                                   PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE, &error_code, &error_offset,
-                                   compile_context);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                    PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE, &error_code, &error_offset, compile_context);
   pcre2_compile_context_free(compile_context);
   if (code == nullptr) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error_code, message, sizeof(message));
-    throw FormatError("pre-tokenizer regex /" + pattern + "/ does not compile: " +
-                      reinterpret_cast<const char*>(message) + " at offset " + std::to_string(error_offset) +
-                      " of the translated pattern");
+    throw FormatError("pre-tokenizer regex /" + pattern +
+                      "/ does not compile: " + reinterpret_cast<const char*>(message) + " at offset " +
+                      std::to_string(error_offset) + " of the translated pattern");
   }
   jit_ = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
   code_ = code;
@@ -141,16 +143,17 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
   size_t search_from = 0;
   std::optional<size_t> last_match_end;
   while (search_from <= text.size()) {
-    const int rc = jit_ ? pcre2_jit_match(code, subject, text.size(), search_from, 0, state.match_data, state.context)
-                        : pcre2_match(code, subject, text.size(), search_from, PCRE2_NO_UTF_CHECK,
-                                      state.match_data, state.context);
+    const int rc =
+        jit_ ? pcre2_jit_match(code, subject, text.size(), search_from, 0, state.match_data, state.context)
+             : pcre2_match(code, subject, text.size(), search_from, PCRE2_NO_UTF_CHECK, state.match_data,
+                           state.context);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(rc, message, sizeof(message));
-      throw InvalidArgumentError("pre-tokenizer regex /" + pattern_ + "/ failed on a text of " +
-                                 std::to_string(text.size()) + " bytes: " + reinterpret_cast<const char*>(message) +
-                                 " (split the text into smaller pieces)");
+      throw InvalidArgumentError(
+          "pre-tokenizer regex /" + pattern_ + "/ failed on a text of " + std::to_string(text.size()) +
+          " bytes: " + reinterpret_cast<const char*>(message) + " (split the text into smaller pieces)");
     }
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(state.match_data);
     const size_t start = ovector[0];
@@ -159,7 +162,8 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
       // As Rust's find_iter: no empty match right after the previous match; step one character on.
       if (search_from >= text.size()) break;
       ++search_from;
-      while (search_from < text.size() && (static_cast<uint8_t>(text[search_from]) & 0xC0) == 0x80) ++search_from;
+      while (search_from < text.size() && (static_cast<uint8_t>(text[search_from]) & 0xC0) == 0x80)
+        ++search_from;
       continue;
     }
     matches.emplace_back(start, end);

@@ -42,9 +42,11 @@ Tokenizer::Tokenizer(std::shared_ptr<const TokenizerState> state) : state_(std::
 Tokenizer Tokenizer::from_tokenizer_json(const std::string& tokenizer_json_path,
                                          const std::string& tokenizer_config_path) {
   // transformers reads a chat_template.jinja saved next to the tokenizer files.
-  const std::filesystem::path beside = std::filesystem::path(tokenizer_json_path).parent_path() / "chat_template.jinja";
+  const std::filesystem::path beside =
+      std::filesystem::path(tokenizer_json_path).parent_path() / "chat_template.jinja";
   std::error_code error;
-  const std::string chat_template_path = std::filesystem::is_regular_file(beside, error) ? beside.string() : "";
+  const std::string chat_template_path =
+      std::filesystem::is_regular_file(beside, error) ? beside.string() : "";
   return Tokenizer(load_tokenizer_json_state(tokenizer_json_path, tokenizer_config_path, chat_template_path));
 }
 
@@ -60,8 +62,8 @@ Tokenizer Tokenizer::load(const ModelFiles& files) {
         "only byte-level BPE tokenizers saved as tokenizer.json are supported; re-save the tokenizer with "
         "transformers' save_pretrained, or use a GGUF file"));
   }
-  return Tokenizer(
-      load_tokenizer_json_state(files.tokenizer_json_path, files.tokenizer_config_path, files.chat_template_path));
+  return Tokenizer(load_tokenizer_json_state(files.tokenizer_json_path, files.tokenizer_config_path,
+                                             files.chat_template_path));
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
@@ -133,11 +135,14 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
 std::string Tokenizer::token_piece(int32_t id) const {
   if (const AddedToken* added = state_->added.find_by_id(id)) return added->content;
   if (const std::string* piece = state_->model->piece(id)) return *piece;
-  throw InvalidArgumentError("token id " + std::to_string(id) + " is not in the vocabulary of " + state_->source +
-                             " (ids run from 0 to " + std::to_string(vocab_size() - 1) + ")");
+  throw InvalidArgumentError("token id " + std::to_string(id) + " is not in the vocabulary of " +
+                             state_->source + " (ids run from 0 to " + std::to_string(vocab_size() - 1) +
+                             ")");
 }
 
-std::optional<int32_t> Tokenizer::token_id(std::string_view piece) const { return lookup_token(*state_, piece); }
+std::optional<int32_t> Tokenizer::token_id(std::string_view piece) const {
+  return lookup_token(*state_, piece);
+}
 
 int64_t Tokenizer::vocab_size() const {
   int64_t limit = state_->model->id_limit();
@@ -176,8 +181,8 @@ std::string StreamingDecoder::push(int32_t id) {
   while (position < pending_.size()) {
     size_t length = 0;
     char32_t code_point = 0;
-    const unicode::Utf8Status status = unicode::read_utf8(data + position, pending_.size() - position, length,
-                                                          code_point);
+    const unicode::Utf8Status status =
+        unicode::read_utf8(data + position, pending_.size() - position, length, code_point);
     if (status == unicode::Utf8Status::kIncomplete) break;  // wait for the next token's bytes
     if (status == unicode::Utf8Status::kComplete) {
       out.append(pending_, position, length);

@@ -100,7 +100,8 @@ std::string type_of(const JsonFile& file, const json& value, const std::string& 
   return file.string(value, "type", where);
 }
 
-void parse_normalizer(const JsonFile& file, const json& value, Normalizer& normalizer, const std::string& where) {
+void parse_normalizer(const JsonFile& file, const json& value, Normalizer& normalizer,
+                      const std::string& where) {
   const std::string type = type_of(file, value, where);
   if (type == "Sequence") {
     const json& steps = file.require(value, "normalizers", where);
@@ -150,9 +151,10 @@ void parse_pre_tokenizer(const JsonFile& file, const json& value, PreTokenizer& 
     } catch (const FormatError& error) {
       file.fail(where + ": " + error.what());
     }
-    pre_tokenizer.add_regex_split(std::move(compiled),
-                                  parse_behavior(file, file.require(value, "behavior", where), where + ".behavior"),
-                                  file.boolean(value, "invert", false, where));
+    pre_tokenizer.add_regex_split(
+        std::move(compiled),
+        parse_behavior(file, file.require(value, "behavior", where), where + ".behavior"),
+        file.boolean(value, "invert", false, where));
   } else if (type == "Digits") {
     pre_tokenizer.add_digits(file.boolean(value, "individual_digits", false, where));
   } else if (type == "Punctuation") {
@@ -184,7 +186,8 @@ void parse_post_processor(const JsonFile& file, const json& value, PostProcessor
     for (const json& element : single) {
       if (element.is_object() && element.contains("Sequence")) {
         items.push_back(PostProcessor::Item{true, {}});
-      } else if (element.is_object() && element.contains("SpecialToken") && element["SpecialToken"].is_object()) {
+      } else if (element.is_object() && element.contains("SpecialToken") &&
+                 element["SpecialToken"].is_object()) {
         const std::string name = file.string(element["SpecialToken"], "id", where + ".single[].SpecialToken");
         if (special_tokens == nullptr || !special_tokens->contains(name)) {
           file.fail(where + ".special_tokens has no entry for \"" + name + "\" used by the template");
@@ -192,7 +195,8 @@ void parse_post_processor(const JsonFile& file, const json& value, PostProcessor
         const json& ids = file.require((*special_tokens)[name], "ids", where + ".special_tokens." + name);
         if (!ids.is_array()) file.fail(where + ".special_tokens." + name + ".ids must be an array");
         PostProcessor::Item item;
-        for (const json& id : ids) item.ids.push_back(file.id(id, where + ".special_tokens." + name + ".ids[]"));
+        for (const json& id : ids)
+          item.ids.push_back(file.id(id, where + ".special_tokens." + name + ".ids[]"));
         items.push_back(std::move(item));
       } else {
         file.fail(where + ".single has an element that is neither Sequence nor SpecialToken: " +
@@ -225,7 +229,8 @@ void check_decoder(const JsonFile& file, const json& value, const std::string& w
     }
     return;
   }
-  file.unsupported("decoder \"" + type + "\" is not supported", "byte-level BPE tokenizers use the ByteLevel decoder");
+  file.unsupported("decoder \"" + type + "\" is not supported",
+                   "byte-level BPE tokenizers use the ByteLevel decoder");
 }
 
 std::unique_ptr<BpeModel> parse_model(const JsonFile& file, const json& model) {
@@ -237,7 +242,8 @@ std::unique_ptr<BpeModel> parse_model(const JsonFile& file, const json& model) {
   }
   const json* dropout = file.find(model, "dropout");
   if (dropout != nullptr && (!dropout->is_number() || dropout->get<double>() != 0.0)) {
-    file.unsupported("BPE dropout " + dropout->dump() + " makes encoding random", "set model.dropout to null");
+    file.unsupported("BPE dropout " + dropout->dump() + " makes encoding random",
+                     "set model.dropout to null");
   }
   if (file.boolean(model, "byte_fallback", false, "model")) {
     file.unsupported("BPE byte_fallback (SentencePiece-style BPE) is not supported",
@@ -255,7 +261,8 @@ std::unique_ptr<BpeModel> parse_model(const JsonFile& file, const json& model) {
   if (!vocab.is_object()) file.fail("model.vocab must be an object of token -> id");
   std::unordered_map<std::string, int32_t> piece_to_id;
   piece_to_id.reserve(vocab.size());
-  for (const auto& [piece, id] : vocab.items()) piece_to_id[piece] = file.id(id, "model.vocab[\"" + piece + "\"]");
+  for (const auto& [piece, id] : vocab.items())
+    piece_to_id[piece] = file.id(id, "model.vocab[\"" + piece + "\"]");
   auto bpe = std::make_unique<BpeModel>(std::move(piece_to_id));
 
   const json& merges = file.require(model, "merges", "model");
@@ -372,7 +379,8 @@ std::shared_ptr<TokenizerState> load_tokenizer_json_state(const std::string& tok
   if (const json* added_tokens = file.find(root, "added_tokens")) {
     if (!added_tokens->is_array()) file.fail("\"added_tokens\" must be an array");
     for (size_t i = 0; i < added_tokens->size(); ++i) {
-      AddedToken token = parse_added_token(file, (*added_tokens)[i], "added_tokens[" + std::to_string(i) + "]");
+      AddedToken token =
+          parse_added_token(file, (*added_tokens)[i], "added_tokens[" + std::to_string(i) + "]");
       token.id = added_token_id(*state, token.content);
       state->added.add(std::move(token));
     }
@@ -419,7 +427,8 @@ std::shared_ptr<TokenizerState> load_tokenizer_json_state(const std::string& tok
     const char* names[] = {"bos_token", "eos_token", "unk_token", "pad_token"};
     for (size_t i = 0; i < 4; ++i) {
       if (const json* value = config_file.find(config, names[i])) {
-        if (const auto token = add_special(*value, names[i])) *named[i] = NamedToken{token->id, token->content};
+        if (const auto token = add_special(*value, names[i]))
+          *named[i] = NamedToken{token->id, token->content};
       }
     }
     for (const char* key : {"sep_token", "cls_token", "mask_token"}) {
@@ -428,7 +437,8 @@ std::shared_ptr<TokenizerState> load_tokenizer_json_state(const std::string& tok
     for (const char* key : {"additional_special_tokens", "extra_special_tokens"}) {
       const json* list = config_file.find(config, key);
       if (list == nullptr || !list->is_array()) continue;  // transformers also allows a dict of names
-      for (size_t i = 0; i < list->size(); ++i) add_special((*list)[i], std::string(key) + "[" + std::to_string(i) + "]");
+      for (size_t i = 0; i < list->size(); ++i)
+        add_special((*list)[i], std::string(key) + "[" + std::to_string(i) + "]");
     }
 
     if (const json* chat_template = config_file.find(config, "chat_template")) {

@@ -24,7 +24,8 @@ void run_chat(const ChatOptions& options) {
     if (!options.system.empty()) history.push_back({"system", options.system});
   };
   reset();
-  std::fprintf(stderr, "Chatting with %s. /reset starts over, /quit (or Ctrl-D) leaves.\n", loaded.files.name.c_str());
+  std::fprintf(stderr, "Chatting with %s. /reset starts over, /quit (or Ctrl-D) leaves.\n",
+               loaded.files.name.c_str());
   std::string line;
   while (true) {
     std::fprintf(stderr, "\n> ");
@@ -56,13 +57,16 @@ void run_chat(const ChatOptions& options) {
 void add_chat_command(CLI::App& app) {
   auto options = std::make_shared<ChatOptions>();
   CLI::App* command = app.add_subcommand("chat", "Chat interactively with the model");
-  command->footer("Example:\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --system 'Be brief.'");
+  command->footer(
+      "Example:\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --system 'Be brief.'");
   add_model_options(*command, options->model);
   command->add_option("--system", options->system, "A system message that starts the conversation");
-  command->add_option("-n,--max-new-tokens", options->max_new_tokens, "Most tokens per reply")->capture_default_str();
+  command->add_option("-n,--max-new-tokens", options->max_new_tokens, "Most tokens per reply")
+      ->capture_default_str();
   command->add_option("-t,--temperature", options->sampling.temperature, "Sampling temperature; 0 = greedy")
       ->capture_default_str();
-  command->add_option("--top-p", options->sampling.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
+  command->add_option("--top-p", options->sampling.top_p, "Nucleus sampling mass in (0, 1]")
+      ->capture_default_str();
   command->add_option("--seed", options->sampling.seed, "Random seed")->capture_default_str();
   command->callback([options] { run_chat(*options); });
 }

@@ -57,9 +57,10 @@ void run_eval(const EvalCommandOptions& options) {
       heldout.push_back(&dataset.conversations[index]);
     }
     if (heldout.empty()) {
-      throw InvalidArgumentError(describe_file_problem(path, "leaves no held-out conversation with --eval-fraction " +
-                                                                 std::to_string(options.eval_fraction),
-                                                       "use a dataset with two or more conversations"));
+      throw InvalidArgumentError(describe_file_problem(
+          path,
+          "leaves no held-out conversation with --eval-fraction " + std::to_string(options.eval_fraction),
+          "use a dataset with two or more conversations"));
     }
   }
   std::vector<LoadedAdapter> adapters;
@@ -69,14 +70,17 @@ void run_eval(const EvalCommandOptions& options) {
   const ModelFingerprint fingerprint = fingerprint_model(loaded.files, loaded.model->config());
   std::vector<EvaluationCondition> conditions;
   conditions.push_back({"no context", ContextKind::kNone, nullptr, ""});
-  if (!corpus.empty() && !options.no_icl) conditions.push_back({"ICL (corpus in context)", ContextKind::kInContext, nullptr, corpus});
+  if (!corpus.empty() && !options.no_icl)
+    conditions.push_back({"ICL (corpus in context)", ContextKind::kInContext, nullptr, corpus});
   for (size_t index = 0; index < adapters.size(); ++index) {
-    for (const std::string& warning : check_adapter_for_model(adapters[index], loaded.model->config(), &fingerprint,
-                                                              options.model.model)) {
+    for (const std::string& warning : check_adapter_for_model(adapters[index], loaded.model->config(),
+                                                              &fingerprint, options.model.model)) {
       std::fprintf(stderr, "warning: %s\n", warning.c_str());
     }
-    const std::string name = options.names.empty() ? "cartridge " + options.cartridges[index] : options.names[index];
-    conditions.push_back({name, ContextKind::kCartridge, adapters[index].cartridge.kv_prefix_for(*loaded.model), ""});
+    const std::string name =
+        options.names.empty() ? "cartridge " + options.cartridges[index] : options.names[index];
+    conditions.push_back(
+        {name, ContextKind::kCartridge, adapters[index].cartridge.kv_prefix_for(*loaded.model), ""});
   }
   EvaluationOptions evaluation;
   evaluation.max_batch_tokens = options.max_batch_tokens;
@@ -106,25 +110,33 @@ void add_eval_command(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "eval", "Score answers to questions about a corpus: no context vs corpus in context vs cartridges");
   command->footer(
-      "--qa is JSON Lines, one {\"question\": ..., \"answer\": ...} per line. For each condition the answer's\n"
+      "--qa is JSON Lines, one {\"question\": ..., \"answer\": ...} per line. For each condition the "
+      "answer's\n"
       "tokens (tokenized without special tokens) follow the question rendered with the chat template, and\n"
       "the mean negative log-likelihood per answer token is averaged over the questions. Conditions: no\n"
-      "context; the whole --corpus as a system message (ICL); each --cartridge. With --dataset, the held-out\n"
+      "context; the whole --corpus as a system message (ICL); each --cartridge. With --dataset, the "
+      "held-out\n"
       "conversations of training (same --seed/--eval-fraction/--max-eval as `cartridge train`) are scored\n"
       "too: mean KL to the teacher's top-k per answer token. KV bytes: the context each condition keeps.\n"
-      "Example:\n  cartridge eval --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --qa qa.jsonl \\\n"
+      "Example:\n  cartridge eval --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --qa "
+      "qa.jsonl \\\n"
       "    --cartridge study --dataset study/dataset.jsonl");
   add_model_options(*command, options->model);
   command->add_option("--corpus", options->corpus, "The corpus, for the in-context (ICL) condition");
   command->add_option("--qa", options->qa, "Questions and reference answers (JSON Lines)");
-  command->add_option("-c,--cartridge", options->cartridges, "A cartridge (PEFT adapter folder) to score; repeatable");
+  command->add_option("-c,--cartridge", options->cartridges,
+                      "A cartridge (PEFT adapter folder) to score; repeatable");
   command->add_option("--name", options->names, "Table name of each --cartridge, in order");
-  command->add_option("-d,--dataset", options->dataset, "A self-study dataset: also score its held-out conversations");
-  command->add_option("--eval-fraction", options->eval_fraction, "Held-out fraction, as given to `cartridge train`")
+  command->add_option("-d,--dataset", options->dataset,
+                      "A self-study dataset: also score its held-out conversations");
+  command
+      ->add_option("--eval-fraction", options->eval_fraction,
+                   "Held-out fraction, as given to `cartridge train`")
       ->capture_default_str();
   command->add_option("--max-eval", options->max_eval, "Held-out cap, as given to `cartridge train`")
       ->capture_default_str();
-  command->add_option("--seed", options->seed, "Training seed, as given to `cartridge train`")->capture_default_str();
+  command->add_option("--seed", options->seed, "Training seed, as given to `cartridge train`")
+      ->capture_default_str();
   command->add_flag("--no-icl", options->no_icl, "Skip the corpus-in-context condition");
   command->add_option("--max-batch-tokens", options->max_batch_tokens, "Padded tokens per forward pass")
       ->capture_default_str()

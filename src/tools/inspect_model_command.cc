@@ -68,15 +68,17 @@ void run_inspect_model(const InspectModelOptions& options) {
     return;
   }
   std::string types;
-  for (const auto& [name, count] : tensor_types) types += fmt::format("{}{} x{}", types.empty() ? "" : ", ", name, count);
+  for (const auto& [name, count] : tensor_types)
+    types += fmt::format("{}{} x{}", types.empty() ? "" : ", ", name, count);
   std::cout << fmt::format(
       "model              {}\narchitecture       {} ({})\nlayers             {}\nhidden size        {}\n"
       "intermediate size  {}\nattention heads    {}\nKV heads           {}\nhead dim           {}\n"
       "vocabulary         {}\ncontext length     {}\nparameters         {:.1f} M\ntensor types       {}\n"
       "KV bytes per token {} (fp32), {} (bf16)\n",
-      files.name, architecture_name(config.architecture), config.model_type, config.num_layers, config.hidden_size,
-      config.intermediate_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim,
-      config.vocab_size, config.max_position_embeddings, parameter_count / 1e6, types, kv_bytes_fp32, kv_bytes_bf16);
+      files.name, architecture_name(config.architecture), config.model_type, config.num_layers,
+      config.hidden_size, config.intermediate_size, config.num_attention_heads, config.num_key_value_heads,
+      config.head_dim, config.vocab_size, config.max_position_embeddings, parameter_count / 1e6, types,
+      kv_bytes_fp32, kv_bytes_bf16);
 }
 
 }  // namespace
@@ -85,7 +87,8 @@ void add_inspect_model_command(CLI::App& app) {
   auto options = std::make_shared<InspectModelOptions>();
   CLI::App* command = app.add_subcommand("inspect-model", "Show a model's architecture and sizes");
   command->footer("Example:\n  cartridge inspect-model models/SmolLM2-135M-Instruct.Q4_1.gguf --json");
-  command->add_option("model", options->model, "A GGUF file, a Hugging Face folder, or a Hub id")->capture_default_str();
+  command->add_option("model", options->model, "A GGUF file, a Hugging Face folder, or a Hub id")
+      ->capture_default_str();
   command->add_flag("--json", options->json, "Print JSON");
   command->callback([options] { run_inspect_model(*options); });
 }

@@ -10,10 +10,13 @@
 namespace cartridge::tools {
 
 void add_model_options(CLI::App& command, ModelOptions& options) {
-  command.add_option("-m,--model", options.model,
-                     "A GGUF file, a Hugging Face model folder, or a Hub id (org/name) in the local HF cache")
+  command
+      .add_option("-m,--model", options.model,
+                  "A GGUF file, a Hugging Face model folder, or a Hub id (org/name) in the local HF cache")
       ->capture_default_str();
-  command.add_option("--dtype", options.dtype, "Compute dtype: fp32 (exact parity) or bf16 (faster, half memory)")
+  command
+      .add_option("--dtype", options.dtype,
+                  "Compute dtype: fp32 (exact parity) or bf16 (faster, half memory)")
       ->capture_default_str();
   command.add_option("--device", options.device, "cpu, cuda, cuda:N, or auto (CUDA when available)")
       ->capture_default_str();
@@ -32,7 +35,8 @@ LoadedModel load_model_from_options(const ModelOptions& options) {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "cartridge: train and use Cartridges, small trained KV-cache prefixes that stand in for a long document.\n"
+      "cartridge: train and use Cartridges, small trained KV-cache prefixes that stand in for a long "
+      "document.\n"
       "Adapters are read and written in Hugging Face PEFT's CARTRIDGE format.\n"
       "Run `cartridge <command> --help` for each command's options and an example."};
   app.require_subcommand(1);

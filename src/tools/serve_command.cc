@@ -32,8 +32,8 @@ void run_serve(ServeCommandOptions options) {
   const int port = server.bind();
   std::fprintf(stderr,
                "serving %s with the cartridges in %s on http://%s:%d (max batch %lld; Ctrl-C stops)\n",
-               server.model_id().c_str(), options.server.cartridges_directory.c_str(), options.server.host.c_str(),
-               port, static_cast<long long>(options.server.max_batch));
+               server.model_id().c_str(), options.server.cartridges_directory.c_str(),
+               options.server.host.c_str(), port, static_cast<long long>(options.server.max_batch));
   std::atomic<bool> listening{true};
   std::thread signal_waiter([&server, &listening, signals] {
     int received = 0;
@@ -52,19 +52,25 @@ void run_serve(ServeCommandOptions options) {
 
 void add_serve_command(CLI::App& app) {
   auto options = std::make_shared<ServeCommandOptions>();
-  CLI::App* command = app.add_subcommand("serve", "Serve the model and a folder of cartridges over an OpenAI-compatible HTTP API");
+  CLI::App* command = app.add_subcommand(
+      "serve", "Serve the model and a folder of cartridges over an OpenAI-compatible HTTP API");
   command->footer(
       "Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions (streaming\n"
-      "with \"stream\": true), GET /v1/stats. A request picks a cartridge with \"model\": \"<folder name under\n"
-      "--cartridges>\" (the base model's id means none), or composes several with \"cartridges\": [\"a\", \"b\"].\n"
+      "with \"stream\": true), GET /v1/stats. A request picks a cartridge with \"model\": \"<folder name "
+      "under\n"
+      "--cartridges>\" (the base model's id means none), or composes several with \"cartridges\": [\"a\", "
+      "\"b\"].\n"
       "Requests with different cartridges are decoded together in one batch. Cartridges copied into the\n"
       "folder later are found without a restart.\n"
-      "Example:\n  cartridge serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridges cartridges/ --port 8080\n"
+      "Example:\n  cartridge serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridges cartridges/ "
+      "--port 8080\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-      "    -d '{\"model\": \"my-doc\", \"messages\": [{\"role\": \"user\", \"content\": \"Summarise it.\"}]}'");
+      "    -d '{\"model\": \"my-doc\", \"messages\": [{\"role\": \"user\", \"content\": \"Summarise "
+      "it.\"}]}'");
   add_model_options(*command, options->model);
-  command->add_option("--cartridges", options->server.cartridges_directory,
-                      "Folder whose subfolders are cartridges (PEFT adapters), served by folder name")
+  command
+      ->add_option("--cartridges", options->server.cartridges_directory,
+                   "Folder whose subfolders are cartridges (PEFT adapters), served by folder name")
       ->required()
       ->check(CLI::ExistingDirectory);
   command->add_option("--host", options->server.host, "Address to listen on (127.0.0.1 = this machine only)")
@@ -77,28 +83,35 @@ void add_serve_command(CLI::App& app) {
   command->add_option("--max-batch", options->server.max_batch, "Most requests decoded together")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  command->add_option("--max-prefill-tokens", options->server.max_prefill_tokens,
-                      "Most prompt tokens prefilled together in one step")
+  command
+      ->add_option("--max-prefill-tokens", options->server.max_prefill_tokens,
+                   "Most prompt tokens prefilled together in one step")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  command->add_option("--max-cartridge-memory", options->server.max_cartridge_memory,
-                      "Bytes of cartridge KV kept loaded; least recently used cartridges are evicted beyond it "
-                      "(0 = no limit)")
+  command
+      ->add_option("--max-cartridge-memory", options->server.max_cartridge_memory,
+                   "Bytes of cartridge KV kept loaded; least recently used cartridges are evicted beyond it "
+                   "(0 = no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  command->add_option("--max-body-bytes", options->server.max_body_bytes, "Largest request body accepted (bytes)")
+  command
+      ->add_option("--max-body-bytes", options->server.max_body_bytes,
+                   "Largest request body accepted (bytes)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  command->add_option("--max-tokens-limit", options->server.max_tokens_limit,
-                      "Largest max_tokens a request may ask for")
+  command
+      ->add_option("--max-tokens-limit", options->server.max_tokens_limit,
+                   "Largest max_tokens a request may ask for")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  command->add_option("--max-concurrent-requests", options->server.max_concurrent_requests,
-                      "Generation requests served at once; more are answered 429")
+  command
+      ->add_option("--max-concurrent-requests", options->server.max_concurrent_requests,
+                   "Generation requests served at once; more are answered 429")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  command->add_flag("--no-request-log", [options](int64_t) { options->server.log_requests = false; },
-                    "Do not log one line per request on stderr");
+  command->add_flag(
+      "--no-request-log", [options](int64_t) { options->server.log_requests = false; },
+      "Do not log one line per request on stderr");
   command->callback([options] { run_serve(*options); });
 }
 

@@ -52,8 +52,9 @@ StudyOptions quick_defaults() {
 void run_study_command(StudyCommandOptions& options) {
   const std::string corpus_text = read_text_file(options.corpus);  // fails fast, before the model loads
   if (corpus_text.empty()) throw InvalidArgumentError(describe_file_problem(options.corpus, "is empty"));
-  const std::vector<QuestionAnswer> validation =
-      options.validation_qa.empty() ? std::vector<QuestionAnswer>() : read_question_answers(options.validation_qa);
+  const std::vector<QuestionAnswer> validation = options.validation_qa.empty()
+                                                     ? std::vector<QuestionAnswer>()
+                                                     : read_question_answers(options.validation_qa);
   const auto started = std::chrono::steady_clock::now();
   const LoadedModel loaded = load_model_from_options(options.model);
   options.study.training.validation_questions = question_answer_rows(loaded, validation);
@@ -119,7 +120,8 @@ void run_study_command(StudyCommandOptions& options) {
     return;
   }
   // With validation questions the early-stopped adapter is the one to use.
-  const std::string use = training.best_step >= 0 ? result.adapter_dir + "/" + kBestFolderName : result.adapter_dir;
+  const std::string use =
+      training.best_step >= 0 ? result.adapter_dir + "/" + kBestFolderName : result.adapter_dir;
   std::printf(
       "use it:\n"
       "  cartridge chat --model %s --cartridge %s\n"

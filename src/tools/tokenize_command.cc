@@ -29,8 +29,8 @@ void run_tokenize(const TokenizeOptions& options) {
     nlohmann::json pieces = nlohmann::json::array();
     for (int32_t id : ids) pieces.push_back(tokenizer.token_piece(id));
     // Pieces are vocabulary strings; invalid UTF-8 (never expected from byte-level BPE) is replaced.
-    std::cout << nlohmann::json{{"ids", ids}, {"pieces", pieces}}.dump(-1, ' ', false,
-                                                                       nlohmann::json::error_handler_t::replace)
+    std::cout << nlohmann::json{{"ids", ids}, {"pieces", pieces}}.dump(
+                     -1, ' ', false, nlohmann::json::error_handler_t::replace)
               << std::endl;
     return;
   }
@@ -46,7 +46,8 @@ void add_tokenize_command(CLI::App& app) {
   command->footer(
       "Ids are exactly transformers' tokenizer(text)[\"input_ids\"] (default special tokens, e.g. a BOS for\n"
       "Llama 3); --no-special-tokens is add_special_tokens=False.\n"
-      "Example:\n  cartridge tokenize --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text 'Hello world' --json");
+      "Example:\n  cartridge tokenize --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text 'Hello world' "
+      "--json");
   command->add_option("-m,--model", options->model, "A GGUF file, a Hugging Face folder, or a Hub id")
       ->capture_default_str();
   auto* text = command->add_option("--text", options->text, "The text to tokenize");

@@ -33,13 +33,14 @@ struct TrainCommandOptions {
 };
 
 std::string dataset_file(const std::string& spec) {
-  if (std::filesystem::is_directory(spec)) return (std::filesystem::path(spec) / kStudyDatasetFileName).string();
+  if (std::filesystem::is_directory(spec))
+    return (std::filesystem::path(spec) / kStudyDatasetFileName).string();
   return spec;
 }
 
 // Warnings for a dataset made from another corpus or by another model (training still runs).
-void warn_about_dataset(const DatasetHeader& header, const std::string& corpus_text, const LoadedModel& loaded,
-                        const std::string& dataset_path) {
+void warn_about_dataset(const DatasetHeader& header, const std::string& corpus_text,
+                        const LoadedModel& loaded, const std::string& dataset_path) {
   if (!corpus_text.empty() && sha256_hex(corpus_text) != header.corpus_sha256) {
     std::fprintf(stderr, "warning: %s was synthesized from another corpus than --corpus (SHA-256 differs)\n",
                  dataset_path.c_str());
@@ -50,14 +51,16 @@ void warn_about_dataset(const DatasetHeader& header, const std::string& corpus_t
   nlohmann::json theirs = header.model_fingerprint;
   if (theirs.is_object()) theirs.erase("model_name");
   if (ours != theirs) {
-    std::fprintf(stderr,
-                 "warning: %s was synthesized by another model (%s); a cartridge only works with the model whose "
-                 "teacher made its data\n",
-                 dataset_path.c_str(), header.model.c_str());
+    std::fprintf(
+        stderr,
+        "warning: %s was synthesized by another model (%s); a cartridge only works with the model whose "
+        "teacher made its data\n",
+        dataset_path.c_str(), header.model.c_str());
   }
 }
 
-void print_summary(const TrainingResult& result, const std::string& out, const std::string& model, bool json) {
+void print_summary(const TrainingResult& result, const std::string& out, const std::string& model,
+                   bool json) {
   const double final_loss = result.history.empty() ? NAN : result.history.back().loss;
   const double first_kl = result.evaluations.empty() ? NAN : result.evaluations.front().heldout_kl;
   const double last_kl = result.evaluations.empty() ? NAN : result.evaluations.back().heldout_kl;
@@ -92,18 +95,22 @@ void run_train(TrainCommandOptions& options) {
   const Dataset dataset = read_dataset(dataset_path);  // fails fast, before the model loads
   const bool needs_corpus = options.init == "text";
   if (needs_corpus && options.corpus.empty()) {
-    throw InvalidArgumentError("--init text (the default) starts from the first --tokens tokens of the corpus: give "
-                               "--corpus FILE, or use --init random / --init ADAPTER_DIR");
+    throw InvalidArgumentError(
+        "--init text (the default) starts from the first --tokens tokens of the corpus: give "
+        "--corpus FILE, or use --init random / --init ADAPTER_DIR");
   }
   const std::string corpus_text = options.corpus.empty() ? std::string() : read_text_file(options.corpus);
   const std::string previous_run = latest_checkpoint(options.out);
   if (!options.training.resume && !previous_run.empty()) {
-    throw InvalidArgumentError(describe_file_problem(
-        options.out, "already holds training checkpoints (" + std::filesystem::path(previous_run).filename().string() + ")",
-        "pass --resume to continue that run, or choose another --out folder"));
+    throw InvalidArgumentError(
+        describe_file_problem(options.out,
+                              "already holds training checkpoints (" +
+                                  std::filesystem::path(previous_run).filename().string() + ")",
+                              "pass --resume to continue that run, or choose another --out folder"));
   }
-  const std::vector<QuestionAnswer> validation =
-      options.validation_qa.empty() ? std::vector<QuestionAnswer>() : read_question_answers(options.validation_qa);
+  const std::vector<QuestionAnswer> validation = options.validation_qa.empty()
+                                                     ? std::vector<QuestionAnswer>()
+                                                     : read_question_answers(options.validation_qa);
   const LoadedModel loaded = load_model_from_options(options.model);
   warn_about_dataset(dataset.header, corpus_text, loaded, dataset_path);
   options.training.validation_questions = question_answer_rows(loaded, validation);
@@ -116,8 +123,10 @@ void run_train(TrainCommandOptions& options) {
   if ((init.source == "text" || init.source == "random") && init.num_virtual_tokens == 0) {
     init.num_virtual_tokens = default_cartridge_tokens(dataset.header.corpus_tokens);
     if (!options.model.quiet) {
-      std::fprintf(stderr, "cartridge size: %lld tokens (1/8 of the %lld-token corpus; set it with --tokens)\n",
-                   static_cast<long long>(init.num_virtual_tokens), static_cast<long long>(dataset.header.corpus_tokens));
+      std::fprintf(stderr,
+                   "cartridge size: %lld tokens (1/8 of the %lld-token corpus; set it with --tokens)\n",
+                   static_cast<long long>(init.num_virtual_tokens),
+                   static_cast<long long>(dataset.header.corpus_tokens));
     }
   }
   const Cartridge initial = initial_cartridge(loaded, corpus_text, init);
@@ -134,7 +143,8 @@ void run_train(TrainCommandOptions& options) {
 }  // namespace
 
 void add_training_options(CLI::App& command, TrainingOptions& training) {
-  command.add_option("--steps", training.steps, "Optimizer steps in total (a resumed run continues up to this)")
+  command
+      .add_option("--steps", training.steps, "Optimizer steps in total (a resumed run continues up to this)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   command.add_option("--batch-size", training.batch_size, "Conversations per step")
@@ -143,26 +153,33 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
   command.add_option("--lr", training.learning_rate, "Adam learning rate")->capture_default_str();
   command
       .add_option_function<std::string>(
-          "--distill", [&training](const std::string& name) { training.distill = parse_distill_tokens(name); },
+          "--distill",
+          [&training](const std::string& name) { training.distill = parse_distill_tokens(name); },
           "Tokens the loss covers: answer (the answer's, as the official v2) or conversation (the question's "
           "too, the paper's equation). A version 1 dataset has answer targets only")
       ->default_str(distill_tokens_name(training.distill));
-  command.add_option("--max-batch-tokens", training.max_batch_tokens,
-                     "Padded tokens per forward pass; a larger step is split and its gradients summed (0 = no limit)")
+  command
+      .add_option(
+          "--max-batch-tokens", training.max_batch_tokens,
+          "Padded tokens per forward pass; a larger step is split and its gradients summed (0 = no limit)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  command.add_option("--eval-fraction", training.eval_fraction,
-                     "Fraction of the conversations held out and scored (KL to the teacher), never trained on")
+  command
+      .add_option("--eval-fraction", training.eval_fraction,
+                  "Fraction of the conversations held out and scored (KL to the teacher), never trained on")
       ->capture_default_str();
-  command.add_option("--max-eval", training.max_eval_conversations, "At most this many held-out conversations")
+  command
+      .add_option("--max-eval", training.max_eval_conversations, "At most this many held-out conversations")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  command.add_option("--eval-every", training.eval_every,
-                     "Score the held-out conversations every N steps (0 = only at the start and the end)")
+  command
+      .add_option("--eval-every", training.eval_every,
+                  "Score the held-out conversations every N steps (0 = only at the start and the end)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  command.add_option("--checkpoint-every", training.checkpoint_every,
-                     "Write a checkpoint every N steps (0 = only at the end and on Ctrl-C)")
+  command
+      .add_option("--checkpoint-every", training.checkpoint_every,
+                  "Write a checkpoint every N steps (0 = only at the end and on Ctrl-C)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   command.add_option("--keep-checkpoints", training.keep_checkpoints, "Newest checkpoint folders kept")
@@ -170,7 +187,9 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
       ->check(CLI::PositiveNumber);
 }
 
-nlohmann::json json_number(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
+nlohmann::json json_number(double value) {
+  return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json();
+}
 
 namespace {
 // The evaluations' validation NLL at the first and the last evaluation (NaN without validation questions).
@@ -194,55 +213,73 @@ void print_validation_summary(const TrainingResult& result, const std::string& o
   if (result.best_step < 0) return;
   const auto [first, last] = first_and_last_validation(result);
   std::printf("validation answer NLL: %.4f at step %lld, %.4f now; best %.4f at step %lld: %s/%s\n", first,
-              static_cast<long long>(result.evaluations.front().step), last, result.best_validation_answer_nll,
-              static_cast<long long>(result.best_step), out.c_str(), kBestFolderName);
+              static_cast<long long>(result.evaluations.front().step), last,
+              result.best_validation_answer_nll, static_cast<long long>(result.best_step), out.c_str(),
+              kBestFolderName);
 }
 
 void add_validation_option(CLI::App& command, std::string& path) {
-  command.add_option("--validation-qa", path,
-                     "Questions about the document with reference answers (JSON Lines, as `cartridge eval --qa`): "
-                     "their answer NLL is scored at every evaluation and the best adapter kept in <out>/best/");
+  command.add_option(
+      "--validation-qa", path,
+      "Questions about the document with reference answers (JSON Lines, as `cartridge eval --qa`): "
+      "their answer NLL is scored at every evaluation and the best adapter kept in <out>/best/");
 }
 
 void add_train_command(CLI::App& app) {
   auto options = std::make_shared<TrainCommandOptions>();
   CLI::App* command = app.add_subcommand(
-      "train", "Train a cartridge on a self-study dataset (distillation from the teacher's top-k log-probabilities)");
+      "train",
+      "Train a cartridge on a self-study dataset (distillation from the teacher's top-k log-probabilities)");
   command->footer(
       "The student is the model with the cartridge as its KV prefix and no document in context; the loss at\n"
-      "each answer token (--distill conversation: question tokens too) is -sum_k p_teacher(k) log p_student(k)\n"
-      "over the recorded top-k, averaged over those tokens of the batch. Only the cartridge's trainable rows\n"
+      "each answer token (--distill conversation: question tokens too) is -sum_k p_teacher(k) log "
+      "p_student(k)\n"
+      "over the recorded top-k, averaged over those tokens of the batch. Only the cartridge's trainable "
+      "rows\n"
       "change (Adam); the model is frozen.\n"
       "Output: --out holds the latest cartridge as a PEFT adapter, checkpoint-<step>/ folders (adapter +\n"
       "optimizer state), loss.csv and loss.svg. Ctrl-C saves a checkpoint after the current step; --resume\n"
       "continues exactly where a run stopped (also after a crash or kill, from the newest checkpoint).\n"
-      "Early stopping: with --validation-qa QA.jsonl (questions you wrote, never trained on) every evaluation\n"
-      "also scores their answer NLL (loss.csv column validation_answer_nll) and <out>/best/ holds the adapter\n"
+      "Early stopping: with --validation-qa QA.jsonl (questions you wrote, never trained on) every "
+      "evaluation\n"
+      "also scores their answer NLL (loss.csv column validation_answer_nll) and <out>/best/ holds the "
+      "adapter\n"
       "with the lowest so far (the initialisation counts), with best_validation.json naming its step.\n"
-      "Example:\n  cartridge train --model models/SmolLM2-135M-Instruct.Q4_1.gguf --dataset study/dataset.jsonl \\\n"
+      "Example:\n  cartridge train --model models/SmolLM2-135M-Instruct.Q4_1.gguf --dataset "
+      "study/dataset.jsonl \\\n"
       "    --corpus doc.txt --tokens 128 --steps 200 --out study/cartridge");
   add_model_options(*command, options->model);
-  command->add_option("-d,--dataset", options->dataset, "dataset.jsonl from `cartridge synthesize` (or its folder)")
+  command
+      ->add_option("-d,--dataset", options->dataset,
+                   "dataset.jsonl from `cartridge synthesize` (or its folder)")
       ->required();
-  command->add_option("-o,--out", options->out, "Output folder for the cartridge, checkpoints and loss curves")
+  command
+      ->add_option("-o,--out", options->out, "Output folder for the cartridge, checkpoints and loss curves")
       ->required();
-  command->add_option("--corpus", options->corpus, "The corpus the dataset was made from (needed by --init text)");
-  command->add_option("--init", options->init,
-                      "Start from: text (KV of the corpus's first --tokens tokens), random (N(0,1) rows as PEFT), "
-                      "or an adapter folder")
+  command->add_option("--corpus", options->corpus,
+                      "The corpus the dataset was made from (needed by --init text)");
+  command
+      ->add_option(
+          "--init", options->init,
+          "Start from: text (KV of the corpus's first --tokens tokens), random (N(0,1) rows as PEFT), "
+          "or an adapter folder")
       ->capture_default_str();
-  command->add_option("-p,--tokens", options->tokens,
-                      "Cartridge size p in tokens (default: 1/8 of the corpus, 16..512; from the adapter for --init DIR)");
+  command->add_option(
+      "-p,--tokens", options->tokens,
+      "Cartridge size p in tokens (default: 1/8 of the corpus, 16..512; from the adapter for --init DIR)");
   command->add_option("--frozen", options->frozen, "Leading rows never trained (the attention sink)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   add_training_options(*command, options->training);
   add_validation_option(*command, options->validation_qa);
-  command->add_option("--seed", options->training.seed, "Seed of the data order, the held-out split and --init random")
+  command
+      ->add_option("--seed", options->training.seed,
+                   "Seed of the data order, the held-out split and --init random")
       ->capture_default_str();
   command->add_flag("--resume", options->training.resume, "Continue from the newest checkpoint in --out");
-  command->add_flag("--json", options->json,
-                    "Print one JSON object {adapter, steps, final_loss, initial_heldout_kl, final_heldout_kl, ...}");
+  command->add_flag(
+      "--json", options->json,
+      "Print one JSON object {adapter, steps, final_loss, initial_heldout_kl, final_heldout_kl, ...}");
   command->callback([options] { run_train(*options); });
 }
 

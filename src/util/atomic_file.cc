@@ -59,7 +59,8 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
 void write_directory_atomic(const std::string& path, bool overwrite,
                             const std::function<void(const std::string& temporary_path)>& fill) {
   if (fs::exists(path) && !overwrite) {
-    throw InvalidArgumentError(describe_file_problem(path, "already exists", "choose another --out or remove it"));
+    throw InvalidArgumentError(
+        describe_file_problem(path, "already exists", "choose another --out or remove it"));
   }
   const std::string temporary = temporary_sibling(path);
   std::error_code ignored;

@@ -18,8 +18,8 @@ namespace cartridge {
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    throw FileNotFoundError(describe_file_problem(path, std::string("cannot open: ") + std::strerror(errno),
-                                                  "check the path"));
+    throw FileNotFoundError(
+        describe_file_problem(path, std::string("cannot open: ") + std::strerror(errno), "check the path"));
   }
   struct stat info {};
   if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
@@ -31,7 +31,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     void* mapping = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (mapping == MAP_FAILED) {
       ::close(fd);
-      throw FileNotFoundError(describe_file_problem(path, std::string("cannot map: ") + std::strerror(errno)));
+      throw FileNotFoundError(
+          describe_file_problem(path, std::string("cannot map: ") + std::strerror(errno)));
     }
     data_ = static_cast<const uint8_t*>(mapping);
   }
@@ -41,7 +42,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
 MappedFile::~MappedFile() { release(); }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : path_(std::move(other.path_)), data_(std::exchange(other.data_, nullptr)),
+    : path_(std::move(other.path_)),
+      data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {

@@ -21,8 +21,13 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 ProgressBar::ProgressBar(std::string label, int64_t total, std::string unit, bool enabled)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(std::max<int64_t>(total, 0)), enabled_(enabled),
-      is_terminal_(::isatty(STDERR_FILENO) != 0), start_(std::chrono::steady_clock::now()), last_draw_(start_) {
+    : label_(std::move(label)),
+      unit_(std::move(unit)),
+      total_(std::max<int64_t>(total, 0)),
+      enabled_(enabled),
+      is_terminal_(::isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {
   if (enabled_ && is_terminal_) draw(false);
 }
 

@@ -126,11 +126,12 @@ TEST(Gguf, EveryTypeDequantisesBitIdenticallyToTheGgufPackage) {
     std::memcpy(theirs.data(), expected.data(*want), theirs.size() * sizeof(float));
     size_t at = 0;
     EXPECT_TRUE(bitwise_equal(ours.data(), theirs.data(), ours.size(), &at))
-        << ggml_type_name(tensor.type) << " differs at " << at << ": ours " << ours[at] << ", gguf " << theirs[at];
+        << ggml_type_name(tensor.type) << " differs at " << at << ": ours " << ours[at] << ", gguf "
+        << theirs[at];
     types_seen.insert(ggml_type_name(tensor.type));
   }
-  for (const char* type : {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-                           "Q5_K", "Q6_K", "F64", "I8", "I16", "I32", "I64"}) {
+  for (const char* type : {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K",
+                           "Q4_K", "Q5_K", "Q6_K", "F64", "I8", "I16", "I32", "I64"}) {
     EXPECT_EQ(types_seen.count(type), 1u) << "fixture lacks a " << type << " tensor";
   }
 }
@@ -155,7 +156,8 @@ TEST(Gguf, TypeNamesAndSizesMatchTheGgufPackage) {
   EXPECT_THROW(ggml_byte_size(static_cast<GgmlType>(999), 1), UnsupportedError);
   std::vector<float> out(256);
   const std::vector<uint8_t> block(256, 0);
-  EXPECT_THROW(dequantize_ggml(static_cast<GgmlType>(16), block.data(), 256, out.data()), UnsupportedError);  // IQ2_XXS
+  EXPECT_THROW(dequantize_ggml(static_cast<GgmlType>(16), block.data(), 256, out.data()),
+               UnsupportedError);  // IQ2_XXS
 }
 
 // The same checksum as make_gguf.py: sum of float32 bits * (i * K1 + K2), modulo 2^64.
@@ -164,7 +166,8 @@ uint64_t weighted_checksum(const std::vector<float>& values) {
   for (size_t i = 0; i < values.size(); ++i) {
     uint32_t bits;
     std::memcpy(&bits, &values[i], sizeof(bits));
-    total += static_cast<uint64_t>(bits) * (static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull);
+    total += static_cast<uint64_t>(bits) *
+             (static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull);
   }
   return total;
 }
@@ -229,9 +232,19 @@ struct Bytes {
   std::string data;
   Bytes& u32(uint32_t value) { return raw(&value, 4); }
   Bytes& u64(uint64_t value) { return raw(&value, 8); }
-  Bytes& text(const std::string& value) { u64(value.size()); data += value; return *this; }
-  Bytes& raw(const void* bytes, size_t count) { data.append(static_cast<const char*>(bytes), count); return *this; }
-  Bytes& pad_to(size_t alignment) { data.append((alignment - data.size() % alignment) % alignment, '\0'); return *this; }
+  Bytes& text(const std::string& value) {
+    u64(value.size());
+    data += value;
+    return *this;
+  }
+  Bytes& raw(const void* bytes, size_t count) {
+    data.append(static_cast<const char*>(bytes), count);
+    return *this;
+  }
+  Bytes& pad_to(size_t alignment) {
+    data.append((alignment - data.size() % alignment) % alignment, '\0');
+    return *this;
+  }
 };
 
 struct TensorSpec {
@@ -244,7 +257,8 @@ struct TensorSpec {
 // A GGUF file: header, one string metadata entry plus `extra_metadata` (already encoded, counted by
 // `extra_count`), the tensor table, padding to `alignment`, then `data_bytes` bytes of data.
 std::string make_gguf(const std::vector<TensorSpec>& tensors, size_t data_bytes, uint32_t version = 3,
-                      const std::string& extra_metadata = "", uint64_t extra_count = 0, size_t alignment = 32) {
+                      const std::string& extra_metadata = "", uint64_t extra_count = 0,
+                      size_t alignment = 32) {
   Bytes bytes;
   bytes.raw("GGUF", 4).u32(version).u64(tensors.size()).u64(1 + extra_count);
   bytes.text("general.architecture").u32(8).text("llama");
@@ -358,7 +372,9 @@ TEST(Gguf, TruncatedRealFileFailsCleanlyAtEveryStage) {
   expect_error(real.substr(0, real.size() - 1), "truncated?");
 }
 
-TEST(Gguf, MissingFileIsFileNotFound) { EXPECT_THROW(GgufFile("/nonexistent/model.gguf"), FileNotFoundError); }
+TEST(Gguf, MissingFileIsFileNotFound) {
+  EXPECT_THROW(GgufFile("/nonexistent/model.gguf"), FileNotFoundError);
+}
 
 // Random truncations and byte flips of a real file either open (and then dequantise without crashing) or
 // throw a cartridge::Error with a one-line message.
@@ -379,7 +395,8 @@ TEST(Gguf, FuzzedFilesNeverCrash) {
       for (int i = 0; i < flips; ++i) {
         // Mostly the header, metadata and tensor table, where the structure is.
         const size_t position = random() % (iteration % 3 ? data_offset : bytes.size());
-        bytes[position] = static_cast<char>(iteration % 2 ? random() : bytes[position] ^ (1 << (random() % 8)));
+        bytes[position] =
+            static_cast<char>(iteration % 2 ? random() : bytes[position] ^ (1 << (random() % 8)));
       }
     }
     const std::string path = folder.file("fuzz.gguf");

@@ -90,9 +90,10 @@ TEST(ModelFiles, ShardedWeightsInShardOrder) {
   write_bytes(folder.file("config.json"), "{}");
   write_bytes(folder.file("model-00002-of-00002.safetensors"), "b");
   write_bytes(folder.file("model-00001-of-00002.safetensors"), "a");
-  write_bytes(folder.file("model.safetensors.index.json"),
-              R"({"metadata": {"total_size": 2}, "weight_map": {"z.weight": "model-00001-of-00002.safetensors",)"
-              R"( "a.weight": "model-00002-of-00002.safetensors", "b.weight": "model-00001-of-00002.safetensors"}})");
+  write_bytes(
+      folder.file("model.safetensors.index.json"),
+      R"({"metadata": {"total_size": 2}, "weight_map": {"z.weight": "model-00001-of-00002.safetensors",)"
+      R"( "a.weight": "model-00002-of-00002.safetensors", "b.weight": "model-00001-of-00002.safetensors"}})");
   const ModelFiles files = resolve_model_files(folder.path());
   ASSERT_EQ(files.weight_paths.size(), 2u);
   EXPECT_EQ(files.weight_paths[0], folder.file("model-00001-of-00002.safetensors"));
@@ -119,9 +120,11 @@ TEST(ModelFiles, MissingShardAndBadIndex) {
   TemporaryFolder folder;
   write_bytes(folder.file("config.json"), "{}");
   write_bytes(folder.file("model-00001-of-00002.safetensors"), "a");
-  write_bytes(folder.file("model.safetensors.index.json"),
-              R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
-  expect_error<FormatError>(folder.path(), {"model.safetensors.index.json", "model-00002-of-00002.safetensors", "missing"});
+  write_bytes(
+      folder.file("model.safetensors.index.json"),
+      R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
+  expect_error<FormatError>(folder.path(),
+                            {"model.safetensors.index.json", "model-00002-of-00002.safetensors", "missing"});
   write_bytes(folder.file("model.safetensors.index.json"), "{not json");
   expect_error<FormatError>(folder.path(), {"model.safetensors.index.json", "not valid JSON"});
   write_bytes(folder.file("model.safetensors.index.json"), R"({"weight_map": {"a": "../../etc/passwd"}})");
@@ -175,11 +178,12 @@ TEST(ModelFiles, HubCacheEnvironmentPrecedence) {
   {
     ScopedEnvironment hub_cache("HF_HUB_CACHE", first.path());
     ScopedEnvironment hf_home("HF_HOME", second.path());
-    EXPECT_EQ(fs::path(resolve_model_files("org/name").folder), fs::path(first.file("models--org--name/snapshots/r1")));
+    EXPECT_EQ(fs::path(resolve_model_files("org/name").folder),
+              fs::path(first.file("models--org--name/snapshots/r1")));
   }
   {
     ScopedEnvironment hub_cache("HF_HUB_CACHE", std::nullopt);
-  ScopedEnvironment legacy_hub_cache("HUGGINGFACE_HUB_CACHE", std::nullopt);
+    ScopedEnvironment legacy_hub_cache("HUGGINGFACE_HUB_CACHE", std::nullopt);
     ScopedEnvironment hf_home("HF_HOME", std::nullopt);
     ScopedEnvironment xdg("XDG_CACHE_HOME", std::nullopt);
     ScopedEnvironment home("HOME", second.path() + "/home");
@@ -194,8 +198,9 @@ TEST(ModelFiles, MissingModelListsThePathsSearched) {
   ScopedEnvironment hub_cache("HF_HUB_CACHE", std::nullopt);
   ScopedEnvironment legacy_hub_cache("HUGGINGFACE_HUB_CACHE", std::nullopt);
   ScopedEnvironment hf_home("HF_HOME", home.path());
-  expect_error<FileNotFoundError>("someorg/missing-model",
-                                  {"someorg/missing-model", home.file("hub/models--someorg--missing-model"), "hf download"});
+  expect_error<FileNotFoundError>(
+      "someorg/missing-model",
+      {"someorg/missing-model", home.file("hub/models--someorg--missing-model"), "hf download"});
   // A repository folder with no snapshot.
   fs::create_directories(home.file("hub/models--someorg--empty/snapshots"));
   expect_error<FileNotFoundError>("someorg/empty", {home.file("hub/models--someorg--empty/snapshots")});

@@ -24,15 +24,17 @@ using testing::write_bytes;
 
 std::string decode_hex(const std::string& hex) {
   std::string bytes;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) bytes.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    bytes.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
   return bytes;
 }
 
 SafetensorsDType dtype_from_name(const std::string& name) {
-  for (auto dtype : {SafetensorsDType::BOOL, SafetensorsDType::U8, SafetensorsDType::I8, SafetensorsDType::I16,
-                     SafetensorsDType::U16, SafetensorsDType::F16, SafetensorsDType::BF16, SafetensorsDType::I32,
-                     SafetensorsDType::U32, SafetensorsDType::F32, SafetensorsDType::F64, SafetensorsDType::I64,
-                     SafetensorsDType::U64}) {
+  for (auto dtype :
+       {SafetensorsDType::BOOL, SafetensorsDType::U8, SafetensorsDType::I8, SafetensorsDType::I16,
+        SafetensorsDType::U16, SafetensorsDType::F16, SafetensorsDType::BF16, SafetensorsDType::I32,
+        SafetensorsDType::U32, SafetensorsDType::F32, SafetensorsDType::F64, SafetensorsDType::I64,
+        SafetensorsDType::U64}) {
     if (safetensors_dtype_name(dtype) == name) return dtype;
   }
   ADD_FAILURE() << "unknown dtype in manifest: " << name;
@@ -82,7 +84,8 @@ void expect_file_matches_manifest(const std::string& path, const ManifestCase& e
     EXPECT_EQ(info->shape, tensor.shape) << tensor.name;
     const std::string& bytes = expected.bytes.at(tensor.name);
     ASSERT_EQ(info->end - info->begin, bytes.size()) << tensor.name;
-    EXPECT_EQ(std::string(reinterpret_cast<const char*>(file.data(*info)), bytes.size()), bytes) << tensor.name;
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(file.data(*info)), bytes.size()), bytes)
+        << tensor.name;
     int64_t elements = 1;
     for (int64_t dim : tensor.shape) elements *= dim;
     EXPECT_EQ(info->element_count(), elements);
@@ -121,17 +124,22 @@ TEST(Safetensors, SeveralMetadataKeysMatchUpToKeyOrder) {
   ASSERT_EQ(ours.size(), theirs.size());
   EXPECT_EQ(ours.substr(0, 8), theirs.substr(0, 8));  // same header length
   uint64_t header_length = 0;
-  for (int i = 0; i < 8; ++i) header_length |= static_cast<uint64_t>(static_cast<uint8_t>(ours[i])) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    header_length |= static_cast<uint64_t>(static_cast<uint8_t>(ours[i])) << (8 * i);
   // Parsed into unordered maps, the two headers are equal; the data sections are byte-identical.
-  EXPECT_EQ(nlohmann::json::parse(ours.substr(8, header_length)), nlohmann::json::parse(theirs.substr(8, header_length)));
+  EXPECT_EQ(nlohmann::json::parse(ours.substr(8, header_length)),
+            nlohmann::json::parse(theirs.substr(8, header_length)));
   EXPECT_TRUE(ours.substr(8 + header_length) == theirs.substr(8 + header_length));
 }
 
 TEST(Safetensors, WriterRejectsDuplicateAndReservedNames) {
   const float value = 1.0f;
-  EXPECT_THROW(serialize_safetensors({{"a", SafetensorsDType::F32, {1}, &value}, {"a", SafetensorsDType::F32, {1}, &value}}, {}),
+  EXPECT_THROW(
+      serialize_safetensors(
+          {{"a", SafetensorsDType::F32, {1}, &value}, {"a", SafetensorsDType::F32, {1}, &value}}, {}),
+      InvalidArgumentError);
+  EXPECT_THROW(serialize_safetensors({{"__metadata__", SafetensorsDType::F32, {1}, &value}}, {}),
                InvalidArgumentError);
-  EXPECT_THROW(serialize_safetensors({{"__metadata__", SafetensorsDType::F32, {1}, &value}}, {}), InvalidArgumentError);
   EXPECT_THROW(serialize_safetensors({{"a", SafetensorsDType::F32, {-1}, &value}}, {}), InvalidArgumentError);
 }
 
@@ -205,8 +213,9 @@ TEST(Safetensors, DamagedFilesGiveOneLineErrorsNamingTheFile) {
                                        R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
                                        12),
                       "overlapping data_offsets");
-  expect_format_error(file_with_header(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
-                      "overflows 64 bits");
+  expect_format_error(
+      file_with_header(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}})", 8),
+      "overflows 64 bits");
   expect_format_error(file_with_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8),
                       "not a non-negative integer");
   expect_format_error(file_with_header(R"({"a":{"dtype":"F32","shape":[2]}})", 8), "lacks one of");

@@ -127,8 +127,8 @@ TEST_F(KvCacheTest, EmptyCacheAndBytesPerToken) {
   EXPECT_EQ(cache.batch_size(), 4);
   EXPECT_EQ(cache.length(), 0);
   EXPECT_EQ(cache.num_layers(), model_->config().num_layers);
-  EXPECT_EQ(cache.keys[0].sizes(), at::IntArrayRef({4, model_->config().num_key_value_heads, 0,
-                                                    model_->config().head_dim}));
+  EXPECT_EQ(cache.keys[0].sizes(),
+            at::IntArrayRef({4, model_->config().num_key_value_heads, 0, model_->config().head_dim}));
   EXPECT_TRUE(cache.next_positions.equal(at::zeros({4}, at::kLong)));
 }
 

@@ -38,7 +38,8 @@ void expect_one_line_error(F action, const std::vector<std::string>& needles) {
 }
 
 fs::path temporary_folder(const std::string& name) {
-  const fs::path folder = fs::temp_directory_path() / ("cartridge_model_test_" + name + "_" + std::to_string(::getpid()));
+  const fs::path folder =
+      fs::temp_directory_path() / ("cartridge_model_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(folder);
   fs::create_directories(folder);
   return folder;
@@ -71,7 +72,8 @@ TEST(ModelErrors, MalformedConfigJson) {
   const fs::path folder = temporary_folder("json");
   const fs::path config = folder / "config.json";
   std::ofstream(config) << R"({"model_type": "llama", "hidden_size": 64,)";
-  expect_one_line_error<FormatError>([&] { ModelConfig::from_hf_config_json(config.string()); }, {config.string()});
+  expect_one_line_error<FormatError>([&] { ModelConfig::from_hf_config_json(config.string()); },
+                                     {config.string()});
   std::ofstream(config) << R"({"model_type": "llama", "hidden_size": "big", "intermediate_size": 96,
     "num_hidden_layers": 2, "num_attention_heads": 4})";
   expect_one_line_error<FormatError>([&] { ModelConfig::from_hf_config_json(config.string()); },
@@ -97,17 +99,20 @@ TEST(ModelErrors, MissingTensorNamesCheckpointAndTensor) {
 
 TEST(ModelErrors, WrongTensorShapeNamesFileTensorAndShapes) {
   const std::string folder = fixture_path("model/broken_wrong_shape");
-  expect_one_line_error<FormatError>([&] { Model::load(testing::hf_model_files(folder), quiet()); },
-                                     {"model.safetensors", "model.layers.0.self_attn.k_proj.weight", "[30, 64]",
-                                      "[32, 64]"});
+  expect_one_line_error<FormatError>(
+      [&] { Model::load(testing::hf_model_files(folder), quiet()); },
+      {"model.safetensors", "model.layers.0.self_attn.k_proj.weight", "[30, 64]", "[32, 64]"});
 }
 
 TEST(ModelErrors, TokenIdOutsideVocabulary) {
   const auto model = Model::load(testing::hf_model_files(fixture_path("model/qwen3")), quiet());
   KvCache cache = model->new_cache(1);
-  const at::Tensor ids = at::tensor(std::vector<int64_t>{3, model->config().vocab_size}, at::kLong).view({1, 2});
+  const at::Tensor ids =
+      at::tensor(std::vector<int64_t>{3, model->config().vocab_size}, at::kLong).view({1, 2});
   expect_one_line_error<InvalidArgumentError>(
-      [&] { model->forward(ids, at::ones({1, 2}, at::kBool), cache); },
+      [&] {
+        model->forward(ids, at::ones({1, 2}, at::kBool), cache);
+      },
       {std::to_string(model->config().vocab_size), "vocabulary"});
   // Padding ids are never looked up, whatever they are.
   const at::Tensor padded = at::tensor(std::vector<int64_t>{-1, 5}, at::kLong).view({1, 2});

@@ -56,7 +56,8 @@ TEST_P(ModelParityTest, ReadsEveryWeightFileTransformersWrote) {
   std::ifstream stream(fixture_path("model/models.json"));
   const nlohmann::json written = nlohmann::json::parse(stream).at(GetParam()).at("weight_files");
   std::vector<std::string> read;
-  for (const std::string& path : files_.weight_paths) read.push_back(std::filesystem::path(path).filename().string());
+  for (const std::string& path : files_.weight_paths)
+    read.push_back(std::filesystem::path(path).filename().string());
   std::sort(read.begin(), read.end());
   EXPECT_EQ(read, written.get<std::vector<std::string>>());
 }
@@ -98,7 +99,8 @@ TEST_P(ModelParityTest, PaddedBatchLogitsAndCacheMatchTransformers) {
   KvCache cache = model_->new_cache(3);
   const at::Tensor logits = model_->forward(t("padded_ids"), mask, cache);  // [3, 7, V]
   const at::Tensor real = mask.unsqueeze(-1).expand_as(logits);
-  EXPECT_LE(max_abs_diff(logits.masked_select(real), t("padded_logits").masked_select(real)), kFloatTolerance);
+  EXPECT_LE(max_abs_diff(logits.masked_select(real), t("padded_logits").masked_select(real)),
+            kFloatTolerance);
 
   // Exactly what transformers caches (post-RoPE keys, plain values), at every real slot.
   ASSERT_EQ(cache.length(), 7);
@@ -109,8 +111,9 @@ TEST_P(ModelParityTest, PaddedBatchLogitsAndCacheMatchTransformers) {
   const at::Tensor slots = mask.view({3, 1, 7, 1});
   for (int64_t layer = 0; layer < model_->config().num_layers; ++layer) {
     const at::Tensor real_slots = slots.expand_as(keys[layer]);
-    EXPECT_LE(max_abs_diff(cache.keys[layer].masked_select(real_slots), keys[layer].masked_select(real_slots)),
-              kFloatTolerance)
+    EXPECT_LE(
+        max_abs_diff(cache.keys[layer].masked_select(real_slots), keys[layer].masked_select(real_slots)),
+        kFloatTolerance)
         << "keys of layer " << layer;
     EXPECT_LE(
         max_abs_diff(cache.values[layer].masked_select(real_slots), values[layer].masked_select(real_slots)),
@@ -142,13 +145,15 @@ TEST_P(ModelParityTest, KvPrefixLogitsAndGradientMatchTransformers) {
   const at::Tensor& mask = t("prefix_mask");  // [2, 6]
   std::vector<at::Tensor> keys, values;
   for (const at::Tensor& tensor : layers("prefix_keys")) keys.push_back(tensor.clone().requires_grad_(true));
-  for (const at::Tensor& tensor : layers("prefix_values")) values.push_back(tensor.clone().requires_grad_(true));
+  for (const at::Tensor& tensor : layers("prefix_values"))
+    values.push_back(tensor.clone().requires_grad_(true));
   c10::AutoGradMode grad(true);
   KvCache cache = KvCache::with_prefix(keys, values, t("prefix_lengths"), 2);
   EXPECT_TRUE(cache.next_positions.equal(t("prefix_lengths")));
   const at::Tensor logits = model_->forward(t("prefix_ids"), mask, cache);  // [2, 6, V]
   const at::Tensor real = mask.unsqueeze(-1).expand_as(logits);
-  EXPECT_LE(max_abs_diff(logits.masked_select(real), t("prefix_logits").masked_select(real)), kFloatTolerance);
+  EXPECT_LE(max_abs_diff(logits.masked_select(real), t("prefix_logits").masked_select(real)),
+            kFloatTolerance);
 
   // The prefix is trained through the frozen model: the gradient must reach it, equal to PyTorch's.
   const at::Tensor loss = (logits * t("prefix_loss_weights")).sum();
@@ -178,8 +183,8 @@ void run_decode(const Model& model, const std::map<std::string, at::Tensor>& cas
   at::Tensor logits = model.forward(get(cases, "decode_ids"), get(cases, "decode_mask"), cache, last_only);
   EXPECT_LE(max_abs_diff(logits.squeeze(1), get(cases, "decode_prefill_logits")), kFloatTolerance);
   if (reserve) cache.reserve(32);
-  const at::Tensor& tokens = get(cases, "decode_tokens");         // [20, 2]
-  const at::Tensor& step_logits = get(cases, "decode_logits");    // [20, 2, V]
+  const at::Tensor& tokens = get(cases, "decode_tokens");       // [20, 2]
+  const at::Tensor& step_logits = get(cases, "decode_logits");  // [20, 2, V]
   const at::Tensor all_real = at::ones({2, 1}, at::kBool);
   for (int64_t step = 0; step < tokens.size(0); ++step) {
     // Greedy: our argmax picks the token transformers picked.
@@ -234,7 +239,8 @@ TEST_P(ModelParityTest, CudaPaddedBatchMatchesTransformers) {
   const auto cuda_model = Model::load(files_, options);
   const at::Tensor mask = t("padded_mask").to(options.device);  // [3, 7]
   KvCache cache = cuda_model->new_cache(3);
-  const at::Tensor logits = cuda_model->forward(t("padded_ids").to(options.device), mask, cache).cpu();  // [3, 7, V]
+  const at::Tensor logits =
+      cuda_model->forward(t("padded_ids").to(options.device), mask, cache).cpu();  // [3, 7, V]
   const at::Tensor real = t("padded_mask").unsqueeze(-1).expand_as(logits);
   const double difference = max_abs_diff(logits.masked_select(real), t("padded_logits").masked_select(real));
   std::cout << "[cuda] " << GetParam() << ": max |ours on CUDA - transformers fp32| = " << difference << "\n";
@@ -243,8 +249,8 @@ TEST_P(ModelParityTest, CudaPaddedBatchMatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, ModelParityTest,
-                         ::testing::Values("llama_tied", "llama3_rope", "mistral", "qwen2", "qwen2_untied", "qwen3",
-                                           "qwen3_tied"),
+                         ::testing::Values("llama_tied", "llama3_rope", "mistral", "qwen2", "qwen2_untied",
+                                           "qwen3", "qwen3_tied"),
                          [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
 
 }  // namespace

@@ -33,7 +33,8 @@ inline std::map<std::string, at::Tensor> read_tensors(const std::string& path) {
       default: ADD_FAILURE() << "unexpected dtype in " << path << ": " << info.name; continue;
     }
     tensors[info.name] =
-        at::from_blob(const_cast<uint8_t*>(file.data(info)), info.shape, at::TensorOptions().dtype(dtype)).clone();
+        at::from_blob(const_cast<uint8_t*>(file.data(info)), info.shape, at::TensorOptions().dtype(dtype))
+            .clone();
   }
   return tensors;
 }

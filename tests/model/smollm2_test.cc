@@ -76,8 +76,8 @@ TEST_F(SmolLM2Test, PromptLogitsAndGreedyContinuationsMatchTransformers) {
               kLogitTolerance);
 
     // Greedy loop: argmax over our own logits, our own cache.
-    const at::Tensor& greedy = t("greedy_" + index);              // [32]
-    const at::Tensor& top_ids = t("greedy_top_ids_" + index);     // [32, 8]
+    const at::Tensor& greedy = t("greedy_" + index);           // [32]
+    const at::Tensor& top_ids = t("greedy_top_ids_" + index);  // [32, 8]
     const at::Tensor& top_logits = t("greedy_top_logits_" + index);
     at::Tensor last = logits[0][ids.size(1) - 1];  // [V]
     ForwardOptions last_only;
@@ -99,7 +99,8 @@ TEST_F(SmolLM2Test, PromptLogitsAndGreedyContinuationsMatchTransformers) {
 TEST_F(SmolLM2Test, LeftPaddedBatchMatchesSinglePrompts) {
   c10::InferenceMode inference;
   int64_t longest = 0;
-  for (int prompt = 0; prompt < kPrompts; ++prompt) longest = std::max(longest, t("prompt_" + std::to_string(prompt)).size(0));
+  for (int prompt = 0; prompt < kPrompts; ++prompt)
+    longest = std::max(longest, t("prompt_" + std::to_string(prompt)).size(0));
   at::Tensor ids = at::zeros({kPrompts, longest}, at::kLong);
   at::Tensor mask = at::zeros({kPrompts, longest}, at::kBool);
   for (int prompt = 0; prompt < kPrompts; ++prompt) {
@@ -116,12 +117,14 @@ TEST_F(SmolLM2Test, LeftPaddedBatchMatchesSinglePrompts) {
     for (int prompt = 0; prompt < kPrompts; ++prompt) {
       const std::string index = std::to_string(prompt);
       const at::Tensor& top_ids = t("greedy_top_ids_" + index);
-      EXPECT_LE(max_abs_diff(logits[prompt][0].index_select(0, top_ids[step]), t("greedy_top_logits_" + index)[step]),
+      EXPECT_LE(max_abs_diff(logits[prompt][0].index_select(0, top_ids[step]),
+                             t("greedy_top_logits_" + index)[step]),
                 kLogitTolerance)
           << "prompt " << prompt << " step " << step;
     }
     at::Tensor next = at::empty({kPrompts, 1}, at::kLong);
-    for (int prompt = 0; prompt < kPrompts; ++prompt) next[prompt][0] = t("greedy_" + std::to_string(prompt))[step];
+    for (int prompt = 0; prompt < kPrompts; ++prompt)
+      next[prompt][0] = t("greedy_" + std::to_string(prompt))[step];
     logits = model().forward(next, at::ones({kPrompts, 1}, at::kBool), cache, last_only);
   }
 }

@@ -18,8 +18,9 @@ using testing::fixture_path;
 class ChunkerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::from_tokenizer_json(
-        fixture_path("synthesis/tiny_llama/tokenizer.json"), fixture_path("synthesis/tiny_llama/tokenizer_config.json")));
+    tokenizer_ = std::make_unique<Tokenizer>(
+        Tokenizer::from_tokenizer_json(fixture_path("synthesis/tiny_llama/tokenizer.json"),
+                                       fixture_path("synthesis/tiny_llama/tokenizer_config.json")));
     corpus_ids_ = tokenizer_->encode(read_text_file(fixture_path("synthesis/corpus.txt")), false);
     ASSERT_GT(corpus_ids_.size(), 1000u);
   }
@@ -81,7 +82,8 @@ TEST_F(ChunkerTest, UniformStartSeesTheEndsLessEvenCoverageSeesEveryTokenAlike) 
     return static_cast<double>(counts[token]) / static_cast<double>(counts[middle]);
   };
   // Uniform start: token 5 is in about 6 / (N - L + 1) of the chunks, the middle in L / (N - L + 1).
-  const std::vector<int64_t> uniform_start = coverage(Chunker(*tokenizer_, corpus_ids_, options, 100000), 20000);
+  const std::vector<int64_t> uniform_start =
+      coverage(Chunker(*tokenizer_, corpus_ids_, options, 100000), 20000);
   EXPECT_LT(ratio(uniform_start, 5), 0.2);
   EXPECT_LT(ratio(uniform_start, corpus - 6), 0.2);
   // Even coverage: (L + x) / L of the middle for x tokens from an end (x = 5: about 1.03), sampling noise

@@ -23,9 +23,8 @@ namespace fs = std::filesystem;
 class DatasetTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    folder_ = fs::temp_directory_path() /
-              ("cartridge_dataset_test_" + std::to_string(::getpid()) + "_" +
-               ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    folder_ = fs::temp_directory_path() / ("cartridge_dataset_test_" + std::to_string(::getpid()) + "_" +
+                                           ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(folder_);
     fs::create_directories(folder_);
     path_ = (folder_ / "dataset.jsonl").string();
@@ -44,7 +43,9 @@ DatasetHeader make_header(int64_t top_k = 3) {
   header.corpus_tokens = 1234;
   header.seed = 18446744073709551615ull;  // the largest seed must survive the round trip
   header.top_k = top_k;
-  header.settings = {{"min_chunk_tokens", 512}, {"max_chunk_tokens", 4096}, {"question_temperature", 0.6},
+  header.settings = {{"min_chunk_tokens", 512},
+                     {"max_chunk_tokens", 4096},
+                     {"question_temperature", 0.6},
                      {"description", "A \"quoted\" description, é"}};
   return header;
 }
@@ -69,7 +70,7 @@ Conversation make_conversation(int64_t index, int64_t top_k, std::mt19937& rando
     std::vector<float> values;
     for (int64_t k = 0; k < top_k; ++k) values.push_back(-uniform(random));
     if (row == 0) values[0] = 0.0f;
-    if (row == 1) values[0] = -1e-30f;                       // subnormal-adjacent tiny value
+    if (row == 1) values[0] = -1e-30f;  // subnormal-adjacent tiny value
     if (row == 2) values[top_k - 1] = -std::numeric_limits<float>::max();
     std::sort(values.begin(), values.end(), std::greater<float>());
     for (int64_t k = 0; k < top_k; ++k) {
@@ -247,7 +248,8 @@ TEST_F(DatasetTest, UnknownVersionOrFormatIsRefused) {
     read_dataset(path_);
     FAIL() << "version 3 was accepted";
   } catch (const UnsupportedError& error) {
-    EXPECT_NE(std::string(error.what()).find("version 3 is not supported"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("version 3 is not supported"), std::string::npos)
+        << error.what();
   }
   fs::remove(path_);
   header["version"] = 1;
@@ -276,7 +278,8 @@ TEST_F(DatasetTest, VersionOneFilesReadAsAnswerTargetsOnly) {
     DatasetWriter writer(path_, make_header());
     ADD_FAILURE() << "a version 1 file was continued as version 2";
   } catch (const MismatchError& error) {
-    EXPECT_NE(std::string(error.what()).find("version 1 in the file vs 2 now"), std::string::npos) << error.what();
+    EXPECT_NE(std::string(error.what()).find("version 1 in the file vs 2 now"), std::string::npos)
+        << error.what();
   }
 }
 
@@ -289,9 +292,10 @@ TEST_F(DatasetTest, AnswerTargetsOnlyDropsTheQuestionRows) {
   EXPECT_EQ(answer_only.answer_start, conversation.answer_start);
   EXPECT_EQ(answer_only.input_ids, conversation.input_ids);
   EXPECT_EQ(answer_only.num_targets(), conversation.num_targets() - 2);
-  EXPECT_EQ(answer_only.target_ids, std::vector<int32_t>(conversation.target_ids.begin() + 2 * 3, conversation.target_ids.end()));
-  EXPECT_EQ(answer_only.target_logprobs,
-            std::vector<float>(conversation.target_logprobs.begin() + 2 * 3, conversation.target_logprobs.end()));
+  EXPECT_EQ(answer_only.target_ids,
+            std::vector<int32_t>(conversation.target_ids.begin() + 2 * 3, conversation.target_ids.end()));
+  EXPECT_EQ(answer_only.target_logprobs, std::vector<float>(conversation.target_logprobs.begin() + 2 * 3,
+                                                            conversation.target_logprobs.end()));
 }
 
 TEST_F(DatasetTest, DamagedLinesAreReportedWithTheirLineNumber) {
@@ -325,7 +329,8 @@ TEST_F(DatasetTest, DamagedLinesAreReportedWithTheirLineNumber) {
       read_dataset(path_);
       ADD_FAILURE() << test_case.name << ": accepted";
     } catch (const FormatError& error) {
-      EXPECT_NE(std::string(error.what()).find("line 2"), std::string::npos) << test_case.name << ": " << error.what();
+      EXPECT_NE(std::string(error.what()).find("line 2"), std::string::npos)
+          << test_case.name << ": " << error.what();
     }
   }
   fs::remove(path_);

@@ -44,7 +44,8 @@ TEST(Evaluation, AnswerNllEqualsTransformersForEveryCondition) {
   EvaluationOptions options;
   options.show_progress = false;
   options.max_batch_tokens = 50;  // several passes
-  const std::vector<ConditionScore> scores = evaluate_conditions(model, questions, {}, 20, conditions, options);
+  const std::vector<ConditionScore> scores =
+      evaluate_conditions(model, questions, {}, 20, conditions, options);
   ASSERT_EQ(scores.size(), 3u);
   const nlohmann::json expected =
       nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")))["eval"];
@@ -93,7 +94,8 @@ TEST(Evaluation, HeldoutKlEqualsTheTrainersAndPeft) {
       model, {}, heldout, dataset.header.top_k,
       {{"init", ContextKind::kCartridge, cartridge.kv_prefix_for(*model.model), ""}}, options);
   ASSERT_EQ(scores.size(), 1u);
-  const nlohmann::json expected = nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")));
+  const nlohmann::json expected =
+      nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")));
   EXPECT_NEAR(scores[0].heldout_kl, expected["kl_initial"].get<double>(), 1e-5);
   EXPECT_TRUE(std::isnan(scores[0].answer_nll));
 }
@@ -106,7 +108,8 @@ TEST(Evaluation, ValidationQuestionsDuringTrainingKeepTheBestAdapter) {
   const std::vector<QuestionAnswer> questions = read_question_answers(fixture_path("selfstudy/qa.jsonl"));
   const Dataset dataset = read_dataset(fixture_path("selfstudy/dataset.jsonl"));
   const Cartridge initial = load_adapter(fixture_path("selfstudy/init_adapter")).cartridge;
-  const fs::path out = fs::temp_directory_path() / ("cartridge_validation_test_" + std::to_string(::getpid()));
+  const fs::path out =
+      fs::temp_directory_path() / ("cartridge_validation_test_" + std::to_string(::getpid()));
   fs::remove_all(out);
   TrainingOptions options;
   options.output_dir = out.string();
@@ -124,8 +127,9 @@ TEST(Evaluation, ValidationQuestionsDuringTrainingKeepTheBestAdapter) {
   const TrainingResult result = train_cartridge(model.model, initial, dataset, options);
 
   ASSERT_EQ(result.evaluations.size(), 17u);  // steps 0..16
-  const std::vector<double> reference = nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")))
-                                            ["eval"]["cartridge"].get<std::vector<double>>();
+  const std::vector<double> reference =
+      nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")))["eval"]["cartridge"]
+          .get<std::vector<double>>();
   double reference_mean = 0;
   for (const double value : reference) reference_mean += value / static_cast<double>(reference.size());
   EXPECT_NEAR(result.evaluations[0].validation_answer_nll, reference_mean, 1e-4);
@@ -149,15 +153,18 @@ TEST(Evaluation, ValidationQuestionsDuringTrainingKeepTheBestAdapter) {
         evaluation);
     EXPECT_NEAR(entry.validation_answer_nll, scores[0].answer_nll, 1e-5) << "step " << entry.step;
   }
-  EXPECT_GT(lowest_step, 0) << "training never beat the initialisation: the test does not exercise early stopping";
+  EXPECT_GT(lowest_step, 0)
+      << "training never beat the initialisation: the test does not exercise early stopping";
   EXPECT_LT(lowest_step, 16) << "the last step was the best: the test does not exercise early stopping";
   EXPECT_EQ(result.best_step, lowest_step);
   EXPECT_EQ(result.best_validation_answer_nll, lowest);
-  const nlohmann::json best = nlohmann::json::parse(read_text_file(out.string() + "/best/best_validation.json"));
+  const nlohmann::json best =
+      nlohmann::json::parse(read_text_file(out.string() + "/best/best_validation.json"));
   EXPECT_EQ(best["step"].get<int64_t>(), lowest_step);
   EXPECT_EQ(best["validation_answer_nll"].get<double>(), lowest);
   EXPECT_EQ(read_text_file(out.string() + "/best/adapter_model.safetensors"),
-            read_text_file(out.string() + "/checkpoint-" + std::to_string(lowest_step) + "/adapter_model.safetensors"));
+            read_text_file(out.string() + "/checkpoint-" + std::to_string(lowest_step) +
+                           "/adapter_model.safetensors"));
   // The final adapter is the last step's, as without validation questions.
   EXPECT_EQ(read_text_file(out.string() + "/adapter_model.safetensors"),
             read_text_file(out.string() + "/checkpoint-16/adapter_model.safetensors"));
@@ -179,9 +186,8 @@ TEST(Evaluation, SkipsAContextBeyondTheModel) {
   for (int i = 0; i < 400; ++i) long_corpus += "The lighthouse of Varnholm stands on a granite spit. ";
   EvaluationOptions options;
   options.show_progress = false;
-  const std::vector<ConditionScore> scores =
-      evaluate_conditions(model, {{"q?", "a."}}, {}, 20, {{"ICL", ContextKind::kInContext, nullptr, long_corpus}},
-                          options);
+  const std::vector<ConditionScore> scores = evaluate_conditions(
+      model, {{"q?", "a."}}, {}, 20, {{"ICL", ContextKind::kInContext, nullptr, long_corpus}}, options);
   ASSERT_EQ(scores.size(), 1u);
   EXPECT_NE(scores[0].skipped.find("context"), std::string::npos) << scores[0].skipped;
 }

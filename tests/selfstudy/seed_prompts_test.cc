@@ -11,7 +11,8 @@ namespace cartridge {
 namespace {
 
 TEST(SeedPromptsTest, FiveTypesDrawnUniformly) {
-  const std::vector<std::string> expected = {"structuring", "summarization", "question", "use_cases", "creative"};
+  const std::vector<std::string> expected = {"structuring", "summarization", "question", "use_cases",
+                                             "creative"};
   EXPECT_EQ(seed_prompt_types(), expected);
   std::map<std::string, int> counts;
   std::map<std::string, int> formats;

@@ -157,27 +157,31 @@ TEST_F(SynthesizerTest, RecordedTopKEqualsAFullForwardOfTheTeacherSequence) {
   for (const Conversation& conversation : dataset.conversations) {
     SCOPED_TRACE("conversation " + std::to_string(conversation.index));
     // Rebuild the teacher's sequence from the file alone: chunk -> system message -> [system, user] + answer.
-    const std::vector<int32_t> chunk_ids(corpus_ids.begin() + conversation.chunk_start,
-                                         corpus_ids.begin() + conversation.chunk_start + conversation.chunk_tokens);
+    const std::vector<int32_t> chunk_ids(
+        corpus_ids.begin() + conversation.chunk_start,
+        corpus_ids.begin() + conversation.chunk_start + conversation.chunk_tokens);
     const std::string system = synthesis_system_message(options, model_->tokenizer->decode(chunk_ids));
-    std::vector<int32_t> teacher = model_->encode_chat({{"system", system}, {"user", conversation.question}}, true);
+    std::vector<int32_t> teacher =
+        model_->encode_chat({{"system", system}, {"user", conversation.question}}, true);
     teacher.insert(teacher.end(), conversation.input_ids.begin() + conversation.answer_start,
                    conversation.input_ids.end());
     // The student's tokens from the one before target_start on are the teacher's last ones (the user turn
     // and the answer), so each target's preceding token is the same in both sequences.
-    const int64_t offset = static_cast<int64_t>(teacher.size()) - static_cast<int64_t>(conversation.input_ids.size());
+    const int64_t offset =
+        static_cast<int64_t>(teacher.size()) - static_cast<int64_t>(conversation.input_ids.size());
     ASSERT_GT(conversation.num_question_targets(), 0);
-    ASSERT_TRUE(std::equal(conversation.input_ids.begin() + conversation.target_start - 1, conversation.input_ids.end(),
+    ASSERT_TRUE(std::equal(conversation.input_ids.begin() + conversation.target_start - 1,
+                           conversation.input_ids.end(),
                            teacher.begin() + conversation.target_start - 1 + offset));
     const int64_t length = static_cast<int64_t>(teacher.size());
     std::vector<int64_t> ids(teacher.begin(), teacher.end());
     KvCache cache = model.new_cache(1);
     const at::Tensor logits = model.forward(at::tensor(ids, at::kLong).view({1, length}),
                                             at::ones({1, length}, at::kBool), cache);  // [1, T, V]
-    const at::Tensor log_probs = logits[0].log_softmax(-1);                                // [T, V]
+    const at::Tensor log_probs = logits[0].log_softmax(-1);                            // [T, V]
     for (int64_t j = 0; j < conversation.num_targets(); ++j) {
       const at::Tensor expected = log_probs[offset + conversation.target_start + j - 1];  // [V]
-      const at::Tensor top = std::get<0>(expected.topk(20));        // [20]
+      const at::Tensor top = std::get<0>(expected.topk(20));                              // [20]
       for (int64_t k = 0; k < 20; ++k) {
         const int32_t id = conversation.target_ids[j * 20 + k];
         const float recorded = conversation.target_logprobs[j * 20 + k];
@@ -305,7 +309,8 @@ TEST_F(SynthesizerTest, DecodeBatchWithSharedPrefixEqualsFullPrompts) {
   rows[1].sampling_seed = 99;
   const std::vector<int32_t> stop_ids = end_of_turn_ids(*model_->tokenizer);
   BatchDecodeCounts full_counts, shared_counts;
-  const std::vector<BatchDecodeOutput> full = decode_batch(model, rows, stop_ids, 20, nullptr, 0, &full_counts);
+  const std::vector<BatchDecodeOutput> full =
+      decode_batch(model, rows, stop_ids, 20, nullptr, 0, &full_counts);
   KvCache shared_cache = model.new_cache(1);
   {
     c10::InferenceMode inference_mode;
@@ -351,10 +356,12 @@ TEST_F(SynthesizerTest, DecodeBatchStopsAtTheFirstStopTokenAndKeepsIt) {
     const std::vector<int32_t>& all = free_run[row].token_ids;
     const auto first_stop = std::find(all.begin(), all.end(), stop);
     const size_t expected_length = first_stop == all.end() ? all.size() : (first_stop - all.begin()) + 1;
-    ASSERT_EQ(stopped[row].token_ids, std::vector<int32_t>(all.begin(), all.begin() + expected_length)) << row;
+    ASSERT_EQ(stopped[row].token_ids, std::vector<int32_t>(all.begin(), all.begin() + expected_length))
+        << row;
     EXPECT_EQ(stopped[row].stopped, first_stop != all.end());
     ASSERT_EQ(stopped[row].top_ids.size(), expected_length * 5);
-    EXPECT_TRUE(std::equal(stopped[row].top_ids.begin(), stopped[row].top_ids.end(), free_run[row].top_ids.begin()));
+    EXPECT_TRUE(
+        std::equal(stopped[row].top_ids.begin(), stopped[row].top_ids.end(), free_run[row].top_ids.begin()));
   }
   EXPECT_TRUE(stopped[0].stopped);
 }

@@ -37,10 +37,13 @@ at::Tensor read_tensor(const std::string& path, const std::string& name) {
     return {};
   }
   const at::ScalarType dtype = info->dtype == SafetensorsDType::F64 ? at::kDouble : at::kFloat;
-  return at::from_blob(const_cast<uint8_t*>(file.data(*info)), info->shape, at::TensorOptions().dtype(dtype)).clone();
+  return at::from_blob(const_cast<uint8_t*>(file.data(*info)), info->shape, at::TensorOptions().dtype(dtype))
+      .clone();
 }
 
-nlohmann::json expected_json() { return nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json"))); }
+nlohmann::json expected_json() {
+  return nlohmann::json::parse(read_text_file(fixture_path("selfstudy/expected.json")));
+}
 
 std::shared_ptr<const Model> tiny_model(at::ScalarType dtype = at::kFloat) {
   LoadOptions options;
@@ -49,7 +52,9 @@ std::shared_ptr<const Model> tiny_model(at::ScalarType dtype = at::kFloat) {
   return Model::load(resolve_model_files(fixture_path("selfstudy/model")), options);
 }
 
-Cartridge initial_cartridge_fixture() { return load_adapter(fixture_path("selfstudy/init_adapter")).cartridge; }
+Cartridge initial_cartridge_fixture() {
+  return load_adapter(fixture_path("selfstudy/init_adapter")).cartridge;
+}
 
 std::vector<const Conversation*> all_of(const Dataset& dataset) {
   std::vector<const Conversation*> pointers;
@@ -85,8 +90,8 @@ TEST_F(TrainerTest, StepOneLossAndGradientEqualPeft) {
   const Cartridge cartridge = initial_cartridge_fixture();
   const at::Tensor frozen = cartridge.frozen_embedding().clone();
   const at::Tensor trainable = cartridge.trainable_embedding().clone().set_requires_grad(true);
-  const KvPrefix prefix =
-      kv_prefix_from_prompt_embeddings(at::cat({frozen, trainable}, 0), model->config(), at::kFloat, at::kCPU);
+  const KvPrefix prefix = kv_prefix_from_prompt_embeddings(at::cat({frozen, trainable}, 0), model->config(),
+                                                           at::kFloat, at::kCPU);
   const StudentBatch batch = make_student_batch(all_of(dataset), dataset.header.top_k, at::kCPU);
   const BatchScores scores = score_student_batch(*model, &prefix, batch, /*with_kl=*/false);
   const at::Tensor loss = scores.cross_entropy_sum / static_cast<double>(scores.positions);
@@ -110,7 +115,8 @@ TEST_F(TrainerTest, TwentyAdamStepsTrackPeft) {
   const nlohmann::json expected = expected_json();
   TrainingOptions training = options("adam");
   training.steps = expected["adam_steps"].get<int64_t>();
-  training.batch_size = static_cast<int64_t>(dataset.conversations.size());  // every step sees the whole dataset
+  training.batch_size =
+      static_cast<int64_t>(dataset.conversations.size());  // every step sees the whole dataset
   training.eval_fraction = 0;
   training.learning_rate = expected["learning_rate"].get<double>();
   const TrainingResult result = train_cartridge(model, initial_cartridge_fixture(), dataset, training);
@@ -125,10 +131,12 @@ TEST_F(TrainerTest, TwentyAdamStepsTrackPeft) {
 
   // The written adapter (the output folder itself) holds the final parameters, close to PEFT's.
   const LoadedAdapter written = load_adapter(training.output_dir);
-  const at::Tensor final_reference = read_tensor(fixture_path("selfstudy/expected.safetensors"), "final_prompt_embeddings");
+  const at::Tensor final_reference =
+      read_tensor(fixture_path("selfstudy/expected.safetensors"), "final_prompt_embeddings");
   EXPECT_LE((written.cartridge.prompt_embeddings() - final_reference).abs().max().item<double>(), 1e-3);
   // The frozen row never moved.
-  EXPECT_TRUE(at::equal(written.cartridge.frozen_embedding(), initial_cartridge_fixture().frozen_embedding()));
+  EXPECT_TRUE(
+      at::equal(written.cartridge.frozen_embedding(), initial_cartridge_fixture().frozen_embedding()));
   EXPECT_TRUE(fs::exists(fs::path(training.output_dir) / "checkpoint-20" / "trainer_state.json"));
   EXPECT_TRUE(fs::exists(fs::path(training.output_dir) / "loss.csv"));
   EXPECT_TRUE(fs::exists(fs::path(training.output_dir) / "loss.svg"));
@@ -176,8 +184,9 @@ TEST_F(TrainerTest, ResumeContinuesExactly) {
   // Every evaluation of the uninterrupted run is in the resumed one with the same value (the shorter run
   // also evaluated at its own last step, 3).
   for (const EvaluationEntry& evaluation : uninterrupted.evaluations) {
-    const auto same_step = std::find_if(continued.evaluations.begin(), continued.evaluations.end(),
-                                        [&](const EvaluationEntry& other) { return other.step == evaluation.step; });
+    const auto same_step =
+        std::find_if(continued.evaluations.begin(), continued.evaluations.end(),
+                     [&](const EvaluationEntry& other) { return other.step == evaluation.step; });
     ASSERT_NE(same_step, continued.evaluations.end()) << "no evaluation at step " << evaluation.step;
     EXPECT_EQ(same_step->heldout_kl, evaluation.heldout_kl) << "step " << evaluation.step;
   }
@@ -242,8 +251,10 @@ TEST_F(TrainerTest, Bf16ComputeWithFp32ParametersIsClose) {
   fp32.eval_fraction = 0;
   TrainingOptions bf16 = fp32;
   bf16.output_dir = (folder_ / "bf16").string();
-  const TrainingResult a = train_cartridge(tiny_model(at::kFloat), initial_cartridge_fixture(), dataset, fp32);
-  const TrainingResult b = train_cartridge(tiny_model(at::kBFloat16), initial_cartridge_fixture(), dataset, bf16);
+  const TrainingResult a =
+      train_cartridge(tiny_model(at::kFloat), initial_cartridge_fixture(), dataset, fp32);
+  const TrainingResult b =
+      train_cartridge(tiny_model(at::kBFloat16), initial_cartridge_fixture(), dataset, bf16);
   for (size_t index = 0; index < a.history.size(); ++index) {
     EXPECT_NEAR(a.history[index].loss, b.history[index].loss, 0.05 * std::abs(a.history[index].loss));
   }
@@ -270,8 +281,8 @@ TEST(TrainerDataOrder, HeldoutSplit) {
   EXPECT_EQ(split.size(), 5u);
   EXPECT_TRUE(std::is_sorted(split.begin(), split.end()));
   EXPECT_EQ(split, heldout_indices(100, 0.05, 64, 3));
-  EXPECT_EQ(heldout_indices(100, 0.5, 8, 3).size(), 8u);   // capped
-  EXPECT_EQ(heldout_indices(2, 0.9, 64, 3).size(), 1u);    // at least one left to train on
+  EXPECT_EQ(heldout_indices(100, 0.5, 8, 3).size(), 8u);  // capped
+  EXPECT_EQ(heldout_indices(2, 0.9, 64, 3).size(), 1u);   // at least one left to train on
 }
 
 TEST(TrainerLoss, KlIsCrossEntropyMinusTeacherEntropyAndZeroAtTheTeacher) {
@@ -291,7 +302,8 @@ TEST(TrainerOutputs, CsvAndSvg) {
   const std::vector<TrainingHistoryEntry> history = {{1, 2.5, 100, 50, 0.5}, {2, 2.0, 100, 50, 0.5}};
   const std::vector<EvaluationEntry> evaluations = {{0, 1.5, 20}, {2, 1.25, 20}};
   EXPECT_EQ(loss_csv(history, evaluations),
-            "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n0,,,,,1.5,\n1,2.5,100,50,0.5000,,\n"
+            "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n0,,,,,1.5,\n1,2.5,100,50,0."
+            "5000,,\n"
             "2,2,100,50,0.5000,1.25,\n");
   const std::string svg = loss_svg(history, evaluations);
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
@@ -302,7 +314,8 @@ TEST(TrainerOutputs, CsvAndSvg) {
   // With validation questions and nothing held out: the KL cell is empty, the NLL cell filled.
   const std::vector<EvaluationEntry> validated = {{0, std::nan(""), 0, 3.5}, {2, std::nan(""), 0, 3.25}};
   EXPECT_EQ(loss_csv(history, validated),
-            "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n0,,,,,,3.5\n1,2.5,100,50,0.5000,,\n"
+            "step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll\n0,,,,,,3.5\n1,2.5,100,50,0."
+            "5000,,\n"
             "2,2,100,50,0.5000,,3.25\n");
   EXPECT_NE(loss_svg(history, validated).find("validation answer NLL"), std::string::npos);
 }

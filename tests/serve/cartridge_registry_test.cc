@@ -29,8 +29,8 @@ class TemporaryFolder {
  public:
   TemporaryFolder() {
     std::random_device random;
-    path_ = fs::temp_directory_path() / ("serve_registry_test_" + std::to_string(::getpid()) + "_" +
-                                         std::to_string(random()));
+    path_ = fs::temp_directory_path() /
+            ("serve_registry_test_" + std::to_string(::getpid()) + "_" + std::to_string(random()));
     fs::create_directories(path_);
   }
   ~TemporaryFolder() {
@@ -69,7 +69,8 @@ struct FakeLoader {
       int64_t slots = 0;
       in >> slots;
       KvPrefix prefix;
-      const float tag = static_cast<float>(std::hash<std::string>()(fs::path(folder).filename().string()) % 1000);
+      const float tag =
+          static_cast<float>(std::hash<std::string>()(fs::path(folder).filename().string()) % 1000);
       for (int64_t layer = 0; layer < kLayers; ++layer) {
         prefix.keys.push_back(at::full({kHeads, slots, kHeadDim}, tag + static_cast<float>(layer)));
         prefix.values.push_back(at::full({kHeads, slots, kHeadDim}, -tag - static_cast<float>(layer)));
@@ -87,7 +88,8 @@ TEST(CartridgeRegistryTest, AcceptsOnlySafeNames) {
   for (const std::string name : {"doc", "doc-1.v2", "A_b", "x"}) {
     EXPECT_TRUE(CartridgeRegistry::is_valid_name(name)) << name;
   }
-  for (const std::string name : {"", ".", "..", ".hidden", "../x", "a/b", "a\\b", "/etc", "a b", "a\nb", "é"}) {
+  for (const std::string name :
+       {"", ".", "..", ".hidden", "../x", "a/b", "a\\b", "/etc", "a b", "a\nb", "é"}) {
     EXPECT_FALSE(CartridgeRegistry::is_valid_name(name)) << name;
   }
   EXPECT_FALSE(CartridgeRegistry::is_valid_name(std::string(200, 'a')));

@@ -21,7 +21,9 @@ ProtocolLimits limits() {
 ApiRequest parse_completion(const json& body) {
   return parse_api_request(Endpoint::kCompletions, body.dump(), limits());
 }
-ApiRequest parse_chat(const json& body) { return parse_api_request(Endpoint::kChatCompletions, body.dump(), limits()); }
+ApiRequest parse_chat(const json& body) {
+  return parse_api_request(Endpoint::kChatCompletions, body.dump(), limits());
+}
 
 // The ApiError a body raises (fails the test when none).
 ApiError error_of(Endpoint endpoint, const std::string& body) {
@@ -36,23 +38,34 @@ ApiError error_of(Endpoint endpoint, const std::string& body) {
 
 TEST(OpenAiProtocolTest, ModelPicksTheCartridge) {
   EXPECT_TRUE(parse_completion({{"model", "base"}, {"prompt", "hi"}}).cartridges.empty());
-  EXPECT_EQ(parse_completion({{"model", "doc"}, {"prompt", "hi"}}).cartridges, std::vector<std::string>{"doc"});
+  EXPECT_EQ(parse_completion({{"model", "doc"}, {"prompt", "hi"}}).cartridges,
+            std::vector<std::string>{"doc"});
   EXPECT_EQ(parse_completion({{"model", "base"}, {"prompt", "hi"}, {"cartridges", {"a", "b"}}}).cartridges,
             (std::vector<std::string>{"a", "b"}));
-  EXPECT_EQ(parse_completion({{"model", "base"}, {"prompt", "hi"}, {"cartridges", {{{"id", "a"}}, "b"}}}).cartridges,
+  EXPECT_EQ(parse_completion({{"model", "base"}, {"prompt", "hi"}, {"cartridges", {{{"id", "a"}}, "b"}}})
+                .cartridges,
             (std::vector<std::string>{"a", "b"}));
   // Names are passed through as given: the registry checks them (so "../x" reaches it and is refused there).
-  EXPECT_EQ(parse_completion({{"model", "../x"}, {"prompt", "hi"}}).cartridges, std::vector<std::string>{"../x"});
+  EXPECT_EQ(parse_completion({{"model", "../x"}, {"prompt", "hi"}}).cartridges,
+            std::vector<std::string>{"../x"});
 
-  const ApiError both = error_of(Endpoint::kCompletions, json({{"model", "doc"}, {"prompt", "hi"}, {"cartridges", {"a"}}}).dump());
+  const ApiError both = error_of(Endpoint::kCompletions,
+                                 json({{"model", "doc"}, {"prompt", "hi"}, {"cartridges", {"a"}}}).dump());
   EXPECT_EQ(both.status, 400);
   EXPECT_EQ(both.param, "cartridges");
-  EXPECT_EQ(error_of(Endpoint::kCompletions, json({{"model", "base"}, {"prompt", "hi"}, {"cartridges", json::array()}}).dump()).status, 400);
-  EXPECT_EQ(error_of(Endpoint::kCompletions, json({{"model", "base"}, {"prompt", "hi"}, {"cartridges", "a"}}).dump()).status, 400);
+  EXPECT_EQ(error_of(Endpoint::kCompletions,
+                     json({{"model", "base"}, {"prompt", "hi"}, {"cartridges", json::array()}}).dump())
+                .status,
+            400);
+  EXPECT_EQ(error_of(Endpoint::kCompletions,
+                     json({{"model", "base"}, {"prompt", "hi"}, {"cartridges", "a"}}).dump())
+                .status,
+            400);
 }
 
 TEST(OpenAiProtocolTest, MalformedBodiesAre400) {
-  for (const std::string body : {"{", "not json", "[1, 2]", "\"text\"", "{\"model\": \"base\", \"prompt\": \"x\"", ""}) {
+  for (const std::string body :
+       {"{", "not json", "[1, 2]", "\"text\"", "{\"model\": \"base\", \"prompt\": \"x\"", ""}) {
     const ApiError error = error_of(Endpoint::kCompletions, body);
     EXPECT_EQ(error.status, 400) << body;
     EXPECT_EQ(error.type, "invalid_request_error") << body;
@@ -63,12 +76,14 @@ TEST(OpenAiProtocolTest, MalformedBodiesAre400) {
   EXPECT_EQ(error_of(Endpoint::kCompletions, R"({"model": "base"})").param, "prompt");
   EXPECT_EQ(error_of(Endpoint::kChatCompletions, R"({"model": "base"})").param, "messages");
   EXPECT_EQ(error_of(Endpoint::kChatCompletions, R"({"model": "base", "messages": []})").param, "messages");
-  EXPECT_EQ(error_of(Endpoint::kChatCompletions, R"({"model": "base", "messages": [{"content": "x"}]})").param,
-            "messages[0]");
-  EXPECT_EQ(error_of(Endpoint::kChatCompletions,
-                     R"({"model": "base", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})")
-                .param,
-            "messages[0].content");
+  EXPECT_EQ(
+      error_of(Endpoint::kChatCompletions, R"({"model": "base", "messages": [{"content": "x"}]})").param,
+      "messages[0]");
+  EXPECT_EQ(
+      error_of(Endpoint::kChatCompletions,
+               R"({"model": "base", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]})")
+          .param,
+      "messages[0].content");
 }
 
 TEST(OpenAiProtocolTest, BoundsAndTypesOfSamplingFields) {
@@ -87,16 +102,19 @@ TEST(OpenAiProtocolTest, BoundsAndTypesOfSamplingFields) {
   EXPECT_EQ(error_of(Endpoint::kCompletions, prefix + R"("stream_options": {"include_usage": true}})").param,
             "stream_options");
   // Options this server does not implement are refused, not ignored.
-  for (const std::string field : {R"("n": 2)", R"("logprobs": 3)", R"("echo": true)", R"("best_of": 2)",
-                                   R"("presence_penalty": 0.5)", R"("frequency_penalty": 1)",
-                                   R"("logit_bias": {"1": 5})", R"("prompt": ["a", "b"])", R"("suffix": "x")"}) {
+  for (const std::string field :
+       {R"("n": 2)", R"("logprobs": 3)", R"("echo": true)", R"("best_of": 2)", R"("presence_penalty": 0.5)",
+        R"("frequency_penalty": 1)", R"("logit_bias": {"1": 5})", R"("prompt": ["a", "b"])",
+        R"("suffix": "x")"}) {
     const ApiError error = error_of(Endpoint::kCompletions, prefix + field + "}");
     EXPECT_EQ(error.status, 400) << field;
   }
-  EXPECT_EQ(error_of(Endpoint::kChatCompletions,
-                     R"({"model": "base", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})")
-                .code,
-            "unsupported_parameter");
+  EXPECT_EQ(
+      error_of(
+          Endpoint::kChatCompletions,
+          R"({"model": "base", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})")
+          .code,
+      "unsupported_parameter");
 }
 
 TEST(OpenAiProtocolTest, DefaultsFollowOpenAi) {
@@ -106,18 +124,29 @@ TEST(OpenAiProtocolTest, DefaultsFollowOpenAi) {
   EXPECT_EQ(completion.sampling.top_p, 1.0);
   EXPECT_FALSE(completion.seed_given);
   EXPECT_FALSE(completion.stream);
-  const ApiRequest chat = parse_chat({{"model", "base"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+  const ApiRequest chat =
+      parse_chat({{"model", "base"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}});
   EXPECT_EQ(chat.max_tokens, 100);  // up to the server's limit (and what the context has left)
   EXPECT_FALSE(chat.max_tokens_given);
   // null means "not given".
-  const ApiRequest nulls = parse_completion({{"model", "base"}, {"prompt", "hi"}, {"temperature", nullptr},
-                                             {"max_tokens", nullptr}, {"stop", nullptr}, {"n", nullptr}});
+  const ApiRequest nulls = parse_completion({{"model", "base"},
+                                             {"prompt", "hi"},
+                                             {"temperature", nullptr},
+                                             {"max_tokens", nullptr},
+                                             {"stop", nullptr},
+                                             {"n", nullptr}});
   EXPECT_EQ(nulls.sampling.temperature, 1.0);
   EXPECT_EQ(nulls.max_tokens, 16);
   EXPECT_FALSE(nulls.max_tokens_given);
   // Neutral values of unimplemented options are fine.
-  parse_completion({{"model", "base"}, {"prompt", "hi"}, {"n", 1}, {"logprobs", nullptr}, {"echo", false},
-                    {"presence_penalty", 0}, {"frequency_penalty", 0.0}, {"logit_bias", json::object()}});
+  parse_completion({{"model", "base"},
+                    {"prompt", "hi"},
+                    {"n", 1},
+                    {"logprobs", nullptr},
+                    {"echo", false},
+                    {"presence_penalty", 0},
+                    {"frequency_penalty", 0.0},
+                    {"logit_bias", json::object()}});
 }
 
 TEST(OpenAiProtocolTest, ParsesFields) {
@@ -145,17 +174,20 @@ TEST(OpenAiProtocolTest, ParsesFields) {
   EXPECT_TRUE(request.include_usage);
   EXPECT_TRUE(request.ignore_eos);
   EXPECT_FALSE(parse_completion({{"model", "base"}, {"prompt", "x"}}).ignore_eos);
-  EXPECT_EQ(parse_completion({{"model", "base"}, {"prompt", "x"}, {"stop", "S"}}).stop, std::vector<std::string>{"S"});
+  EXPECT_EQ(parse_completion({{"model", "base"}, {"prompt", "x"}, {"stop", "S"}}).stop,
+            std::vector<std::string>{"S"});
   const ApiRequest ids = parse_completion({{"model", "base"}, {"prompt", {1, 2, 3}}});
   ASSERT_TRUE(ids.prompt_ids.has_value());
   EXPECT_EQ(*ids.prompt_ids, (std::vector<int32_t>{1, 2, 3}));
-  EXPECT_EQ(parse_completion({{"model", "base"}, {"prompt", "x"}, {"max_completion_tokens", 9}}).max_tokens, 9);
+  EXPECT_EQ(parse_completion({{"model", "base"}, {"prompt", "x"}, {"max_completion_tokens", 9}}).max_tokens,
+            9);
 
-  const ApiRequest chat = parse_chat({{"model", "base"},
-                                      {"messages",
-                                       {{{"role", "system"}, {"content", "be brief"}},
-                                        {{"role", "user"},
-                                         {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}}}}});
+  const ApiRequest chat =
+      parse_chat({{"model", "base"},
+                  {"messages",
+                   {{{"role", "system"}, {"content", "be brief"}},
+                    {{"role", "user"},
+                     {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}}}}});
   ASSERT_EQ(chat.messages.size(), 2u);
   EXPECT_EQ(chat.messages[0].role, "system");
   EXPECT_EQ(chat.messages[0].content, "be brief");
@@ -176,7 +208,8 @@ TEST(OpenAiProtocolTest, ResponseShapes) {
   EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
   EXPECT_EQ(body["usage"], json({{"prompt_tokens", 4}, {"completion_tokens", 2}, {"total_tokens", 6}}));
 
-  const ApiRequest chat = parse_chat({{"model", "base"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}});
+  const ApiRequest chat =
+      parse_chat({{"model", "base"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}});
   const json chat_body = completion_response(chat, "chatcmpl-1", 99, result);
   EXPECT_EQ(chat_body["object"], "chat.completion");
   EXPECT_EQ(chat_body["choices"][0]["message"], json({{"role", "assistant"}, {"content", "Paris."}}));

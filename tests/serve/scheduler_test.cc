@@ -69,9 +69,14 @@ const std::vector<std::shared_ptr<const KvPrefix>>& mixed_prefixes() {
 std::vector<GenerationRequest> mixed_requests() {
   const LoadedModel& model = serve_model();
   const std::vector<std::shared_ptr<const KvPrefix>>& prefixes = mixed_prefixes();
-  const std::vector<std::string> prompts = {
-      "The treaty was signed in", "On Mondays the bakery sells", "Each player starts with",
-      "The satellite measures", "Whisk the", "A short story about a cat:", "Once upon a time", "Rolls are sold"};
+  const std::vector<std::string> prompts = {"The treaty was signed in",
+                                            "On Mondays the bakery sells",
+                                            "Each player starts with",
+                                            "The satellite measures",
+                                            "Whisk the",
+                                            "A short story about a cat:",
+                                            "Once upon a time",
+                                            "Rolls are sold"};
   const std::vector<int64_t> budgets = {12, 20, 7, 16, 10, 14, 18, 9};
   std::vector<GenerationRequest> requests;
   for (size_t i = 0; i < prompts.size(); ++i) {

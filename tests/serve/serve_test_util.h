@@ -35,15 +35,18 @@ inline Cartridge cartridge_from_text(const std::string& text, int64_t tokens) {
 // Texts to make distinct cartridges from.
 inline const std::vector<std::string>& cartridge_texts() {
   static const std::vector<std::string> texts = {
-      "The Zorblax treaty of 1832 was signed in the city of Quentaro by three river guilds who agreed to share "
+      "The Zorblax treaty of 1832 was signed in the city of Quentaro by three river guilds who agreed to "
+      "share "
       "the water of the Vell for ninety years.",
-      "Marta's bakery sells sourdough on Mondays, rye bread on Wednesdays and cinnamon rolls only on the first "
+      "Marta's bakery sells sourdough on Mondays, rye bread on Wednesdays and cinnamon rolls only on the "
+      "first "
       "Saturday of each month.",
       "In the board game Hexfall, each player starts with seven tiles, and a tile can only be placed next to "
       "another tile of the same colour.",
       "Project Lumen is a satellite launched in 2031 to measure the brightness of distant quasars with a "
       "two-metre mirror cooled to four kelvin.",
-      "The recipe calls for two cups of flour, one egg, half a cup of milk and a pinch of salt, whisked until "
+      "The recipe calls for two cups of flour, one egg, half a cup of milk and a pinch of salt, whisked "
+      "until "
       "smooth and rested for an hour.",
       "Captain Ilsa Varn commanded the research vessel Meridian during its survey of the southern trench, "
       "mapping eleven hydrothermal vents.",

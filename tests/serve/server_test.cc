@@ -31,7 +31,8 @@ class ServerTest : public ::testing::Test {
     folder_ = new ScopedFolder("serve_server_test");
     const ModelConfig& config = model.model->config();
     const ModelFingerprint fingerprint = fingerprint_model(model.files, config);
-    const std::vector<std::pair<std::string, int64_t>> cartridges = {{"treaty", 12}, {"bakery", 20}, {"hexfall", 9}};
+    const std::vector<std::pair<std::string, int64_t>> cartridges = {
+        {"treaty", 12}, {"bakery", 20}, {"hexfall", 9}};
     for (size_t i = 0; i < cartridges.size(); ++i) {
       const auto& [name, tokens] = cartridges[i];
       save_adapter(folder_->path() + "/" + name, cartridge_from_text(cartridge_texts()[i], tokens),
@@ -40,7 +41,8 @@ class ServerTest : public ::testing::Test {
     // An adapter made for a model with another layer count.
     ModelConfig other = config;
     other.num_layers = 2;
-    save_adapter(folder_->path() + "/other-model", Cartridge::random(CartridgeShape::of_model(other), 4, 1, 3),
+    save_adapter(folder_->path() + "/other-model",
+                 Cartridge::random(CartridgeShape::of_model(other), 4, 1, 3),
                  AdapterConfig::for_model(other, 4, 1, std::string("another-model")), nullptr, false);
 
     ServerOptions options;
@@ -86,16 +88,18 @@ class ServerTest : public ::testing::Test {
   }
 
   // What `cartridge generate` computes: generate() alone with the adapter's prefix.
-  static GenerationResult expected(const std::vector<std::string>& cartridges, const std::vector<int32_t>& prompt,
-                                   int64_t max_tokens) {
+  static GenerationResult expected(const std::vector<std::string>& cartridges,
+                                   const std::vector<int32_t>& prompt, int64_t max_tokens) {
     const LoadedModel& model = serve_model();
     GenerationRequest request;
     request.prompt_ids = prompt;
     request.max_new_tokens = max_tokens;
     if (!cartridges.empty()) {
       std::vector<Cartridge> parts;
-      for (const auto& name : cartridges) parts.push_back(load_adapter(folder_->path() + "/" + name).cartridge);
-      request.prefix = (parts.size() == 1 ? parts.front() : Cartridge::compose(parts)).kv_prefix_for(*model.model);
+      for (const auto& name : cartridges)
+        parts.push_back(load_adapter(folder_->path() + "/" + name).cartridge);
+      request.prefix =
+          (parts.size() == 1 ? parts.front() : Cartridge::compose(parts)).kv_prefix_for(*model.model);
     }
     return generate(*model.model, *model.tokenizer, {request}).front();
   }
@@ -144,7 +148,8 @@ TEST_F(ServerTest, HealthAndModels) {
   const json body = json::parse(result->body);
   std::vector<std::string> ids;
   for (const json& model : body["data"]) ids.push_back(model["id"]);
-  EXPECT_EQ(ids, (std::vector<std::string>{server_->model_id(), "bakery", "hexfall", "other-model", "treaty"}));
+  EXPECT_EQ(ids,
+            (std::vector<std::string>{server_->model_id(), "bakery", "hexfall", "other-model", "treaty"}));
   EXPECT_EQ(server_->model_id(), "SmolLM2-135M-Instruct.Q4_1");
 
   // A cartridge copied in later is served without a restart.
@@ -153,7 +158,9 @@ TEST_F(ServerTest, HealthAndModels) {
   ASSERT_TRUE(result);
   EXPECT_NE(result->body.find("\"late-arrival\""), std::string::npos);
   const std::string prompt = "Tiles are placed";
-  result = post("/v1/completions", json({{"model", "late-arrival"}, {"prompt", prompt}, {"max_tokens", 6}, {"temperature", 0}}).dump());
+  result = post(
+      "/v1/completions",
+      json({{"model", "late-arrival"}, {"prompt", prompt}, {"max_tokens", 6}, {"temperature", 0}}).dump());
   ASSERT_TRUE(result);
   ASSERT_EQ(result->status, 200) << result->body;
   EXPECT_EQ(json::parse(result->body)["choices"][0]["text"],
@@ -179,7 +186,8 @@ TEST_F(ServerTest, CompletionsGiveWhatGenerateGives) {
   std::vector<std::string> bodies(cases.size());
   for (size_t i = 0; i < cases.size(); ++i) {  // concurrently: they share the batch
     threads.emplace_back([&, i] {
-      json request = {{"model", cases[i].model}, {"prompt", cases[i].prompt}, {"max_tokens", 16}, {"temperature", 0}};
+      json request = {
+          {"model", cases[i].model}, {"prompt", cases[i].prompt}, {"max_tokens", 16}, {"temperature", 0}};
       if (!cases[i].cartridges.is_null()) request["cartridges"] = cases[i].cartridges;
       auto result = post("/v1/completions", request.dump());
       bodies[i] = result ? std::to_string(result->status) + " " + result->body : "no response";
@@ -207,8 +215,9 @@ TEST_F(ServerTest, ChatStreamsTheSameTextAsWithoutStreaming) {
   const std::vector<int32_t> prompt = model.encode_chat({{"user", "Which bread is sold on Mondays?"}}, true);
   const GenerationResult want = expected({"bakery"}, prompt, 24);
 
-  auto plain = post("/v1/chat/completions",
-                    json({{"model", "bakery"}, {"messages", messages}, {"max_tokens", 24}, {"temperature", 0}}).dump());
+  auto plain = post(
+      "/v1/chat/completions",
+      json({{"model", "bakery"}, {"messages", messages}, {"max_tokens", 24}, {"temperature", 0}}).dump());
   ASSERT_TRUE(plain);
   ASSERT_EQ(plain->status, 200) << plain->body;
   const json body = json::parse(plain->body);
@@ -248,15 +257,21 @@ TEST_F(ServerTest, BadRequestsGet4xxAndTheServerStaysUp) {
   expect_error(post("/v1/chat/completions", "[]"), 400, "invalid_json");
   expect_error(post("/v1/completions", json({{"model", "no-such-cartridge"}, {"prompt", "x"}}).dump()), 404,
                "model_not_found");
-  expect_error(post("/v1/completions", json({{"model", "../treaty"}, {"prompt", "x"}}).dump()), 400, "invalid_value");
-  expect_error(post("/v1/completions", json({{"model", server_->model_id()}, {"prompt", "x"}, {"cartridges", {"treaty", "../../etc"}}}).dump()),
-               400, "invalid_value");
+  expect_error(post("/v1/completions", json({{"model", "../treaty"}, {"prompt", "x"}}).dump()), 400,
+               "invalid_value");
+  expect_error(
+      post("/v1/completions",
+           json({{"model", server_->model_id()}, {"prompt", "x"}, {"cartridges", {"treaty", "../../etc"}}})
+               .dump()),
+      400, "invalid_value");
   expect_error(post("/v1/completions", json({{"model", "other-model"}, {"prompt", "x"}}).dump()), 400,
                "cartridge_model_mismatch");
-  expect_error(post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 65}}).dump()), 400,
-               "invalid_value");
-  expect_error(post("/v1/completions", json({{"model", "treaty"}, {"prompt", std::string(100 * 1024, 'a')}}).dump()),
-               413, "request_too_large");
+  expect_error(
+      post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 65}}).dump()), 400,
+      "invalid_value");
+  expect_error(
+      post("/v1/completions", json({{"model", "treaty"}, {"prompt", std::string(100 * 1024, 'a')}}).dump()),
+      413, "request_too_large");
   expect_error(post("/v1/embeddings", "{}"), 404, "unknown_url");
   expect_error(client().Get("/v1/nothing"), 404, "unknown_url");
 }
@@ -275,8 +290,11 @@ TEST_F(ServerTest, RequestsBeyondTheConcurrencyLimitGet429) {
   std::string first_status;
   std::thread first([&] {  // long enough to still run while the second request arrives
     auto result = client.Post("/v1/completions",
-                              json({{"model", "treaty"}, {"prompt", "1, 2, 3,"}, {"max_tokens", 48},
-                                    {"temperature", 0}, {"ignore_eos", true}})
+                              json({{"model", "treaty"},
+                                    {"prompt", "1, 2, 3,"},
+                                    {"max_tokens", 48},
+                                    {"temperature", 0},
+                                    {"ignore_eos", true}})
                                   .dump(),
                               "application/json");
     first_status = result ? std::to_string(result->status) : "no response";
@@ -288,16 +306,18 @@ TEST_F(ServerTest, RequestsBeyondTheConcurrencyLimitGet429) {
     if (stats && json::parse(stats->body)["in_flight_requests"] == 1) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  auto second = probe.Post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 1}}).dump(),
-                           "application/json");
+  auto second =
+      probe.Post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 1}}).dump(),
+                 "application/json");
   ASSERT_TRUE(second);
   EXPECT_EQ(second->status, 429) << second->body;
   EXPECT_EQ(json::parse(second->body)["error"]["code"], "server_busy");
   first.join();
   EXPECT_EQ(first_status, "200");
   // The slot is free again.
-  auto third = probe.Post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 1}}).dump(),
-                          "application/json");
+  auto third =
+      probe.Post("/v1/completions", json({{"model", "treaty"}, {"prompt", "x"}, {"max_tokens", 1}}).dump(),
+                 "application/json");
   ASSERT_TRUE(third);
   EXPECT_EQ(third->status, 200) << third->body;
   small.stop();

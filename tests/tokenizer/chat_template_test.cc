@@ -173,8 +173,9 @@ TemplateResult check_template(const nlohmann::ordered_json& entry) {
   // when at least one of its renders was compared byte for byte.
   if (result.status == TemplateResult::Status::kIdentical && result.rendered == 0) {
     result.status = TemplateResult::Status::kWrong;
-    result.reason = "transformers rendered none of its cases: add a conversation it accepts to "
-                    "tests/fixtures/make_chat_templates.py";
+    result.reason =
+        "transformers rendered none of its cases: add a conversation it accepts to "
+        "tests/fixtures/make_chat_templates.py";
   }
   return result;
 }

@@ -64,16 +64,20 @@ void expect_vectors(const std::string& name, GgufPreTokenizerSource source) {
     EXPECT_EQ(tokenizer.encode(test_case.input, false), test_case.ids)
         << name << ": " << testing::shown(test_case.input);
     // The ids decode back to the input (these vocabularies have no normalizer).
-    EXPECT_EQ(tokenizer.decode(test_case.ids), test_case.input) << name << ": " << testing::shown(test_case.input);
+    EXPECT_EQ(tokenizer.decode(test_case.ids), test_case.input)
+        << name << ": " << testing::shown(test_case.input);
   }
 }
 
 class LlamaCppVocab : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(LlamaCppVocab, LlamaCppPreTokenizerMatchesVectors) { expect_vectors(GetParam(), GgufPreTokenizerSource::kLlamaCpp); }
+TEST_P(LlamaCppVocab, LlamaCppPreTokenizerMatchesVectors) {
+  expect_vectors(GetParam(), GgufPreTokenizerSource::kLlamaCpp);
+}
 
 INSTANTIATE_TEST_SUITE_P(AllVocabularies, LlamaCppVocab,
-                         ::testing::Values("gpt-2", "llama-bpe", "qwen2", "starcoder", "deepseek-llm", "falcon"),
+                         ::testing::Values("gpt-2", "llama-bpe", "qwen2", "starcoder", "deepseek-llm",
+                                           "falcon"),
                          [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name) {
@@ -84,8 +88,12 @@ INSTANTIATE_TEST_SUITE_P(AllVocabularies, LlamaCppVocab,
 
 // transformers' GGUF tokenizer agrees with these vectors for GPT-2 and Qwen2 (it lacks Llama 3's
 // ignore_merges and the digit / punctuation splits of starcoder, deepseek and falcon).
-TEST(LlamaCppVocabTransformers, Gpt2MatchesVectors) { expect_vectors("gpt-2", GgufPreTokenizerSource::kTransformers); }
-TEST(LlamaCppVocabTransformers, Qwen2MatchesVectors) { expect_vectors("qwen2", GgufPreTokenizerSource::kTransformers); }
+TEST(LlamaCppVocabTransformers, Gpt2MatchesVectors) {
+  expect_vectors("gpt-2", GgufPreTokenizerSource::kTransformers);
+}
+TEST(LlamaCppVocabTransformers, Qwen2MatchesVectors) {
+  expect_vectors("qwen2", GgufPreTokenizerSource::kTransformers);
+}
 
 TEST(LlamaCppVocabTransformers, AddBosFollowsTheFile) {
   // llama-bpe's file has no add_bos_token key: transformers adds nothing, llama.cpp adds BOS for Llama 3.
@@ -99,7 +107,8 @@ TEST(LlamaCppVocabTransformers, AddBosFollowsTheFile) {
   // deepseek-llm's file says add_bos_token = true.
   const GgufFile deepseek(vocab_path("deepseek-llm"));
   const Tokenizer deepseek_tokenizer = Tokenizer::from_gguf(deepseek, GgufPreTokenizerSource::kTransformers);
-  EXPECT_EQ(deepseek_tokenizer.special_prefix_ids(), std::vector<int32_t>{*deepseek_tokenizer.bos_token_id()});
+  EXPECT_EQ(deepseek_tokenizer.special_prefix_ids(),
+            std::vector<int32_t>{*deepseek_tokenizer.bos_token_id()});
 }
 
 }  // namespace

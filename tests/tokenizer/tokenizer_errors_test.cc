@@ -7,8 +7,8 @@
 #include <random>
 
 #include "io/gguf.h"
-#include "tokenizer_test_util.h"
 #include "tokenizer/unicode.h"
+#include "tokenizer_test_util.h"
 #include "util/error.h"
 
 namespace cartridge {
@@ -48,8 +48,13 @@ json tiny_tokenizer() {
   vocab["hel"] = 257;
   json tokenizer = {
       {"version", "1.0"},
-      {"added_tokens", json::array({{{"id", 258}, {"content", "<|end|>"}, {"single_word", false}, {"lstrip", false},
-                                     {"rstrip", false}, {"normalized", false}, {"special", true}}})},
+      {"added_tokens", json::array({{{"id", 258},
+                                     {"content", "<|end|>"},
+                                     {"single_word", false},
+                                     {"lstrip", false},
+                                     {"rstrip", false},
+                                     {"normalized", false},
+                                     {"special", true}}})},
       {"normalizer", nullptr},
       {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
       {"post_processor", nullptr},
@@ -86,7 +91,12 @@ TEST_F(TokenizerErrors, TinyTokenizerWorks) {
   EXPECT_THROW(tokenizer.token_piece(999), InvalidArgumentError);
   EXPECT_EQ(tokenizer.vocab_size(), 259);
   // Ill-formed UTF-8 reads as U+FFFD (Python's errors="replace").
-  EXPECT_EQ(tokenizer.encode("a\xff" "b", false), tokenizer.encode("a\xEF\xBF\xBD" "b", false));
+  EXPECT_EQ(tokenizer.encode("a\xff"
+                             "b",
+                             false),
+            tokenizer.encode("a\xEF\xBF\xBD"
+                             "b",
+                             false));
 }
 
 TEST_F(TokenizerErrors, MalformedTokenizerJson) {
@@ -114,7 +124,9 @@ TEST_F(TokenizerErrors, MalformedTokenizerJson) {
   edited("merge of unknown tokens", false, [](json& t) { t["model"]["merges"].push_back("x yz"); });
   edited("merge without a space", false, [](json& t) { t["model"]["merges"].push_back("hel"); });
   edited("merge with three parts", false, [](json& t) { t["model"]["merges"].push_back("h e l"); });
-  edited("merge pair of numbers", false, [](json& t) { t["model"]["merges"].push_back(json::array({1, 2})); });
+  edited("merge pair of numbers", false, [](json& t) {
+    t["model"]["merges"].push_back(json::array({1, 2}));
+  });
   edited("merges missing", false, [](json& t) { t["model"].erase("merges"); });
   edited("dropout", true, [](json& t) { t["model"]["dropout"] = 0.1; });
   edited("byte fallback", true, [](json& t) { t["model"]["byte_fallback"] = true; });
@@ -123,10 +135,11 @@ TEST_F(TokenizerErrors, MalformedTokenizerJson) {
   edited("no pre-tokenizer", true, [](json& t) { t["pre_tokenizer"] = nullptr; });
   edited("pre-tokenizer without type", false, [](json& t) { t["pre_tokenizer"] = json::object(); });
   edited("bad regex", false, [](json& t) {
-    t["pre_tokenizer"] = {{"type", "Sequence"},
-                          {"pretokenizers",
-                           {{{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}},
-                            {{"type", "ByteLevel"}}}}};
+    t["pre_tokenizer"] = {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}},
+          {{"type", "ByteLevel"}}}}};
   });
   edited("bad behavior", false, [](json& t) {
     t["pre_tokenizer"] = {{"type", "Sequence"},
@@ -139,9 +152,10 @@ TEST_F(TokenizerErrors, MalformedTokenizerJson) {
   edited("added token with a string id", false, [](json& t) { t["added_tokens"][0]["id"] = "x"; });
   edited("added tokens not a list", false, [](json& t) { t["added_tokens"] = 5; });
   edited("template names an undefined token", false, [](json& t) {
-    t["post_processor"] = {{"type", "TemplateProcessing"},
-                           {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}}}}}},
-                           {"special_tokens", json::object()}};
+    t["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}}}}}},
+        {"special_tokens", json::object()}};
   });
   edited("unknown post-processor", true, [](json& t) { t["post_processor"] = {{"type", "Mystery"}}; });
   edited("WordPiece decoder", true, [](json& t) { t["decoder"] = {{"type", "WordPiece"}}; });
@@ -154,8 +168,9 @@ TEST_F(TokenizerErrors, MalformedTokenizerJson) {
       expect_one_line_error<FormatError>(load, path, cases[i].why);
     }
   }
-  expect_one_line_error<FileNotFoundError>([&] { Tokenizer::from_tokenizer_json((folder_ / "missing.json").string()); },
-                                           (folder_ / "missing.json").string(), "missing file");
+  expect_one_line_error<FileNotFoundError>(
+      [&] { Tokenizer::from_tokenizer_json((folder_ / "missing.json").string()); },
+      (folder_ / "missing.json").string(), "missing file");
 }
 
 TEST_F(TokenizerErrors, MalformedTokenizerConfig) {
@@ -175,12 +190,12 @@ TEST_F(TokenizerErrors, MalformedTokenizerConfig) {
                                        cases[i].first);
   }
   // A list of templates: the one named "default" is used; a new special token gets the next id.
-  const std::string config = write(
-      "config_ok.json",
-      json{{"chat_template", json::array({{{"name", 3}, {"template", "x"}}, {{"name", "default"}, {"template", "T"}}})},
-           {"eos_token", "<|new|>"},
-           {"split_special_tokens", true}}
-          .dump());
+  const std::string config =
+      write("config_ok.json", json{{"chat_template", json::array({{{"name", 3}, {"template", "x"}},
+                                                                  {{"name", "default"}, {"template", "T"}}})},
+                                   {"eos_token", "<|new|>"},
+                                   {"split_special_tokens", true}}
+                                  .dump());
   const Tokenizer tokenizer = Tokenizer::from_tokenizer_json(tokenizer_path, config);
   EXPECT_EQ(tokenizer.chat_template(), "T");
   EXPECT_EQ(tokenizer.eos_token(), "<|new|>");
@@ -344,11 +359,14 @@ TEST_F(TokenizerErrors, MalformedGgufVocabulary) {
       {"sentencepiece", tiny_gguf("model").string("tokenizer.ggml.model", "llama").bytes(), true},
       {"tokens are numbers", tiny_gguf("tokens").i32s("tokenizer.ggml.tokens", {1, 2}).bytes(), false},
       {"model is a number", tiny_gguf("model").u32("tokenizer.ggml.model", 2).bytes(), false},
-      {"token types too short", tiny_gguf("types").i32s("tokenizer.ggml.token_type", short_types).bytes(), false},
-      {"merge of unknown tokens", tiny_gguf("merges").strings("tokenizer.ggml.merges", {"x yz"}).bytes(), false},
+      {"token types too short", tiny_gguf("types").i32s("tokenizer.ggml.token_type", short_types).bytes(),
+       false},
+      {"merge of unknown tokens", tiny_gguf("merges").strings("tokenizer.ggml.merges", {"x yz"}).bytes(),
+       false},
       {"merge without space", tiny_gguf("merges").strings("tokenizer.ggml.merges", {"hel"}).bytes(), false},
       {"empty token list", tiny_gguf("tokens").strings("tokenizer.ggml.tokens", {}).bytes(), false},
-      {"unknown token id out of range", tiny_gguf().u32("tokenizer.ggml.unknown_token_id", 4000).bytes(), false},
+      {"unknown token id out of range", tiny_gguf().u32("tokenizer.ggml.unknown_token_id", 4000).bytes(),
+       false},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::string path = write("case" + std::to_string(i) + ".gguf", cases[i].bytes);
@@ -360,7 +378,8 @@ TEST_F(TokenizerErrors, MalformedGgufVocabulary) {
     }
   }
   // A pre-tokenizer name llama.cpp does not know: refused in that mode, GPT-2's regex for transformers.
-  const std::string unknown_pre = write("pre.gguf", tiny_gguf("pre").string("tokenizer.ggml.pre", "no-such-pre").bytes());
+  const std::string unknown_pre =
+      write("pre.gguf", tiny_gguf("pre").string("tokenizer.ggml.pre", "no-such-pre").bytes());
   expect_one_line_error<UnsupportedError>(
       [&] { Tokenizer::from_gguf(GgufFile(unknown_pre), GgufPreTokenizerSource::kLlamaCpp); }, unknown_pre,
       "unknown pre-tokenizer");

@@ -26,8 +26,9 @@ TEST(TokenizerOracle, SmolLM2FromGgufMatchesTransformers) {
 }
 
 TEST(TokenizerOracle, SmolLM2FromTokenizerJsonMatchesTransformers) {
-  const Tokenizer tokenizer = Tokenizer::from_tokenizer_json(fixture_path("tokenizer/smollm2/tokenizer.json"),
-                                                             fixture_path("tokenizer/smollm2/tokenizer_config.json"));
+  const Tokenizer tokenizer =
+      Tokenizer::from_tokenizer_json(fixture_path("tokenizer/smollm2/tokenizer.json"),
+                                     fixture_path("tokenizer/smollm2/tokenizer_config.json"));
   expect_matches_oracle(tokenizer, read_json_fixture("tokenizer/expected_smollm2_json.json"));
   // transformers wrote the GGUF's template to chat_template.jinja; both roads give the same text.
   const GgufFile gguf(testing::default_model_path());
@@ -75,7 +76,8 @@ TEST(TokenizerOracle, Llama3MatchesTransformers) {
 }
 
 TEST(TokenizerOracle, FeatureVariantMatchesHfTokenizers) {
-  const Tokenizer tokenizer = Tokenizer::from_tokenizer_json(fixture_path("tokenizer/variant/tokenizer.json"));
+  const Tokenizer tokenizer =
+      Tokenizer::from_tokenizer_json(fixture_path("tokenizer/variant/tokenizer.json"));
   expect_matches_oracle(tokenizer, read_json_fixture("tokenizer/expected_variant.json"));
   // Its template puts <|im_start|> before and <|im_end|> after every sequence.
   EXPECT_EQ(tokenizer.special_prefix_ids(), std::vector<int32_t>{*tokenizer.token_id("<|im_start|>")});
@@ -96,7 +98,8 @@ TEST(TokenizerOracle, ConcurrentEncodingMatches) {
     threads.emplace_back([&, t] {
       for (int round = 0; round < 2; ++round) {
         for (size_t k = 0; k < strings.size(); ++k) {
-          const size_t i = (k * 7 + static_cast<size_t>(t) * 613) % strings.size();  // each thread its own order
+          const size_t i =
+              (k * 7 + static_cast<size_t>(t) * 613) % strings.size();  // each thread its own order
           if (tokenizer.encode(strings[i]) != expected[i]) ++mismatches;
         }
       }

@@ -61,14 +61,16 @@ inline void expect_matches_oracle(const Tokenizer& tokenizer, const nlohmann::js
   };
   for (size_t i = 0; i < strings.size(); ++i) {
     const std::vector<int32_t> ours = tokenizer.encode(strings[i]);
-    if (ours != ids[i]) report(0, "ids of " + shown(strings[i]) + ": ours " + shown(ours) + ", HF " + shown(ids[i]));
+    if (ours != ids[i])
+      report(0, "ids of " + shown(strings[i]) + ": ours " + shown(ours) + ", HF " + shown(ids[i]));
     const std::vector<int32_t> ours_plain = tokenizer.encode(strings[i], false);
     if (ours_plain != ids_plain[i]) {
-      report(1, "ids without special tokens of " + shown(strings[i]) + ": ours " + shown(ours_plain) + ", HF " +
-                    shown(ids_plain[i]));
+      report(1, "ids without special tokens of " + shown(strings[i]) + ": ours " + shown(ours_plain) +
+                    ", HF " + shown(ids_plain[i]));
     }
     const std::string text = tokenizer.decode(ids[i]);
-    if (text != decoded[i]) report(2, "decode of " + shown(ids[i]) + ": ours " + shown(text) + ", HF " + shown(decoded[i]));
+    if (text != decoded[i])
+      report(2, "decode of " + shown(ids[i]) + ": ours " + shown(text) + ", HF " + shown(decoded[i]));
     const std::string text_skip = tokenizer.decode(ids[i], true);
     if (text_skip != decoded_skip[i]) {
       report(3, "decode(skip_special_tokens) of " + shown(ids[i]) + ": ours " + shown(text_skip) + ", HF " +
@@ -79,7 +81,8 @@ inline void expect_matches_oracle(const Tokenizer& tokenizer, const nlohmann::js
     std::string streamed;
     for (const int32_t id : ids[i]) {
       const std::string piece = stream.push(id);
-      if (!unicode::is_valid_utf8(piece)) report(4, "streaming piece with half a character: " + shown(ids[i]));
+      if (!unicode::is_valid_utf8(piece))
+        report(4, "streaming piece with half a character: " + shown(ids[i]));
       streamed += piece;
     }
     streamed += stream.flush();
@@ -101,7 +104,8 @@ inline void expect_matches_oracle(const Tokenizer& tokenizer, const nlohmann::js
   const auto random_decoded_skip = expected["random_decoded_skip_special"].get<std::vector<std::string>>();
   for (size_t i = 0; i < random_ids.size(); ++i) {
     EXPECT_EQ(tokenizer.decode(random_ids[i]), random_decoded[i]) << "random ids " << shown(random_ids[i]);
-    EXPECT_EQ(tokenizer.decode(random_ids[i], true), random_decoded_skip[i]) << "random ids " << shown(random_ids[i]);
+    EXPECT_EQ(tokenizer.decode(random_ids[i], true), random_decoded_skip[i])
+        << "random ids " << shown(random_ids[i]);
     StreamingDecoder stream(tokenizer, true);
     std::string streamed;
     for (const int32_t id : random_ids[i]) streamed += stream.push(id);
@@ -111,7 +115,8 @@ inline void expect_matches_oracle(const Tokenizer& tokenizer, const nlohmann::js
 
   const nlohmann::json& info = expected["info"];
   EXPECT_EQ(tokenizer.vocab_size(), info["vocab_size"].get<int64_t>());
-  for (const int32_t id : info["special_ids"].get<std::vector<int32_t>>()) EXPECT_TRUE(tokenizer.is_special(id)) << id;
+  for (const int32_t id : info["special_ids"].get<std::vector<int32_t>>())
+    EXPECT_TRUE(tokenizer.is_special(id)) << id;
   if (info.contains("bos_token")) {
     auto optional_id = [](const nlohmann::json& value) {
       return value.is_null() ? std::optional<int32_t>() : std::optional<int32_t>(value.get<int32_t>());

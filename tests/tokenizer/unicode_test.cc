@@ -13,7 +13,8 @@ namespace {
 
 std::string from_hex(const std::string& hex) {
   std::string bytes;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2) bytes.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    bytes.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
   return bytes;
 }
 
@@ -34,7 +35,7 @@ TEST(Unicode, ByteLevelAlphabetIsABijection) {
     EXPECT_EQ(unicode::byte_from_code_point(code_point), byte);
     EXPECT_FALSE(unicode::is_whitespace(code_point));  // the point of the alphabet: printable characters
   }
-  EXPECT_EQ(unicode::byte_from_code_point(U'\u0120'), ' ');  // "Ġ"
+  EXPECT_EQ(unicode::byte_from_code_point(U'\u0120'), ' ');   // "Ġ"
   EXPECT_EQ(unicode::byte_from_code_point(U'\u010A'), '\n');  // "Ċ"
   EXPECT_EQ(unicode::byte_from_code_point(U'€'), -1);
 }
@@ -45,9 +46,11 @@ TEST(Regex, SplitMatchesHfTokenizers) {
   const nlohmann::json cases = testing::read_json_fixture("tokenizer/split_cases.json");
   ASSERT_GT(cases.size(), 100u);
   const std::map<std::string, SplitBehavior> behaviors = {
-      {"removed", SplitBehavior::kRemoved}, {"isolated", SplitBehavior::kIsolated},
+      {"removed", SplitBehavior::kRemoved},
+      {"isolated", SplitBehavior::kIsolated},
       {"merged_with_previous", SplitBehavior::kMergedWithPrevious},
-      {"merged_with_next", SplitBehavior::kMergedWithNext}, {"contiguous", SplitBehavior::kContiguous}};
+      {"merged_with_next", SplitBehavior::kMergedWithNext},
+      {"contiguous", SplitBehavior::kContiguous}};
   for (const nlohmann::json& test_case : cases) {
     PreTokenizer pre_tokenizer;
     pre_tokenizer.add_regex_split(std::make_shared<const Regex>(test_case["pattern"].get<std::string>()),

@@ -64,7 +64,8 @@ TEST_F(AtomicFileTest, DirectoryIsCreatedWhole) {
 
 TEST_F(AtomicFileTest, FailureLeavesNothingAndKeepsTheOldFolder) {
   const std::string path = folder_ / "adapter";
-  write_directory_atomic(path, false, [](const std::string& temporary) { write_file_atomic(temporary + "/a", "old"); });
+  write_directory_atomic(path, false,
+                         [](const std::string& temporary) { write_file_atomic(temporary + "/a", "old"); });
   EXPECT_THROW(write_directory_atomic(path, true,
                                       [](const std::string& temporary) {
                                         write_file_atomic(temporary + "/a", "new");
@@ -77,9 +78,11 @@ TEST_F(AtomicFileTest, FailureLeavesNothingAndKeepsTheOldFolder) {
 
 TEST_F(AtomicFileTest, ExistingFolderIsNotOverwrittenUnlessAsked) {
   const std::string path = folder_ / "adapter";
-  write_directory_atomic(path, false, [](const std::string& temporary) { write_file_atomic(temporary + "/a", "1"); });
+  write_directory_atomic(path, false,
+                         [](const std::string& temporary) { write_file_atomic(temporary + "/a", "1"); });
   EXPECT_THROW(write_directory_atomic(path, false, [](const std::string&) {}), InvalidArgumentError);
-  write_directory_atomic(path, true, [](const std::string& temporary) { write_file_atomic(temporary + "/a", "2"); });
+  write_directory_atomic(path, true,
+                         [](const std::string& temporary) { write_file_atomic(temporary + "/a", "2"); });
   EXPECT_EQ(read_text_file(path + "/a"), "2");
   EXPECT_EQ(entries(), std::vector<std::string>{"adapter"});
 }

@@ -774,12 +774,9 @@ bool test_sameas(Renderer&, const Value& input, CallArguments arguments) {
   if (input.type() != other.type()) return false;
   switch (input.type()) {
     case Value::Type::kNone:
-    case Value::Type::kUndefined:
-      return input.is_none() || input.identity() == other.identity();
-    case Value::Type::kBool:
-      return input.as_bool() == other.as_bool();
-    default:
-      return input.identity() != nullptr && input.identity() == other.identity();
+    case Value::Type::kUndefined: return input.is_none() || input.identity() == other.identity();
+    case Value::Type::kBool: return input.as_bool() == other.as_bool();
+    default: return input.identity() != nullptr && input.identity() == other.identity();
   }
 }
 bool test_in(Renderer&, const Value& input, CallArguments arguments) {

@@ -117,49 +117,21 @@ std::string decode_string_literal(std::string_view body, int line) {
       return value;
     };
     switch (next) {
-      case '\n':
-        break;  // line continuation
-      case '\\':
-        out.push_back('\\');
-        break;
-      case '\'':
-        out.push_back('\'');
-        break;
-      case '"':
-        out.push_back('"');
-        break;
-      case 'a':
-        out.push_back('\a');
-        break;
-      case 'b':
-        out.push_back('\b');
-        break;
-      case 'f':
-        out.push_back('\f');
-        break;
-      case 'n':
-        out.push_back('\n');
-        break;
-      case 'r':
-        out.push_back('\r');
-        break;
-      case 't':
-        out.push_back('\t');
-        break;
-      case 'v':
-        out.push_back('\v');
-        break;
-      case 'x':
-        append_utf8(out, read_hex(2));
-        break;
-      case 'u':
-        append_utf8(out, read_hex(4));
-        break;
-      case 'U':
-        append_utf8(out, read_hex(8));
-        break;
-      case 'N':
-        throw TemplateFailure(FailureKind::kUnsupported, "\\N{...} escapes in string literals", line);
+      case '\n': break;  // line continuation
+      case '\\': out.push_back('\\'); break;
+      case '\'': out.push_back('\''); break;
+      case '"': out.push_back('"'); break;
+      case 'a': out.push_back('\a'); break;
+      case 'b': out.push_back('\b'); break;
+      case 'f': out.push_back('\f'); break;
+      case 'n': out.push_back('\n'); break;
+      case 'r': out.push_back('\r'); break;
+      case 't': out.push_back('\t'); break;
+      case 'v': out.push_back('\v'); break;
+      case 'x': append_utf8(out, read_hex(2)); break;
+      case 'u': append_utf8(out, read_hex(4)); break;
+      case 'U': append_utf8(out, read_hex(8)); break;
+      case 'N': throw TemplateFailure(FailureKind::kUnsupported, "\\N{...} escapes in string literals", line);
       default:
         if (next >= '0' && next <= '7') {
           char32_t value = next - '0';
@@ -262,9 +234,7 @@ class Lexer {
     position_ = start + 2 + (sign ? 1 : 0);
     line_starting_ = false;
     switch (kind) {
-      case TagKind::kComment:
-        lex_comment();
-        break;
+      case TagKind::kComment: lex_comment(); break;
       case TagKind::kRaw:
         line_ += count_newlines(std::string_view(source_).substr(position_, raw_body_start - position_));
         line_starting_ = source_[raw_body_start - 1] == '\n';

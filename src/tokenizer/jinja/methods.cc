@@ -129,14 +129,10 @@ std::string justify(const std::string& text, int64_t width, const std::string& f
 
 Value BoundMethod::call(CallArguments arguments, Renderer& /*renderer*/) const {
   switch (receiver_.type()) {
-    case Value::Type::kString:
-      return call_string_method(std::move(arguments));
-    case Value::Type::kSequence:
-      return call_sequence_method(std::move(arguments));
-    case Value::Type::kDict:
-      return call_dict_method(std::move(arguments));
-    default:
-      fail(FailureKind::kType, "'" + name_ + "' is not callable");
+    case Value::Type::kString: return call_string_method(std::move(arguments));
+    case Value::Type::kSequence: return call_sequence_method(std::move(arguments));
+    case Value::Type::kDict: return call_dict_method(std::move(arguments));
+    default: fail(FailureKind::kType, "'" + name_ + "' is not callable");
   }
 }
 
@@ -401,8 +397,7 @@ std::optional<Value> find_method(const Value& object, std::string_view name) {
       if (contains_name(kDictMethods, name)) return bind();
       if (contains_name(kDictMutators, name)) return unsafe_method(object, name);
       return std::nullopt;
-    default:
-      return std::nullopt;
+    default: return std::nullopt;
   }
 }
 

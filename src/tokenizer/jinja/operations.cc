@@ -172,8 +172,7 @@ Value get_attribute(const Value& object, const std::string& name) {
       const Value* value = object.as_namespace().attributes.find(name);
       return value ? *value : missing_attribute(object, name);
     }
-    case Value::Type::kLoop:
-      return loop_attribute(object.as_loop(), name);
+    case Value::Type::kLoop: return loop_attribute(object.as_loop(), name);
     case Value::Type::kString:
     case Value::Type::kSequence:
     case Value::Type::kDict: {
@@ -184,8 +183,7 @@ Value get_attribute(const Value& object, const std::string& name) {
       }
       return missing_attribute(object, name);
     }
-    default:
-      return missing_attribute(object, name);
+    default: return missing_attribute(object, name);
   }
 }
 
@@ -232,8 +230,7 @@ Value get_item(const Value& object, const Value& key) {
       // Not subscriptable; jinja2 falls back to the attribute.
       if (key.is_string()) return get_attribute(object, key.as_string());
       return missing_element(object, key);
-    default:
-      return missing_element(object, key);
+    default: return missing_element(object, key);
   }
   // A failed item lookup with a str key falls back to the attribute (dict methods such as items).
   if (key.is_string() && !is_dunder(key.as_string())) {
@@ -404,8 +401,7 @@ Value binary_operation(BinaryOperator op, const Value& left, const Value& right)
       }
       unsupported_operands("** or pow()", left, right);
     case BinaryOperator::kAnd:
-    case BinaryOperator::kOr:
-      break;
+    case BinaryOperator::kOr: break;
   }
   fail(FailureKind::kType, "bad operator");
 }
@@ -426,8 +422,7 @@ Value unary_operation(UnaryOperator op, const Value& operand) {
 
 bool contains(const Value& container, const Value& item) {
   switch (container.type()) {
-    case Value::Type::kUndefined:
-      return false;
+    case Value::Type::kUndefined: return false;
     case Value::Type::kString:
       if (!item.is_string()) {
         fail(FailureKind::kType,
@@ -439,8 +434,7 @@ bool contains(const Value& container, const Value& item) {
         if (python_equals(element, item)) return true;
       }
       return false;
-    case Value::Type::kDict:
-      return container.as_dict().find(item) != nullptr;
+    case Value::Type::kDict: return container.as_dict().find(item) != nullptr;
     default:
       fail(FailureKind::kType, "argument of type '" + python_type_name(container) + "' is not iterable");
   }
@@ -448,22 +442,14 @@ bool contains(const Value& container, const Value& item) {
 
 bool compare(CompareOperator op, const Value& left, const Value& right) {
   switch (op) {
-    case CompareOperator::kEqual:
-      return python_equals(left, right);
-    case CompareOperator::kNotEqual:
-      return !python_equals(left, right);
-    case CompareOperator::kLess:
-      return python_less(left, right);
-    case CompareOperator::kGreater:
-      return python_less(right, left);
-    case CompareOperator::kLessEqual:
-      return python_less(left, right) || python_equals(left, right);
-    case CompareOperator::kGreaterEqual:
-      return python_less(right, left) || python_equals(left, right);
-    case CompareOperator::kIn:
-      return contains(right, left);
-    case CompareOperator::kNotIn:
-      return !contains(right, left);
+    case CompareOperator::kEqual: return python_equals(left, right);
+    case CompareOperator::kNotEqual: return !python_equals(left, right);
+    case CompareOperator::kLess: return python_less(left, right);
+    case CompareOperator::kGreater: return python_less(right, left);
+    case CompareOperator::kLessEqual: return python_less(left, right) || python_equals(left, right);
+    case CompareOperator::kGreaterEqual: return python_less(right, left) || python_equals(left, right);
+    case CompareOperator::kIn: return contains(right, left);
+    case CompareOperator::kNotIn: return !contains(right, left);
   }
   return false;
 }
@@ -579,8 +565,7 @@ std::string format_one(char conversion, const ConversionSpec& spec, const Value&
       }
       fail(FailureKind::kType, "%c requires int or char");
     }
-    default:
-      fail(FailureKind::kUnsupported, std::string("the printf conversion '%") + conversion + "'");
+    default: fail(FailureKind::kUnsupported, std::string("the printf conversion '%") + conversion + "'");
   }
 }
 
@@ -786,15 +771,12 @@ std::string format_with_spec(const Value& value, std::string_view spec) {
     return out;
   };
   switch (align) {
-    case '<':
-      return sign_text + body + repeat_fill(padding);
-    case '^':
-      return repeat_fill(padding / 2) + sign_text + body + repeat_fill(padding - padding / 2);
+    case '<': return sign_text + body + repeat_fill(padding);
+    case '^': return repeat_fill(padding / 2) + sign_text + body + repeat_fill(padding - padding / 2);
     case '=':
       if (numeric) return sign_text + repeat_fill(padding) + body;
       fail(FailureKind::kValue, "'=' alignment not allowed in string format specifier");
-    default:
-      return repeat_fill(padding) + sign_text + body;
+    default: return repeat_fill(padding) + sign_text + body;
   }
 }
 

@@ -15,20 +15,13 @@ namespace {
 
 std::string describe(const Token& token) {
   switch (token.type) {
-    case TokenType::kData:
-      return "template data";
-    case TokenType::kVariableBegin:
-      return "begin of print statement";
-    case TokenType::kVariableEnd:
-      return "end of print statement";
-    case TokenType::kBlockBegin:
-      return "begin of statement block";
-    case TokenType::kBlockEnd:
-      return "end of statement block";
-    case TokenType::kEnd:
-      return "end of template";
-    default:
-      return token.text;
+    case TokenType::kData: return "template data";
+    case TokenType::kVariableBegin: return "begin of print statement";
+    case TokenType::kVariableEnd: return "end of print statement";
+    case TokenType::kBlockBegin: return "begin of statement block";
+    case TokenType::kBlockEnd: return "end of statement block";
+    case TokenType::kEnd: return "end of template";
+    default: return token.text;
   }
 }
 
@@ -157,8 +150,7 @@ class Parser {
             syntax_error("unexpected end of template; Jinja was looking for " + wanted);
           }
           return body;
-        default:
-          syntax_error("unexpected '" + describe(token) + "'");
+        default: syntax_error("unexpected '" + describe(token) + "'");
       }
     }
   }
@@ -601,8 +593,7 @@ class Parser {
         if (token.text == "[") return parse_list();
         if (token.text == "{") return parse_dict();
         break;
-      default:
-        break;
+      default: break;
     }
     syntax_error("unexpected '" + describe(token) + "'");
   }
@@ -818,9 +809,7 @@ class Parser {
         validate(node.otherwise, false);
         break;
       }
-      case Statement::Kind::kSet:
-        validate(static_cast<SetStatement&>(statement).value.get(), soft);
-        break;
+      case Statement::Kind::kSet: validate(static_cast<SetStatement&>(statement).value.get(), soft); break;
       case Statement::Kind::kSetBlock: {
         auto& node = static_cast<SetBlockStatement&>(statement);
         validate(node.filter.get(), soft);
@@ -841,17 +830,14 @@ class Parser {
         validate(node.body, false);
         break;
       }
-      case Statement::Kind::kScope:
-        validate(static_cast<ScopeStatement&>(statement).body, false);
-        break;
+      case Statement::Kind::kScope: validate(static_cast<ScopeStatement&>(statement).body, false); break;
       case Statement::Kind::kWith: {
         auto& node = static_cast<WithStatement&>(statement);
         for (auto& assignment : node.assignments) validate(assignment.second.get(), soft);
         validate(node.body, false);
         break;
       }
-      default:
-        break;
+      default: break;
     }
   }
 
@@ -865,8 +851,7 @@ class Parser {
   void validate(Expression* expression, bool soft) {
     if (expression == nullptr) return;
     switch (expression->kind) {
-      case Expression::Kind::kLiteral:
-        break;
+      case Expression::Kind::kLiteral: break;
       case Expression::Kind::kName: {
         const std::string& name = static_cast<NameExpression*>(expression)->name;
         if (is_unimplemented_global(name)) unsupported("the Jinja global '" + name + "'", expression->line);
@@ -916,8 +901,7 @@ class Parser {
       case Expression::Kind::kFilter: {
         auto* node = static_cast<FilterExpression*>(expression);
         switch (filter_support(node->name)) {
-          case BuiltinSupport::kImplemented:
-            break;
+          case BuiltinSupport::kImplemented: break;
           case BuiltinSupport::kNotImplemented:
             unsupported("the Jinja filter '" + node->name + "'", expression->line);
           case BuiltinSupport::kUnknown:
@@ -934,8 +918,7 @@ class Parser {
       case Expression::Kind::kTest: {
         auto* node = static_cast<TestExpression*>(expression);
         switch (test_support(node->name)) {
-          case BuiltinSupport::kImplemented:
-            break;
+          case BuiltinSupport::kImplemented: break;
           case BuiltinSupport::kNotImplemented:
             unsupported("the Jinja test '" + node->name + "'", expression->line);
           case BuiltinSupport::kUnknown:

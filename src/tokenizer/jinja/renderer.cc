@@ -68,10 +68,8 @@ bool is_hashable(const Value& value) {
         if (!is_hashable(item)) return false;
       }
       return true;
-    case Value::Type::kDict:
-      return false;
-    default:
-      return true;
+    case Value::Type::kDict: return false;
+    default: return true;
   }
 }
 
@@ -206,10 +204,8 @@ Renderer::Flow Renderer::execute(const Statement& statement, Frame* frame) {
       release_frames(mark);
       return flow;
     }
-    case Statement::Kind::kBreak:
-      return Flow::kBreak;
-    case Statement::Kind::kContinue:
-      return Flow::kContinue;
+    case Statement::Kind::kBreak: return Flow::kBreak;
+    case Statement::Kind::kContinue: return Flow::kContinue;
   }
   return Flow::kNormal;
 }
@@ -256,9 +252,7 @@ void Renderer::execute_for(const ForStatement& node, Frame* frame) {
 
 void Renderer::assign(const AssignTarget& target, const Value& value, Frame* frame) {
   switch (target.kind) {
-    case AssignTarget::Kind::kName:
-      frame->set(target.name, value);
-      return;
+    case AssignTarget::Kind::kName: frame->set(target.name, value); return;
     case AssignTarget::Kind::kNamespaceAttribute: {
       const Value* object = frame->find(target.name);
       if (object == nullptr || !object->is_namespace()) {
@@ -413,8 +407,7 @@ Value Renderer::evaluate(const Expression& expression, Frame* frame) {
   const DepthGuard guard(evaluation_depth_, steps_);
   line_ = expression.line;
   switch (expression.kind) {
-    case Expression::Kind::kLiteral:
-      return static_cast<const LiteralExpression&>(expression).value;
+    case Expression::Kind::kLiteral: return static_cast<const LiteralExpression&>(expression).value;
     case Expression::Kind::kName: {
       const std::string& name = static_cast<const NameExpression&>(expression).name;
       const Value* value = frame->find(name);
@@ -462,8 +455,7 @@ Value Renderer::evaluate(const Expression& expression, Frame* frame) {
       line_ = node.line;
       return get_item(object, key);
     }
-    case Expression::Kind::kSlice:
-      fail(FailureKind::kSyntax, "a slice outside of a subscript");
+    case Expression::Kind::kSlice: fail(FailureKind::kSyntax, "a slice outside of a subscript");
     case Expression::Kind::kCall: {
       const auto& node = static_cast<const CallExpression&>(expression);
       const Value callee = evaluate(*node.callee, frame);

@@ -149,14 +149,10 @@ Value Value::callable(std::shared_ptr<const Callable> function) {
 
 double Value::as_double() const {
   switch (type_) {
-    case Type::kFloat:
-      return scalar_.floating;
-    case Type::kInt:
-      return static_cast<double>(scalar_.integer);
-    case Type::kBool:
-      return scalar_.boolean ? 1.0 : 0.0;
-    default:
-      return 0.0;
+    case Type::kFloat: return scalar_.floating;
+    case Type::kInt: return static_cast<double>(scalar_.integer);
+    case Type::kBool: return scalar_.boolean ? 1.0 : 0.0;
+    default: return 0.0;
   }
 }
 
@@ -194,42 +190,26 @@ void Dict::set(Value key, Value value) {
 
 std::string python_type_name(const Value& value) {
   switch (value.type()) {
-    case Value::Type::kUndefined:
-      return "Undefined";
-    case Value::Type::kNone:
-      return "NoneType";
-    case Value::Type::kBool:
-      return "bool";
-    case Value::Type::kInt:
-      return "int";
-    case Value::Type::kFloat:
-      return "float";
-    case Value::Type::kString:
-      return value.is_markup() ? "Markup" : "str";
+    case Value::Type::kUndefined: return "Undefined";
+    case Value::Type::kNone: return "NoneType";
+    case Value::Type::kBool: return "bool";
+    case Value::Type::kInt: return "int";
+    case Value::Type::kFloat: return "float";
+    case Value::Type::kString: return value.is_markup() ? "Markup" : "str";
     case Value::Type::kSequence:
       switch (value.sequence_kind()) {
-        case SequenceKind::kList:
-          return "list";
-        case SequenceKind::kTuple:
-          return "tuple";
-        case SequenceKind::kGenerator:
-          return "generator";
-        case SequenceKind::kDictItems:
-          return "dict_items";
-        case SequenceKind::kDictKeys:
-          return "dict_keys";
-        case SequenceKind::kDictValues:
-          return "dict_values";
+        case SequenceKind::kList: return "list";
+        case SequenceKind::kTuple: return "tuple";
+        case SequenceKind::kGenerator: return "generator";
+        case SequenceKind::kDictItems: return "dict_items";
+        case SequenceKind::kDictKeys: return "dict_keys";
+        case SequenceKind::kDictValues: return "dict_values";
       }
       return "list";
-    case Value::Type::kDict:
-      return "dict";
-    case Value::Type::kNamespace:
-      return "Namespace";
-    case Value::Type::kLoop:
-      return "LoopContext";
-    case Value::Type::kCallable:
-      return "function";
+    case Value::Type::kDict: return "dict";
+    case Value::Type::kNamespace: return "Namespace";
+    case Value::Type::kLoop: return "LoopContext";
+    case Value::Type::kCallable: return "function";
   }
   return "object";
 }
@@ -273,12 +253,9 @@ std::string dict_repr(const Dict& dict, int depth) {
 
 std::string to_python_str(const Value& value) {
   switch (value.type()) {
-    case Value::Type::kUndefined:
-      return "";
-    case Value::Type::kString:
-      return value.as_string();
-    default:
-      return to_python_repr(value);
+    case Value::Type::kUndefined: return "";
+    case Value::Type::kString: return value.as_string();
+    default: return to_python_repr(value);
   }
 }
 
@@ -287,39 +264,28 @@ namespace {
 std::string repr_at(const Value& value, int depth) {
   check_depth(depth);
   switch (value.type()) {
-    case Value::Type::kUndefined:
-      return "Undefined";
-    case Value::Type::kNone:
-      return "None";
-    case Value::Type::kBool:
-      return value.as_bool() ? "True" : "False";
-    case Value::Type::kInt:
-      return std::to_string(value.as_int());
-    case Value::Type::kFloat:
-      return python_float_repr(value.as_double());
+    case Value::Type::kUndefined: return "Undefined";
+    case Value::Type::kNone: return "None";
+    case Value::Type::kBool: return value.as_bool() ? "True" : "False";
+    case Value::Type::kInt: return std::to_string(value.as_int());
+    case Value::Type::kFloat: return python_float_repr(value.as_double());
     case Value::Type::kString:
       return value.is_markup() ? "Markup(" + python_string_repr(value.as_string()) + ")"
                                : python_string_repr(value.as_string());
     case Value::Type::kSequence: {
       const auto& items = value.items();
       switch (value.sequence_kind()) {
-        case SequenceKind::kList:
-          return "[" + join_reprs(items, depth + 1) + "]";
+        case SequenceKind::kList: return "[" + join_reprs(items, depth + 1) + "]";
         case SequenceKind::kTuple:
           return "(" + join_reprs(items, depth + 1) + (items.size() == 1 ? ",)" : ")");
-        case SequenceKind::kGenerator:
-          return "<generator object>";
-        case SequenceKind::kDictItems:
-          return "dict_items([" + join_reprs(items, depth + 1) + "])";
-        case SequenceKind::kDictKeys:
-          return "dict_keys([" + join_reprs(items, depth + 1) + "])";
-        case SequenceKind::kDictValues:
-          return "dict_values([" + join_reprs(items, depth + 1) + "])";
+        case SequenceKind::kGenerator: return "<generator object>";
+        case SequenceKind::kDictItems: return "dict_items([" + join_reprs(items, depth + 1) + "])";
+        case SequenceKind::kDictKeys: return "dict_keys([" + join_reprs(items, depth + 1) + "])";
+        case SequenceKind::kDictValues: return "dict_values([" + join_reprs(items, depth + 1) + "])";
       }
       return "";
     }
-    case Value::Type::kDict:
-      return dict_repr(value.as_dict(), depth + 1);
+    case Value::Type::kDict: return dict_repr(value.as_dict(), depth + 1);
     case Value::Type::kNamespace:
       return "<Namespace " + dict_repr(value.as_namespace().attributes, depth + 1) + ">";
     case Value::Type::kLoop: {
@@ -327,8 +293,7 @@ std::string repr_at(const Value& value, int depth) {
       return "<LoopContext " + std::to_string(loop.index0 + 1) + "/" + std::to_string(loop.items->size()) +
              ">";
     }
-    case Value::Type::kCallable:
-      return value.as_callable().repr();
+    case Value::Type::kCallable: return value.as_callable().repr();
   }
   return "";
 }
@@ -340,23 +305,16 @@ std::string to_python_repr(const Value& value) { return repr_at(value, 0); }
 bool is_truthy(const Value& value) {
   switch (value.type()) {
     case Value::Type::kUndefined:
-    case Value::Type::kNone:
-      return false;
-    case Value::Type::kBool:
-      return value.as_bool();
-    case Value::Type::kInt:
-      return value.as_int() != 0;
-    case Value::Type::kFloat:
-      return value.as_double() != 0.0;
-    case Value::Type::kString:
-      return !value.as_string().empty();
+    case Value::Type::kNone: return false;
+    case Value::Type::kBool: return value.as_bool();
+    case Value::Type::kInt: return value.as_int() != 0;
+    case Value::Type::kFloat: return value.as_double() != 0.0;
+    case Value::Type::kString: return !value.as_string().empty();
     case Value::Type::kSequence:
       // A generator object is always true in Python, even when it will yield nothing.
       return value.sequence_kind() == SequenceKind::kGenerator || !value.items().empty();
-    case Value::Type::kDict:
-      return !value.as_dict().empty();
-    default:
-      return true;
+    case Value::Type::kDict: return !value.as_dict().empty();
+    default: return true;
   }
 }
 
@@ -371,10 +329,8 @@ bool equals_at(const Value& left, const Value& right, int depth) {
   if (left.type() != right.type()) return false;
   switch (left.type()) {
     case Value::Type::kUndefined:
-    case Value::Type::kNone:
-      return true;
-    case Value::Type::kString:
-      return left.as_string() == right.as_string();
+    case Value::Type::kNone: return true;
+    case Value::Type::kString: return left.as_string() == right.as_string();
     case Value::Type::kSequence: {
       const SequenceKind kind = left.sequence_kind();
       if (kind != right.sequence_kind()) return false;
@@ -408,8 +364,7 @@ bool equals_at(const Value& left, const Value& right, int depth) {
       }
       return true;
     }
-    default:
-      return left.identity() == right.identity();
+    default: return left.identity() == right.identity();
   }
 }
 
@@ -446,18 +401,14 @@ bool python_less(const Value& left, const Value& right) { return less_at(left, r
 
 int64_t python_len(const Value& value) {
   switch (value.type()) {
-    case Value::Type::kUndefined:
-      return 0;
-    case Value::Type::kString:
-      return count_code_points(value.as_string());
+    case Value::Type::kUndefined: return 0;
+    case Value::Type::kString: return count_code_points(value.as_string());
     case Value::Type::kSequence:
       if (value.sequence_kind() != SequenceKind::kGenerator)
         return static_cast<int64_t>(value.items().size());
       break;
-    case Value::Type::kDict:
-      return static_cast<int64_t>(value.as_dict().size());
-    default:
-      break;
+    case Value::Type::kDict: return static_cast<int64_t>(value.as_dict().size());
+    default: break;
   }
   fail(FailureKind::kType, "object of type '" + python_type_name(value) + "' has no len()");
 }
@@ -467,17 +418,14 @@ bool python_is_iterable(const Value& value) {
     case Value::Type::kUndefined:
     case Value::Type::kString:
     case Value::Type::kSequence:
-    case Value::Type::kDict:
-      return true;
-    default:
-      return false;
+    case Value::Type::kDict: return true;
+    default: return false;
   }
 }
 
 std::vector<Value> python_iterate(const Value& value) {
   switch (value.type()) {
-    case Value::Type::kUndefined:
-      return {};
+    case Value::Type::kUndefined: return {};
     case Value::Type::kString: {
       std::vector<Value> characters;
       std::string character;
@@ -501,19 +449,15 @@ std::vector<Value> python_iterate(const Value& value) {
       for (const auto& entry : value.as_dict().entries()) keys.push_back(entry.first);
       return keys;
     }
-    default:
-      fail(FailureKind::kType, "'" + python_type_name(value) + "' object is not iterable");
+    default: fail(FailureKind::kType, "'" + python_type_name(value) + "' object is not iterable");
   }
 }
 
 Value value_from_json(const nlohmann::ordered_json& json) {
   switch (json.type()) {
-    case nlohmann::ordered_json::value_t::null:
-      return Value::none();
-    case nlohmann::ordered_json::value_t::boolean:
-      return Value::boolean(json.get<bool>());
-    case nlohmann::ordered_json::value_t::number_integer:
-      return Value::integer(json.get<int64_t>());
+    case nlohmann::ordered_json::value_t::null: return Value::none();
+    case nlohmann::ordered_json::value_t::boolean: return Value::boolean(json.get<bool>());
+    case nlohmann::ordered_json::value_t::number_integer: return Value::integer(json.get<int64_t>());
     case nlohmann::ordered_json::value_t::number_unsigned: {
       const uint64_t number = json.get<uint64_t>();
       if (number > static_cast<uint64_t>(INT64_MAX)) {
@@ -521,10 +465,8 @@ Value value_from_json(const nlohmann::ordered_json& json) {
       }
       return Value::integer(static_cast<int64_t>(number));
     }
-    case nlohmann::ordered_json::value_t::number_float:
-      return Value::floating(json.get<double>());
-    case nlohmann::ordered_json::value_t::string:
-      return Value::string(json.get<std::string>());
+    case nlohmann::ordered_json::value_t::number_float: return Value::floating(json.get<double>());
+    case nlohmann::ordered_json::value_t::string: return Value::string(json.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       std::vector<Value> items;
       items.reserve(json.size());
@@ -536,8 +478,7 @@ Value value_from_json(const nlohmann::ordered_json& json) {
       for (const auto& [key, item] : json.items()) dict.set(key, value_from_json(item));
       return Value::dict(std::move(dict));
     }
-    default:
-      fail(FailureKind::kUnsupported, "JSON binary values cannot be passed to a template");
+    default: fail(FailureKind::kUnsupported, "JSON binary values cannot be passed to a template");
   }
 }
 
@@ -551,16 +492,11 @@ std::string json_float(double value) {
 
 std::string json_key(const Value& key) {
   switch (key.type()) {
-    case Value::Type::kString:
-      return key.as_string();
-    case Value::Type::kFloat:
-      return json_float(key.as_double());
-    case Value::Type::kBool:
-      return key.as_bool() ? "true" : "false";
-    case Value::Type::kNone:
-      return "null";
-    case Value::Type::kInt:
-      return std::to_string(key.as_int());
+    case Value::Type::kString: return key.as_string();
+    case Value::Type::kFloat: return json_float(key.as_double());
+    case Value::Type::kBool: return key.as_bool() ? "true" : "false";
+    case Value::Type::kNone: return "null";
+    case Value::Type::kInt: return std::to_string(key.as_int());
     default:
       fail(FailureKind::kType, "keys must be str, int, float, bool or None, not " + python_type_name(key));
   }
@@ -577,21 +513,11 @@ void dump_json(const Value& value, const JsonDumpOptions& options, int level, st
     return text;
   };
   switch (value.type()) {
-    case Value::Type::kNone:
-      out += "null";
-      return;
-    case Value::Type::kBool:
-      out += value.as_bool() ? "true" : "false";
-      return;
-    case Value::Type::kInt:
-      out += std::to_string(value.as_int());
-      return;
-    case Value::Type::kFloat:
-      out += json_float(value.as_double());
-      return;
-    case Value::Type::kString:
-      out += json_quote(value.as_string(), options.ensure_ascii);
-      return;
+    case Value::Type::kNone: out += "null"; return;
+    case Value::Type::kBool: out += value.as_bool() ? "true" : "false"; return;
+    case Value::Type::kInt: out += std::to_string(value.as_int()); return;
+    case Value::Type::kFloat: out += json_float(value.as_double()); return;
+    case Value::Type::kString: out += json_quote(value.as_string(), options.ensure_ascii); return;
     case Value::Type::kSequence: {
       if (!value.is_list_or_tuple()) break;
       const auto& items = value.items();
@@ -637,8 +563,7 @@ void dump_json(const Value& value, const JsonDumpOptions& options, int level, st
       out += "}";
       return;
     }
-    default:
-      break;
+    default: break;
   }
   fail(FailureKind::kType, "Object of type " + python_type_name(value) + " is not JSON serializable");
 }
