@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cartridge/text_init.h"
+#include "io/model_files.h"
 #include "generate/generator.h"
 #include "generate/loaded_model.h"
 #include "util/error.h"
@@ -73,7 +74,7 @@ double decode_tokens_per_second(const cartridge::LoadedModel& loaded, const std:
 
 int main(int argc, char** argv) {
   CLI::App app("cartridge.cpp cartridge benchmark (init from text, decode with a cartridge, bytes)");
-  std::string model_spec = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string model_spec = kDefaultModelPath;
   std::string text_file = "examples/data/varnholm.md";
   std::string dtype_name = "f32";
   std::string device_name = "cpu";

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "io/model_files.h"
+
 namespace cartridge::testing {
 
 inline std::string fixtures_root() {
@@ -32,6 +34,6 @@ inline std::string fixture_path(const std::string& relative) {
 inline std::string repo_root() { return CARTRIDGE_SOURCE_DIR; }
 
 // The default model, fetched by scripts/setup.sh.
-inline std::string default_model_path() { return repo_root() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"; }
+inline std::string default_model_path() { return repo_root() + "/" + kDefaultModelPath; }
 
 }  // namespace cartridge::testing

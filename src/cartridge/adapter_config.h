@@ -1,6 +1,6 @@
-// PEFT's `adapter_config.json` for a CARTRIDGE adapter (spec §A2): the 14 keys of CartridgeConfig, read
-// as PEFT reads them (defaults for missing keys, unknown keys ignored) and written byte for byte as PEFT's
-// `PeftConfigMixin.save_pretrained` writes them.
+// PEFT's `adapter_config.json` for a CARTRIDGE adapter (docs/cartridge_format.md): the 14 keys of
+// CartridgeConfig, read as PEFT reads them (defaults for missing keys, unknown keys ignored) and written byte
+// for byte as PEFT's `PeftConfigMixin.save_pretrained` writes them.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,7 @@ struct AdapterConfig {
   std::optional<std::string> base_model_name_or_path;     // what the adapter was made for (informational)
   bool inference_mode = true;                             // PEFT always saves `true`
   nlohmann::json modules_to_save;                         // null or a list (not used by CAUSAL_LM)
-  int64_t num_attention_heads = 0;                        // H_kv (PEFT's GQA rule, spec §A2.2)
+  int64_t num_attention_heads = 0;                        // H_kv (PEFT's GQA rule, docs/cartridge_format.md)
   int64_t num_frozen_tokens = 1;                          // F: rows [0, F) are never trained
   int64_t num_layers = 0;                                 // L
   std::optional<int64_t> num_transformer_submodules = 1;  // 1 for decoder-only models

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <map>
 
+#include "io/model_files.h"
+#include "model/safetensors_dtype.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
@@ -45,52 +47,6 @@ std::optional<std::string> adapter_in_folder(const fs::path& folder) {
   return std::nullopt;
 }
 
-fs::path hub_cache_root() {
-  if (const char* cache = std::getenv("HF_HUB_CACHE"); cache && *cache) return cache;
-  if (const char* home = std::getenv("HF_HOME"); home && *home) return fs::path(home) / "hub";
-  const char* user_home = std::getenv("HOME");
-  return fs::path(user_home ? user_home : ".") / ".cache" / "huggingface" / "hub";
-}
-
-// The snapshot folder of a cached Hub repo: the revision refs/main names, else the newest snapshot.
-std::optional<fs::path> cached_snapshot(const fs::path& repo_folder) {
-  const fs::path snapshots = repo_folder / "snapshots";
-  if (!fs::is_directory(snapshots)) return std::nullopt;
-  const fs::path main_ref = repo_folder / "refs" / "main";
-  if (fs::is_regular_file(main_ref)) {
-    std::string revision = read_text_file(main_ref.string());
-    revision.erase(revision.find_last_not_of(" \n\r\t") + 1);
-    if (fs::is_directory(snapshots / revision)) return snapshots / revision;
-  }
-  std::optional<fs::path> newest;
-  fs::file_time_type newest_time;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(snapshots, error)) {
-    if (!entry.is_directory()) continue;
-    const auto time = entry.last_write_time(error);
-    if (!newest || time > newest_time) newest = entry.path(), newest_time = time;
-  }
-  return newest;
-}
-
-at::ScalarType torch_dtype(SafetensorsDType dtype) {
-  switch (dtype) {
-    case SafetensorsDType::F32: return at::kFloat;
-    case SafetensorsDType::F16: return at::kHalf;
-    case SafetensorsDType::BF16: return at::kBFloat16;
-    default: return at::ScalarType::Undefined;
-  }
-}
-
-SafetensorsDType safetensors_dtype(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return SafetensorsDType::F32;
-    case at::kHalf: return SafetensorsDType::F16;
-    case at::kBFloat16: return SafetensorsDType::BF16;
-    default: TORCH_CHECK(false, "no safetensors dtype for ", dtype);
-  }
-}
-
 // `prompt_embeddings` of an adapter folder in its stored dtype (a copy), checked against `config`.
 struct StoredEmbeddings {
   at::Tensor tensor;  // [p, W] F32/F16/BF16 on the CPU
@@ -123,7 +79,7 @@ StoredEmbeddings read_prompt_embeddings(const fs::path& folder, const AdapterCon
                                             "is this a CARTRIDGE adapter?"));
   }
   const at::ScalarType dtype = torch_dtype(info->dtype);
-  if (dtype == at::ScalarType::Undefined) {
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
     throw UnsupportedError(describe_file_problem(
         path.string(), "stores prompt_embeddings as " + safetensors_dtype_name(info->dtype),
         "expected F32, F16 or BF16"));
@@ -208,10 +164,9 @@ std::string resolve_adapter_folder(const std::string& spec) {
       parts.size() >= 2 && !path.is_absolute() && parts[0] != "." && parts[0] != "..";
   std::vector<std::string> searched = {spec};
   if (looks_like_hub_id) {
-    const fs::path repo = hub_cache_root() / ("models--" + parts[0] + "--" + parts[1]);
-    searched.push_back(repo.string());
-    if (auto snapshot = cached_snapshot(repo)) {
-      fs::path folder = *snapshot;
+    const std::string snapshot = cached_hub_snapshot(parts[0], parts[1], &searched);
+    if (!snapshot.empty()) {
+      fs::path folder = snapshot;
       for (size_t i = 2; i < parts.size(); ++i) folder /= parts[i];
       if (fs::is_directory(folder)) {
         if (auto found = adapter_in_folder(folder)) return *found;

@@ -1,4 +1,4 @@
-// Reading and writing cartridges as PEFT CARTRIDGE adapters (spec §A3): a folder with
+// Reading and writing cartridges as PEFT CARTRIDGE adapters (docs/cartridge_format.md): a folder with
 // `adapter_config.json` and `adapter_model.safetensors` (one tensor `prompt_embeddings` [p, W]), plus our
 // `cartridge_fingerprint.json` that PEFT ignores. Files written here are byte-identical to PEFT's
 // save_pretrained / compose_cartridge_adapters output for the same values; folders are written
@@ -21,9 +21,8 @@ namespace cartridge {
 //  - a folder that has adapter_config.json;
 //  - a folder without one whose subfolders hold adapters (PEFT saves an adapter named other than
 //    "default" in <folder>/<name>/): the only one, or an InvalidArgumentError listing the names to choose;
-//  - a Hub id `org/name` or `org/name/<subfolder>` already in the local Hugging Face cache
-//    ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub; the snapshot named by refs/main,
-//    else the newest).
+//  - a Hub id `org/name` or `org/name/<subfolder>` already in the local Hugging Face cache (found as
+//    models are: hub_cache_folder() and cached_hub_snapshot() in io/model_files.h).
 // Throws FileNotFoundError naming every place searched.
 std::string resolve_adapter_folder(const std::string& spec);
 
@@ -51,8 +50,8 @@ std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, c
 
 // Loads the adapters `specs` (at least one) for a model, refuses any that does not fit `config`, compares
 // fingerprints with the model in `files` (computed only when some adapter has one; skipped when `files`
-// is null) and composes them in order (spec §A4.4) into one cartridge. Warnings (fingerprint differences,
-// ignored config keys) are appended to `warnings` when given.
+// is null) and composes them in order (docs/cartridge_format.md, "Composing cartridges") into one cartridge.
+// Warnings (fingerprint differences, ignored config keys) are appended to `warnings` when given.
 Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const ModelConfig& config,
                                     const ModelFiles* files, std::vector<std::string>* warnings);
 
@@ -64,12 +63,13 @@ Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const
 void save_adapter(const std::string& folder, const Cartridge& cartridge, const AdapterConfig& config,
                   const ModelFingerprint* fingerprint, bool overwrite);
 
-// PEFT's compose_cartridge_adapters on adapter folders (spec §A4.4): at least two CARTRIDGE adapters
-// agreeing on task_type, token_dim, num_layers, num_attention_heads and num_transformer_submodules
-// (MismatchError naming the field and the adapter otherwise); tensors concatenated in order in their
-// stored dtypes (promoted as torch.cat does); config = the first one's with num_virtual_tokens = the sum and
-// the first one's num_frozen_tokens; safetensors without metadata. The same bytes as PEFT. The first
-// adapter's fingerprint is kept; returns warnings when the inputs' fingerprints differ. Atomic.
+// PEFT's compose_cartridge_adapters on adapter folders (docs/cartridge_format.md, "Composing cartridges"): at
+// least two CARTRIDGE adapters agreeing on task_type, token_dim, num_layers, num_attention_heads and
+// num_transformer_submodules (MismatchError naming the field and the adapter otherwise); tensors concatenated
+// in order in their stored dtypes (promoted as torch.cat does); config = the first one's with
+// num_virtual_tokens = the sum and the first one's num_frozen_tokens; safetensors without metadata. The same
+// bytes as PEFT. The first adapter's fingerprint is kept; returns warnings when the inputs' fingerprints
+// differ. Atomic.
 std::vector<std::string> compose_adapter_folders(const std::vector<std::string>& specs,
                                                  const std::string& output_folder, bool overwrite);
 

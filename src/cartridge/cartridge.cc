@@ -70,14 +70,14 @@ Cartridge Cartridge::random(const CartridgeShape& shape, int64_t num_virtual_tok
 
 Cartridge Cartridge::from_kv_cache(const KvCache& cache, int64_t num_virtual_tokens,
                                    int64_t num_frozen_tokens, int64_t row) {
-  if (cache.keys.empty()) throw InvalidArgumentError("the KV cache has no layers");
+  if (cache.num_layers() == 0) throw InvalidArgumentError("the KV cache has no layers");
   if (row < 0 || row >= cache.batch_size()) {
     throw InvalidArgumentError("row " + std::to_string(row) + " is outside the KV cache's " +
                                std::to_string(cache.batch_size()) + " rows");
   }
   if (num_virtual_tokens <= 0) throw InvalidArgumentError("the cartridge length p must be positive");
   // Valid slots must be the leading ones: a padded slot inside the first p would not be a real key.
-  const at::Tensor valid = cache.slot_mask[row].to(at::kCPU);  // [S] bool
+  const at::Tensor valid = cache.slot_mask()[row].to(at::kCPU);  // [S] bool
   int64_t leading_valid = 0;
   const auto valid_flags = valid.accessor<bool, 1>();
   while (leading_valid < valid.size(0) && valid_flags[leading_valid]) ++leading_valid;
@@ -86,13 +86,9 @@ Cartridge Cartridge::from_kv_cache(const KvCache& cache, int64_t num_virtual_tok
                                " cached tokens, got " + std::to_string(leading_valid) +
                                " (use a longer text or a smaller p)");
   }
-  const at::Tensor& first_keys = cache.keys.front();  // [B, H_kv, S, D]
+  const at::Tensor& first_keys = cache.keys(0);  // [B, H_kv, S, D]
   const CartridgeShape shape{cache.num_layers(), first_keys.size(1), first_keys.size(3)};
-  KvPrefix prefix;
-  for (int64_t layer = 0; layer < cache.num_layers(); ++layer) {
-    prefix.keys.push_back(cache.keys[layer][row].narrow(1, 0, num_virtual_tokens));      // [H_kv, p, D]
-    prefix.values.push_back(cache.values[layer][row].narrow(1, 0, num_virtual_tokens));  // [H_kv, p, D]
-  }
+  const KvPrefix prefix = cache.row_prefix(row, num_virtual_tokens);  // per layer [H_kv, p, D]
   // Upcast to float32 as PEFT's load_prompt_embeddings copies into its float32 parameters. clone() gives
   // ordinary tensors even when the cache was filled under InferenceMode.
   const at::Tensor rows = prompt_embeddings_from_kv_prefix(prefix).clone();  // [p, W]
@@ -126,12 +122,7 @@ Cartridge Cartridge::from_token_ids(const Model& model, const std::vector<int32_
     ForwardOptions options;
     options.last_token_only = true;  // the logits are not needed, only the cache
     model.forward(input_ids.to(model.device()), token_mask.to(model.device()), cache, options);
-    KvPrefix prefix;
-    for (int64_t layer = 0; layer < cache.num_layers(); ++layer) {
-      prefix.keys.push_back(cache.keys[layer][0].narrow(1, 0, num_virtual_tokens));      // [H_kv, p, D]
-      prefix.values.push_back(cache.values[layer][0].narrow(1, 0, num_virtual_tokens));  // [H_kv, p, D]
-    }
-    rows = prompt_embeddings_from_kv_prefix(prefix);
+    rows = prompt_embeddings_from_kv_prefix(cache.row_prefix(0, num_virtual_tokens));
   }
   // Outside InferenceMode, so the parameters are ordinary tensors a trainer can differentiate.
   return from_prompt_embeddings(CartridgeShape::of_model(model.config()), rows.clone(), num_frozen_tokens);

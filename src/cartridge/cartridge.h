@@ -1,8 +1,8 @@
-// A cartridge: p trained KV-cache rows that stand in for a document (spec §A3). Stored as PEFT's CARTRIDGE
-// encoder stores it: float32 `frozen` rows [F, W] (the attention sink, never trained) followed by
-// `trainable` rows [p - F, W], W = 2*L*H_kv*D, each row laid out [K_0 | V_0 | K_1 | V_1 | ...], each block
-// head-major then channel (spec §A3.3). Keys are post-RoPE at positions 0..p-1; real tokens that follow
-// go at positions p+i; nothing is ever re-rotated (spec §B2.3).
+// A cartridge: p trained KV-cache rows that stand in for a document (docs/cartridge_format.md). Stored as
+// PEFT's CARTRIDGE encoder stores it: float32 `frozen` rows [F, W] (the attention sink, never trained)
+// followed by `trainable` rows [p - F, W], W = 2*L*H_kv*D, each row laid out [K_0 | V_0 | K_1 | V_1 | ...],
+// each block head-major then channel (docs/cartridge_format.md). Keys are post-RoPE at positions 0..p-1; real
+// tokens that follow go at positions p+i; nothing is ever re-rotated (docs/positions_and_masks.md).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cartridge/cartridge_shape.h"
-#include "cartridge/kv_prefix.h"
+#include "cartridge/prompt_embeddings.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
 
@@ -49,8 +49,9 @@ class Cartridge {
   static Cartridge from_token_ids(const Model& model, const std::vector<int32_t>& token_ids,
                                   int64_t num_virtual_tokens, int64_t num_frozen_tokens);
 
-  // Composition by concatenation (spec §A4.4): rows in order, the frozen count of the first, no
-  // re-rotation. Throws MismatchError for fewer than one part or parts of different shapes.
+  // Composition by concatenation (docs/cartridge_format.md, "Composing cartridges"): rows in order, the
+  // frozen count of the first, no re-rotation. Throws MismatchError for fewer than one part or parts of
+  // different shapes.
   static Cartridge compose(const std::vector<Cartridge>& parts);
 
   const CartridgeShape& shape() const { return shape_; }

@@ -1,5 +1,5 @@
 // The per-token layout of a cartridge: how many layers, KV heads and channels one row of PEFT's
-// `prompt_embeddings` [p, 2*L*H_kv*D] holds (spec §A3.3).
+// `prompt_embeddings` [p, 2*L*H_kv*D] holds (docs/cartridge_format.md).
 #pragma once
 
 #include <cstdint>
@@ -19,7 +19,8 @@ struct CartridgeShape {
   // W, one row of prompt_embeddings: 2 * L * H_kv * D (keys and values of every layer).
   int64_t width() const { return 2 * num_layers * token_dim(); }
 
-  // PEFT's GQA rule (spec §A2.2) on our config: KV heads, and head_dim from the config when it has one.
+  // PEFT's GQA rule (docs/cartridge_format.md) on our config: KV heads, and head_dim from the config when it
+  // has one.
   static CartridgeShape of_model(const ModelConfig& config) {
     return {config.num_layers, config.num_key_value_heads, config.head_dim};
   }

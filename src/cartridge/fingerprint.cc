@@ -7,6 +7,7 @@
 
 #include "io/gguf.h"
 #include "io/safetensors.h"
+#include "model/safetensors_dtype.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
 
@@ -91,14 +92,10 @@ at::Tensor hf_final_norm(const ModelFiles& files) {
     SafetensorsFile file(path);
     const SafetensorsTensorInfo* info = file.find(name);
     if (info == nullptr) continue;
-    at::ScalarType dtype;
-    switch (info->dtype) {
-      case SafetensorsDType::F32: dtype = at::kFloat; break;
-      case SafetensorsDType::F16: dtype = at::kHalf; break;
-      case SafetensorsDType::BF16: dtype = at::kBFloat16; break;
-      default:
-        throw UnsupportedError(describe_file_problem(
-            path, name + " is " + safetensors_dtype_name(info->dtype), "expected F32, F16 or BF16"));
+    const at::ScalarType dtype = torch_dtype(info->dtype);
+    if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
+      throw UnsupportedError(describe_file_problem(path, name + " is " + safetensors_dtype_name(info->dtype),
+                                                   "expected F32, F16 or BF16"));
     }
     // from_blob does not own the mapping: copy (always, even when already float32) before `file` unmaps.
     return at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->element_count()}, dtype)

@@ -1,6 +1,6 @@
 // JSON text exactly as Python's `json.dumps(value, indent=2, sort_keys=True)` writes it, which is how PEFT
-// writes adapter_config.json (spec §A2.3): "key": value pairs, "," at line ends, keys sorted at every
-// level, non-ASCII and DEL escaped as \uXXXX (ensure_ascii), no trailing newline.
+// writes adapter_config.json (docs/cartridge_format.md): "key": value pairs, "," at line ends, keys sorted at
+// every level, non-ASCII and DEL escaped as \uXXXX (ensure_ascii), no trailing newline.
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -1,7 +1,8 @@
-// Initialising a cartridge from text, as PEFT's initialize_kv_prefix_from_text does (spec §A4.3): the
-// text is tokenized (plainly, with the tokenizer's default special tokens, or as one system message
-// through the chat template), the base model prefills it at positions 0..n-1, and the first p cached
-// slots become the cartridge. The paper's best initialisation: the first p tokens of the corpus (§B1.5).
+// Initialising a cartridge from text, as PEFT's initialize_kv_prefix_from_text does
+// (docs/cartridge_format.md, "Making a cartridge from text"): the text is tokenized (plainly, with the
+// tokenizer's default special tokens, or as one system message through the chat template), the base model
+// prefills it at positions 0..n-1, and the first p cached slots become the cartridge. The paper's best
+// initialisation: the first p tokens of the corpus (docs/self_study.md).
 #pragma once
 
 #include <cstdint>

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "cartridge/kv_prefix.h"
 #include "generate/sampler.h"
+#include "model/kv_prefix.h"
 
 namespace cartridge {
 
@@ -19,6 +19,9 @@ struct GenerationRequest {
   bool stop_at_eos = true;                // stop on the tokenizer's end-of-sequence token(s)
   std::vector<int32_t> stop_token_ids;    // extra stop tokens (not included in the output)
   std::vector<std::string> stop_strings;  // the text ends before the first occurrence (not included)
+  // >= 1: also report, at prefill, the distributions that predicted the prompt's own tokens from this
+  // index on (DecodeHooks::on_prompt_logits); 0 = none. Token 0 has no such distribution in the prompt.
+  int64_t prompt_logits_from = 0;
 };
 
 struct GenerationResult {
@@ -26,6 +29,7 @@ struct GenerationResult {
   std::string text;                // decoded with special tokens skipped, cut before a stop string
   std::string finish_reason;       // "stop" (eos, stop token or stop string) or "length"
   int64_t prompt_tokens = 0;
+  int32_t stop_token_id = -1;  // the stop token that ended the row ("stop" by token), else -1
 };
 
 }  // namespace cartridge

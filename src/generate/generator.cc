@@ -1,6 +1,8 @@
 #include "generate/generator.h"
 
-#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include "generate/decode_batch.h"
 
 namespace cartridge {
 
@@ -9,47 +11,17 @@ std::vector<GenerationResult> generate(const Model& model, const Tokenizer& toke
                                        const TextCallback& on_text) {
   if (requests.empty()) return {};
   c10::InferenceMode inference_mode;
-
-  std::vector<RowDecoder> rows;
-  rows.reserve(requests.size());
-  std::vector<const GenerationRequest*> batch;
-  for (const GenerationRequest& request : requests) {
-    check_generation_request(model.config(), request);
-    rows.emplace_back(request, tokenizer);
-    batch.push_back(&request);
-  }
-  auto [cache, logits] = prefill_batch(model, batch);  // logits [B, 1, V]
-
-  // `active` maps cache rows to request rows; finished rows leave the batch.
-  std::vector<int64_t> active(requests.size());
-  for (size_t row = 0; row < requests.size(); ++row) active[row] = static_cast<int64_t>(row);
-
-  while (true) {
-    const at::Tensor last_logits = logits.select(1, 0).to(at::kFloat);  // [B_active, V]
-    std::vector<int64_t> still_active;                                  // positions in `active` that continue
-    for (size_t slot = 0; slot < active.size(); ++slot) {
-      RowDecoder& row = rows[active[slot]];
-      if (row.finished()) continue;  // max_new_tokens == 0
-      const std::string visible = row.advance(last_logits[static_cast<int64_t>(slot)]);
-      if (!visible.empty() && on_text) on_text(static_cast<size_t>(active[slot]), visible);
-      if (!row.finished()) still_active.push_back(static_cast<int64_t>(slot));
-    }
-    if (still_active.empty()) break;
-    if (still_active.size() != active.size()) {
-      cache = cache.select_rows(at::tensor(still_active, at::kLong).to(model.device()));
-      std::vector<int64_t> kept_rows;
-      for (int64_t slot : still_active) kept_rows.push_back(active[slot]);
-      active = std::move(kept_rows);
-    }
-    std::vector<int64_t> next_tokens;
-    next_tokens.reserve(active.size());
-    for (int64_t row : active) next_tokens.push_back(rows[row].next_input_token());
-    logits = decode_step(model, cache, next_tokens);
-  }
-
-  std::vector<GenerationResult> results;
-  results.reserve(rows.size());
-  for (RowDecoder& row : rows) results.push_back(row.take_result());
+  std::vector<GenerationResult> results(requests.size());
+  DecodeHooks hooks;
+  // A fresh batch numbers its rows 0, 1, ... in the order added: a row id is the request's index.
+  if (on_text)
+    hooks.on_text = [&](RowId row, const std::string& text) { on_text(static_cast<size_t>(row), text); };
+  hooks.on_finished = [&](RowId row, GenerationResult result) { results[row] = std::move(result); };
+  DecodeBatch batch(model, tokenizer, std::move(hooks));
+  std::vector<const GenerationRequest*> pointers;
+  for (const GenerationRequest& request : requests) pointers.push_back(&request);
+  batch.add(pointers);
+  while (!batch.empty()) batch.step();
   return results;
 }
 

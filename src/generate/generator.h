@@ -1,17 +1,14 @@
 // Batched generation: every row has its own prompt, sampling settings, stop conditions and optionally its
-// own KV prefix (a cartridge, possibly composed). Rows are decoded together, one forward per step.
+// own KV prefix (a cartridge, possibly composed). Rows are decoded together in one DecodeBatch
+// (generate/decode_batch.h), one forward per step.
 #pragma once
 
-#include <cstdint>
+#include <cstddef>
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
-#include "cartridge/kv_prefix.h"
 #include "generate/generation_request.h"
-#include "generate/row_decoder.h"
-#include "generate/sampler.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -27,7 +24,5 @@ using TextCallback = std::function<void(size_t row, const std::string& text)>;
 std::vector<GenerationResult> generate(const Model& model, const Tokenizer& tokenizer,
                                        const std::vector<GenerationRequest>& requests,
                                        const TextCallback& on_text = nullptr);
-
-// (make_prefixed_cache, the per-row RowDecoder and the prefill/decode steps are in generate/row_decoder.h.)
 
 }  // namespace cartridge

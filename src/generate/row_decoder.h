@@ -1,6 +1,5 @@
-// The per-row state of one generation in flight (sampler, streaming detokenizer, stop strings, token
-// budget) and the batched steps around it. Shared by generate() (a fixed batch) and the server's
-// continuous-batching scheduler (rows join and leave between steps), so both decode a request the same way.
+// The per-row state of one generation in flight: sampler, streaming detokenizer, stop strings, token
+// budget. DecodeBatch (generate/decode_batch.h) holds one per running row.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +10,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "cartridge/kv_prefix.h"
 #include "generate/generation_request.h"
 #include "generate/sampler.h"
 #include "generate/stop_matcher.h"
@@ -33,7 +31,14 @@ class RowDecoder {
 
   // Samples a token from `logits` [V] (float, any device) and returns the newly visible text (including
   // the held-back tail when this token finishes the row). Must not be called once finished().
-  std::string advance(const at::Tensor& logits);
+  std::string advance(const at::Tensor& logits) { return accept(static_cast<int32_t>(choose(logits))); }
+  // The two halves of advance(): the token the sampler picks from `logits` [V], and taking `token` as the
+  // row's next (a batch of greedy rows picks all its tokens with one argmax instead of choose()).
+  int64_t choose(const at::Tensor& logits) { return sampler_.sample(logits); }
+  std::string accept(int32_t token);
+  bool is_greedy() const { return request_->sampling.temperature == 0.0; }
+  // Tokens the row may still generate before max_new_tokens.
+  int64_t tokens_left() const;
 
   bool finished() const { return finished_; }
   // The token to feed at the next step (the last one sampled); valid while !finished() after an advance.
@@ -54,18 +59,5 @@ class RowDecoder {
   GenerationResult result_;
   bool finished_ = false;
 };
-
-// Pads per-row prefixes (any may be null) into a KV cache of batch size prefixes.size(): row b holds
-// its prefix's P_b slots, the rest masked out; next positions start at P_b.
-KvCache make_prefixed_cache(const Model& model, const std::vector<std::shared_ptr<const KvPrefix>>& prefixes);
-
-// Prefills a batch: each request's prefix, then its prompt (right-padded into [B, T_max]; padding is masked
-// and takes no position). Returns the cache and the logits of each row's last prompt token [B, 1, V].
-// Requests must have passed check_generation_request.
-std::pair<KvCache, at::Tensor> prefill_batch(const Model& model,
-                                             const std::vector<const GenerationRequest*>& requests);
-
-// One decode step: feeds `tokens` (one per cache row, in row order) and returns logits [B, 1, V].
-at::Tensor decode_step(const Model& model, KvCache& cache, const std::vector<int64_t>& tokens);
 
 }  // namespace cartridge

@@ -75,14 +75,11 @@ int64_t Sampler::sample(const at::Tensor& logits) {
   return order[count - 1];
 }
 
-void Sampler::top_log_probs(const at::Tensor& logits, int64_t count, std::vector<int32_t>& ids,
-                            std::vector<float>& log_probs) {
-  const at::Tensor log_softmax = logits.to(at::kFloat).log_softmax(-1);  // [V]
-  const auto top = log_softmax.topk(std::min<int64_t>(count, log_softmax.size(-1)));
-  const at::Tensor values = std::get<0>(top).to(at::kCPU).contiguous();
-  const at::Tensor indices = std::get<1>(top).to(at::kCPU, at::kInt).contiguous();
-  ids.assign(indices.data_ptr<int32_t>(), indices.data_ptr<int32_t>() + indices.numel());
-  log_probs.assign(values.data_ptr<float>(), values.data_ptr<float>() + values.numel());
+std::pair<at::Tensor, at::Tensor> top_log_probabilities(const at::Tensor& logits, int64_t count) {
+  const at::Tensor log_softmax = logits.to(at::kFloat).log_softmax(-1);  // [..., V]
+  const auto top = log_softmax.topk(std::min<int64_t>(count, log_softmax.size(-1)), -1, /*largest=*/true,
+                                    /*sorted=*/true);
+  return {std::get<1>(top).to(at::kCPU, at::kInt).contiguous(), std::get<0>(top).to(at::kCPU).contiguous()};
 }
 
 }  // namespace cartridge

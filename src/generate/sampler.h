@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <random>
+#include <utility>
 
 #include <ATen/ATen.h>
 
@@ -26,14 +27,14 @@ class Sampler {
   // Picks the next token from `logits` [V] (any float dtype, any device).
   int64_t sample(const at::Tensor& logits);
 
-  // The log-probabilities of the top `count` tokens of `logits` [V] (full-vocabulary log-softmax at
-  // temperature 1), sorted by decreasing probability. Used to record teacher targets.
-  static void top_log_probs(const at::Tensor& logits, int64_t count, std::vector<int32_t>& ids,
-                            std::vector<float>& log_probs);
-
  private:
   SamplingOptions options_;
   std::mt19937_64 random_;
 };
+
+// The `count` most probable tokens of each row of `logits` [..., V] under the full-vocabulary log-softmax at
+// temperature 1, sorted by decreasing probability: ids [..., K] int32 and log-probabilities [..., K]
+// float32, contiguous on the CPU (K = min(count, V)). Self-study records the teacher's targets with it.
+std::pair<at::Tensor, at::Tensor> top_log_probabilities(const at::Tensor& logits, int64_t count);
 
 }  // namespace cartridge

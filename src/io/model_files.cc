@@ -141,19 +141,26 @@ std::string environment(const char* name) {
   return value != nullptr ? value : "";
 }
 
-// The hub cache folder, chosen the way huggingface_hub chooses it.
-fs::path hub_cache_folder() {
+}  // namespace
+
+std::string hub_cache_folder() {
   if (const std::string hub_cache = environment("HF_HUB_CACHE"); !hub_cache.empty()) return hub_cache;
   if (const std::string legacy = environment("HUGGINGFACE_HUB_CACHE"); !legacy.empty()) return legacy;
-  if (const std::string hf_home = environment("HF_HOME"); !hf_home.empty()) return fs::path(hf_home) / "hub";
+  if (const std::string hf_home = environment("HF_HOME"); !hf_home.empty())
+    return (fs::path(hf_home) / "hub").string();
   if (const std::string xdg = environment("XDG_CACHE_HOME"); !xdg.empty()) {
-    return fs::path(xdg) / "huggingface" / "hub";
+    return (fs::path(xdg) / "huggingface" / "hub").string();
   }
-  return fs::path(environment("HOME")) / ".cache" / "huggingface" / "hub";
+  return (fs::path(environment("HOME")) / ".cache" / "huggingface" / "hub").string();
 }
 
-// The snapshot named by refs/main, else the most recently modified one; empty when there is none.
-fs::path find_snapshot(const fs::path& repository, std::vector<std::string>* searched) {
+std::string cached_hub_snapshot(const std::string& org, const std::string& name,
+                                std::vector<std::string>* searched) {
+  const fs::path repository = fs::path(hub_cache_folder()) / ("models--" + org + "--" + name);
+  if (!folder_exists(repository)) {
+    searched->push_back(repository.string());
+    return "";
+  }
   const fs::path snapshots = repository / "snapshots";
   const fs::path main_ref = repository / "refs" / "main";
   if (file_exists(main_ref)) {
@@ -164,7 +171,7 @@ fs::path find_snapshot(const fs::path& repository, std::vector<std::string>* sea
     if (is_plain_file_name(revision)) {
       const fs::path snapshot = snapshots / revision;
       searched->push_back(snapshot.string() + " (refs/main)");
-      if (folder_exists(snapshot)) return snapshot;
+      if (folder_exists(snapshot)) return snapshot.string();
     }
   }
   searched->push_back(snapshots.string() + "/*");
@@ -181,10 +188,8 @@ fs::path find_snapshot(const fs::path& repository, std::vector<std::string>* sea
       newest_time = time;
     }
   }
-  return newest;
+  return newest.string();
 }
-
-}  // namespace
 
 ModelFiles resolve_model_files(const std::string& spec) {
   if (spec.empty()) {
@@ -211,13 +216,8 @@ ModelFiles resolve_model_files(const std::string& spec) {
   if (looks_like_hub_id(spec)) {
     const std::string org = spec.substr(0, spec.find('/'));
     const std::string name = spec.substr(spec.find('/') + 1);
-    const fs::path repository = hub_cache_folder() / ("models--" + org + "--" + name);
-    if (folder_exists(repository)) {
-      const fs::path snapshot = find_snapshot(repository, &searched);
-      if (!snapshot.empty()) return resolve_folder(spec, snapshot);
-    } else {
-      searched.push_back(repository.string());
-    }
+    const std::string snapshot = cached_hub_snapshot(org, name, &searched);
+    if (!snapshot.empty()) return resolve_folder(spec, snapshot);
   }
   std::string list;
   for (const std::string& place : searched) list += (list.empty() ? "" : ", ") + place;

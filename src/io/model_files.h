@@ -41,4 +41,18 @@ struct ModelFiles {
 // InvalidArgumentError for an empty spec.
 ModelFiles resolve_model_files(const std::string& spec);
 
+// The Hugging Face hub cache folder, chosen as huggingface_hub chooses it: $HF_HUB_CACHE, else
+// $HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else
+// ~/.cache/huggingface/hub.
+std::string hub_cache_folder();
+
+// The snapshot folder of the Hub repository org/name in that cache (models--org--name/snapshots/<rev>):
+// the revision refs/main names when that folder exists, else the most recently modified snapshot; "" when
+// there is none. Appends each place looked at to `searched`, for the caller's "not found" message.
+std::string cached_hub_snapshot(const std::string& org, const std::string& name,
+                                std::vector<std::string>* searched);
+
+// The default model, relative to the repository root: scripts/setup.sh fetches it there.
+inline constexpr char kDefaultModelPath[] = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 }  // namespace cartridge

@@ -1,6 +1,6 @@
 // safetensors reader and writer. The reader validates the header against the file's size before any
 // tensor is touched; the writer produces bytes identical to the `safetensors` Python library
-// (spec/cartridges.md §A3.4): u64 LE header length, compact JSON header with `__metadata__` first and
+// (docs/cartridge_format.md): u64 LE header length, compact JSON header with `__metadata__` first and
 // tensors sorted by (dtype alignment descending, name), keys `dtype, shape, data_offsets`, padded with
 // spaces to a multiple of 8, then the data.
 #pragma once

@@ -6,6 +6,8 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
+#include "util/error.h"
+
 namespace cartridge {
 namespace {
 
@@ -25,9 +27,46 @@ bool is_prefix_view(const at::Tensor& view, const at::Tensor& buffer, int64_t us
 
 }  // namespace
 
-int64_t KvCache::batch_size() const { return slot_mask.defined() ? slot_mask.size(0) : 0; }
+KvPrefix KvPrefix::first(int64_t slots) const {
+  TORCH_CHECK(slots >= 0 && slots <= length(), "KvPrefix::first: ", slots, " of ", length(), " slots");
+  KvPrefix out;
+  for (size_t layer = 0; layer < keys.size(); ++layer) {
+    out.keys.push_back(keys[layer].narrow(1, 0, slots));
+    out.values.push_back(values[layer].narrow(1, 0, slots));
+  }
+  return out;
+}
 
-int64_t KvCache::length() const { return slot_mask.defined() ? slot_mask.size(1) : 0; }
+int64_t KvCache::batch_size() const { return slot_mask_.defined() ? slot_mask_.size(0) : 0; }
+
+int64_t KvCache::length() const { return slot_mask_.defined() ? slot_mask_.size(1) : 0; }
+
+const at::Tensor& KvCache::keys(int64_t layer) const {
+  TORCH_CHECK(layer >= 0 && layer < num_layers(), "KvCache::keys: layer ", layer, " out of range");
+  return keys_[layer];
+}
+
+const at::Tensor& KvCache::values(int64_t layer) const {
+  TORCH_CHECK(layer >= 0 && layer < num_layers(), "KvCache::values: layer ", layer, " out of range");
+  return values_[layer];
+}
+
+bool KvCache::requires_grad() const {
+  if (!c10::GradMode::is_enabled()) return false;
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    if (keys_[layer].requires_grad() || values_[layer].requires_grad()) return true;
+  }
+  return false;
+}
+
+int64_t KvCache::bytes() const {
+  int64_t total = 0;
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    total += keys_[layer].numel() * keys_[layer].element_size() +
+             values_[layer].numel() * values_[layer].element_size();
+  }
+  return total;
+}
 
 KvCache KvCache::empty(const ModelConfig& config, int64_t batch_size, at::ScalarType dtype,
                        at::Device device) {
@@ -35,70 +74,121 @@ KvCache KvCache::empty(const ModelConfig& config, int64_t batch_size, at::Scalar
   KvCache cache;
   const auto options = at::TensorOptions().dtype(dtype).device(device);
   for (int64_t layer = 0; layer < config.num_layers; ++layer) {
-    cache.keys.push_back(at::empty({batch_size, config.num_key_value_heads, 0, config.head_dim}, options));
-    cache.values.push_back(at::empty({batch_size, config.num_key_value_heads, 0, config.head_dim}, options));
+    cache.keys_.push_back(at::empty({batch_size, config.num_key_value_heads, 0, config.head_dim}, options));
+    cache.values_.push_back(at::empty({batch_size, config.num_key_value_heads, 0, config.head_dim}, options));
   }
-  cache.growth_buffers.resize(config.num_layers);
-  cache.slot_mask = at::empty({batch_size, 0}, at::TensorOptions().dtype(at::kBool).device(device));
-  cache.next_positions = at::zeros({batch_size}, at::TensorOptions().dtype(at::kLong).device(device));
+  cache.growth_buffers_.resize(config.num_layers);
+  cache.slot_mask_ = at::empty({batch_size, 0}, at::TensorOptions().dtype(at::kBool).device(device));
+  cache.next_positions_ = at::zeros({batch_size}, at::TensorOptions().dtype(at::kLong).device(device));
   return cache;
 }
 
-KvCache KvCache::with_prefix(std::vector<at::Tensor> prefix_keys, std::vector<at::Tensor> prefix_values,
-                             at::Tensor prefix_lengths, int64_t batch_size) {
-  TORCH_CHECK(!prefix_keys.empty() && prefix_keys.size() == prefix_values.size(),
-              "KvCache::with_prefix: need the same non-zero number of key and value layers");
-  KvCache cache;
-  const at::Tensor& first = prefix_keys.front();
-  TORCH_CHECK(first.dim() == 4, "KvCache::with_prefix: prefix keys must be [B, H_kv, P, D]");
-  const int64_t prefix_slots = first.size(2);
-  for (size_t layer = 0; layer < prefix_keys.size(); ++layer) {
-    at::Tensor keys = prefix_keys[layer];
-    at::Tensor values = prefix_values[layer];
-    TORCH_CHECK(keys.dim() == 4 && values.sizes() == keys.sizes() && keys.size(2) == prefix_slots,
-                "KvCache::with_prefix: layer ", layer, " keys ", keys.sizes(), " values ", values.sizes(),
-                " (expected matching [B, H_kv, ", prefix_slots, ", D])");
-    TORCH_CHECK(keys.size(0) == batch_size || keys.size(0) == 1, "KvCache::with_prefix: prefix batch ",
-                keys.size(0), " is neither 1 nor ", batch_size);
-    if (keys.size(0) != batch_size) {
-      // A view, not a copy: the forward concatenates onto it anyway.
-      keys = keys.expand({batch_size, -1, -1, -1});
-      values = values.expand({batch_size, -1, -1, -1});
-    }
-    cache.keys.push_back(keys);
-    cache.values.push_back(values);
+KvCache KvCache::from_prefix_tensors(std::vector<at::Tensor> keys, std::vector<at::Tensor> values,
+                                     const at::Tensor& prefix_lengths) {
+  TORCH_CHECK(!keys.empty() && keys.size() == values.size(),
+              "KvCache::from_prefix_tensors: need the same non-zero number of key and value layers");
+  const at::Tensor& first = keys.front();
+  TORCH_CHECK(first.dim() == 4, "KvCache::from_prefix_tensors: prefix keys must be [B, H_kv, P, D]");
+  const int64_t batch = first.size(0);
+  const int64_t slots = first.size(2);
+  for (size_t layer = 0; layer < keys.size(); ++layer) {
+    TORCH_CHECK(keys[layer].dim() == 4 && values[layer].sizes() == keys[layer].sizes() &&
+                    keys[layer].size(0) == batch && keys[layer].size(2) == slots,
+                "KvCache::from_prefix_tensors: layer ", layer, " keys ", keys[layer].sizes(), " values ",
+                values[layer].sizes(), " (expected matching [", batch, ", H_kv, ", slots, ", D])");
   }
-  cache.growth_buffers.resize(cache.keys.size());
   const at::Device device = first.device();
-  prefix_lengths = prefix_lengths.to(at::TensorOptions().dtype(at::kLong).device(device));
-  TORCH_CHECK(prefix_lengths.dim() == 1 && prefix_lengths.size(0) == batch_size,
-              "KvCache::with_prefix: prefix_lengths must be [", batch_size, "], got ",
-              prefix_lengths.sizes());
-  const at::Tensor slot_index = at::arange(prefix_slots, at::TensorOptions().dtype(at::kLong).device(device));
-  cache.slot_mask = slot_index.unsqueeze(0) < prefix_lengths.unsqueeze(1);  // [B, P]
-  cache.next_positions = prefix_lengths.clone();
+  const at::Tensor lengths = prefix_lengths.to(at::TensorOptions().dtype(at::kLong).device(device));
+  TORCH_CHECK(lengths.dim() == 1 && lengths.size(0) == batch,
+              "KvCache::from_prefix_tensors: prefix_lengths must be [", batch, "], got ", lengths.sizes());
+  KvCache cache;
+  cache.keys_ = std::move(keys);
+  cache.values_ = std::move(values);
+  cache.growth_buffers_.resize(cache.keys_.size());
+  const at::Tensor slot_index = at::arange(slots, at::TensorOptions().dtype(at::kLong).device(device));
+  cache.slot_mask_ = slot_index.unsqueeze(0) < lengths.unsqueeze(1);  // [B, P]
+  cache.next_positions_ = lengths.clone();
   return cache;
+}
+
+KvCache KvCache::with_prefix(const KvPrefix& prefix, int64_t batch_size) {
+  TORCH_CHECK(prefix.num_layers() > 0 && prefix.keys.size() == prefix.values.size(),
+              "KvCache::with_prefix: the prefix needs the same non-zero number of key and value layers");
+  std::vector<at::Tensor> keys, values;  // per layer [B, H_kv, P, D]
+  for (int64_t layer = 0; layer < prefix.num_layers(); ++layer) {
+    TORCH_CHECK(prefix.keys[layer].dim() == 3, "KvCache::with_prefix: layer ", layer, " keys ",
+                prefix.keys[layer].sizes(), " are not [H_kv, P, D]");
+    // A broadcast view, not a copy: the forward concatenates onto it, or reserve() copies it once.
+    keys.push_back(prefix.keys[layer].unsqueeze(0).expand({batch_size, -1, -1, -1}));
+    values.push_back(prefix.values[layer].unsqueeze(0).expand({batch_size, -1, -1, -1}));
+  }
+  return from_prefix_tensors(std::move(keys), std::move(values),
+                             at::full({batch_size}, prefix.length(), at::kLong));
+}
+
+KvCache KvCache::with_row_prefixes(const ModelConfig& config, at::ScalarType dtype, at::Device device,
+                                   const std::vector<std::shared_ptr<const KvPrefix>>& prefixes) {
+  const int64_t batch = static_cast<int64_t>(prefixes.size());
+  int64_t longest = 0;  // P_max, slots
+  for (const auto& prefix : prefixes) longest = std::max<int64_t>(longest, prefix ? prefix->length() : 0);
+  if (longest == 0) return empty(config, batch, dtype, device);
+
+  const auto tensor_options = at::TensorOptions().dtype(dtype).device(device);
+  std::vector<at::Tensor> keys, values;  // per layer [B, H_kv, P_max, D], zero where a row has no slot
+  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+    keys.push_back(at::zeros({batch, config.num_key_value_heads, longest, config.head_dim}, tensor_options));
+    values.push_back(
+        at::zeros({batch, config.num_key_value_heads, longest, config.head_dim}, tensor_options));
+  }
+  at::Tensor lengths = at::zeros({batch}, at::kLong);  // [B] real prefix slots per row
+  for (int64_t row = 0; row < batch; ++row) {
+    const auto& prefix = prefixes[row];
+    if (!prefix || prefix->length() == 0) continue;
+    if (prefix->num_layers() != config.num_layers) {
+      throw MismatchError("a cartridge has " + std::to_string(prefix->num_layers()) +
+                          " layers but the model has " + std::to_string(config.num_layers) +
+                          " (use a cartridge made for this model)");
+    }
+    const int64_t length = prefix->length();
+    for (int64_t layer = 0; layer < config.num_layers; ++layer) {
+      keys[layer][row].narrow(1, 0, length).copy_(prefix->keys[layer]);
+      values[layer][row].narrow(1, 0, length).copy_(prefix->values[layer]);
+    }
+    lengths[row] = length;
+  }
+  return from_prefix_tensors(std::move(keys), std::move(values), lengths);
+}
+
+KvPrefix KvCache::row_prefix(int64_t row, int64_t slots) const {
+  TORCH_CHECK(row >= 0 && row < batch_size(), "KvCache::row_prefix: row ", row, " of ", batch_size());
+  TORCH_CHECK(slots >= 0 && slots <= length(), "KvCache::row_prefix: ", slots, " slots of ", length());
+  KvPrefix prefix;
+  for (int64_t layer = 0; layer < num_layers(); ++layer) {
+    prefix.keys.push_back(keys_[layer][row].narrow(1, 0, slots));      // [H_kv, slots, D]
+    prefix.values.push_back(values_[layer][row].narrow(1, 0, slots));  // [H_kv, slots, D]
+  }
+  return prefix;
 }
 
 KvCache KvCache::select_rows(const at::Tensor& row_indices) const {
   KvCache out;
-  const at::Tensor indices = row_indices.to(at::TensorOptions().dtype(at::kLong).device(slot_mask.device()));
-  for (size_t layer = 0; layer < keys.size(); ++layer) {
-    out.keys.push_back(keys[layer].index_select(0, indices));
-    out.values.push_back(values[layer].index_select(0, indices));
+  const at::Tensor indices = row_indices.to(at::TensorOptions().dtype(at::kLong).device(slot_mask_.device()));
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    out.keys_.push_back(keys_[layer].index_select(0, indices));
+    out.values_.push_back(values_[layer].index_select(0, indices));
   }
-  out.growth_buffers.resize(keys.size());
-  out.slot_mask = slot_mask.index_select(0, indices);
-  out.next_positions = next_positions.index_select(0, indices);
+  out.growth_buffers_.resize(keys_.size());
+  out.slot_mask_ = slot_mask_.index_select(0, indices);
+  out.next_positions_ = next_positions_.index_select(0, indices);
   return out;
 }
 
 KvCache KvCache::concat_rows(const std::vector<KvCache>& caches) {
   TORCH_CHECK(!caches.empty(), "KvCache::concat_rows: no caches");
-  const size_t num_layers = caches.front().keys.size();
+  const size_t num_layers = caches.front().keys_.size();
   int64_t longest = 0;
   for (const KvCache& cache : caches) {
-    TORCH_CHECK(cache.keys.size() == num_layers, "KvCache::concat_rows: caches have different layer counts");
+    TORCH_CHECK(cache.keys_.size() == num_layers, "KvCache::concat_rows: caches have different layer counts");
     longest = std::max(longest, cache.length());
   }
   // Right-pads a [B, ..., S, ...] tensor along `dim` to `longest` slots.
@@ -113,84 +203,88 @@ KvCache KvCache::concat_rows(const std::vector<KvCache>& caches) {
   for (size_t layer = 0; layer < num_layers; ++layer) {
     std::vector<at::Tensor> layer_keys, layer_values;
     for (const KvCache& cache : caches) {
-      layer_keys.push_back(pad_to(cache.keys[layer], 2));
-      layer_values.push_back(pad_to(cache.values[layer], 2));
+      layer_keys.push_back(pad_to(cache.keys_[layer], 2));
+      layer_values.push_back(pad_to(cache.values_[layer], 2));
     }
-    out.keys.push_back(at::cat(layer_keys, 0));
-    out.values.push_back(at::cat(layer_values, 0));
+    out.keys_.push_back(at::cat(layer_keys, 0));
+    out.values_.push_back(at::cat(layer_values, 0));
   }
-  out.growth_buffers.resize(num_layers);
+  out.growth_buffers_.resize(num_layers);
   std::vector<at::Tensor> masks, positions;
   for (const KvCache& cache : caches) {
-    masks.push_back(pad_to(cache.slot_mask, 1));
-    positions.push_back(cache.next_positions);
+    masks.push_back(pad_to(cache.slot_mask_, 1));
+    positions.push_back(cache.next_positions_);
   }
-  out.slot_mask = at::cat(masks, 0);
-  out.next_positions = at::cat(positions, 0);
+  out.slot_mask_ = at::cat(masks, 0);
+  out.next_positions_ = at::cat(positions, 0);
   return out;
 }
 
 void KvCache::drop_padding_columns() {
   if (length() == 0) return;
-  const at::Tensor used_columns = slot_mask.any(0);  // [S]
+  const at::Tensor used_columns = slot_mask_.any(0);  // [S]
   if (used_columns.all().item<bool>()) return;
   const at::Tensor columns = used_columns.nonzero().squeeze(1);  // [S']
-  for (size_t layer = 0; layer < keys.size(); ++layer) {
-    keys[layer] = keys[layer].index_select(2, columns);
-    values[layer] = values[layer].index_select(2, columns);
-    if (layer < growth_buffers.size()) growth_buffers[layer].reset();
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    keys_[layer] = keys_[layer].index_select(2, columns);
+    values_[layer] = values_[layer].index_select(2, columns);
+    growth_buffers_[layer].reset();
   }
-  slot_mask = slot_mask.index_select(1, columns);
+  slot_mask_ = slot_mask_.index_select(1, columns);
 }
 
 KvCache KvCache::clone() const {
   KvCache out;
-  for (size_t layer = 0; layer < keys.size(); ++layer) {
-    out.keys.push_back(keys[layer].detach().clone());
-    out.values.push_back(values[layer].detach().clone());
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    out.keys_.push_back(keys_[layer].detach().clone());
+    out.values_.push_back(values_[layer].detach().clone());
   }
-  out.growth_buffers.resize(keys.size());
-  out.slot_mask = slot_mask.clone();
-  out.next_positions = next_positions.clone();
+  out.growth_buffers_.resize(keys_.size());
+  out.slot_mask_ = slot_mask_.clone();
+  out.next_positions_ = next_positions_.clone();
   return out;
 }
 
-void KvCache::reserve(int64_t slots) {
-  if (c10::GradMode::is_enabled()) {
-    for (const at::Tensor& tensor : keys) {
-      if (tensor.requires_grad()) return;
-    }
+void KvCache::regrow(int64_t layer, int64_t capacity) {
+  const at::Tensor& current_keys = keys_[layer];
+  const at::Tensor& current_values = values_[layer];
+  const int64_t used = current_keys.size(2);
+  auto fresh = std::make_shared<GrowthBuffer>();
+  std::vector<int64_t> shape = current_keys.sizes().vec();
+  shape[2] = capacity;
+  fresh->keys = at::empty(shape, current_keys.options());
+  fresh->values = at::empty(shape, current_values.options());
+  if (used > 0) {
+    fresh->keys.narrow(2, 0, used).copy_(current_keys);
+    fresh->values.narrow(2, 0, used).copy_(current_values);
   }
-  growth_buffers.resize(keys.size());
-  for (size_t layer = 0; layer < keys.size(); ++layer) {
-    const at::Tensor& current_keys = keys[layer];
-    const int64_t used = current_keys.size(2);
-    const int64_t needed = used + slots;
-    std::shared_ptr<GrowthBuffer>& buffer = growth_buffers[layer];
-    if (buffer && (!buffer->keys.is_inference() || c10::InferenceMode::is_enabled()) &&
-        is_prefix_view(current_keys, buffer->keys, buffer->used) && buffer->keys.size(2) >= needed) {
+  fresh->used = used;
+  keys_[layer] = fresh->keys.narrow(2, 0, used);
+  values_[layer] = fresh->values.narrow(2, 0, used);
+  growth_buffers_[layer] = std::move(fresh);
+}
+
+void KvCache::reserve(int64_t slots) {
+  if (requires_grad()) return;
+  growth_buffers_.resize(keys_.size());
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    const int64_t needed = keys_[layer].size(2) + slots;
+    const std::shared_ptr<GrowthBuffer>& buffer = growth_buffers_[layer];
+    // A buffer made under c10::InferenceMode can only be written in place inside InferenceMode.
+    const bool writable = buffer && (!buffer->keys.is_inference() || c10::InferenceMode::is_enabled());
+    if (writable && is_prefix_view(keys_[layer], buffer->keys, buffer->used) &&
+        buffer->keys.size(2) >= needed) {
       continue;
     }
-    auto fresh = std::make_shared<GrowthBuffer>();
-    std::vector<int64_t> shape = current_keys.sizes().vec();
-    shape[2] = needed;
-    fresh->keys = at::empty(shape, current_keys.options());
-    fresh->values = at::empty(shape, values[layer].options());
-    fresh->keys.narrow(2, 0, used).copy_(current_keys);
-    fresh->values.narrow(2, 0, used).copy_(values[layer]);
-    fresh->used = used;
-    keys[layer] = fresh->keys.narrow(2, 0, used);
-    values[layer] = fresh->values.narrow(2, 0, used);
-    buffer = std::move(fresh);
+    regrow(static_cast<int64_t>(layer), needed);
   }
 }
 
-void KvCache::append_layer(int64_t layer, const at::Tensor& new_keys, const at::Tensor& new_values) {
-  TORCH_CHECK(layer >= 0 && layer < num_layers(), "KvCache::append_layer: layer ", layer, " out of range");
-  at::Tensor& current_keys = keys[layer];
-  at::Tensor& current_values = values[layer];
-  if (growth_buffers.size() != keys.size()) growth_buffers.resize(keys.size());
-  std::shared_ptr<GrowthBuffer>& buffer = growth_buffers[layer];
+void KvCache::append(int64_t layer, const at::Tensor& new_keys, const at::Tensor& new_values) {
+  TORCH_CHECK(layer >= 0 && layer < num_layers(), "KvCache::append: layer ", layer, " out of range");
+  at::Tensor& current_keys = keys_[layer];
+  at::Tensor& current_values = values_[layer];
+  if (growth_buffers_.size() != keys_.size()) growth_buffers_.resize(keys_.size());
 
   const bool autograd =
       c10::GradMode::is_enabled() && (current_keys.requires_grad() || current_values.requires_grad() ||
@@ -199,38 +293,39 @@ void KvCache::append_layer(int64_t layer, const at::Tensor& new_keys, const at::
     // In-place writes would invalidate tensors saved for backward; concatenate instead.
     current_keys = at::cat({current_keys, new_keys}, 2);
     current_values = at::cat({current_values, new_values}, 2);
-    buffer.reset();
+    growth_buffers_[layer].reset();
     return;
   }
   const int64_t used = current_keys.size(2);
   const int64_t added = new_keys.size(2);
   const int64_t needed = used + added;
-  // A buffer made under c10::InferenceMode can only be written in place inside InferenceMode.
+  const std::shared_ptr<GrowthBuffer>& buffer = growth_buffers_[layer];
   const bool writable = buffer && (!buffer->keys.is_inference() || c10::InferenceMode::is_enabled());
   const bool can_write_in_place = writable && is_prefix_view(current_keys, buffer->keys, buffer->used) &&
                                   is_prefix_view(current_values, buffer->values, buffer->used) &&
                                   buffer->keys.size(2) >= needed;
   if (!can_write_in_place) {
-    auto fresh = std::make_shared<GrowthBuffer>();
-    std::vector<int64_t> shape = new_keys.sizes().vec();
-    shape[2] = grown_capacity(buffer ? buffer->keys.size(2) : 0, needed);
-    // A first append (prefill) gets exactly what it needs: most caches are never decoded into (teacher
+    // A first append (a prefill) gets exactly what it needs: most caches are never decoded into (teacher
     // passes, scoring), and decode loops call reserve() or grow by doubling from here.
-    if (!buffer && used == 0) shape[2] = needed;
-    fresh->keys = at::empty(shape, new_keys.options());
-    fresh->values = at::empty(shape, new_values.options());
-    if (used > 0) {
-      fresh->keys.narrow(2, 0, used).copy_(current_keys);
-      fresh->values.narrow(2, 0, used).copy_(current_values);
-    }
-    fresh->used = used;
-    buffer = std::move(fresh);
+    regrow(layer, !buffer && used == 0 ? needed : grown_capacity(buffer ? buffer->keys.size(2) : 0, needed));
   }
-  buffer->keys.narrow(2, used, added).copy_(new_keys);
-  buffer->values.narrow(2, used, added).copy_(new_values);
-  buffer->used = needed;
-  current_keys = buffer->keys.narrow(2, 0, needed);
-  current_values = buffer->values.narrow(2, 0, needed);
+  GrowthBuffer& target = *growth_buffers_[layer];
+  target.keys.narrow(2, used, added).copy_(new_keys);
+  target.values.narrow(2, used, added).copy_(new_values);
+  target.used = needed;
+  current_keys = target.keys.narrow(2, 0, needed);
+  current_values = target.values.narrow(2, 0, needed);
+}
+
+void KvCache::commit_tokens(const at::Tensor& token_mask, const at::Tensor& next_positions) {
+  const int64_t new_slots = token_mask.size(1);
+  for (int64_t layer = 0; layer < num_layers(); ++layer) {
+    TORCH_CHECK(keys_[layer].size(2) == length() + new_slots, "KvCache::commit_tokens: layer ", layer,
+                " holds ", keys_[layer].size(2), " slots, expected ", length() + new_slots,
+                " (append every layer first)");
+  }
+  slot_mask_ = at::cat({slot_mask_.to(token_mask.device()), token_mask.to(at::kBool)}, 1);
+  next_positions_ = next_positions;
 }
 
 }  // namespace cartridge

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +14,7 @@
 #include "io/model_files.h"
 #include "model/kv_cache.h"
 #include "model/model_config.h"
+#include "model/transformer_layer.h"
 
 namespace cartridge {
 
@@ -35,6 +35,8 @@ struct ForwardOptions {
   // caller that needs the logits of many positions can run Model::logits_from_hidden on a few at a time
   // (a [B, T, V] float32 tensor can be gigabytes).
   bool final_hidden_states = false;
+  // The linear and attention steps to run (null = the fast kernels). Tests pass the naive ones.
+  const ForwardKernels* kernels = nullptr;
 };
 
 class Model {
@@ -45,19 +47,16 @@ class Model {
   // tensor shape, unsupported dtype.
   static std::shared_ptr<const Model> load(const ModelFiles& files, const LoadOptions& options = {});
 
-  // Builds a model from tensors named as in a Hugging Face checkpoint
-  // ("model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", "lm_head.weight", ...), any float
-  // dtype, converted to options.dtype/device. `source` names where they came from, for error messages.
-  static std::shared_ptr<const Model> from_weights(const ModelConfig& config,
-                                                   const std::map<std::string, at::Tensor>& weights,
-                                                   const LoadOptions& options, const std::string& source);
-
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
   at::Device device() const { return device_; }
 
   // An empty cache for `batch_size` rows in this model's dtype and device.
   KvCache new_cache(int64_t batch_size) const;
+  // A cache for `batch_size` rows that all start with `prefix` (held once, not copied; autograd flows into
+  // it), or an empty one when `prefix` is null or has no slots. Throws MismatchError when the prefix has
+  // another layer count than the model.
+  KvCache new_cache(int64_t batch_size, const KvPrefix* prefix) const;
 
   // Runs input_ids [B, T] (int64) through the model, appending their K/V to `cache` (T slots per row,
   // padding included, masked). token_mask [B, T] bool marks real tokens (false = padding, at any position).
@@ -75,23 +74,6 @@ class Model {
   // final_hidden_states): logits [..., V] float32.
   at::Tensor logits_from_hidden(const at::Tensor& hidden) const;
 
-  // Per-layer weights in this model's dtype/device. q/k/v (and gate/up) are stored fused, row-stacked in
-  // that order, so one matmul computes them.
-  struct LayerWeights {
-    at::Tensor input_norm;      // [hidden]
-    at::Tensor qkv_weight;      // [(H + 2 H_kv) D, hidden]
-    at::Tensor qkv_bias;        // [(H + 2 H_kv) D] or undefined
-    at::Tensor q_norm;          // [D] or undefined (Qwen3)
-    at::Tensor k_norm;          // [D] or undefined (Qwen3)
-    at::Tensor output_weight;   // [hidden, H D]
-    at::Tensor output_bias;     // [hidden] or undefined
-    at::Tensor post_norm;       // [hidden]
-    at::Tensor gate_up_weight;  // [2 I, hidden]
-    at::Tensor gate_up_bias;    // [2 I] or undefined
-    at::Tensor down_weight;     // [hidden, I]
-    at::Tensor down_bias;       // [hidden] or undefined
-  };
-
  private:
   Model() = default;
 
@@ -99,18 +81,31 @@ class Model {
   static std::shared_ptr<const Model> build(const ModelConfig& config, WeightSource& source,
                                             const LoadOptions& options);
 
-  // cos and sin [B, 1, T, D] in the model dtype for RoPE positions [B, T].
-  std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;
-  at::Tensor attention_mask(const KvCache& cache, const at::Tensor& token_mask) const;
+  // Throws (TORCH_CHECK) unless input_ids/token_mask [B, T] and the cache's rows, layers, heads and dtype
+  // fit this model; UnsupportedError when the sequence would pass a sliding window; InvalidArgumentError
+  // for a real token id outside the vocabulary.
+  void check_forward_inputs(const at::Tensor& input_ids, const at::Tensor& token_mask,
+                            const KvCache& cache) const;
+  // RoPE positions [B, T] int64 of this forward's tokens (see forward()).
+  at::Tensor token_positions(const at::Tensor& token_mask, const KvCache& cache,
+                             const ForwardOptions& options) const;
+  // Final norm and language-model head on the last layer's hidden [B, T, hidden], per options.
+  at::Tensor output_head(at::Tensor hidden, const at::Tensor& last_columns,
+                         const ForwardOptions& options) const;
 
   ModelConfig config_;
   at::ScalarType dtype_ = at::kFloat;
   at::Device device_ = at::kCPU;
-  at::Tensor embedding_;            // [V, hidden]
-  at::Tensor final_norm_;           // [hidden]
-  at::Tensor lm_head_;              // [V, hidden] (the embedding itself when tied)
-  at::Tensor inverse_frequencies_;  // [D / 2] float32, RoPE (after scaling)
-  std::vector<LayerWeights> layers_;
+  at::Tensor embedding_;                    // [V, hidden]
+  at::Tensor final_norm_;                   // [hidden]
+  at::Tensor lm_head_;                      // [V, hidden] (the embedding itself when tied)
+  at::Tensor inverse_frequencies_;          // [D / 2] float32, RoPE (after scaling)
+  std::vector<LayerConfig> layer_configs_;  // per layer: heads, norms (transformer_layer.h)
+  std::vector<LayerWeights> layers_;        // per layer, in the model dtype
 };
+
+// The logits [T, V] float32 of every position of `token_ids` run after `prefix` (null = none), as
+// PeftModel.forward(input_ids) gives them for a CARTRIDGE adapter. For parity checks (--logits-out).
+at::Tensor prompt_logits(const Model& model, const KvPrefix* prefix, const std::vector<int32_t>& token_ids);
 
 }  // namespace cartridge

@@ -13,8 +13,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-const char kSupportedArchitectures[] = "supported: llama (also mistral), qwen2, qwen3";
-
 // A key that is absent or null counts as "not given" (transformers writes `"head_dim": null` etc.).
 const Json* find_value(const Json& object, const char* key) {
   auto it = object.find(key);
@@ -66,7 +64,7 @@ std::string get_string(const Json& object, const char* key, const std::string& f
   return value->get<std::string>();
 }
 
-// Maps `architectures[0]` to a model_type for configs that lack model_type.
+// The model_type of `architectures[0]`, for configs that lack model_type.
 std::string model_type_from_architectures(const Json& config) {
   const Json* architectures = find_value(config, "architectures");
   if (architectures == nullptr || !architectures->is_array() || architectures->empty() ||
@@ -74,11 +72,8 @@ std::string model_type_from_architectures(const Json& config) {
     return "";
   }
   const std::string name = (*architectures)[0].get<std::string>();
-  if (name == "LlamaForCausalLM") return "llama";
-  if (name == "MistralForCausalLM") return "mistral";
-  if (name == "Qwen2ForCausalLM") return "qwen2";
-  if (name == "Qwen3ForCausalLM") return "qwen3";
-  return name;
+  const std::string model_type = model_type_from_class_name(name);
+  return model_type.empty() ? name : model_type;
 }
 
 // RoPE type and parameters: transformers 5 writes `rope_parameters` (with rope_theta inside); older files
@@ -132,15 +127,6 @@ void read_rope(const Json& config, const std::string& path, ModelConfig& out) {
 
 }  // namespace
 
-std::string architecture_name(Architecture architecture) {
-  switch (architecture) {
-    case Architecture::kLlama: return "llama";
-    case Architecture::kQwen2: return "qwen2";
-    case Architecture::kQwen3: return "qwen3";
-  }
-  return "unknown";
-}
-
 int64_t ModelConfig::kv_width() const { return 2 * num_layers * num_key_value_heads * head_dim; }
 
 int64_t ModelConfig::kv_bytes_per_token(at::ScalarType dtype) const {
@@ -178,18 +164,12 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& config_path) {
   ModelConfig out;
   out.model_type = get_string(config, "model_type", "");
   if (out.model_type.empty()) out.model_type = model_type_from_architectures(config);
-  if (out.model_type == "llama" || out.model_type == "mistral") {
-    out.architecture = Architecture::kLlama;
-  } else if (out.model_type == "qwen2") {
-    out.architecture = Architecture::kQwen2;
-  } else if (out.model_type == "qwen3") {
-    out.architecture = Architecture::kQwen3;
-  } else {
+  if (!architecture_from_model_type(out.model_type, out.architecture)) {
     throw UnsupportedError(describe_file_problem(
         config_path,
         "model architecture \"" + (out.model_type.empty() ? std::string("(none given)") : out.model_type) +
             "\" is not supported",
-        kSupportedArchitectures));
+        supported_architectures()));
   }
   const bool is_qwen = out.architecture != Architecture::kLlama;
   const bool is_mistral = out.model_type == "mistral";
@@ -254,15 +234,9 @@ ModelConfig ModelConfig::from_gguf(const GgufFile& gguf) {
   const std::string arch = gguf.get("general.architecture").as_string("general.architecture");
   ModelConfig out;
   out.model_type = arch;
-  if (arch == "llama") {
-    out.architecture = Architecture::kLlama;
-  } else if (arch == "qwen2") {
-    out.architecture = Architecture::kQwen2;
-  } else if (arch == "qwen3") {
-    out.architecture = Architecture::kQwen3;
-  } else {
+  if (!architecture_from_gguf_name(arch, out.architecture)) {
     throw UnsupportedError(describe_file_problem(path, "GGUF architecture \"" + arch + "\" is not supported",
-                                                 kSupportedArchitectures));
+                                                 supported_architectures()));
   }
   auto int_key = [&](const std::string& suffix) {
     const std::string key = arch + "." + suffix;

@@ -7,14 +7,11 @@
 
 #include <c10/core/ScalarType.h>
 
+#include "model/architecture.h"
+
 namespace cartridge {
 
 class GgufFile;
-
-enum class Architecture { kLlama, kQwen2, kQwen3 };
-
-// "llama", "qwen2", "qwen3".
-std::string architecture_name(Architecture architecture);
 
 // RoPE frequency scaling (transformers' `rope_parameters` / older `rope_scaling`). Supported types:
 // "default" (no scaling) and "llama3" (Llama 3.1+ wavelength-dependent interpolation).
@@ -67,8 +64,6 @@ struct ModelConfig {
   int64_t kv_width() const;
   // Bytes of one token's K and V over all layers when stored in `dtype`.
   int64_t kv_bytes_per_token(at::ScalarType dtype) const;
-  // Query heads per KV head.
-  int64_t query_groups() const { return num_attention_heads / num_key_value_heads; }
 
   // Checks the invariants the runtime relies on (positive sizes, heads divisible by KV heads, even
   // head_dim); throws FormatError naming `source` otherwise.

@@ -7,21 +7,12 @@
 #include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/safetensors_dtype.h"
 #include "model/weight_source.h"
 #include "util/error.h"
 
 namespace cartridge {
 namespace {
-
-at::ScalarType torch_dtype(SafetensorsDType dtype) {
-  switch (dtype) {
-    case SafetensorsDType::F32: return at::kFloat;
-    case SafetensorsDType::F16: return at::kHalf;
-    case SafetensorsDType::BF16: return at::kBFloat16;
-    case SafetensorsDType::F64: return at::kDouble;
-    default: return at::ScalarType::Undefined;
-  }
-}
 
 // A Hugging Face checkpoint: model.safetensors or the shards named by its index.
 class SafetensorsWeightSource : public WeightSource {
@@ -46,7 +37,7 @@ class SafetensorsWeightSource : public WeightSource {
     const SafetensorsFile& file = *it->second.first;
     const SafetensorsTensorInfo& info = *it->second.second;
     const at::ScalarType dtype = torch_dtype(info.dtype);
-    if (dtype == at::ScalarType::Undefined) {
+    if (!at::isFloatingType(dtype)) {
       throw UnsupportedError(describe_file_problem(
           file.path(), "tensor \"" + hf_name + "\" has dtype " + safetensors_dtype_name(info.dtype),
           "supported: F32, F16, BF16, F64"));

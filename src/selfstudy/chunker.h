@@ -1,5 +1,5 @@
-// Random token chunks of a corpus (self-study, spec §B1.1 step 1): the teacher sees one chunk at a time,
-// so a corpus longer than the model's context can still be studied and every part of it gets covered.
+// Random token chunks of a corpus (self-study, docs/self_study.md step 1): the teacher sees one chunk at a
+// time, so a corpus longer than the model's context can still be studied and every part of it gets covered.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,3 @@
-// libtorch's include folder ships its own fmt (v12) ahead of the system one; use it header-only so
-// nothing needs linking against a matching libfmt.
-#define FMT_HEADER_ONLY
 #include "selfstudy/evaluation.h"
 
 #include <algorithm>
@@ -11,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "generate/generator.h"
+#include "io/json_number.h"
 #include "selfstudy/trainer.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
@@ -50,18 +48,21 @@ std::shared_ptr<const KvPrefix> extend_prefix(const Model& model, const std::sha
                                               const std::vector<int32_t>& tokens) {
   if (tokens.empty()) return base;
   at::NoGradGuard no_grad;
-  KvCache cache = make_prefixed_cache(model, {base});
+  KvCache cache = model.new_cache(1, base.get());
   const at::Tensor ids =
       at::tensor(std::vector<int64_t>(tokens.begin(), tokens.end()), at::TensorOptions().dtype(at::kLong))
           .view({1, -1})
           .to(model.device());
   const at::Tensor mask = at::ones_like(ids, at::TensorOptions().dtype(at::kBool));
-  model.forward(ids, mask, cache, ForwardOptions{/*last_token_only=*/true, std::nullopt});
-  TORCH_CHECK(cache.slot_mask.all().item<bool>(), "a batch-1 prefill left padding slots");
+  ForwardOptions last_only;
+  last_only.last_token_only = true;
+  model.forward(ids, mask, cache, last_only);
+  TORCH_CHECK(cache.slot_mask().all().item<bool>(), "a batch-1 prefill left padding slots");
+  const KvPrefix extended = cache.row_prefix(0, cache.length());
   auto prefix = std::make_shared<KvPrefix>();
-  for (int64_t layer = 0; layer < cache.num_layers(); ++layer) {
-    prefix->keys.push_back(cache.keys[layer][0].contiguous());      // [H_kv, P + n, D]
-    prefix->values.push_back(cache.values[layer][0].contiguous());  // [H_kv, P + n, D]
+  for (int64_t layer = 0; layer < extended.num_layers(); ++layer) {
+    prefix->keys.push_back(extended.keys[layer].contiguous());      // [H_kv, P + n, D]
+    prefix->values.push_back(extended.values[layer].contiguous());  // [H_kv, P + n, D]
   }
   return prefix;
 }
@@ -319,16 +320,15 @@ std::string format_evaluation_markdown(const std::vector<ConditionScore>& scores
 
 nlohmann::json evaluation_to_json(const std::vector<ConditionScore>& scores) {
   Json rows = Json::array();
-  const auto number_or_null = [](double value) { return std::isfinite(value) ? Json(value) : Json(nullptr); };
   for (const ConditionScore& score : scores) {
     Json row = {{"name", score.name},
                 {"kind", kind_name(score.kind)},
                 {"context_tokens", score.context_tokens},
                 {"context_kv_bytes", score.context_kv_bytes},
-                {"answer_nll", number_or_null(score.answer_nll)},
+                {"answer_nll", json_number(score.answer_nll)},
                 {"answer_tokens", score.answer_tokens},
                 {"answer_nll_per_question", score.question_nlls},
-                {"heldout_kl", number_or_null(score.heldout_kl)},
+                {"heldout_kl", json_number(score.heldout_kl)},
                 {"heldout_positions", score.heldout_positions}};
     if (!score.skipped.empty()) row["skipped"] = score.skipped;
     rows.push_back(row);

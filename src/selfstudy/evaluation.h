@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "cartridge/kv_prefix.h"
 #include "generate/loaded_model.h"
+#include "model/kv_prefix.h"
 #include "selfstudy/dataset.h"
 
 namespace cartridge {

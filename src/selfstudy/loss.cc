@@ -33,17 +33,13 @@ at::Tensor distillation_cross_entropy(const at::Tensor& student_logits, const at
   return log_normalizer * probabilities.sum(1) - (probabilities * picked).sum(1);                  // [N]
 }
 
-at::Tensor teacher_negative_entropy(const at::Tensor& teacher_log_probs) {
-  const at::Tensor log_probs = teacher_log_probs.to(at::kFloat);  // [N, K]
+at::Tensor truncated_kl(const at::Tensor& cross_entropy, const at::Tensor& teacher_log_probs) {
+  const at::Tensor log_probs = teacher_log_probs.to(cross_entropy.device(), at::kFloat);  // [N, K]
   const at::Tensor probabilities = log_probs.exp();
   // 0 * log 0 is 0, not NaN.
-  return at::where(probabilities > 0, probabilities * log_probs, at::zeros_like(log_probs)).sum(1);  // [N]
-}
-
-at::Tensor truncated_kl(const at::Tensor& student_logits, const at::Tensor& teacher_ids,
-                        const at::Tensor& teacher_log_probs) {
-  return distillation_cross_entropy(student_logits, teacher_ids, teacher_log_probs) +
-         teacher_negative_entropy(teacher_log_probs).to(student_logits.device());
+  const at::Tensor negative_entropy =
+      at::where(probabilities > 0, probabilities * log_probs, at::zeros_like(log_probs)).sum(1);  // [N]
+  return cross_entropy + negative_entropy;
 }
 
 }  // namespace cartridge

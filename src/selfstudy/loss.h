@@ -1,4 +1,4 @@
-// The self-study distillation objective (spec §B1.4, "v1" loss; §A6.3 for PEFT's example).
+// The self-study distillation objective (docs/training.md, "The objective").
 //
 // For every target position the teacher recorded its top-k token ids and their FULL-vocabulary
 // log-probabilities (not renormalised over the k). With p_k = exp(teacher_log_prob_k) and q the student's
@@ -26,12 +26,9 @@ namespace cartridge {
 at::Tensor distillation_cross_entropy(const at::Tensor& student_logits, const at::Tensor& teacher_ids,
                                       const at::Tensor& teacher_log_probs);
 
-// The teacher term sum_k p_k log p_k per position ([N] float32, no gradient); KL = CE + this.
-at::Tensor teacher_negative_entropy(const at::Tensor& teacher_log_probs);
-
-// Per-position truncated KL(teacher || student) over the recorded top-k, [N] float32 (no gradient needed,
-// but it is differentiable like distillation_cross_entropy).
-at::Tensor truncated_kl(const at::Tensor& student_logits, const at::Tensor& teacher_ids,
-                        const at::Tensor& teacher_log_probs);
+// Per-position truncated KL(teacher || student) over the recorded top-k, [N] float32, from the
+// cross-entropy distillation_cross_entropy gave for the same targets: CE + sum_k p_k log p_k (a padding
+// entry, log-probability -inf, adds 0). Held-out scoring reports it.
+at::Tensor truncated_kl(const at::Tensor& cross_entropy, const at::Tensor& teacher_log_probs);
 
 }  // namespace cartridge

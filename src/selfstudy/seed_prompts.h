@@ -1,6 +1,6 @@
-// Seed prompts (spec §B1.1 step 2): the first user turn given to the model that writes a conversation's
-// question. Five generic types, never specific to a corpus, drawn uniformly per conversation; each asks
-// for one instruction or question about the document in the system prompt and nothing else.
+// Seed prompts (docs/self_study.md, step 2): the first user turn given to the model that writes a
+// conversation's question. Five generic types, never specific to a corpus, drawn uniformly per conversation;
+// each asks for one instruction or question about the document in the system prompt and nothing else.
 #pragma once
 
 #include <string>

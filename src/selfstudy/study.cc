@@ -1,6 +1,3 @@
-// libtorch's include folder ships its own fmt (v12) ahead of the system one; use it header-only so
-// nothing needs linking against a matching libfmt.
-#define FMT_HEADER_ONLY
 #include "selfstudy/study.h"
 
 #include <algorithm>

@@ -14,7 +14,7 @@
 #include "cartridge/cartridge.h"
 #include "generate/loaded_model.h"
 #include "selfstudy/synthesizer.h"
-#include "selfstudy/trainer.h"
+#include "selfstudy/training_run.h"
 
 namespace cartridge {
 

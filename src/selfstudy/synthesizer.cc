@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include "cartridge/fingerprint.h"
+#include "generate/decode_batch.h"
 #include "generate/loaded_model.h"
 #include "generate/sampler.h"
 #include "selfstudy/sha256.h"
@@ -61,8 +62,11 @@ std::vector<int32_t> without_stop(const BatchDecodeOutput& output) {
   return ids;
 }
 
-// Runs the shared prompt prefix [1, L] through the model once.
-KvCache prefill_shared(const Model& model, const std::vector<int32_t>& ids, int64_t length) {
+// Runs the first `length` tokens of `ids` through the model once (batch 1): the prefix every row of a
+// chunk's group shares.
+std::shared_ptr<const KvPrefix> prefill_shared(const Model& model, const std::vector<int32_t>& ids,
+                                               int64_t length) {
+  c10::InferenceMode inference_mode;
   KvCache cache = model.new_cache(1);
   std::vector<int64_t> prefix(ids.begin(), ids.begin() + length);
   const at::Tensor input = at::tensor(prefix, at::kLong).view({1, length}).to(model.device());  // [1, L]
@@ -70,7 +74,7 @@ KvCache prefill_shared(const Model& model, const std::vector<int32_t>& ids, int6
   ForwardOptions options;
   options.last_token_only = true;  // the logits are not needed; this keeps the lm_head cost to one row
   model.forward(input, mask, cache, options);
-  return cache;
+  return std::make_shared<const KvPrefix>(cache.row_prefix(0, length));
 }
 
 // Everything one synthesis run needs, built once.
@@ -116,7 +120,7 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
 
   // The tokens every prompt of the group starts with (the system message with the chunk), prefilled once.
   int64_t shared_length = 0;
-  KvCache shared_cache;
+  std::shared_ptr<const KvPrefix> shared_prefix;
   const std::vector<int32_t>& reference = question_rows.front().prompt_ids;
   if (options.share_prefill) {
     shared_length = static_cast<int64_t>(reference.size());
@@ -125,14 +129,13 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
       shared_length = std::min<int64_t>(shared_length, static_cast<int64_t>(row.prompt_ids.size()) - 1);
     }
     if (shared_length > 0) {
-      shared_cache = prefill_shared(model, reference, shared_length);
+      shared_prefix = prefill_shared(model, reference, shared_length);
       counts.prefill_tokens += shared_length;
     }
   }
 
-  const std::vector<BatchDecodeOutput> questions =
-      decode_batch(model, question_rows, context.stop_ids, 0, shared_length > 0 ? &shared_cache : nullptr,
-                   shared_length, &counts);
+  const std::vector<BatchDecodeOutput> questions = decode_with_teacher_top_k(
+      model, *loaded.tokenizer, question_rows, context.stop_ids, 0, shared_prefix, &counts);
 
   std::vector<std::string> question_texts;
   std::vector<std::vector<int32_t>> student_prompts;  // per row: the question alone in the chat template
@@ -169,9 +172,10 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     if (row.record_prompt_from > 0) answer_shared = std::min(answer_shared, row.record_prompt_from - 1);
     answer_rows.push_back(std::move(row));
   }
-  const std::vector<BatchDecodeOutput> answers =
-      decode_batch(model, answer_rows, context.stop_ids, options.top_k,
-                   answer_shared > 0 ? &shared_cache : nullptr, answer_shared, &counts);
+  const std::shared_ptr<const KvPrefix> answer_prefix =
+      answer_shared > 0 ? std::make_shared<const KvPrefix>(shared_prefix->first(answer_shared)) : nullptr;
+  const std::vector<BatchDecodeOutput> answers = decode_with_teacher_top_k(
+      model, *loaded.tokenizer, answer_rows, context.stop_ids, options.top_k, answer_prefix, &counts);
 
   std::vector<Conversation> conversations;
   for (int64_t row = 0; row < end - first; ++row) {
@@ -275,172 +279,78 @@ DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corp
   return header;
 }
 
-std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vector<BatchDecodeRow>& rows,
-                                            const std::vector<int32_t>& stop_ids, int64_t record_top_k,
-                                            const KvCache* shared_cache, int64_t shared_length,
-                                            BatchDecodeCounts* counts) {
+std::vector<BatchDecodeOutput> decode_with_teacher_top_k(const Model& model, const Tokenizer& tokenizer,
+                                                         const std::vector<BatchDecodeRow>& rows,
+                                                         const std::vector<int32_t>& stop_ids,
+                                                         int64_t record_top_k,
+                                                         const std::shared_ptr<const KvPrefix>& shared_prefix,
+                                                         BatchDecodeCounts* counts) {
   c10::InferenceMode inference_mode;
-  const int64_t batch = static_cast<int64_t>(rows.size());  // B
-  TORCH_CHECK(batch > 0, "decode_batch: no rows");
-  TORCH_CHECK(shared_length == 0 || (shared_cache && shared_cache->batch_size() == 1 &&
-                                     shared_cache->length() >= shared_length),
-              "decode_batch: the shared cache does not hold the shared prefix");
-  const at::Device device = model.device();
-  int64_t longest_rest = 0, longest_new = 0;
-  for (const BatchDecodeRow& row : rows) {
+  TORCH_CHECK(!rows.empty(), "decode_with_teacher_top_k: no rows");
+  const int64_t shared_length = shared_prefix ? shared_prefix->length() : 0;
+  // Each row runs as a generation request: the rest of its prompt after the shared prefix.
+  std::vector<GenerationRequest> requests(rows.size());
+  for (size_t index = 0; index < rows.size(); ++index) {
+    const BatchDecodeRow& row = rows[index];
     TORCH_CHECK(static_cast<int64_t>(row.prompt_ids.size()) > shared_length,
-                "decode_batch: a prompt is not longer "
-                "than the shared prefix");
-    TORCH_CHECK(row.max_new_tokens >= 1, "decode_batch: max_new_tokens must be >= 1");
-    longest_rest =
-        std::max<int64_t>(longest_rest, static_cast<int64_t>(row.prompt_ids.size()) - shared_length);
-    longest_new = std::max(longest_new, row.max_new_tokens);
+                "decode_with_teacher_top_k: a prompt is not longer than the shared prefix");
+    TORCH_CHECK(
+        row.record_prompt_from == 0 ||
+            (row.record_prompt_from > shared_length &&
+             row.record_prompt_from <= static_cast<int64_t>(row.prompt_ids.size())),
+        "decode_with_teacher_top_k: record_prompt_from must lie after the shared prefix, inside the prompt");
+    GenerationRequest& request = requests[index];
+    request.prompt_ids.assign(row.prompt_ids.begin() + shared_length, row.prompt_ids.end());
+    request.prefix = shared_prefix;
+    request.sampling.temperature = row.temperature;
+    request.sampling.seed = row.sampling_seed;
+    request.max_new_tokens = row.max_new_tokens;
+    request.stop_at_eos = false;  // the stop tokens are exactly stop_ids
+    request.stop_token_ids = stop_ids;
+    if (record_top_k > 0 && row.record_prompt_from > 0)
+      request.prompt_logits_from = row.record_prompt_from - shared_length;
   }
 
-  // The cache starts with the shared prefix's slots (the batch-1 tensors broadcast to B rows) or empty.
-  KvCache cache;
-  if (shared_length > 0) {
-    std::vector<at::Tensor> keys, values;  // per layer [1, H_kv, L, D]
-    for (int64_t layer = 0; layer < shared_cache->num_layers(); ++layer) {
-      keys.push_back(shared_cache->keys[layer].narrow(2, 0, shared_length));
-      values.push_back(shared_cache->values[layer].narrow(2, 0, shared_length));
-    }
-    cache = KvCache::with_prefix(std::move(keys), std::move(values),
-                                 at::full({batch}, shared_length, at::kLong), batch);
-  } else {
-    cache = model.new_cache(batch);
-  }
-  // One allocation for the whole generation (this also copies the broadcast prefix into B real rows).
-  cache.reserve(longest_rest + longest_new);
-
-  // The rest of each prompt, right-padded into [B, T]; padding is masked and takes no position.
-  std::vector<int64_t> input(batch * longest_rest, 0);
-  std::vector<uint8_t> mask(batch * longest_rest, 0);
-  for (int64_t row = 0; row < batch; ++row) {
-    const std::vector<int32_t>& prompt = rows[row].prompt_ids;
-    for (size_t i = shared_length; i < prompt.size(); ++i) {
-      input[row * longest_rest + (i - shared_length)] = prompt[i];
-      mask[row * longest_rest + (i - shared_length)] = 1;
-    }
-    if (counts) counts->prefill_tokens += static_cast<int64_t>(prompt.size()) - shared_length;
-  }
-  const at::Tensor input_ids = at::tensor(input, at::kLong).view({batch, longest_rest}).to(device);  // [B, T]
-  const at::Tensor token_mask =
-      at::tensor(mask, at::kByte).view({batch, longest_rest}).to(at::kBool).to(device);  // [B, T]
-  ForwardOptions last_only;
-  last_only.last_token_only = true;
-  std::vector<BatchDecodeOutput> outputs(batch);
-  bool records_prompt = false;
-  for (const BatchDecodeRow& row : rows) {
-    TORCH_CHECK(row.record_prompt_from == 0 ||
-                    (row.record_prompt_from > shared_length &&
-                     row.record_prompt_from <= static_cast<int64_t>(row.prompt_ids.size())),
-                "decode_batch: record_prompt_from must lie after the shared prefix, inside the prompt");
-    records_prompt = records_prompt || (record_top_k > 0 && row.record_prompt_from > 0);
-  }
-  at::Tensor logits;  // [B_active, 1, V]: the logits the next tokens are chosen from
-  if (!records_prompt) {
-    logits = model.forward(input_ids, token_mask, cache, last_only);
-  } else {
-    // The prompt tokens' distributions too: hidden states of every column, turned into logits one row at
-    // a time (a [B, T, V] float32 tensor would be B * T * V * 4 bytes).
-    ForwardOptions hidden_only;
-    hidden_only.final_hidden_states = true;
-    const at::Tensor hidden = model.forward(input_ids, token_mask, cache, hidden_only);  // [B, T, hidden]
-    std::vector<at::Tensor> last_logits;                                                 // per row [V]
-    for (int64_t row = 0; row < batch; ++row) {
-      const int64_t real =
-          static_cast<int64_t>(rows[row].prompt_ids.size()) - shared_length;  // columns [0, real)
-      // Column c predicts prompt token shared_length + c + 1; the last real column predicts the first new
-      // token.
-      const int64_t first_column =
-          rows[row].record_prompt_from > 0 ? rows[row].record_prompt_from - shared_length - 1 : real - 1;
-      const at::Tensor row_logits =
-          model.logits_from_hidden(hidden[row].narrow(0, first_column, real - first_column));
-      const int64_t recorded = real - 1 - first_column;  // m prompt tokens
-      if (recorded > 0) {
-        const int64_t k = std::min<int64_t>(record_top_k, row_logits.size(-1));
-        auto top =
-            row_logits.narrow(0, 0, recorded).log_softmax(-1).topk(k, -1, /*largest=*/true, /*sorted=*/true);
-        const at::Tensor values = std::get<0>(top).to(at::kCPU).contiguous();             // [m, K]
-        const at::Tensor indices = std::get<1>(top).to(at::kCPU, at::kInt).contiguous();  // [m, K]
-        outputs[row].prompt_top_logprobs.assign(values.data_ptr<float>(),
-                                                values.data_ptr<float>() + values.numel());
-        outputs[row].prompt_top_ids.assign(indices.data_ptr<int32_t>(),
-                                           indices.data_ptr<int32_t>() + indices.numel());
+  std::vector<BatchDecodeOutput> outputs(rows.size());
+  DecodeHooks hooks;
+  if (record_top_k > 0) {
+    // Every generated token's distribution: the teacher's top-k of each row, recorded before it samples.
+    hooks.on_logits = [&](const std::vector<RowId>& ids, const at::Tensor& logits) {
+      const auto [top_ids, top_log_probs] = top_log_probabilities(logits, record_top_k);  // [N, K] each
+      const int64_t k = top_ids.size(1);
+      for (size_t index = 0; index < ids.size(); ++index) {
+        BatchDecodeOutput& output = outputs[ids[index]];
+        const int32_t* id_row = top_ids.data_ptr<int32_t>() + index * k;
+        const float* value_row = top_log_probs.data_ptr<float>() + index * k;
+        output.top_ids.insert(output.top_ids.end(), id_row, id_row + k);
+        output.top_logprobs.insert(output.top_logprobs.end(), value_row, value_row + k);
       }
-      last_logits.push_back(row_logits[recorded]);
-    }
-    logits = at::stack(last_logits).unsqueeze(1);  // [B, 1, V]
+    };
+    // The prompt tokens' distributions, from the prefill (the question's tokens).
+    hooks.on_prompt_logits = [&](RowId id, const at::Tensor& logits) {
+      const auto [top_ids, top_log_probs] = top_log_probabilities(logits, record_top_k);  // [m, K] each
+      BatchDecodeOutput& output = outputs[id];
+      output.prompt_top_ids.assign(top_ids.data_ptr<int32_t>(),
+                                   top_ids.data_ptr<int32_t>() + top_ids.numel());
+      output.prompt_top_logprobs.assign(top_log_probs.data_ptr<float>(),
+                                        top_log_probs.data_ptr<float>() + top_log_probs.numel());
+    };
   }
-
-  std::vector<Sampler> samplers;
-  bool all_greedy = true;
-  for (const BatchDecodeRow& row : rows) {
-    SamplingOptions sampling;
-    sampling.temperature = row.temperature;
-    sampling.seed = row.sampling_seed;
-    samplers.emplace_back(sampling);
-    all_greedy = all_greedy && row.temperature == 0;
-  }
-  std::vector<int64_t> active(batch);  // cache row -> output row
-  for (int64_t row = 0; row < batch; ++row) active[row] = row;
-
-  while (true) {
-    const at::Tensor step_logits = logits.select(1, 0).to(at::kFloat);  // [B_active, V]
-    const int64_t active_count = static_cast<int64_t>(active.size());
-    // The teacher's top-k for every active row at once, moved to the CPU in one transfer.
-    at::Tensor top_values, top_indices;  // [B_active, K]
-    if (record_top_k > 0) {
-      const int64_t k = std::min<int64_t>(record_top_k, step_logits.size(-1));
-      auto top = step_logits.log_softmax(-1).topk(k, -1, /*largest=*/true, /*sorted=*/true);
-      top_values = std::get<0>(top).to(at::kCPU).contiguous();
-      top_indices = std::get<1>(top).to(at::kCPU, at::kInt).contiguous();
-    }
-    at::Tensor greedy_tokens;  // [B_active] on the CPU, when every row is greedy (one transfer)
-    if (all_greedy) greedy_tokens = step_logits.argmax(-1).to(at::kCPU).contiguous();
-
-    std::vector<int64_t> still_active, next_tokens;  // slots that continue, and the tokens they feed next
-    for (int64_t slot = 0; slot < active_count; ++slot) {
-      const int64_t row = active[slot];
-      BatchDecodeOutput& output = outputs[row];
-      const int32_t token = all_greedy ? static_cast<int32_t>(greedy_tokens.data_ptr<int64_t>()[slot])
-                                       : static_cast<int32_t>(samplers[row].sample(step_logits[slot]));
-      output.token_ids.push_back(token);
-      if (record_top_k > 0) {
-        const int64_t k = top_values.size(1);
-        const float* values = top_values.data_ptr<float>() + slot * k;
-        const int32_t* indices = top_indices.data_ptr<int32_t>() + slot * k;
-        output.top_logprobs.insert(output.top_logprobs.end(), values, values + k);
-        output.top_ids.insert(output.top_ids.end(), indices, indices + k);
-      }
-      if (counts) ++counts->generated_tokens;
-      if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) {
-        output.stopped = true;
-        continue;
-      }
-      if (static_cast<int64_t>(output.token_ids.size()) >= rows[row].max_new_tokens) continue;
-      still_active.push_back(slot);
-      next_tokens.push_back(token);
-    }
-    if (still_active.empty()) break;
-    if (static_cast<int64_t>(still_active.size()) != active_count) {
-      cache = cache.select_rows(at::tensor(still_active, at::kLong).to(device));
-      std::vector<int64_t> kept;
-      for (int64_t slot : still_active) kept.push_back(active[slot]);
-      active = std::move(kept);
-      // select_rows copies into fresh tensors: give them room for the rest of the generation again.
-      int64_t remaining = 0;
-      for (int64_t row : active) {
-        remaining = std::max<int64_t>(remaining, rows[row].max_new_tokens - outputs[row].token_ids.size());
-      }
-      cache.reserve(remaining);
-    }
-    const int64_t count = static_cast<int64_t>(active.size());
-    const at::Tensor step_ids =
-        at::tensor(next_tokens, at::kLong).view({count, 1}).to(device);  // [B_active, 1]
-    const at::Tensor step_mask = at::ones({count, 1}, at::TensorOptions().dtype(at::kBool).device(device));
-    logits = model.forward(step_ids, step_mask, cache, last_only);
+  hooks.on_finished = [&](RowId id, GenerationResult result) {
+    BatchDecodeOutput& output = outputs[id];
+    output.token_ids = std::move(result.token_ids);
+    output.stopped = result.stop_token_id >= 0;
+    if (output.stopped)
+      output.token_ids.push_back(result.stop_token_id);  // the dataset keeps the end of turn
+  };
+  DecodeBatch batch(model, tokenizer, std::move(hooks));
+  std::vector<const GenerationRequest*> pointers;
+  for (const GenerationRequest& request : requests) pointers.push_back(&request);
+  batch.add(pointers);
+  while (!batch.empty()) batch.step();
+  if (counts) {
+    counts->prefill_tokens += batch.counts().prefill_tokens;
+    counts->generated_tokens += batch.counts().generated_tokens;
   }
   return outputs;
 }

@@ -1,7 +1,7 @@
-// Self-study synthesis (spec §B1.1, the paper's Algorithm 1 with k = 1 round): the model writes questions
-// about random chunks of a corpus and answers them with the chunk in context; the answers' tokens and the
-// teacher's top-k log-probabilities, recorded while generating (and for the question's tokens, from the
-// prefill before the answer), become the dataset a cartridge is trained on (docs/dataset_format.md).
+// Self-study synthesis (docs/self_study.md: the paper's Algorithm 1 with one round): the model writes
+// questions about random chunks of a corpus and answers them with the chunk in context; the answers' tokens
+// and the teacher's top-k log-probabilities, recorded while generating (and for the question's tokens, from
+// the prefill before the answer), become the dataset a cartridge is trained on (docs/dataset_format.md).
 //
 // Conversations come in groups of `conversations_per_chunk` that share one chunk: the chunk's system
 // prompt is prefilled once (batch 1), its KV rows are replicated for the group, and the group's questions
@@ -70,7 +70,7 @@ int64_t longest_chunk_allowed(const LoadedModel& model, const SynthesisOptions& 
 // The teacher's system message for `chunk_text` (options.system_prompt with {chunk} replaced).
 std::string synthesis_system_message(const SynthesisOptions& options, const std::string& chunk_text);
 
-// ---- batched decoding with a shared, prefilled prompt prefix (used by synthesize; exposed for tests) ----
+// ---- decoding with the teacher's top-k recorded (used by synthesize; exposed for tests) ----
 
 struct BatchDecodeRow {
   std::vector<int32_t> prompt_ids;  // the whole prompt, non-empty
@@ -97,16 +97,18 @@ struct BatchDecodeCounts {
   int64_t generated_tokens = 0;
 };
 
-// Decodes all rows as one batch until each stops (a token in `stop_ids`) or reaches its max_new_tokens.
-// When `shared_length` > 0, the first shared_length prompt tokens are common to every row and
-// `shared_cache` (a batch-1 cache holding at least those slots, from Model::forward on them) provides their
-// keys and values: they are replicated for the batch instead of prefilled per row; shared_length must be
-// smaller than every prompt. `record_top_k` > 0 records that many top log-probabilities per generated
-// token (and per prompt token from each row's record_prompt_from).
-std::vector<BatchDecodeOutput> decode_batch(const Model& model, const std::vector<BatchDecodeRow>& rows,
-                                            const std::vector<int32_t>& stop_ids, int64_t record_top_k,
-                                            const KvCache* shared_cache, int64_t shared_length,
-                                            BatchDecodeCounts* counts = nullptr);
+// Decodes all rows as one batch (a DecodeBatch) until each stops (a token in `stop_ids`) or reaches its
+// max_new_tokens. `shared_prefix` (may be null) holds the keys and values of the first
+// shared_prefix->length() prompt tokens, common to every row (a batch-1 prefill, e.g. the chunk's system
+// message): rows attend to it instead of prefilling those tokens each; it must be shorter than every prompt.
+// `record_top_k` > 0 records that many top log-probabilities per generated token (and per prompt token from
+// each row's record_prompt_from).
+std::vector<BatchDecodeOutput> decode_with_teacher_top_k(const Model& model, const Tokenizer& tokenizer,
+                                                         const std::vector<BatchDecodeRow>& rows,
+                                                         const std::vector<int32_t>& stop_ids,
+                                                         int64_t record_top_k,
+                                                         const std::shared_ptr<const KvPrefix>& shared_prefix,
+                                                         BatchDecodeCounts* counts = nullptr);
 
 // The tokens that end a turn for this tokenizer: its EOS and whichever of the usual end-of-turn special
 // tokens (<|im_end|>, <|eot_id|>, <|end|>, <|endoftext|>, <|end_of_text|>) it has.

@@ -1,15 +1,8 @@
-// libtorch's include folder ships its own fmt (v12) ahead of the system one; use it header-only so
-// nothing needs linking against a matching libfmt.
-#define FMT_HEADER_ONLY
 #include "selfstudy/trainer.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
-#include <cstring>
-#include <filesystem>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -20,50 +13,13 @@
 #include <fmt/format.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/optim/adam.h>
-#include <nlohmann/json.hpp>
 
-#include "io/safetensors.h"
 #include "selfstudy/loss.h"
-#include "selfstudy/loss_plot.h"
-#include "selfstudy/trainer_checkpoint.h"
-#include "util/atomic_file.h"
 #include "util/error.h"
-#include "util/progress.h"
 
 namespace cartridge {
 
-namespace fs = std::filesystem;
-using Json = nlohmann::json;
-
 namespace {
-
-// Set by the SIGINT handler. A signal handler can only talk to the program through a global of this kind;
-// it is the one piece of global state in the library and is only installed while train_cartridge runs.
-volatile std::sig_atomic_t g_interrupt_requested = 0;
-
-extern "C" void request_interrupt(int) {
-  g_interrupt_requested = 1;
-  // A second Ctrl-C ends the program at once.
-  std::signal(SIGINT, SIG_DFL);
-}
-
-// Installs the handler for the lifetime of a training run and restores the previous one afterwards.
-class InterruptScope {
- public:
-  explicit InterruptScope(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-    g_interrupt_requested = 0;
-    previous_ = std::signal(SIGINT, request_interrupt);
-  }
-  ~InterruptScope() {
-    if (enabled_) std::signal(SIGINT, previous_ == SIG_ERR ? SIG_DFL : previous_);
-  }
-  bool requested() const { return enabled_ && g_interrupt_requested != 0; }
-
- private:
-  bool enabled_;
-  void (*previous_)(int) = SIG_DFL;
-};
 
 // A uniform integer in [0, bound) from a 64-bit engine, by rejection, so the data order does not depend
 // on the standard library's distribution implementation.
@@ -97,21 +53,6 @@ int64_t padded_tokens(const std::vector<const Conversation*>& conversations) {
     longest = std::max<int64_t>(longest, static_cast<int64_t>(conversation->input_ids.size()) - 1);
   }
   return longest * static_cast<int64_t>(conversations.size());
-}
-
-KvCache student_cache(const Model& model, const KvPrefix* prefix, int64_t batch_size) {
-  if (prefix == nullptr || prefix->length() == 0) {
-    return KvCache::empty(model.config(), batch_size, model.dtype(), model.device());
-  }
-  std::vector<at::Tensor> keys, values;  // per layer [1, H_kv, P, D], broadcast to the batch
-  keys.reserve(prefix->keys.size());
-  values.reserve(prefix->values.size());
-  for (size_t layer = 0; layer < prefix->keys.size(); ++layer) {
-    keys.push_back(prefix->keys[layer].unsqueeze(0));
-    values.push_back(prefix->values[layer].unsqueeze(0));
-  }
-  const at::Tensor lengths = at::full({batch_size}, prefix->length(), at::TensorOptions().dtype(at::kLong));
-  return KvCache::with_prefix(std::move(keys), std::move(values), lengths, batch_size);
 }
 
 }  // namespace
@@ -197,7 +138,7 @@ StudentBatch make_student_batch(const std::vector<const Conversation*>& conversa
 
 at::Tensor student_cross_entropy(const Model& model, const KvPrefix* prefix, const StudentBatch& batch) {
   const int64_t rows = batch.input_ids.size(0);
-  KvCache cache = student_cache(model, prefix, rows);
+  KvCache cache = model.new_cache(rows, prefix);
   at::Tensor logits = model.forward(batch.input_ids, batch.token_mask, cache);  // [B, T, V] float32
   const int64_t vocabulary = logits.size(2);
   // Only the positions that predict a target matter; select them before the log-softmax.
@@ -212,7 +153,7 @@ BatchScores score_student_batch(const Model& model, const KvPrefix* prefix, cons
   BatchScores scores;
   scores.cross_entropy_sum = cross_entropy.sum();
   if (with_kl) {
-    scores.kl_sum = (cross_entropy.detach() + teacher_negative_entropy(batch.teacher_log_probs)).sum();
+    scores.kl_sum = truncated_kl(cross_entropy.detach(), batch.teacher_log_probs).sum();
   }
   scores.positions = batch.logit_rows.size(0);
   scores.real_tokens = batch.real_tokens;
@@ -301,21 +242,9 @@ DistillTokens parse_distill_tokens(const std::string& name) {
       name + "'");
 }
 
-std::string latest_checkpoint(const std::string& output_dir) { return newest_checkpoint_folder(output_dir); }
+namespace {
 
-TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const Cartridge& initial,
-                               const Dataset& full_dataset, const TrainingOptions& options) {
-  const Model& model = *model_pointer;
-  // Answer-only distillation drops the question rows once here; everything below uses `dataset`.
-  std::optional<Dataset> answer_only;
-  if (options.distill == DistillTokens::kAnswer) {
-    answer_only.emplace();
-    answer_only->header = full_dataset.header;
-    for (const Conversation& conversation : full_dataset.conversations) {
-      answer_only->conversations.push_back(with_answer_targets_only(conversation));
-    }
-  }
-  const Dataset& dataset = answer_only ? *answer_only : full_dataset;
+void check_training_options(const TrainingOptions& options) {
   if (options.output_dir.empty()) throw InvalidArgumentError("training needs an output folder (--out DIR)");
   if (options.steps < 1)
     throw InvalidArgumentError(fmt::format("--steps must be >= 1, got {}", options.steps));
@@ -333,182 +262,106 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model_pointer, const
     throw InvalidArgumentError(
         fmt::format("--eval-fraction must be in [0, 1), got {}", options.eval_fraction));
   }
-  initial.check_fits(model.config(), "the initial cartridge", options.model_name);
-  const int64_t top_k = dataset.header.top_k;
-  const int64_t count = static_cast<int64_t>(dataset.conversations.size());
+}
 
-  TrainingResult result;
-  result.heldout_indices =
-      heldout_indices(count, options.eval_fraction, options.max_eval_conversations, options.seed);
-  std::vector<const Conversation*> heldout, training;
-  {
-    size_t next_heldout = 0;
-    for (int64_t index = 0; index < count; ++index) {
-      if (next_heldout < result.heldout_indices.size() && result.heldout_indices[next_heldout] == index) {
-        heldout.push_back(&dataset.conversations[index]);
-        ++next_heldout;
-      } else {
-        training.push_back(&dataset.conversations[index]);
-      }
-    }
+}  // namespace
+
+DistillationTrainer::DistillationTrainer(std::shared_ptr<const Model> model, const Cartridge& initial,
+                                         const Dataset& dataset, const TrainingOptions& options)
+    : model_(std::move(model)), options_(options), shape_(initial.shape()), top_k_(dataset.header.top_k) {
+  check_training_options(options);
+  initial.check_fits(model_->config(), "the initial cartridge", options.model_name);
+  const int64_t count = static_cast<int64_t>(dataset.conversations.size());
+  heldout_indices_ =
+      cartridge::heldout_indices(count, options.eval_fraction, options.max_eval_conversations, options.seed);
+  size_t next_heldout = 0;
+  for (int64_t index = 0; index < count; ++index) {
+    const bool held_out = next_heldout < heldout_indices_.size() && heldout_indices_[next_heldout] == index;
+    (held_out ? heldout_ : training_).push_back(&dataset.conversations[index]);
+    if (held_out) ++next_heldout;
   }
-  if (training.empty()) {
+  if (training_.empty()) {
     throw InvalidArgumentError(
         fmt::format("the dataset has {} conversation(s) and none is left for training after "
                     "holding out {}: synthesize more (--samples) or lower --eval-fraction",
-                    count, heldout.size()));
+                    count, heldout_.size()));
   }
+  for (const Conversation& row : options.validation_questions) validation_.push_back(&row);
 
-  const TrainerSettings settings = TrainerSettings::from(options, initial, dataset, model.dtype());
-  fs::create_directories(options.output_dir);
+  frozen_ = initial.frozen_embedding().to(model_->device(), at::kFloat).clone();        // [F, W]
+  trainable_ = initial.trainable_embedding().to(model_->device(), at::kFloat).clone();  // [p-F, W]
+  trainable_.set_requires_grad(true);
+  optimizer_ = std::make_unique<torch::optim::Adam>(std::vector<at::Tensor>{trainable_},
+                                                    torch::optim::AdamOptions(options.learning_rate)
+                                                        .betas({options.beta1, options.beta2})
+                                                        .eps(options.epsilon));
+}
 
-  // The parameters: fp32 on the model's device; only the trainable rows get gradients.
-  at::Tensor frozen = initial.frozen_embedding().to(model.device(), at::kFloat).clone();        // [F, W]
-  at::Tensor trainable = initial.trainable_embedding().to(model.device(), at::kFloat).clone();  // [p-F, W]
-  int64_t start_step = 0;
-  std::optional<AdamMoments> restored_moments;
+DistillationTrainer::~DistillationTrainer() = default;
 
-  const std::string checkpoint = latest_checkpoint(options.output_dir);
-  if (options.resume && !checkpoint.empty()) {
-    CheckpointState state = read_checkpoint(checkpoint, model, settings);
-    frozen = state.cartridge.frozen_embedding().to(model.device(), at::kFloat).clone();
-    trainable = state.cartridge.trainable_embedding().to(model.device(), at::kFloat).clone();
-    start_step = state.step;
-    result.history = std::move(state.history);
-    result.evaluations = std::move(state.evaluations);
-    restored_moments = std::move(state.moments);
-    if (options.show_progress) {
-      std::fprintf(stderr, "resuming from %s (step %lld of %lld)\n", checkpoint.c_str(),
-                   static_cast<long long>(start_step), static_cast<long long>(options.steps));
-    }
-  } else if (!checkpoint.empty()) {
-    throw InvalidArgumentError(describe_file_problem(
-        options.output_dir,
-        "already holds training checkpoints (" + fs::path(checkpoint).filename().string() + ")",
-        "pass --resume to continue that run, or choose another --out folder"));
+void DistillationTrainer::restore(const CheckpointState& state) {
+  // In place, so the optimizer keeps pointing at the same parameter.
+  at::NoGradGuard no_grad;
+  frozen_ = state.cartridge.frozen_embedding().to(model_->device(), at::kFloat).clone();
+  trainable_.copy_(state.cartridge.trainable_embedding().to(model_->device(), at::kFloat));
+  restore_adam_moments(*optimizer_, trainable_, state.moments);
+}
+
+KvPrefix DistillationTrainer::prefix(bool with_grad) const {
+  // [p, W] fp32 -> per-layer [H_kv, p, D] in the compute dtype; the cast is differentiable.
+  const at::Tensor rows = at::cat({frozen_, with_grad ? trainable_ : trainable_.detach()}, 0);
+  return kv_prefix_from_prompt_embeddings(rows, model_->config(), model_->dtype(), model_->device());
+}
+
+Cartridge DistillationTrainer::cartridge() const {
+  return Cartridge(shape_, frozen_.detach().to(at::kCPU).clone(), trainable_.detach().to(at::kCPU).clone());
+}
+
+TrainingHistoryEntry DistillationTrainer::step(int64_t step) {
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<const Conversation*> batch;
+  for (const int64_t index :
+       batch_for_step(static_cast<int64_t>(training_.size()), options_.batch_size, options_.seed, step)) {
+    batch.push_back(training_[index]);
   }
-  trainable.set_requires_grad(true);
-
-  torch::optim::Adam optimizer(std::vector<at::Tensor>{trainable},
-                               torch::optim::AdamOptions(options.learning_rate)
-                                   .betas({options.beta1, options.beta2})
-                                   .eps(options.epsilon));
-  if (restored_moments) restore_adam_moments(optimizer, trainable, *restored_moments);
-
-  const auto current_cartridge = [&] {
-    return Cartridge(initial.shape(), frozen.detach().to(at::kCPU).clone(),
-                     trainable.detach().to(at::kCPU).clone());
-  };
-  const auto prefix_of = [&](bool with_grad) {
-    // [p, W] fp32 -> per-layer [H_kv, p, D] in the compute dtype; the cast is differentiable.
-    const at::Tensor rows = at::cat({frozen, with_grad ? trainable : trainable.detach()}, 0);
-    return kv_prefix_from_prompt_embeddings(rows, model.config(), model.dtype(), model.device());
-  };
-  std::vector<const Conversation*> validation;
-  for (const Conversation& row : options.validation_questions) validation.push_back(&row);
-  // The best validation score so far (a resumed run's comes from its restored evaluations; the
-  // earliest of equal scores wins).
-  for (const EvaluationEntry& entry : result.evaluations) {
-    if (!std::isfinite(entry.validation_answer_nll)) continue;
-    if (result.best_step < 0 || entry.validation_answer_nll < result.best_validation_answer_nll) {
-      result.best_step = entry.step;
-      result.best_validation_answer_nll = entry.validation_answer_nll;
-    }
+  int64_t step_positions = 0;
+  for (const Conversation* conversation : batch) step_positions += conversation->num_targets();
+  optimizer_->zero_grad();
+  double cross_entropy_sum = 0;
+  int64_t step_tokens = 0;
+  for (const auto& group : micro_batches(batch, options_.max_batch_tokens)) {
+    const KvPrefix student_prefix = prefix(/*with_grad=*/true);
+    const StudentBatch student = make_student_batch(group, top_k_, model_->device());
+    const BatchScores scores = score_student_batch(*model_, &student_prefix, student, /*with_kl=*/false);
+    // Dividing every piece by the step's total makes the accumulated gradient that of the mean.
+    (scores.cross_entropy_sum / static_cast<double>(step_positions)).backward();
+    cross_entropy_sum += scores.cross_entropy_sum.item<double>();
+    step_tokens += scores.real_tokens;
   }
-  const auto evaluate = [&](int64_t step) {
-    if (heldout.empty() && validation.empty()) return;
-    const KvPrefix prefix = prefix_of(false);
-    EvaluationEntry entry;
-    entry.step = step;
-    std::tie(entry.heldout_kl, entry.positions) =
-        mean_heldout_kl(model, &prefix, heldout, top_k, options.max_batch_tokens);
-    if (!validation.empty()) {
-      const std::vector<double> means =
-          mean_target_nlls(model, &prefix, validation, options.max_batch_tokens);
-      entry.validation_answer_nll =
-          std::accumulate(means.begin(), means.end(), 0.0) / static_cast<double>(means.size());
-      // Early stopping: keep the adapter of the lowest score (strictly lower, so the earliest of equals).
-      if (result.best_step < 0 || entry.validation_answer_nll < result.best_validation_answer_nll) {
-        result.best_step = step;
-        result.best_validation_answer_nll = entry.validation_answer_nll;
-        write_best_adapter(options.output_dir, step, entry.validation_answer_nll, current_cartridge(),
-                           options.model_name, model, options.fingerprint);
-      }
-    }
-    result.evaluations.push_back(entry);
-  };
-  const auto save = [&](int64_t step) {
-    write_checkpoint(options.output_dir, step, current_cartridge(), optimizer, trainable, settings,
-                     result.history, result.evaluations, options.model_name, model, options.fingerprint,
-                     options.keep_checkpoints);
-  };
-
-  if (start_step == 0 && result.evaluations.empty()) evaluate(0);
-
-  InterruptScope interrupt(options.handle_interrupt);
-  ProgressBar progress("training", options.steps, "steps", options.show_progress);
-  progress.skip(start_step);
-  int64_t step = start_step;
-  while (step < options.steps) {
-    ++step;
-    const auto started = std::chrono::steady_clock::now();
-    std::vector<const Conversation*> batch;
-    for (const int64_t index :
-         batch_for_step(static_cast<int64_t>(training.size()), options.batch_size, options.seed, step)) {
-      batch.push_back(training[index]);
-    }
-    int64_t step_positions = 0;
-    for (const Conversation* conversation : batch) step_positions += conversation->num_targets();
-    optimizer.zero_grad();
-    double cross_entropy_sum = 0;
-    int64_t step_tokens = 0;
-    for (const auto& group : micro_batches(batch, options.max_batch_tokens)) {
-      const KvPrefix prefix = prefix_of(true);
-      const StudentBatch student = make_student_batch(group, top_k, model.device());
-      const BatchScores scores = score_student_batch(model, &prefix, student, /*with_kl=*/false);
-      // Dividing every piece by the step's total makes the accumulated gradient that of the mean.
-      const at::Tensor piece_loss = scores.cross_entropy_sum / static_cast<double>(step_positions);
-      piece_loss.backward();
-      cross_entropy_sum += scores.cross_entropy_sum.item<double>();
-      step_tokens += scores.real_tokens;
-    }
-    optimizer.step();
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    const double loss = cross_entropy_sum / static_cast<double>(step_positions);
-    result.history.push_back({step, loss, step_tokens, step_positions, seconds});
-    if (!std::isfinite(loss)) {
-      throw InvalidArgumentError(
-          fmt::format("the training loss became {} at step {}: lower --lr (now {}) or check the dataset",
-                      loss, step, options.learning_rate));
-    }
-    const bool last = step == options.steps;
-    const bool interrupted = interrupt.requested();
-    if (last || (options.eval_every > 0 && step % options.eval_every == 0)) evaluate(step);
-    std::string extra =
-        fmt::format("loss {:.4f} | {:.0f} tok/s", loss, step_tokens / std::max(seconds, 1e-9));
-    if (!result.evaluations.empty() && std::isfinite(result.evaluations.back().heldout_kl)) {
-      extra += fmt::format(" | held-out KL {:.4f}", result.evaluations.back().heldout_kl);
-    }
-    if (result.best_step >= 0) {
-      extra += fmt::format(" | best validation NLL {:.4f} (step {})", result.best_validation_answer_nll,
-                           result.best_step);
-    }
-    progress.advance(1, extra);
-    if (last || interrupted || (options.checkpoint_every > 0 && step % options.checkpoint_every == 0))
-      save(step);
-    if (interrupted) {
-      result.interrupted = true;
-      break;
-    }
+  optimizer_->step();
+  const double loss = cross_entropy_sum / static_cast<double>(step_positions);
+  if (!std::isfinite(loss)) {
+    throw InvalidArgumentError(
+        fmt::format("the training loss became {} at step {}: lower --lr (now {}) or check the dataset", loss,
+                    step, options_.learning_rate));
   }
-  progress.finish();
-  result.steps_done = step;
-  if (start_step == options.steps) save(step);  // nothing left to do: make sure the outputs exist
-  if (result.interrupted && options.show_progress) {
-    std::fprintf(stderr, "interrupted: checkpoint at step %lld saved in %s (continue with --resume)\n",
-                 static_cast<long long>(step), options.output_dir.c_str());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return {step, loss, step_tokens, step_positions, seconds};
+}
+
+EvaluationEntry DistillationTrainer::evaluate(int64_t step) const {
+  const KvPrefix current = prefix(/*with_grad=*/false);
+  EvaluationEntry entry;
+  entry.step = step;
+  std::tie(entry.heldout_kl, entry.positions) =
+      mean_heldout_kl(*model_, &current, heldout_, top_k_, options_.max_batch_tokens);
+  if (!validation_.empty()) {
+    const std::vector<double> means =
+        mean_target_nlls(*model_, &current, validation_, options_.max_batch_tokens);
+    entry.validation_answer_nll =
+        std::accumulate(means.begin(), means.end(), 0.0) / static_cast<double>(means.size());
   }
-  return result;
+  return entry;
 }
 
 }  // namespace cartridge

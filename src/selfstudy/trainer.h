@@ -1,20 +1,7 @@
-// Self-study training (spec §B1.4): the student is the frozen model with the cartridge as its KV prefix and
-// no document in context; it is trained towards the teacher's recorded top-k distributions (selfstudy/
-// loss.h) with Adam on the cartridge's trainable rows only. The model never gets weight gradients.
-//
-// Output folder layout (documented in docs/training.md):
-//   <out>/adapter_config.json, adapter_model.safetensors, cartridge_fingerprint.json
-//                                the latest cartridge as a PEFT adapter (final one after a finished run)
-//   <out>/checkpoint-<step>/      a complete PEFT adapter plus trainer_state.json (step, settings, loss
-//                                history, evaluations) and optimizer.safetensors (Adam moments), each
-//                                folder written atomically; the newest `keep_checkpoints` are kept
-//   <out>/loss.csv, loss.svg     the loss curve and held-out KL, rewritten at every checkpoint
-//   <out>/best/                  with validation questions only: the adapter of the evaluation with the
-//                                lowest validation answer NLL (the initialisation counts), and
-//                                best_validation.json {"step", "validation_answer_nll"}
-// `resume` continues from the newest checkpoint exactly: the data order is a pure function of the seed and
-// the step, and parameters and Adam moments are restored bit for bit, so the losses equal those of an
-// uninterrupted run.
+// Self-study training (docs/self_study.md): the student is the frozen model with the cartridge as its KV
+// prefix and no document in context; it is trained towards the teacher's recorded top-k distributions
+// (selfstudy/loss.h) with Adam on the cartridge's trainable rows only. The model never gets weight
+// gradients. This file is the computation; selfstudy/training_run.h drives it and writes the outputs.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +15,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "cartridge/cartridge.h"
-#include "cartridge/kv_prefix.h"
+#include "model/kv_prefix.h"
 #include "model/model.h"
 #include "selfstudy/dataset.h"
 #include "selfstudy/trainer_checkpoint.h"
@@ -37,8 +24,9 @@ namespace cartridge {
 
 // Which of a conversation's recorded targets the loss covers.
 enum class DistillTokens {
-  kAnswer,        // the answer's tokens only (the official v2, spec §B1.3; the default)
-  kConversation,  // every token with a target: the question's and the answer's (the paper's equation, §B1.1)
+  kAnswer,        // the answer's tokens only (the authors' later code; the default)
+  kConversation,  // every token with a target: the question's and the answer's (the paper's equation;
+                  // docs/self_study.md)
 };
 const char* distill_tokens_name(DistillTokens tokens);  // "conversation", "answer"
 // Parses a name of distill_tokens_name; throws InvalidArgumentError naming the choices.
@@ -78,17 +66,6 @@ struct TrainingOptions {
   bool handle_interrupt = true;                 // SIGINT: finish the current step, checkpoint, return
   std::string model_name;                       // for adapter_config.json's base_model_name_or_path
   std::optional<ModelFingerprint> fingerprint;  // written beside each adapter when given
-};
-
-struct TrainingResult {
-  int64_t steps_done = 0;                     // the step reached (== options.steps unless interrupted)
-  bool interrupted = false;                   // stopped by SIGINT (a checkpoint was written)
-  std::vector<TrainingHistoryEntry> history;  // every step from 1, including steps before a resume
-  std::vector<EvaluationEntry> evaluations;
-  std::vector<int64_t> heldout_indices;  // dataset indices never trained on
-  // With validation questions: the evaluation step whose adapter is in <out>/best/ (-1 without them).
-  int64_t best_step = -1;
-  double best_validation_answer_nll = std::numeric_limits<double>::quiet_NaN();
 };
 
 // The conversations of one forward pass as tensors (right-padded).
@@ -149,14 +126,47 @@ std::vector<int64_t> heldout_indices(int64_t count, double fraction, int64_t max
 // permutation laid end to end, cut into consecutive batches of `batch_size`.
 std::vector<int64_t> batch_for_step(int64_t training_count, int64_t batch_size, uint64_t seed, int64_t step);
 
-// Trains `initial` (ignored when options.resume finds a checkpoint) on `dataset` and writes the outputs
-// described at the top of this file. Throws InvalidArgumentError for bad options or an empty training
-// split, MismatchError when resuming with other settings or another dataset, and the file errors of the
-// layers below.
-TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartridge& initial,
-                               const Dataset& dataset, const TrainingOptions& options);
+// The optimisation of one cartridge with nothing written (no files, logs or progress bars): the parameters
+// (float32; only the trainable rows get gradients), Adam, the held-out split and the scores. train_cartridge
+// (selfstudy/training_run.h) drives it and writes the outputs; under torch.distributed every rank would step
+// and one would write (after llm.c's rank-0 writer).
+class DistillationTrainer {
+ public:
+  // `dataset` and `options` must outlive the trainer. Throws InvalidArgumentError for bad options or an
+  // empty training split, and what Cartridge::check_fits throws when `initial` does not fit the model.
+  DistillationTrainer(std::shared_ptr<const Model> model, const Cartridge& initial, const Dataset& dataset,
+                      const TrainingOptions& options);
+  ~DistillationTrainer();
 
-// The newest complete checkpoint folder under `output_dir` ("" when there is none).
-std::string latest_checkpoint(const std::string& output_dir);
+  // Continues from a checkpoint: its parameters and Adam moments.
+  void restore(const CheckpointState& state);
+  // Optimizer step `step` (1-based) on the conversations batch_for_step gives, in micro-batches: forward,
+  // backward, Adam. Throws InvalidArgumentError when the loss is not finite.
+  TrainingHistoryEntry step(int64_t step);
+  // The held-out KL and the validation answer NLL of the current cartridge (no gradient).
+  EvaluationEntry evaluate(int64_t step) const;
+
+  Cartridge cartridge() const;  // the current cartridge, on the CPU (a copy)
+  const torch::optim::Adam& optimizer() const { return *optimizer_; }
+  const at::Tensor& trainable() const { return trainable_; }  // [p-F, W] float32, requires grad
+  const std::vector<int64_t>& heldout_indices() const { return heldout_indices_; }  // dataset indices
+  // True when evaluate() has something to score (held-out conversations or validation questions).
+  bool evaluates() const { return !heldout_.empty() || !validation_.empty(); }
+
+ private:
+  // The cartridge as the model's KV prefix (per layer [H_kv, p, D] in the compute dtype); differentiable
+  // with respect to the trainable rows when `with_grad`.
+  KvPrefix prefix(bool with_grad) const;
+
+  std::shared_ptr<const Model> model_;
+  const TrainingOptions& options_;
+  CartridgeShape shape_;
+  int64_t top_k_;
+  std::vector<int64_t> heldout_indices_;
+  std::vector<const Conversation*> heldout_, training_, validation_;
+  at::Tensor frozen_;     // [F, W] float32 on the model's device
+  at::Tensor trainable_;  // [p-F, W] float32 on the model's device
+  std::unique_ptr<torch::optim::Adam> optimizer_;
+};
 
 }  // namespace cartridge

@@ -1,6 +1,3 @@
-// libtorch's include folder ships its own fmt (v12) ahead of the system one; use it header-only so
-// nothing needs linking against a matching libfmt.
-#define FMT_HEADER_ONLY
 #include "selfstudy/trainer_checkpoint.h"
 
 #include <algorithm>
@@ -17,6 +14,7 @@
 #include "cartridge/adapter_config.h"
 #include "cartridge/adapter_io.h"
 #include "generate/loaded_model.h"
+#include "io/json_number.h"
 #include "io/safetensors.h"
 #include "selfstudy/loss_plot.h"
 #include "selfstudy/sha256.h"
@@ -63,16 +61,15 @@ Json history_to_json(const std::vector<TrainingHistoryEntry>& history) {
 }
 
 // JSON has no NaN: a value not computed is null.
-Json number_or_null(double value) { return std::isfinite(value) ? Json(value) : Json(nullptr); }
 double number_or_nan(const Json& value) { return value.is_null() ? std::nan("") : value.get<double>(); }
 
 Json evaluations_to_json(const std::vector<EvaluationEntry>& evaluations) {
   Json rows = Json::array();
   for (const EvaluationEntry& entry : evaluations) {
     rows.push_back({{"step", entry.step},
-                    {"heldout_kl", number_or_null(entry.heldout_kl)},
+                    {"heldout_kl", json_number(entry.heldout_kl)},
                     {"positions", entry.positions},
-                    {"validation_answer_nll", number_or_null(entry.validation_answer_nll)}});
+                    {"validation_answer_nll", json_number(entry.validation_answer_nll)}});
   }
   return rows;
 }

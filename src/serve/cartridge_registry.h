@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "cartridge/kv_prefix.h"
+#include "model/kv_prefix.h"
 
 namespace cartridge {
 
@@ -39,9 +39,9 @@ class CartridgeRegistry {
   std::vector<std::string> list() const;
 
   // The prefix of the cartridges `names` (at least one) composed in this order: their slots concatenated,
-  // no re-rotation (spec §A4.4). Loads what is not cached. Throws InvalidArgumentError for a bad name or
-  // a prefix larger than the whole memory budget, FileNotFoundError for a name with no cartridge folder,
-  // and whatever the loader throws.
+  // no re-rotation (docs/cartridge_format.md, "Composing cartridges"). Loads what is not cached. Throws
+  // InvalidArgumentError for a bad name or a prefix larger than the whole memory budget, FileNotFoundError
+  // for a name with no cartridge folder, and whatever the loader throws.
   std::shared_ptr<const KvPrefix> acquire(const std::vector<std::string>& names);
 
   struct Stats {

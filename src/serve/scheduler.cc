@@ -56,7 +56,7 @@ Scheduler::Scheduler(std::shared_ptr<const Model> model, std::shared_ptr<const T
     : model_(std::move(model)),
       tokenizer_(std::move(tokenizer)),
       options_(options),
-      kv_bytes_per_slot_(model_->config().kv_bytes_per_token(model_->dtype())) {
+      batch_(*model_, *tokenizer_, stream_hooks()) {
   TORCH_CHECK(options_.max_batch >= 1, "Scheduler: max_batch must be >= 1");
   TORCH_CHECK(options_.max_prefill_tokens >= 1, "Scheduler: max_prefill_tokens must be >= 1");
   thread_ = std::thread([this] { run(); });
@@ -99,10 +99,10 @@ void Scheduler::run() {
     std::vector<std::unique_ptr<Job>> admitted;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      work_.wait(lock, [this] { return stopping_ || !waiting_.empty() || !running_.empty(); });
+      work_.wait(lock, [this] { return stopping_ || !waiting_.empty() || !batch_.empty(); });
       if (stopping_) break;
       // Admit in arrival order while there is room in the batch and in this step's prefill budget.
-      int64_t room = options_.max_batch - static_cast<int64_t>(running_.size());
+      int64_t room = options_.max_batch - batch_.size();
       int64_t prefill_tokens = 0;
       while (!waiting_.empty() && room > 0) {
         std::unique_ptr<Job>& front = waiting_.front();
@@ -121,133 +121,94 @@ void Scheduler::run() {
       stats_.waiting = static_cast<int64_t>(waiting_.size());
     }
     if (!admitted.empty()) admit(std::move(admitted));
-    if (!running_.empty()) decode();
+    if (!batch_.empty()) decode();
   }
 
   // Shutting down: nothing more will be computed.
   std::lock_guard<std::mutex> lock(mutex_);
   for (auto& job : waiting_) job->stream->fail("the server is shutting down");
-  for (auto& job : running_) job->stream->fail("the server is shutting down");
+  for (auto& [row, job] : running_) job->stream->fail("the server is shutting down");
   waiting_.clear();
   running_.clear();
+  batch_.clear();
+}
+
+DecodeHooks Scheduler::stream_hooks() {
+  DecodeHooks hooks;
+  hooks.on_text = [this](RowId row, const std::string& text) { running_.at(row)->stream->push_text(text); };
+  hooks.on_finished = [this](RowId row, GenerationResult result) {
+    running_.at(row)->stream->finish(std::move(result));
+    running_.erase(row);
+    ++finished_in_batch_;
+  };
+  return hooks;
 }
 
 void Scheduler::admit(std::vector<std::unique_ptr<Job>> jobs) {
+  // The batch numbers rows in the order they are added: register the jobs under the ids they will get,
+  // so that a row finishing at its first token finds its stream.
+  const RowId first = batch_.next_row_id();
   std::vector<const GenerationRequest*> requests;
-  for (auto& job : jobs) {
-    job->decoder.emplace(job->request, *tokenizer_);
-    requests.push_back(&job->request);
+  for (size_t index = 0; index < jobs.size(); ++index) {
+    requests.push_back(&jobs[index]->request);
+    running_.emplace(first + static_cast<RowId>(index), std::move(jobs[index]));
   }
-  KvCache cache;
-  at::Tensor logits;  // [N, 1, V]
   try {
-    std::tie(cache, logits) = prefill_batch(*model_, requests);
+    batch_.add(requests);
   } catch (const std::exception& error) {
-    for (auto& job : jobs) job->stream->fail(error.what());
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.completed += static_cast<int64_t>(jobs.size());
-    return;
-  }
-  const at::Tensor last_logits = logits.select(1, 0).to(at::kFloat);  // [N, V]
-  const SampleOutcome outcome = sample_next_tokens(jobs, last_logits);
-  const std::vector<int64_t>& kept = outcome.still_running;
-  if (!kept.empty()) {
-    if (kept.size() != jobs.size()) cache = cache.select_rows(at::tensor(kept, at::kLong));
-    cache.drop_padding_columns();
-    running_cache_ = running_.empty() ? std::move(cache) : KvCache::concat_rows({running_cache_, cache});
-    for (int64_t i : kept) running_.push_back(std::move(jobs[i]));
+    // The batch is unchanged: these jobs fail, the running ones go on.
+    for (size_t index = 0; index < requests.size(); ++index) {
+      const RowId row = first + static_cast<RowId>(index);
+      running_.at(row)->stream->fail(error.what());
+      running_.erase(row);
+      ++finished_in_batch_;
+    }
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.prefill_steps;
-  stats_.generated_tokens += outcome.sampled;
-  stats_.completed += outcome.finished;
-  record_kv_bytes();
+  record_stats();
 }
 
 void Scheduler::decode() {
-  std::vector<int64_t> kept;
-  for (size_t i = 0; i < running_.size(); ++i) {
-    if (!running_[i]->stream->cancelled()) kept.push_back(static_cast<int64_t>(i));
+  std::vector<RowId> cancelled;
+  for (const auto& [row, job] : running_) {
+    if (job->stream->cancelled()) cancelled.push_back(row);
   }
-  if (kept.size() != running_.size()) {
-    const int64_t cancelled = static_cast<int64_t>(running_.size() - kept.size());
-    keep_rows(kept);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stats_.completed += cancelled;
-      record_kv_bytes();
+  if (!cancelled.empty()) {
+    batch_.remove(cancelled);
+    for (RowId row : cancelled) running_.erase(row);
+    finished_in_batch_ += static_cast<int64_t>(cancelled.size());
+  }
+  if (!batch_.empty()) {
+    const int64_t rows = batch_.size();
+    try {
+      batch_.step();
+    } catch (const std::exception& error) {
+      fail_running(error.what());
     }
-    if (running_.empty()) return;
-  }
-
-  std::vector<int64_t> tokens;
-  tokens.reserve(running_.size());
-  for (const auto& job : running_) tokens.push_back(job->decoder->next_input_token());
-  at::Tensor logits;  // [B, 1, V]
-  try {
-    logits = decode_step(*model_, running_cache_, tokens);
-  } catch (const std::exception& error) {
-    for (auto& job : running_) job->stream->fail(error.what());
     std::lock_guard<std::mutex> lock(mutex_);
-    stats_.completed += static_cast<int64_t>(running_.size());
-    running_.clear();
-    running_cache_ = KvCache();
-    record_kv_bytes();
-    return;
+    stats_.peak_batch = std::max(stats_.peak_batch, rows);
   }
-  const at::Tensor last_logits = logits.select(1, 0).to(at::kFloat);  // [B, V]
-  const SampleOutcome outcome = sample_next_tokens(running_, last_logits);
-  const int64_t batch = static_cast<int64_t>(running_.size());
-  if (outcome.still_running.size() != running_.size()) keep_rows(outcome.still_running);
   std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.decode_steps;
-  stats_.generated_tokens += outcome.sampled;
-  stats_.completed += outcome.finished;
-  stats_.peak_batch = std::max(stats_.peak_batch, batch);
-  record_kv_bytes();
+  record_stats();
 }
 
-Scheduler::SampleOutcome Scheduler::sample_next_tokens(const std::vector<std::unique_ptr<Job>>& jobs,
-                                                       const at::Tensor& last_logits) {
-  SampleOutcome outcome;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    Job& job = *jobs[i];
-    if (!job.decoder->finished()) {  // a request for 0 tokens starts finished
-      std::string text = job.decoder->advance(last_logits[static_cast<int64_t>(i)]);
-      ++outcome.sampled;
-      if (!text.empty()) job.stream->push_text(std::move(text));
-    }
-    if (job.decoder->finished()) {
-      job.stream->finish(job.decoder->take_result());
-      ++outcome.finished;
-    } else {
-      outcome.still_running.push_back(static_cast<int64_t>(i));
-    }
-  }
-  return outcome;
+void Scheduler::fail_running(const std::string& message) {
+  for (auto& [row, job] : running_) job->stream->fail(message);
+  finished_in_batch_ += static_cast<int64_t>(running_.size());
+  running_.clear();
+  batch_.clear();
 }
 
-void Scheduler::keep_rows(const std::vector<int64_t>& kept) {
-  if (kept.empty()) {
-    running_.clear();
-    running_cache_ = KvCache();
-    return;
-  }
-  running_cache_ = running_cache_.select_rows(at::tensor(kept, at::kLong));
-  // Slots that only retired rows used are padding in every remaining row now.
-  running_cache_.drop_padding_columns();
-  std::vector<std::unique_ptr<Job>> remaining;
-  remaining.reserve(kept.size());
-  for (int64_t i : kept) remaining.push_back(std::move(running_[i]));
-  running_ = std::move(remaining);
-}
-
-void Scheduler::record_kv_bytes() {
-  // Caller holds mutex_. Counts the slots in use (padding included), not the growth capacity.
-  const int64_t rows = static_cast<int64_t>(running_.size());
-  stats_.running = rows;
-  stats_.kv_bytes =
-      rows == 0 ? 0 : running_cache_.batch_size() * running_cache_.length() * kv_bytes_per_slot_;
+void Scheduler::record_stats() {
+  // Caller holds mutex_. The batch's cache counts the slots in use (padding included), not the capacity.
+  const DecodeBatch::Counts& counts = batch_.counts();
+  stats_.running = batch_.size();
+  stats_.completed += finished_in_batch_;
+  finished_in_batch_ = 0;
+  stats_.prefill_steps = counts.prefill_steps;
+  stats_.decode_steps = counts.decode_steps;
+  stats_.generated_tokens = counts.generated_tokens;
+  stats_.kv_bytes = batch_.empty() ? 0 : batch_.kv_bytes();
   stats_.peak_kv_bytes = std::max(stats_.peak_kv_bytes, stats_.kv_bytes);
 }
 

@@ -1,9 +1,9 @@
-// Continuous batching for the server. One scheduler thread owns the model's running batch: a KV cache whose
-// rows are requests in flight, each with its own cartridge prefix (or none), sampler, detokenizer, stop
-// strings and token budget (generate/row_decoder.h). Every step it admits waiting requests (prefilled
-// together, then their cache rows appended to the running batch), runs one decode forward for all rows,
-// streams each row's new text to its request, and retires finished rows. HTTP handler threads only
-// submit requests and read their streams.
+// Continuous batching for the server. One scheduler thread owns the model's running batch, a DecodeBatch
+// (generate/decode_batch.h) whose rows are requests in flight, each with its own cartridge prefix (or
+// none), sampler, detokenizer, stop strings and token budget. Every step it admits waiting requests
+// (prefilled together, then added to the running batch), runs one decode step for all rows, streams each
+// row's new text to its request, and retires finished rows. HTTP handler threads only submit requests and
+// read their streams.
 #pragma once
 
 #include <atomic>
@@ -16,10 +16,11 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
+#include "generate/decode_batch.h"
 #include "generate/generation_request.h"
-#include "generate/row_decoder.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -92,32 +93,22 @@ class Scheduler {
   struct Job {
     GenerationRequest request;
     std::shared_ptr<RequestStream> stream;
-    std::optional<RowDecoder> decoder;  // set at admission
   };
 
   void run();
-  // Prefills `jobs` together and appends those still generating to the running batch.
+  // Adds `jobs` to the running batch (one prefill for all of them).
   void admit(std::vector<std::unique_ptr<Job>> jobs);
-  // One decode forward for every running row.
+  // Retires cancelled rows, then one decode step for every running row.
   void decode();
-  // Samples each unfinished job's next token from its row of `last_logits` [N, V] (row i is jobs[i]),
-  // streams the new text and finishes the jobs that are done. A job that was already finished (a request
-  // for 0 tokens) is only finished. Returns the indices of the jobs still generating.
-  struct SampleOutcome {
-    std::vector<int64_t> still_running;
-    int64_t sampled = 0;
-    int64_t finished = 0;
-  };
-  static SampleOutcome sample_next_tokens(const std::vector<std::unique_ptr<Job>>& jobs,
-                                          const at::Tensor& last_logits);
-  // Keeps only running rows `kept` (indices into running_), retiring the others.
-  void keep_rows(const std::vector<int64_t>& kept);
-  void record_kv_bytes();
+  // The hooks that route the batch's text and results to the jobs' streams.
+  DecodeHooks stream_hooks();
+  // Fails every running job with `message` and empties the batch.
+  void fail_running(const std::string& message);
+  void record_stats();
 
   std::shared_ptr<const Model> model_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   SchedulerOptions options_;
-  int64_t kv_bytes_per_slot_;  // one row's K and V for all layers, bytes
 
   mutable std::mutex mutex_;  // guards waiting_, stopping_, stats_
   std::condition_variable work_;
@@ -126,8 +117,9 @@ class Scheduler {
   Stats stats_;
 
   // Owned by the scheduler thread only.
-  std::vector<std::unique_ptr<Job>> running_;  // row i of running_cache_ is running_[i]
-  KvCache running_cache_;
+  std::unordered_map<RowId, std::unique_ptr<Job>> running_;  // the batch's rows, by id
+  DecodeBatch batch_;
+  int64_t finished_in_batch_ = 0;  // jobs the hooks finished since the last record_stats()
 
   std::thread thread_;  // last: starts after everything above is built
 };

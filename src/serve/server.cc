@@ -323,8 +323,8 @@ void Server::Impl::register_routes() {
           case 404:
             error = ApiError(404, "not_found_error", "unknown_url",
                              "unknown URL " + request.method + " " + request.path.substr(0, 200) +
-                                 " (this server has GET /health, GET /v1/models, POST /v1/completions, POST "
-                                 "/v1/chat/completions)");
+                                 " (this server has GET /health, GET /v1/models, GET /v1/stats, POST "
+                                 "/v1/completions, POST /v1/chat/completions)");
             break;
           case 413:
             error = ApiError(413, "invalid_request_error", "request_too_large",

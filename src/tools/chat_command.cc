@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "generate/generator.h"
+#include "io/model_files.h"
 #include "tools/commands.h"
 
 namespace cartridge::tools {
@@ -57,8 +58,8 @@ void run_chat(const ChatOptions& options) {
 void add_chat_command(CLI::App& app) {
   auto options = std::make_shared<ChatOptions>();
   CLI::App* command = app.add_subcommand("chat", "Chat interactively with the model");
-  command->footer(
-      "Example:\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --system 'Be brief.'");
+  command->footer("Example:\n  cartridge chat --model " + std::string(kDefaultModelPath) +
+                  " --system 'Be brief.'");
   add_model_options(*command, options->model);
   command->add_option("--system", options->system, "A system message that starts the conversation");
   command->add_option("-n,--max-new-tokens", options->max_new_tokens, "Most tokens per reply")

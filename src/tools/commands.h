@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "generate/loaded_model.h"
+#include "io/json_number.h"
 
 namespace cartridge {
 struct TrainingOptions;
@@ -35,7 +36,7 @@ void add_study_command(CLI::App& app);
 
 // Options shared by every command that loads a model.
 struct ModelOptions {
-  std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string model = kDefaultModelPath;
   std::string dtype = "fp32";
   std::string device = "auto";
   bool quiet = false;  // no progress bars
@@ -52,8 +53,6 @@ void add_training_options(CLI::App& command, TrainingOptions& training);
 // turns it into TrainingOptions::validation_questions (question_answer_rows).
 void add_validation_option(CLI::App& command, std::string& path);
 
-// The value, or null when it is not finite (JSON has no NaN).
-nlohmann::json json_number(double value);
 // After training with validation questions: adds best_adapter, best_step, initial/best/final
 // validation_answer_nll to a --json summary, or prints one line naming <out>/best (nothing without them).
 void add_validation_summary(nlohmann::json& output, const TrainingResult& result, const std::string& out);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cartridge/adapter_io.h"
+#include "io/model_files.h"
 #include "selfstudy/evaluation.h"
 #include "selfstudy/study.h"
 #include "tools/commands.h"
@@ -118,7 +119,9 @@ void add_eval_command(CLI::App& app) {
       "held-out\n"
       "conversations of training (same --seed/--eval-fraction/--max-eval as `cartridge train`) are scored\n"
       "too: mean KL to the teacher's top-k per answer token. KV bytes: the context each condition keeps.\n"
-      "Example:\n  cartridge eval --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --qa "
+      "Example:\n  cartridge eval --model " +
+      std::string(kDefaultModelPath) +
+      " --corpus doc.txt --qa "
       "qa.jsonl \\\n"
       "    --cartridge study --dataset study/dataset.jsonl");
   add_model_options(*command, options->model);

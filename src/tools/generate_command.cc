@@ -6,6 +6,7 @@
 
 #include "cartridge/adapter_io.h"
 #include "generate/generator.h"
+#include "io/model_files.h"
 #include "io/safetensors.h"
 #include "tools/commands.h"
 #include "util/atomic_file.h"
@@ -95,7 +96,9 @@ void add_generate_command(CLI::App& app) {
       "special tokens); --chat wraps it in the model's chat template as one user turn instead.\n"
       "With --cartridge the prompt follows the cartridge's p virtual tokens (positions p+i); several are\n"
       "composed in the order given.\n"
-      "Example:\n  cartridge generate --model models/SmolLM2-135M-Instruct.Q4_1.gguf --chat \\\n"
+      "Example:\n  cartridge generate --model " +
+      std::string(kDefaultModelPath) +
+      " --chat \\\n"
       "    --prompt 'What is the capital of France?' --max-new-tokens 32 [--cartridge my_cartridge]");
   add_model_options(*command, options->model);
   command->add_option("-p,--prompt", options->prompt, "The prompt text")->required();

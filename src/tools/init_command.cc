@@ -7,6 +7,7 @@
 
 #include "cartridge/adapter_io.h"
 #include "cartridge/text_init.h"
+#include "io/model_files.h"
 #include "tools/commands.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
@@ -112,7 +113,9 @@ void add_init_command(CLI::App& app) {
       "through\n"
       "the model's chat template when it has one; --no-chat-template tokenizes it plainly (with the\n"
       "tokenizer's BOS etc.). The folder loads with PeftModel.from_pretrained(base_model, DIR).\n"
-      "Example:\n  cartridge init --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text-file doc.txt \\\n"
+      "Example:\n  cartridge init --model " +
+      std::string(kDefaultModelPath) +
+      " --text-file doc.txt \\\n"
       "    --tokens 256 --out my_cartridge");
   add_model_options(*command, options->model);
   auto* text = command->add_option("--text", options->text, "The text to initialise from");

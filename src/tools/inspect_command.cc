@@ -104,7 +104,8 @@ void add_inspect_command(CLI::App& app) {
       "Reads adapter_config.json, adapter_model.safetensors and cartridge_fingerprint.json. With --model it\n"
       "also checks the adapter against that model's config (an error if the shapes do not fit) and\n"
       "fingerprint (a warning if it was made for another model).\n"
-      "Example:\n  cartridge inspect my_cartridge --model models/SmolLM2-135M-Instruct.Q4_1.gguf --json");
+      "Example:\n  cartridge inspect my_cartridge --model " +
+      std::string(kDefaultModelPath) + " --json");
   command->add_option("adapter", options->adapter, "An adapter folder (or a Hub id in the HF cache)")
       ->required();
   command->add_option("-m,--model", options->model, "Check against this model (GGUF, HF folder or Hub id)");

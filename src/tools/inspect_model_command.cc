@@ -16,7 +16,7 @@ namespace cartridge::tools {
 namespace {
 
 struct InspectModelOptions {
-  std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string model = kDefaultModelPath;
   bool json = false;
 };
 
@@ -86,7 +86,7 @@ void run_inspect_model(const InspectModelOptions& options) {
 void add_inspect_model_command(CLI::App& app) {
   auto options = std::make_shared<InspectModelOptions>();
   CLI::App* command = app.add_subcommand("inspect-model", "Show a model's architecture and sizes");
-  command->footer("Example:\n  cartridge inspect-model models/SmolLM2-135M-Instruct.Q4_1.gguf --json");
+  command->footer("Example:\n  cartridge inspect-model " + std::string(kDefaultModelPath) + " --json");
   command->add_option("model", options->model, "A GGUF file, a Hugging Face folder, or a Hub id")
       ->capture_default_str();
   command->add_flag("--json", options->json, "Print JSON");

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "io/model_files.h"
 #include "serve/server.h"
 #include "tools/commands.h"
 
@@ -62,7 +63,9 @@ void add_serve_command(CLI::App& app) {
       "\"b\"].\n"
       "Requests with different cartridges are decoded together in one batch. Cartridges copied into the\n"
       "folder later are found without a restart.\n"
-      "Example:\n  cartridge serve --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridges cartridges/ "
+      "Example:\n  cartridge serve --model " +
+      std::string(kDefaultModelPath) +
+      " --cartridges cartridges/ "
       "--port 8080\n"
       "  curl http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\\n"
       "    -d '{\"model\": \"my-doc\", \"messages\": [{\"role\": \"user\", \"content\": \"Summarise "

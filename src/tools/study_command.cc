@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/model_files.h"
 #include "selfstudy/evaluation.h"
 #include "selfstudy/study.h"
 #include "tools/commands.h"
@@ -92,16 +93,15 @@ void run_study_command(StudyCommandOptions& options) {
   const double first_kl = training.evaluations.empty() ? NAN : training.evaluations.front().heldout_kl;
   const double last_kl = training.evaluations.empty() ? NAN : training.evaluations.back().heldout_kl;
   if (options.json) {
-    const auto number = json_number;
     nlohmann::json output = {
         {"adapter", result.adapter_dir},
         {"dataset", result.dataset_path},
         {"conversations", result.synthesis.existing_conversations + result.synthesis.written_conversations},
         {"steps", training.steps_done},
         {"interrupted", training.interrupted},
-        {"final_loss", number(final_loss)},
-        {"initial_heldout_kl", number(first_kl)},
-        {"final_heldout_kl", number(last_kl)},
+        {"final_loss", json_number(final_loss)},
+        {"initial_heldout_kl", json_number(first_kl)},
+        {"final_heldout_kl", json_number(last_kl)},
         {"seconds", seconds}};
     add_validation_summary(output, training, result.adapter_dir);
     std::cout << output.dump() << std::endl;
@@ -147,9 +147,13 @@ void add_study_command(CLI::App& app) {
       "an interrupted run (both phases resume); a larger --steps continues a finished one. With\n"
       "--validation-qa QA.jsonl (questions you wrote, with answers) <out>/best/ is the adapter of the\n"
       "evaluation step where their answer NLL was lowest (early stopping).\n"
-      "Example:\n  cartridge study --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt --tokens "
+      "Example:\n  cartridge study --model " +
+      std::string(kDefaultModelPath) +
+      " --corpus doc.txt --tokens "
       "128 \\\n"
-      "    --out doc-cartridge\n  cartridge chat --model models/SmolLM2-135M-Instruct.Q4_1.gguf --cartridge "
+      "    --out doc-cartridge\n  cartridge chat --model " +
+      std::string(kDefaultModelPath) +
+      " --cartridge "
       "doc-cartridge");
   add_model_options(*command, options->model);
   command->add_option("--corpus", options->corpus, "The document, a UTF-8 text file")->required();

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/model_files.h"
 #include "selfstudy/synthesizer.h"
 #include "tools/commands.h"
 #include "util/error.h"
@@ -114,7 +115,9 @@ void add_synthesize_command(CLI::App& app) {
       "0.6), then answers it greedily while its top-20 log-probabilities are recorded. The result,\n"
       "<out>/dataset.jsonl, is described in docs/dataset_format.md. Rerunning the same command after an\n"
       "interruption continues the file; a larger --samples extends it.\n"
-      "Example:\n  cartridge synthesize --model models/SmolLM2-135M-Instruct.Q4_1.gguf --corpus doc.txt \\\n"
+      "Example:\n  cartridge synthesize --model " +
+      std::string(kDefaultModelPath) +
+      " --corpus doc.txt \\\n"
       "    --out study --samples 64 --max-chunk 1024 --description 'A chapter of a history book.'");
   add_model_options(*command, options->model);
   command->add_option("--corpus", options->corpus, "The corpus, a UTF-8 text file")->required();

@@ -13,7 +13,7 @@ namespace cartridge::tools {
 namespace {
 
 struct TokenizeOptions {
-  std::string model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  std::string model = kDefaultModelPath;
   std::string text;
   std::string text_file;
   bool no_special_tokens = false;
@@ -46,7 +46,9 @@ void add_tokenize_command(CLI::App& app) {
   command->footer(
       "Ids are exactly transformers' tokenizer(text)[\"input_ids\"] (default special tokens, e.g. a BOS for\n"
       "Llama 3); --no-special-tokens is add_special_tokens=False.\n"
-      "Example:\n  cartridge tokenize --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text 'Hello world' "
+      "Example:\n  cartridge tokenize --model " +
+      std::string(kDefaultModelPath) +
+      " --text 'Hello world' "
       "--json");
   command->add_option("-m,--model", options->model, "A GGUF file, a Hugging Face folder, or a Hub id")
       ->capture_default_str();

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cartridge/fingerprint.h"
+#include "io/model_files.h"
 #include "selfstudy/evaluation.h"
 #include "selfstudy/sha256.h"
 #include "selfstudy/study.h"
@@ -245,7 +246,9 @@ void add_train_command(CLI::App& app) {
       "also scores their answer NLL (loss.csv column validation_answer_nll) and <out>/best/ holds the "
       "adapter\n"
       "with the lowest so far (the initialisation counts), with best_validation.json naming its step.\n"
-      "Example:\n  cartridge train --model models/SmolLM2-135M-Instruct.Q4_1.gguf --dataset "
+      "Example:\n  cartridge train --model " +
+      std::string(kDefaultModelPath) +
+      " --dataset "
       "study/dataset.jsonl \\\n"
       "    --corpus doc.txt --tokens 128 --steps 200 --out study/cartridge");
   add_model_options(*command, options->model);

@@ -20,12 +20,14 @@ std::string format_duration(double seconds) {
 
 }  // namespace
 
-ProgressBar::ProgressBar(std::string label, int64_t total, std::string unit, bool enabled)
+ProgressBar::ProgressBar(std::string label, int64_t total, std::string unit, bool enabled,
+                         std::chrono::milliseconds log_interval)
     : label_(std::move(label)),
       unit_(std::move(unit)),
       total_(std::max<int64_t>(total, 0)),
       enabled_(enabled),
       is_terminal_(::isatty(STDERR_FILENO) != 0),
+      log_interval_(log_interval),
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {
   if (enabled_ && is_terminal_) draw(false);
@@ -40,12 +42,8 @@ void ProgressBar::advance(int64_t amount, const std::string& extra) {
   const auto now = std::chrono::steady_clock::now();
   if (is_terminal_) {
     if (now - last_draw_ >= std::chrono::milliseconds(100) || done_ >= total_) draw(false);
-  } else if (total_ > 0) {
-    const int decile = static_cast<int>(std::min<int64_t>(10, done_ * 10 / total_));
-    if (decile != last_decile_ && decile < 10) {
-      last_decile_ = decile;
-      draw(true);
-    }
+  } else if (now - last_draw_ >= log_interval_ && done_ < total_) {
+    draw(true);  // the final line comes from finish()
   }
 }
 

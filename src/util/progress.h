@@ -1,6 +1,7 @@
 // A terminal progress bar for long work (prefill, synthesis, training): `label [####....] 12/40 tokens
-// 35.2 tok/s ETA 0:12 | extra`. Redraws in place on a terminal (at most 10 times a second) and prints one
-// line per 10% when stderr is not a terminal, so logs stay short.
+// 35.2 tok/s ETA 0:12 | extra`. Redraws in place on a terminal (at most 10 times a second). When stderr is
+// not a terminal (a log file, a pipe) it prints a line at most every `log_interval` and a final one, so a
+// log of a long job holds a few lines per stage however often the bar advances.
 #pragma once
 
 #include <chrono>
@@ -12,7 +13,8 @@ namespace cartridge {
 class ProgressBar {
  public:
   // `total` units of work named `unit` ("tokens", "steps", ...); `enabled=false` makes every call a no-op.
-  ProgressBar(std::string label, int64_t total, std::string unit, bool enabled = true);
+  ProgressBar(std::string label, int64_t total, std::string unit, bool enabled = true,
+              std::chrono::milliseconds log_interval = std::chrono::seconds(30));
   ~ProgressBar();
 
   // Advances by `amount` units; `extra` is shown after the rate (e.g. "loss 1.234").
@@ -37,7 +39,7 @@ class ProgressBar {
   bool enabled_;
   bool finished_ = false;
   bool is_terminal_;
-  int last_decile_ = -1;
+  std::chrono::milliseconds log_interval_;  // between lines when not on a terminal
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_;
 };

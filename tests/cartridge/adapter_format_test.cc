@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <optional>
 
 #include "cartridge/adapter_io.h"
 #include "cartridge/python_json.h"
@@ -191,6 +193,35 @@ TEST(AdapterIo, FindsAHubIdInTheLocalCache) {
     ::setenv("HF_HUB_CACHE", saved.c_str(), 1);
   else
     ::unsetenv("HF_HUB_CACHE");
+}
+
+TEST(AdapterIo, FindsAHubIdWhereverHuggingFaceHubPutsItsCache) {
+  // The adapter loader resolves the cache as models are resolved: $HUGGINGFACE_HUB_CACHE and
+  // $XDG_CACHE_HOME/huggingface/hub count too, and a refs/main naming a missing snapshot falls back to one
+  // that exists.
+  TemporaryFolder cache;
+  const std::string repo = cache / "huggingface/hub/models--someone--my-cartridge";
+  fs::create_directories(repo + "/refs");
+  write_bytes(repo + "/refs/main", "gone\n");
+  fs::create_directories(repo + "/snapshots");
+  testing::copy_folder(cartridge_fixture("qwen3", "peft_plain"), repo + "/snapshots/def456");
+  std::map<std::string, std::optional<std::string>> saved;
+  for (const char* name : {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"}) {
+    const char* value = std::getenv(name);
+    saved[name] = value ? std::optional<std::string>(value) : std::nullopt;
+    ::unsetenv(name);
+  }
+  ::setenv("XDG_CACHE_HOME", cache.path().c_str(), 1);
+  EXPECT_EQ(resolve_adapter_folder("someone/my-cartridge"), repo + "/snapshots/def456");
+  ::unsetenv("XDG_CACHE_HOME");
+  ::setenv("HUGGINGFACE_HUB_CACHE", (cache / "huggingface/hub").c_str(), 1);
+  EXPECT_EQ(resolve_adapter_folder("someone/my-cartridge"), repo + "/snapshots/def456");
+  for (const auto& [name, value] : saved) {
+    if (value)
+      ::setenv(name.c_str(), value->c_str(), 1);
+    else
+      ::unsetenv(name.c_str());
+  }
 }
 
 TEST(AdapterIo, SaveIsByteIdenticalToPeftSavePretrained) {

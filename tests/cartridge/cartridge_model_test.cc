@@ -52,21 +52,10 @@ at::Tensor ids_tensor(const std::vector<int64_t>& ids) {  // [1, T]
   return at::tensor(ids, at::kLong).unsqueeze(0);
 }
 
-// A one-row cache holding `prefix` ([H_kv, P, D] per layer).
-KvCache cache_with(const KvPrefix& prefix) {
-  std::vector<at::Tensor> keys, values;  // per layer [1, H_kv, P, D]
-  for (size_t layer = 0; layer < prefix.keys.size(); ++layer) {
-    keys.push_back(prefix.keys[layer].unsqueeze(0));
-    values.push_back(prefix.values[layer].unsqueeze(0));
-  }
-  return KvCache::with_prefix(std::move(keys), std::move(values), at::tensor({prefix.length()}, at::kLong),
-                              1);
-}
-
 // The prompt's logits [T, V] with the cartridge in front.
 at::Tensor prompt_logits(const Model& model, const Cartridge& cartridge, const std::vector<int64_t>& ids) {
   c10::InferenceMode inference;
-  KvCache cache = cache_with(cartridge.kv_prefix(model.config(), model.dtype(), model.device()));
+  KvCache cache = KvCache::with_prefix(cartridge.kv_prefix(model.config(), model.dtype(), model.device()), 1);
   const at::Tensor input = ids_tensor(ids);
   return model.forward(input, at::ones_like(input, at::kBool), cache)[0].clone();
 }
@@ -75,7 +64,7 @@ at::Tensor prompt_logits(const Model& model, const Cartridge& cartridge, const s
 std::vector<int64_t> greedy(const Model& model, const Cartridge& cartridge, const std::vector<int64_t>& ids,
                             int64_t steps) {
   c10::InferenceMode inference;
-  KvCache cache = cache_with(cartridge.kv_prefix(model.config(), model.dtype(), model.device()));
+  KvCache cache = KvCache::with_prefix(cartridge.kv_prefix(model.config(), model.dtype(), model.device()), 1);
   ForwardOptions last;
   last.last_token_only = true;
   at::Tensor input = ids_tensor(ids);
@@ -192,27 +181,13 @@ TEST(CartridgeOnModel, OneBatchWithADifferentCartridgePerRow) {
   const std::vector<int64_t> lengths = {full, full - 3, full - 5};  // real tokens per row
   const std::vector<bool> left_padded = {false, false, true};
   std::vector<std::shared_ptr<const KvPrefix>> prefixes;
-  int64_t longest_prefix = 0;
   for (const std::string& adapter : adapters) {
     prefixes.push_back(load_adapter(cartridge_fixture(kind, adapter)).cartridge.kv_prefix_for(*model));
-    longest_prefix = std::max(longest_prefix, prefixes.back()->length());
   }
   c10::InferenceMode inference;
-  const ModelConfig& config = model->config();
   const int64_t batch = static_cast<int64_t>(adapters.size());
-  std::vector<at::Tensor> keys, values;  // per layer [B, H_kv, P_max, D]
-  at::Tensor prefix_lengths = at::zeros({batch}, at::kLong);
-  for (int64_t layer = 0; layer < config.num_layers; ++layer) {
-    keys.push_back(at::zeros({batch, config.num_key_value_heads, longest_prefix, config.head_dim}));
-    values.push_back(at::zeros({batch, config.num_key_value_heads, longest_prefix, config.head_dim}));
-    for (int64_t row = 0; row < batch; ++row) {
-      const int64_t length = prefixes[row]->length();
-      keys[layer][row].narrow(1, 0, length).copy_(prefixes[row]->keys[layer]);
-      values[layer][row].narrow(1, 0, length).copy_(prefixes[row]->values[layer]);
-      prefix_lengths[row] = length;
-    }
-  }
-  KvCache cache = KvCache::with_prefix(keys, values, prefix_lengths, batch);
+  // A prefix per row, padded to the longest.
+  KvCache cache = KvCache::with_row_prefixes(model->config(), model->dtype(), model->device(), prefixes);
   at::Tensor input = at::zeros({batch, full}, at::kLong);       // [B, T]
   at::Tensor token_mask = at::zeros({batch, full}, at::kBool);  // [B, T]
   for (int64_t row = 0; row < batch; ++row) {
@@ -259,7 +234,8 @@ TEST(CartridgeOnModel, GradientsReachTrainableRowsOnly) {
   const LoadedAdapter loaded = load_adapter(cartridge_fixture("qwen3", "peft_chat"));  // F = 2
   const Cartridge& cartridge = loaded.cartridge;
   cartridge.trainable_embedding().requires_grad_(true);
-  KvCache cache = cache_with(cartridge.kv_prefix(model->config(), model->dtype(), model->device()));
+  KvCache cache =
+      KvCache::with_prefix(cartridge.kv_prefix(model->config(), model->dtype(), model->device()), 1);
   const at::Tensor input = ids_tensor(prompt_ids("qwen3"));
   const at::Tensor logits = model->forward(input, at::ones_like(input, at::kBool), cache);
   logits.logsumexp(-1).sum().backward();

@@ -68,15 +68,18 @@ TEST(SamplerTest, RejectsOutOfRangeSettings) {
   EXPECT_THROW(Sampler{options}, InvalidArgumentError);
 }
 
-TEST(SamplerTest, TopLogProbsAreSortedFullVocabularyLogSoftmax) {
-  const at::Tensor logits = at::tensor({1.0f, 4.0f, 2.0f, 3.0f});
-  std::vector<int32_t> ids;
-  std::vector<float> log_probs;
-  Sampler::top_log_probs(logits, 2, ids, log_probs);
-  const at::Tensor expected = logits.log_softmax(0);
-  ASSERT_EQ(ids, (std::vector<int32_t>{1, 3}));
-  EXPECT_FLOAT_EQ(log_probs[0], expected[1].item<float>());
-  EXPECT_FLOAT_EQ(log_probs[1], expected[3].item<float>());
+TEST(SamplerTest, TopLogProbsAreSortedFullVocabularyLogSoftmaxPerRow) {
+  const at::Tensor logits = at::tensor({1.0f, 4.0f, 2.0f, 3.0f, 0.5f, -1.0f, 2.5f, 0.0f}).view({2, 4});
+  const auto [ids, log_probs] = top_log_probabilities(logits, 2);  // [2, 2] each
+  const at::Tensor expected = logits.log_softmax(1);
+  ASSERT_EQ(ids.scalar_type(), at::kInt);
+  EXPECT_TRUE(ids.equal(at::tensor({1, 3, 2, 0}, at::kInt).view({2, 2})));
+  EXPECT_FLOAT_EQ(log_probs[0][0].item<float>(), expected[0][1].item<float>());
+  EXPECT_FLOAT_EQ(log_probs[0][1].item<float>(), expected[0][3].item<float>());
+  EXPECT_FLOAT_EQ(log_probs[1][0].item<float>(), expected[1][2].item<float>());
+  EXPECT_FLOAT_EQ(log_probs[1][1].item<float>(), expected[1][0].item<float>());
+  // More than the vocabulary: all of it.
+  EXPECT_EQ(top_log_probabilities(logits, 9).first.size(1), 4);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "model/model.h"
 #include "model_test_util.h"
+#include "util/error.h"
 
 namespace cartridge {
 namespace {
@@ -103,8 +104,8 @@ TEST_F(KvCacheTest, ConcatRowsOfDifferentLengthsEqualsSeparateRows) {
   KvCache both = KvCache::concat_rows({long_row, short_row});
   EXPECT_EQ(both.batch_size(), 2);
   EXPECT_EQ(both.length(), 7);
-  EXPECT_EQ(both.slot_mask[1].sum().item<int64_t>(), 4);
-  EXPECT_EQ(both.next_positions[1].item<int64_t>(), 4);
+  EXPECT_EQ(both.slot_mask()[1].sum().item<int64_t>(), 4);
+  EXPECT_EQ(both.next_positions()[1].item<int64_t>(), 4);
   const at::Tensor together = step(both, tokens({5, 6}));
   EXPECT_LE(max_abs_diff(together[0], step(long_row, tokens({5}))[0]), kTolerance);
   EXPECT_LE(max_abs_diff(together[1], step(short_row, tokens({6}))[0]), kTolerance);
@@ -117,8 +118,8 @@ TEST_F(KvCacheTest, DropPaddingColumnsKeepsResults) {
   KvCache trimmed = right_padded;
   trimmed.drop_padding_columns();
   EXPECT_EQ(trimmed.length(), 5);
-  EXPECT_TRUE(trimmed.slot_mask.all().item<bool>());
-  EXPECT_EQ(trimmed.keys[0].size(2), 5);
+  EXPECT_TRUE(trimmed.slot_mask().all().item<bool>());
+  EXPECT_EQ(trimmed.keys(0).size(2), 5);
   EXPECT_LE(max_abs_diff(step(trimmed, tokens({9})), step(right_padded, tokens({9}))), kTolerance);
 }
 
@@ -127,20 +128,22 @@ TEST_F(KvCacheTest, EmptyCacheAndBytesPerToken) {
   EXPECT_EQ(cache.batch_size(), 4);
   EXPECT_EQ(cache.length(), 0);
   EXPECT_EQ(cache.num_layers(), model_->config().num_layers);
-  EXPECT_EQ(cache.keys[0].sizes(),
+  EXPECT_EQ(cache.keys(0).sizes(),
             at::IntArrayRef({4, model_->config().num_key_value_heads, 0, model_->config().head_dim}));
-  EXPECT_TRUE(cache.next_positions.equal(at::zeros({4}, at::kLong)));
+  EXPECT_TRUE(cache.next_positions().equal(at::zeros({4}, at::kLong)));
 }
 
 TEST_F(KvCacheTest, GradientFlowsThroughSeveralCalls) {
   // Prefix trained over a prompt then an answer fed in a second call (autograd across appends).
   const ModelConfig& config = model_->config();
-  std::vector<at::Tensor> keys, values;
+  KvPrefix prefix;
   for (int64_t layer = 0; layer < config.num_layers; ++layer) {
-    keys.push_back(at::randn({1, config.num_key_value_heads, 3, config.head_dim}).requires_grad_(true));
-    values.push_back(at::randn({1, config.num_key_value_heads, 3, config.head_dim}).requires_grad_(true));
+    prefix.keys.push_back(at::randn({config.num_key_value_heads, 3, config.head_dim}).requires_grad_(true));
+    prefix.values.push_back(at::randn({config.num_key_value_heads, 3, config.head_dim}).requires_grad_(true));
   }
-  KvCache cache = KvCache::with_prefix(keys, values, at::full({2}, 3, at::kLong), 2);
+  const std::vector<at::Tensor>& keys = prefix.keys;
+  const std::vector<at::Tensor>& values = prefix.values;
+  KvCache cache = KvCache::with_prefix(prefix, 2);
   const at::Tensor ids = testing::get(cases_, "padded_ids").narrow(0, 0, 2);
   model_->forward(ids.narrow(1, 0, 4), at::ones({2, 4}, at::kBool), cache);
   const at::Tensor logits = model_->forward(ids.narrow(1, 4, 3), at::ones({2, 3}, at::kBool), cache);
@@ -150,7 +153,48 @@ TEST_F(KvCacheTest, GradientFlowsThroughSeveralCalls) {
     EXPECT_GT(keys[layer].grad().abs().sum().item<double>(), 0.0);
     EXPECT_GT(values[layer].grad().abs().sum().item<double>(), 0.0);
   }
-  EXPECT_EQ(cache.next_positions[0].item<int64_t>(), 3 + 7);
+  EXPECT_EQ(cache.next_positions()[0].item<int64_t>(), 3 + 7);
+}
+
+TEST_F(KvCacheTest, RowPrefixesEqualTheRowsTheyCameFrom) {
+  c10::InferenceMode inference;
+  const at::Tensor& ids = testing::get(cases_, "padded_ids");
+  // Two prompts prefilled alone become prefixes; a batch with a prefix per row (one row without) computes
+  // what each row computes on its own cache.
+  KvCache first = prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
+  KvCache second = prefill(ids.narrow(0, 1, 1).narrow(1, 0, 3), at::ones({1, 3}, at::kBool));
+  const auto first_prefix = std::make_shared<const KvPrefix>(first.row_prefix(0, 7));
+  const auto second_prefix = std::make_shared<const KvPrefix>(second.row_prefix(0, 3));
+  EXPECT_EQ(first_prefix->length(), 7);
+  EXPECT_EQ(second_prefix->first(2).length(), 2);
+  KvCache batch = KvCache::with_row_prefixes(model_->config(), model_->dtype(), model_->device(),
+                                             {first_prefix, nullptr, second_prefix});
+  EXPECT_EQ(batch.length(), 7);
+  EXPECT_TRUE(batch.next_positions().equal(tokens({7, 0, 3})));
+  EXPECT_EQ(batch.slot_mask().sum().item<int64_t>(), 7 + 3);
+  const at::Tensor together = step(batch, tokens({5, 6, 7}));
+  KvCache alone = model_->new_cache(1);
+  EXPECT_LE(max_abs_diff(together[0], step(first, tokens({5}))[0]), kTolerance);
+  EXPECT_LE(max_abs_diff(together[1], step(alone, tokens({6}))[0]), kTolerance);
+  EXPECT_LE(max_abs_diff(together[2], step(second, tokens({7}))[0]), kTolerance);
+  // K and V in use: rows x slots x layers x 2 x H_kv x D x 4 bytes (padding included).
+  const ModelConfig& config = model_->config();
+  EXPECT_EQ(batch.bytes(), 3 * 8 * config.kv_bytes_per_token(at::kFloat));
+}
+
+TEST_F(KvCacheTest, ASharedPrefixIsNotCopiedAndRefusesAnotherModelsLayerCount) {
+  c10::InferenceMode inference;
+  KvCache source = prefill(testing::get(cases_, "padded_ids").narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
+  const KvPrefix prefix = source.row_prefix(0, 5);
+  KvCache cache = model_->new_cache(4, &prefix);
+  EXPECT_EQ(cache.batch_size(), 4);
+  EXPECT_EQ(cache.keys(0).data_ptr(), prefix.keys[0].data_ptr());  // a broadcast view of the one copy
+  EXPECT_EQ(cache.keys(0).stride(0), 0);
+  EXPECT_TRUE(cache.next_positions().equal(at::full({4}, 5, at::kLong)));
+  KvPrefix short_prefix = prefix;
+  short_prefix.keys.pop_back();
+  short_prefix.values.pop_back();
+  EXPECT_THROW(model_->new_cache(2, &short_prefix), MismatchError);
 }
 
 }  // namespace

@@ -104,19 +104,19 @@ TEST_P(ModelParityTest, PaddedBatchLogitsAndCacheMatchTransformers) {
 
   // Exactly what transformers caches (post-RoPE keys, plain values), at every real slot.
   ASSERT_EQ(cache.length(), 7);
-  EXPECT_TRUE(cache.slot_mask.equal(mask));
-  EXPECT_TRUE(cache.next_positions.equal(mask.sum(1)));
+  EXPECT_TRUE(cache.slot_mask().equal(mask));
+  EXPECT_TRUE(cache.next_positions().equal(mask.sum(1)));
   const std::vector<at::Tensor> keys = layers("padded_keys");
   const std::vector<at::Tensor> values = layers("padded_values");
   const at::Tensor slots = mask.view({3, 1, 7, 1});
   for (int64_t layer = 0; layer < model_->config().num_layers; ++layer) {
     const at::Tensor real_slots = slots.expand_as(keys[layer]);
     EXPECT_LE(
-        max_abs_diff(cache.keys[layer].masked_select(real_slots), keys[layer].masked_select(real_slots)),
+        max_abs_diff(cache.keys(layer).masked_select(real_slots), keys[layer].masked_select(real_slots)),
         kFloatTolerance)
         << "keys of layer " << layer;
     EXPECT_LE(
-        max_abs_diff(cache.values[layer].masked_select(real_slots), values[layer].masked_select(real_slots)),
+        max_abs_diff(cache.values(layer).masked_select(real_slots), values[layer].masked_select(real_slots)),
         kFloatTolerance)
         << "values of layer " << layer;
   }
@@ -138,7 +138,7 @@ TEST_P(ModelParityTest, PaddedBatchLogitsAndCacheMatchTransformers) {
   explicit_positions.positions = t("padded_positions");
   const at::Tensor again = model_->forward(t("padded_ids"), mask, third, explicit_positions);
   EXPECT_LE(max_abs_diff(again.masked_select(real), logits.masked_select(real)), 0.0);
-  EXPECT_TRUE(third.next_positions.equal(cache.next_positions));
+  EXPECT_TRUE(third.next_positions().equal(cache.next_positions()));
 }
 
 TEST_P(ModelParityTest, KvPrefixLogitsAndGradientMatchTransformers) {
@@ -148,8 +148,8 @@ TEST_P(ModelParityTest, KvPrefixLogitsAndGradientMatchTransformers) {
   for (const at::Tensor& tensor : layers("prefix_values"))
     values.push_back(tensor.clone().requires_grad_(true));
   c10::AutoGradMode grad(true);
-  KvCache cache = KvCache::with_prefix(keys, values, t("prefix_lengths"), 2);
-  EXPECT_TRUE(cache.next_positions.equal(t("prefix_lengths")));
+  KvCache cache = KvCache::from_prefix_tensors(keys, values, t("prefix_lengths"));
+  EXPECT_TRUE(cache.next_positions().equal(t("prefix_lengths")));
   const at::Tensor logits = model_->forward(t("prefix_ids"), mask, cache);  // [2, 6, V]
   const at::Tensor real = mask.unsqueeze(-1).expand_as(logits);
   EXPECT_LE(max_abs_diff(logits.masked_select(real), t("prefix_logits").masked_select(real)),
@@ -177,7 +177,12 @@ void run_decode(const Model& model, const std::map<std::string, at::Tensor>& cas
     values.push_back(get(cases, "decode_prefix_values_" + std::to_string(layer)));
   }
   c10::InferenceMode inference;
-  KvCache cache = KvCache::with_prefix(keys, values, at::full({2}, keys[0].size(2), at::kLong), 2);
+  KvPrefix prefix;  // one prefix shared by both rows
+  for (size_t layer = 0; layer < keys.size(); ++layer) {
+    prefix.keys.push_back(keys[layer][0]);  // [H_kv, 4, D]
+    prefix.values.push_back(values[layer][0]);
+  }
+  KvCache cache = KvCache::with_prefix(prefix, 2);
   ForwardOptions last_only;
   last_only.last_token_only = true;
   at::Tensor logits = model.forward(get(cases, "decode_ids"), get(cases, "decode_mask"), cache, last_only);
@@ -207,7 +212,7 @@ TEST_P(ModelParityTest, Bfloat16IsCloseToTransformersBfloat16) {
   EXPECT_EQ(bf16_model->dtype(), at::kBFloat16);
   const at::Tensor& mask = t("padded_mask");
   KvCache cache = bf16_model->new_cache(3);
-  EXPECT_EQ(cache.keys[0].scalar_type(), at::kBFloat16);
+  EXPECT_EQ(cache.keys(0).scalar_type(), at::kBFloat16);
   const at::Tensor logits = bf16_model->forward(t("padded_ids"), mask, cache);
   EXPECT_EQ(logits.scalar_type(), at::kFloat);
   const at::Tensor real = mask.unsqueeze(-1).expand_as(logits);

@@ -14,6 +14,7 @@
 
 #include "io/model_files.h"
 #include "io/safetensors.h"
+#include "model/safetensors_dtype.h"
 #include "test_support.h"
 
 namespace cartridge::testing {
@@ -23,14 +24,10 @@ inline std::map<std::string, at::Tensor> read_tensors(const std::string& path) {
   SafetensorsFile file(path);
   std::map<std::string, at::Tensor> tensors;
   for (const SafetensorsTensorInfo& info : file.tensors()) {
-    at::ScalarType dtype;
-    switch (info.dtype) {
-      case SafetensorsDType::F32: dtype = at::kFloat; break;
-      case SafetensorsDType::F16: dtype = at::kHalf; break;
-      case SafetensorsDType::BF16: dtype = at::kBFloat16; break;
-      case SafetensorsDType::I64: dtype = at::kLong; break;
-      case SafetensorsDType::BOOL: dtype = at::kBool; break;
-      default: ADD_FAILURE() << "unexpected dtype in " << path << ": " << info.name; continue;
+    const at::ScalarType dtype = torch_dtype(info.dtype);
+    if (dtype == at::ScalarType::Undefined) {
+      ADD_FAILURE() << "unexpected dtype in " << path << ": " << info.name;
+      continue;
     }
     tensors[info.name] =
         at::from_blob(const_cast<uint8_t*>(file.data(info)), info.shape, at::TensorOptions().dtype(dtype))

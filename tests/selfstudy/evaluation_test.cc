@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cartridge/adapter_io.h"
-#include "selfstudy/trainer.h"
+#include "selfstudy/training_run.h"
 #include "test_support.h"
 #include "util/error.h"
 #include "util/mapped_file.h"

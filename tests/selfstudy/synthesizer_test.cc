@@ -297,7 +297,7 @@ TEST_F(SynthesizerTest, ChunksAreBoundedByTheContext) {
   EXPECT_LE(answer_prompt + options.max_answer_tokens, 1024);
 }
 
-TEST_F(SynthesizerTest, DecodeBatchWithSharedPrefixEqualsFullPrompts) {
+TEST_F(SynthesizerTest, DecodingWithASharedPrefixEqualsFullPrompts) {
   const Model& model = *model_->model;
   const std::vector<int32_t> corpus_ids = model_->tokenizer->encode(*corpus_, false);
   std::vector<BatchDecodeRow> rows(3);
@@ -309,16 +309,19 @@ TEST_F(SynthesizerTest, DecodeBatchWithSharedPrefixEqualsFullPrompts) {
   rows[1].sampling_seed = 99;
   const std::vector<int32_t> stop_ids = end_of_turn_ids(*model_->tokenizer);
   BatchDecodeCounts full_counts, shared_counts;
+  const Tokenizer& tokenizer = *model_->tokenizer;
   const std::vector<BatchDecodeOutput> full =
-      decode_batch(model, rows, stop_ids, 20, nullptr, 0, &full_counts);
-  KvCache shared_cache = model.new_cache(1);
+      decode_with_teacher_top_k(model, tokenizer, rows, stop_ids, 20, nullptr, &full_counts);
+  std::shared_ptr<const KvPrefix> shared_prefix;
   {
     c10::InferenceMode inference_mode;
+    KvCache shared_cache = model.new_cache(1);
     std::vector<int64_t> prefix(corpus_ids.begin(), corpus_ids.begin() + 45);
     model.forward(at::tensor(prefix, at::kLong).view({1, 45}), at::ones({1, 45}, at::kBool), shared_cache);
+    shared_prefix = std::make_shared<const KvPrefix>(shared_cache.row_prefix(0, 45));
   }
   const std::vector<BatchDecodeOutput> shared =
-      decode_batch(model, rows, stop_ids, 20, &shared_cache, 45, &shared_counts);
+      decode_with_teacher_top_k(model, tokenizer, rows, stop_ids, 20, shared_prefix, &shared_counts);
   EXPECT_EQ(full_counts.prefill_tokens, 50 + 57 + 64);
   EXPECT_EQ(shared_counts.prefill_tokens, 5 + 12 + 19);
   for (int64_t row = 0; row < 3; ++row) {
@@ -335,7 +338,7 @@ TEST_F(SynthesizerTest, DecodeBatchWithSharedPrefixEqualsFullPrompts) {
   }
 }
 
-TEST_F(SynthesizerTest, DecodeBatchStopsAtTheFirstStopTokenAndKeepsIt) {
+TEST_F(SynthesizerTest, DecodingStopsAtTheFirstStopTokenAndKeepsIt) {
   const Model& model = *model_->model;
   const std::vector<int32_t> corpus_ids = model_->tokenizer->encode(*corpus_, false);
   std::vector<BatchDecodeRow> rows(2);
@@ -343,7 +346,9 @@ TEST_F(SynthesizerTest, DecodeBatchStopsAtTheFirstStopTokenAndKeepsIt) {
   rows[1].prompt_ids.assign(corpus_ids.begin() + 300, corpus_ids.begin() + 340);
   for (BatchDecodeRow& row : rows) row.max_new_tokens = 12;
   // Without stop tokens every row runs to its limit.
-  const std::vector<BatchDecodeOutput> free_run = decode_batch(model, rows, {}, 5, nullptr, 0);
+  const Tokenizer& tokenizer = *model_->tokenizer;
+  const std::vector<BatchDecodeOutput> free_run =
+      decode_with_teacher_top_k(model, tokenizer, rows, {}, 5, nullptr);
   for (const BatchDecodeOutput& output : free_run) {
     ASSERT_EQ(output.token_ids.size(), 12u);
     EXPECT_FALSE(output.stopped);
@@ -351,7 +356,8 @@ TEST_F(SynthesizerTest, DecodeBatchStopsAtTheFirstStopTokenAndKeepsIt) {
   // Stop on row 0's 4th token: row 0 ends there with the stop token kept (and its top-k row), row 1 ends at
   // that token's first occurrence if it has one.
   const int32_t stop = free_run[0].token_ids[3];
-  const std::vector<BatchDecodeOutput> stopped = decode_batch(model, rows, {stop}, 5, nullptr, 0);
+  const std::vector<BatchDecodeOutput> stopped =
+      decode_with_teacher_top_k(model, tokenizer, rows, {stop}, 5, nullptr);
   for (size_t row = 0; row < 2; ++row) {
     const std::vector<int32_t>& all = free_run[row].token_ids;
     const auto first_stop = std::find(all.begin(), all.end(), stop);

@@ -273,7 +273,14 @@ TEST_F(ServerTest, BadRequestsGet4xxAndTheServerStaysUp) {
       post("/v1/completions", json({{"model", "treaty"}, {"prompt", std::string(100 * 1024, 'a')}}).dump()),
       413, "request_too_large");
   expect_error(post("/v1/embeddings", "{}"), 404, "unknown_url");
-  expect_error(client().Get("/v1/nothing"), 404, "unknown_url");
+  const httplib::Result unknown = client().Get("/v1/nothing");
+  expect_error(unknown, 404, "unknown_url");
+  // The 404 names every endpoint the server has.
+  for (const char* endpoint : {"GET /health", "GET /v1/models", "GET /v1/stats", "POST /v1/completions",
+                               "POST /v1/chat/completions"}) {
+    EXPECT_NE(unknown->body.find(endpoint), std::string::npos)
+        << endpoint << " missing from " << unknown->body;
+  }
 }
 
 TEST_F(ServerTest, RequestsBeyondTheConcurrencyLimitGet429) {

@@ -111,7 +111,6 @@ class Value {
   }
   bool is_dict() const { return type_ == Type::kDict; }
   bool is_namespace() const { return type_ == Type::kNamespace; }
-  bool is_loop() const { return type_ == Type::kLoop; }
   bool is_callable() const { return type_ == Type::kCallable; }
 
   bool as_bool() const { return scalar_.boolean; }

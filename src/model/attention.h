@@ -1,0 +1,40 @@
+// The attention step of a transformer layer: the queries of this forward's tokens against every slot of
+// the layer's cache (prefix, earlier tokens, these tokens), with grouped-query heads. One function type, so
+// that another implementation (a reference, a shared-prefix attention) plugs in through ForwardKernels
+// without touching the layer. Which slots a query sees: docs/positions_and_masks.md.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace cartridge {
+
+// Which cache slots each new token attends to.
+struct AttentionMask {
+  at::Tensor allowed;   // [B, 1, T, S] bool (true = attend), or undefined when no mask is needed:
+  bool causal = false;  // with `allowed` undefined: causal over the T new tokens (S == T), else everything
+};
+
+// The mask for T new tokens token_mask [B, T] (false = padding) appended after a cache whose slots are
+// slot_mask [B, S_old] (false = padding). Query i sees the real old slots, the real new tokens j <= i,
+// and always itself (an all-masked row would make the softmax NaN, and NaN * 0 poisons gradients).
+// Returns no tensor when it can: every slot and token real and either one new token (attend to all) or
+// no old slots (plain causal).
+AttentionMask attention_mask(const at::Tensor& slot_mask, const at::Tensor& token_mask);
+
+struct AttentionInputs {
+  at::Tensor query;   // [B, H, T, D], post-RoPE
+  at::Tensor keys;    // [B, H_kv, S, D]: all slots of the layer, the T new ones last
+  at::Tensor values;  // [B, H_kv, S, D]
+  AttentionMask mask;
+  double scale = 1;  // applied to q.k (1 / sqrt(D))
+};
+
+// softmax(q k^T * scale, masked) v, [B, H, T, D] in the query's dtype; each KV head serves H / H_kv
+// consecutive query heads. ATen's scaled_dot_product_attention (flash kernel on the CPU).
+at::Tensor sdpa_attention(const AttentionInputs& inputs);
+
+// The reference: keys and values repeated per query group, explicit scores, mask, softmax and weighted
+// sum in float64, rounded to the query's dtype at the end. Slow; for tests only.
+at::Tensor naive_attention(const AttentionInputs& inputs);
+
+}  // namespace cartridge

@@ -1,0 +1,194 @@
+#include "selfstudy/training_run.h"
+
+#include <atomic>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace cartridge {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Set by the SIGINT handler. A signal handler can only talk to the program through a global of this kind;
+// it is the one piece of global state in the library and is only installed while train_cartridge runs.
+volatile std::sig_atomic_t g_interrupt_requested = 0;
+
+extern "C" void request_interrupt(int) {
+  g_interrupt_requested = 1;
+  // A second Ctrl-C ends the program at once.
+  std::signal(SIGINT, SIG_DFL);
+}
+
+// Installs the handler for the lifetime of a training run and restores the previous one afterwards.
+class InterruptScope {
+ public:
+  explicit InterruptScope(bool enabled) : enabled_(enabled) {
+    if (!enabled_) return;
+    g_interrupt_requested = 0;
+    previous_ = std::signal(SIGINT, request_interrupt);
+  }
+  ~InterruptScope() {
+    if (enabled_) std::signal(SIGINT, previous_ == SIG_ERR ? SIG_DFL : previous_);
+  }
+  bool requested() const { return enabled_ && g_interrupt_requested != 0; }
+
+ private:
+  bool enabled_;
+  void (*previous_)(int) = SIG_DFL;
+};
+
+// Answer-only distillation trains on a copy of the dataset without the question rows' targets; the
+// whole-conversation choice uses the dataset as it is (nullopt).
+std::optional<Dataset> answer_only_dataset(const Dataset& dataset, DistillTokens distill) {
+  if (distill != DistillTokens::kAnswer) return std::nullopt;
+  Dataset answers;
+  answers.header = dataset.header;
+  for (const Conversation& conversation : dataset.conversations) {
+    answers.conversations.push_back(with_answer_targets_only(conversation));
+  }
+  return answers;
+}
+
+// Everything a run writes: checkpoints, the adapter and loss curve beside them, and best/ (the adapter of
+// the lowest validation score so far). Keeps `result` up to date.
+class TrainingOutputs {
+ public:
+  TrainingOutputs(const TrainingOptions& options, const Model& model, const TrainerSettings& settings,
+                  TrainingResult& result)
+      : options_(options), model_(model), settings_(settings), result_(result) {
+    // A resumed run's best so far comes from its restored evaluations (the earliest of equal scores).
+    for (const EvaluationEntry& entry : result_.evaluations) is_new_best(entry);
+  }
+
+  // Records an evaluation of the trainer's current cartridge; writes best/ when it scores lowest so far.
+  void record_evaluation(const EvaluationEntry& entry, const DistillationTrainer& trainer) {
+    if (is_new_best(entry)) {
+      write_best_adapter(options_.output_dir, entry.step, entry.validation_answer_nll, trainer.cartridge(),
+                         options_.model_name, model_, options_.fingerprint);
+    }
+    result_.evaluations.push_back(entry);
+  }
+
+  // Writes checkpoint-<step>, the adapter beside it and the loss curve.
+  void save(int64_t step, const DistillationTrainer& trainer) {
+    write_checkpoint(options_.output_dir, step, trainer.cartridge(), trainer.optimizer(), trainer.trainable(),
+                     settings_, result_.history, result_.evaluations, options_.model_name, model_,
+                     options_.fingerprint, options_.keep_checkpoints);
+  }
+
+  // What the progress bar shows after a step.
+  std::string progress_text(const TrainingHistoryEntry& entry) const {
+    std::string text =
+        fmt::format("loss {:.4f} | {:.0f} tok/s", entry.loss, entry.tokens / std::max(entry.seconds, 1e-9));
+    if (!result_.evaluations.empty() && std::isfinite(result_.evaluations.back().heldout_kl)) {
+      text += fmt::format(" | held-out KL {:.4f}", result_.evaluations.back().heldout_kl);
+    }
+    if (result_.best_step >= 0) {
+      text += fmt::format(" | best validation NLL {:.4f} (step {})", result_.best_validation_answer_nll,
+                          result_.best_step);
+    }
+    return text;
+  }
+
+ private:
+  // Early stopping's rule: a strictly lower validation score than the best so far (so the earliest of
+  // equals).
+  bool is_new_best(const EvaluationEntry& entry) {
+    if (!std::isfinite(entry.validation_answer_nll)) return false;
+    if (result_.best_step >= 0 && !(entry.validation_answer_nll < result_.best_validation_answer_nll))
+      return false;
+    result_.best_step = entry.step;
+    result_.best_validation_answer_nll = entry.validation_answer_nll;
+    return true;
+  }
+
+  const TrainingOptions& options_;
+  const Model& model_;
+  const TrainerSettings& settings_;
+  TrainingResult& result_;
+};
+
+// With --resume and a checkpoint: restores the trainer and the history, and returns the checkpoint's step.
+// Without --resume, a folder that already holds checkpoints is refused. Otherwise 0.
+int64_t restore_checkpoint(DistillationTrainer& trainer, TrainingResult& result,
+                           const TrainingOptions& options, const Model& model,
+                           const TrainerSettings& settings) {
+  const std::string checkpoint = latest_checkpoint(options.output_dir);
+  if (checkpoint.empty()) return 0;
+  if (!options.resume) {
+    throw InvalidArgumentError(describe_file_problem(
+        options.output_dir,
+        "already holds training checkpoints (" + fs::path(checkpoint).filename().string() + ")",
+        "pass --resume to continue that run, or choose another --out folder"));
+  }
+  CheckpointState state = read_checkpoint(checkpoint, model, settings);
+  trainer.restore(state);
+  result.history = std::move(state.history);
+  result.evaluations = std::move(state.evaluations);
+  if (options.show_progress) {
+    std::fprintf(stderr, "resuming from %s (step %lld of %lld)\n", checkpoint.c_str(),
+                 static_cast<long long>(state.step), static_cast<long long>(options.steps));
+  }
+  return state.step;
+}
+
+}  // namespace
+
+std::string latest_checkpoint(const std::string& output_dir) { return newest_checkpoint_folder(output_dir); }
+
+TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartridge& initial,
+                               const Dataset& full_dataset, const TrainingOptions& options) {
+  const std::optional<Dataset> answer_only = answer_only_dataset(full_dataset, options.distill);
+  const Dataset& dataset = answer_only ? *answer_only : full_dataset;
+  DistillationTrainer trainer(model, initial, dataset, options);
+  TrainingResult result;
+  result.heldout_indices = trainer.heldout_indices();
+  const TrainerSettings settings = TrainerSettings::from(options, initial, dataset, model->dtype());
+  fs::create_directories(options.output_dir);
+  const int64_t start_step = restore_checkpoint(trainer, result, options, *model, settings);
+  TrainingOutputs outputs(options, *model, settings, result);
+  if (start_step == 0 && result.evaluations.empty() && trainer.evaluates()) {
+    outputs.record_evaluation(trainer.evaluate(0), trainer);
+  }
+
+  InterruptScope interrupt(options.handle_interrupt);
+  ProgressBar progress("training", options.steps, "steps", options.show_progress);
+  progress.skip(start_step);
+  int64_t step = start_step;
+  while (step < options.steps) {
+    result.history.push_back(trainer.step(++step));
+    const bool last = step == options.steps;
+    const bool interrupted = interrupt.requested();
+    if (trainer.evaluates() && (last || (options.eval_every > 0 && step % options.eval_every == 0))) {
+      outputs.record_evaluation(trainer.evaluate(step), trainer);
+    }
+    progress.advance(1, outputs.progress_text(result.history.back()));
+    if (last || interrupted || (options.checkpoint_every > 0 && step % options.checkpoint_every == 0)) {
+      outputs.save(step, trainer);
+    }
+    if (interrupted) {
+      result.interrupted = true;
+      break;
+    }
+  }
+  progress.finish();
+  result.steps_done = step;
+  if (start_step == options.steps)
+    outputs.save(step, trainer);  // nothing left to do: make sure the outputs exist
+  if (result.interrupted && options.show_progress) {
+    std::fprintf(stderr, "interrupted: checkpoint at step %lld saved in %s (continue with --resume)\n",
+                 static_cast<long long>(step), options.output_dir.c_str());
+  }
+  return result;
+}
+
+}  // namespace cartridge

@@ -1,0 +1,142 @@
+// The one decode loop (generate/decode_batch.h) on the default model: rows added at different steps and
+// removed mid-decode give exactly what generate() gives for each request alone; the hooks see every row's
+// logits, its prompt's logits (equal to a plain forward's), its text and its result once.
+#include "generate/decode_batch.h"
+
+#include <map>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include "generate/generator.h"
+#include "generate/loaded_model.h"
+#include "test_support.h"
+#include "util/error.h"
+
+namespace cartridge {
+namespace {
+
+const LoadedModel& default_model() {
+  static const LoadedModel* loaded = [] {
+    LoadOptions options;
+    options.show_progress = false;
+    return new LoadedModel(load_model(testing::default_model_path(), options));
+  }();
+  return *loaded;
+}
+
+GenerationRequest request_for(const std::string& prompt, int64_t max_new_tokens, double temperature = 0) {
+  GenerationRequest request;
+  request.prompt_ids = default_model().tokenizer->encode(prompt, /*add_special_tokens=*/false);
+  request.max_new_tokens = max_new_tokens;
+  request.sampling.temperature = temperature;
+  request.sampling.seed = 7;
+  return request;
+}
+
+GenerationResult alone(const GenerationRequest& request) {
+  return generate(*default_model().model, *default_model().tokenizer, {request}).front();
+}
+
+TEST(DecodeBatchTest, RowsJoiningAndLeavingDecodeAsAlone) {
+  const LoadedModel& model = default_model();
+  c10::InferenceMode inference;
+  std::vector<GenerationRequest> requests = {
+      request_for("The lighthouse keeper", 9), request_for("Once upon a time there was", 14, 0.8),
+      request_for("Three facts about rivers:", 6), request_for("The recipe starts with", 11)};
+  // Request 1 starts after a prefix: the KV of another text, as a cartridge would be.
+  {
+    KvCache cache = model.model->new_cache(1);
+    const std::vector<int32_t> text = model.tokenizer->encode("Notes from the harbour office, 1874.", false);
+    const at::Tensor ids =
+        at::tensor(std::vector<int64_t>(text.begin(), text.end()), at::kLong).view({1, -1});
+    model.model->forward(ids, at::ones_like(ids, at::kBool), cache);
+    requests[1].prefix = std::make_shared<const KvPrefix>(cache.row_prefix(0, cache.length()));
+  }
+  std::map<RowId, GenerationResult> finished;
+  std::map<RowId, std::string> streamed;
+  std::map<RowId, int64_t> logits_seen;
+  DecodeHooks hooks;
+  hooks.on_finished = [&](RowId row, GenerationResult result) {
+    EXPECT_EQ(finished.count(row), 0u) << "row " << row << " finished twice";
+    finished[row] = std::move(result);
+  };
+  hooks.on_text = [&](RowId row, const std::string& text) { streamed[row] += text; };
+  hooks.on_logits = [&](const std::vector<RowId>& rows, const at::Tensor& logits) {
+    EXPECT_EQ(logits.size(0), static_cast<int64_t>(rows.size()));
+    EXPECT_EQ(logits.size(1), model.model->config().vocab_size);
+    for (RowId row : rows) ++logits_seen[row];
+  };
+  DecodeBatch batch(*model.model, *model.tokenizer, hooks);
+  EXPECT_EQ(batch.add({&requests[0], &requests[1]}), (std::vector<RowId>{0, 1}));
+  batch.step();
+  batch.step();
+  const int64_t bytes_with_two = batch.kv_bytes();
+  EXPECT_EQ(batch.add({&requests[2], &requests[3]}), (std::vector<RowId>{2, 3}));
+  EXPECT_EQ(batch.size(), 4);
+  EXPECT_GT(batch.kv_bytes(), bytes_with_two);
+  batch.step();
+  batch.remove({3});  // cancelled: leaves without a result
+  EXPECT_EQ(batch.size(), 3);
+  while (!batch.empty()) batch.step();
+
+  ASSERT_EQ(finished.size(), 3u);
+  for (RowId row : {0, 1, 2}) {
+    const GenerationResult expected = alone(requests[row]);
+    EXPECT_EQ(finished[row].token_ids, expected.token_ids) << "row " << row;
+    EXPECT_EQ(finished[row].text, expected.text) << "row " << row;
+    EXPECT_EQ(streamed[row], expected.text) << "row " << row;
+    EXPECT_EQ(finished[row].finish_reason, expected.finish_reason) << "row " << row;
+    // One logits row per sampled token (a stop token included).
+    EXPECT_EQ(logits_seen[row],
+              static_cast<int64_t>(expected.token_ids.size()) + (expected.stop_token_id >= 0));
+  }
+  EXPECT_EQ(finished.count(3), 0u);
+  EXPECT_EQ(batch.counts().prefill_steps, 2);
+  EXPECT_EQ(batch.next_row_id(), 4);
+}
+
+TEST(DecodeBatchTest, PromptLogitsAreThoseOfAPlainForward) {
+  const LoadedModel& model = default_model();
+  c10::InferenceMode inference;
+  GenerationRequest request = request_for("A cartridge is a small trained cache that", 3);
+  request.prompt_logits_from = 4;
+  GenerationRequest other = request_for("Short", 2);  // a shorter row in the same prefill (padding)
+  at::Tensor reported;
+  DecodeHooks hooks;
+  hooks.on_prompt_logits = [&](RowId row, const at::Tensor& logits) {
+    EXPECT_EQ(row, 0);
+    reported = logits.clone();
+  };
+  std::map<RowId, GenerationResult> finished;
+  hooks.on_finished = [&](RowId row, GenerationResult result) { finished[row] = std::move(result); };
+  DecodeBatch batch(*model.model, *model.tokenizer, hooks);
+  batch.add({&request, &other});
+  while (!batch.empty()) batch.step();
+  const at::Tensor full = prompt_logits(*model.model, nullptr, request.prompt_ids);  // [T, V]
+  const int64_t count = static_cast<int64_t>(request.prompt_ids.size()) - request.prompt_logits_from;
+  ASSERT_TRUE(reported.defined());
+  ASSERT_EQ(reported.size(0), count);
+  // Row i predicted prompt token from + i: the logits at position from - 1 + i.
+  EXPECT_LE((reported - full.narrow(0, request.prompt_logits_from - 1, count)).abs().max().item<double>(),
+            1e-4);
+  EXPECT_EQ(finished[0].token_ids,
+            alone(request_for("A cartridge is a small trained cache that", 3)).token_ids);
+}
+
+TEST(DecodeBatchTest, ABadRequestLeavesTheBatchUnchanged) {
+  const LoadedModel& model = default_model();
+  c10::InferenceMode inference;
+  GenerationRequest good = request_for("Hello", 5);
+  GenerationRequest empty;  // no prompt
+  DecodeBatch batch(*model.model, *model.tokenizer);
+  batch.add({&good});
+  const int64_t rows = batch.size();
+  EXPECT_THROW(batch.add({&empty}), InvalidArgumentError);
+  EXPECT_EQ(batch.size(), rows);
+  EXPECT_EQ(batch.next_row_id(), 1);
+}
+
+}  // namespace
+}  // namespace cartridge

@@ -1,0 +1,157 @@
+// The forward pass's replaceable steps (model/transformer_layer.h): `linear` and `attention` swapped for
+// the naive float64 reference kernels through ForwardOptions::kernels give the fast path's logits on every
+// tiny model family (biases, q/k norms, GQA), for each mask case (causal prefill, a padded batch after a
+// prefix, single-token decode); and each fast kernel equals its naive reference on random inputs, as ncnn
+// tests every optimised layer against the naive one.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <gtest/gtest.h>
+
+#include "model/attention.h"
+#include "model/linear.h"
+#include "model/model.h"
+#include "model_test_util.h"
+
+namespace cartridge {
+namespace {
+
+using testing::fixture_path;
+using testing::get;
+using testing::max_abs_diff;
+
+// The naive kernels accumulate in float64, the fast ones in float32 in another order: one kernel's outputs
+// agree to float32 rounding of sums of a few hundred terms. Through a whole model the differences compound
+// over the layers and logits reach tens, so the logits are held to the tolerance the models meet against
+// transformers (another float32 implementation with another summation order).
+constexpr double kKernelTolerance = 1e-5;
+constexpr double kLogitTolerance = 1e-4;
+
+ForwardKernels naive_kernels() {
+  ForwardKernels kernels;
+  kernels.linear = naive_linear;
+  kernels.attention = naive_attention;
+  return kernels;
+}
+
+class ForwardKernelsTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    LoadOptions options;
+    options.show_progress = false;
+    model_ = Model::load(testing::hf_model_files(fixture_path("model/" + GetParam())), options);
+    cases_ = testing::read_tensors(fixture_path("model/" + GetParam() + "_cases.safetensors"));
+  }
+
+  // Logits of a causal prefill of two rows and a decode step after it (no mask), then of the padded batch
+  // after a 3-slot prefix per row and a decode step after that (masks): every case the forward has.
+  std::vector<at::Tensor> run(const ForwardKernels* kernels) const {
+    c10::InferenceMode inference;
+    ForwardOptions options;
+    options.kernels = kernels;
+    std::vector<at::Tensor> logits;
+    const at::Tensor& ids = get(cases_, "padded_ids");    // [3, 7]
+    const at::Tensor& mask = get(cases_, "padded_mask");  // [3, 7]
+    KvCache prefill_cache = model_->new_cache(2);
+    logits.push_back(model_->forward(ids.narrow(0, 0, 1).expand({2, 7}), at::ones({2, 7}, at::kBool),
+                                     prefill_cache, options));
+    const KvPrefix prefix = prefill_cache.row_prefix(0, 3);
+    logits.push_back(model_->forward(at::tensor({4, 5}, at::kLong).view({2, 1}), at::ones({2, 1}, at::kBool),
+                                     prefill_cache, options));
+    KvCache cache = model_->new_cache(3, &prefix);
+    logits.push_back(
+        model_->forward(ids, mask, cache, options).masked_fill(mask.logical_not().unsqueeze(-1), 0));
+    logits.push_back(model_->forward(at::tensor({1, 2, 3}, at::kLong).view({3, 1}),
+                                     at::ones({3, 1}, at::kBool), cache, options));
+    return logits;
+  }
+
+  std::shared_ptr<const Model> model_;
+  std::map<std::string, at::Tensor> cases_;
+};
+
+TEST_P(ForwardKernelsTest, NaiveLinearAndAttentionGiveTheFastPathsLogits) {
+  const std::vector<at::Tensor> fast = run(nullptr);
+  const ForwardKernels naive = naive_kernels();
+  const std::vector<at::Tensor> reference = run(&naive);
+  ASSERT_EQ(fast.size(), reference.size());
+  for (size_t index = 0; index < fast.size(); ++index) {
+    EXPECT_LE(max_abs_diff(fast[index], reference[index]), kLogitTolerance) << "case " << index;
+  }
+}
+
+TEST_P(ForwardKernelsTest, TheForwardRunsTheKernelsItIsGiven) {
+  int64_t linear_calls = 0, attention_calls = 0;
+  ForwardKernels counting;
+  counting.linear = [&](const at::Tensor& x, const LinearWeight& weight) {
+    ++linear_calls;
+    return linear(x, weight);
+  };
+  counting.attention = [&](const AttentionInputs& inputs) {
+    ++attention_calls;
+    return sdpa_attention(inputs);
+  };
+  const std::vector<at::Tensor> counted = run(&counting);
+  const int64_t layers = model_->config().num_layers;
+  // Four forwards; per layer q/k/v, output, gate/up and down projections and one attention.
+  EXPECT_EQ(linear_calls, 4 * 4 * layers);
+  EXPECT_EQ(attention_calls, 4 * layers);
+  const std::vector<at::Tensor> fast = run(nullptr);
+  for (size_t index = 0; index < fast.size(); ++index) EXPECT_TRUE(counted[index].equal(fast[index]));
+  // A wrong attention changes the logits: the seam is not decorative.
+  ForwardKernels broken;
+  broken.attention = [](const AttentionInputs& inputs) { return at::zeros_like(inputs.query); };
+  EXPECT_GT(max_abs_diff(run(&broken)[0], fast[0]), 1e-3);
+}
+
+INSTANTIATE_TEST_SUITE_P(TinyModels, ForwardKernelsTest,
+                         ::testing::Values("llama_tied", "mistral", "qwen2", "qwen3"),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+TEST(LinearKernelTest, DenseEqualsNaiveWithAndWithoutBias) {
+  at::manual_seed(0);
+  LinearWeight weight;
+  weight.weight = at::randn({37, 53});
+  const at::Tensor x = at::randn({2, 5, 53});
+  EXPECT_LE(max_abs_diff(linear(x, weight), naive_linear(x, weight)), kKernelTolerance);
+  weight.bias = at::randn({37});
+  EXPECT_LE(max_abs_diff(linear(x, weight), naive_linear(x, weight)), kKernelTolerance);
+  EXPECT_EQ(weight.out_features(), 37);
+  EXPECT_EQ(weight.in_features(), 53);
+  EXPECT_STREQ(weight_storage_name(weight.storage), "dense");
+}
+
+TEST(AttentionKernelTest, SdpaEqualsNaiveForEveryMaskCase) {
+  at::manual_seed(0);
+  // 6 query heads on 2 KV heads, 3 new tokens after 4 old slots (row 1: its second old slot and its last
+  // new token are padding).
+  AttentionInputs inputs;
+  inputs.query = at::randn({2, 6, 3, 8});
+  inputs.keys = at::randn({2, 2, 7, 8});
+  inputs.values = at::randn({2, 2, 7, 8});
+  inputs.scale = 1.0 / std::sqrt(8.0);
+  const at::Tensor slot_mask = at::tensor({1, 1, 1, 1, 1, 0, 1, 1}, at::kLong).to(at::kBool).view({2, 4});
+  const at::Tensor token_mask = at::tensor({1, 1, 1, 1, 1, 0}, at::kLong).to(at::kBool).view({2, 3});
+  inputs.mask = attention_mask(slot_mask, token_mask);
+  ASSERT_TRUE(inputs.mask.allowed.defined());
+  EXPECT_LE(max_abs_diff(sdpa_attention(inputs), naive_attention(inputs)), kKernelTolerance);
+
+  // No old slots, all real: plain causal, no mask tensor.
+  AttentionInputs causal = inputs;
+  causal.keys = inputs.keys.narrow(2, 4, 3);
+  causal.values = inputs.values.narrow(2, 4, 3);
+  causal.mask = attention_mask(at::ones({2, 0}, at::kBool), at::ones({2, 3}, at::kBool));
+  EXPECT_FALSE(causal.mask.allowed.defined());
+  EXPECT_TRUE(causal.mask.causal);
+  EXPECT_LE(max_abs_diff(sdpa_attention(causal), naive_attention(causal)), kKernelTolerance);
+
+  // One new token per row, every slot real: attend to everything, no mask.
+  AttentionInputs decode = inputs;
+  decode.query = inputs.query.narrow(2, 0, 1);
+  decode.mask = attention_mask(at::ones({2, 6}, at::kBool), at::ones({2, 1}, at::kBool));
+  EXPECT_FALSE(decode.mask.allowed.defined());
+  EXPECT_FALSE(decode.mask.causal);
+  EXPECT_LE(max_abs_diff(sdpa_attention(decode), naive_attention(decode)), kKernelTolerance);
+}
+
+}  // namespace
+}  // namespace cartridge
