@@ -15,9 +15,9 @@
 #include <string>
 
 #include "cartridge/text_init.h"
-#include "io/model_files.h"
 #include "generate/generator.h"
 #include "generate/loaded_model.h"
+#include "io/model_files.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
 
@@ -74,7 +74,7 @@ double decode_tokens_per_second(const cartridge::LoadedModel& loaded, const std:
 
 int main(int argc, char** argv) {
   CLI::App app("cartridge.cpp cartridge benchmark (init from text, decode with a cartridge, bytes)");
-  std::string model_spec = kDefaultModelPath;
+  std::string model_spec = cartridge::kDefaultModelPath;
   std::string text_file = "examples/data/varnholm.md";
   std::string dtype_name = "f32";
   std::string device_name = "cpu";

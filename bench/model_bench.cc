@@ -47,7 +47,7 @@ void print_result(const std::string& phase, int64_t batch, int64_t tokens, doubl
 
 int main(int argc, char** argv) {
   CLI::App app("cartridge.cpp model forward benchmark");
-  std::string model_path = kDefaultModelPath;
+  std::string model_path = cartridge::kDefaultModelPath;
   std::string dtype_name = "f32";
   std::string device_name = "cpu";
   int64_t prompt_tokens = 256;
