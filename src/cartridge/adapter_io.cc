@@ -192,8 +192,10 @@ LoadedAdapter load_adapter(const std::string& spec) {
   Cartridge cartridge =
       Cartridge::from_prompt_embeddings(config.shape(), stored.tensor, config.num_frozen_tokens);
   std::optional<ModelFingerprint> fingerprint = read_fingerprint(folder, warnings);
-  return LoadedAdapter{folder.string(),   std::move(config),      std::move(cartridge), stored.dtype,
-                       stored.file_bytes, std::move(fingerprint), std::move(warnings)};
+  const Framing framing = read_framing(folder.string());
+  return LoadedAdapter{folder.string(), std::move(config),  std::move(cartridge),
+                       stored.dtype,    stored.file_bytes,  std::move(fingerprint),
+                       framing,         std::move(warnings)};
 }
 
 std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, const ModelConfig& config,
@@ -213,7 +215,8 @@ std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, c
 }
 
 Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const ModelConfig& config,
-                                    const ModelFiles* files, std::vector<std::string>* warnings) {
+                                    const ModelFiles* files, std::vector<std::string>* warnings,
+                                    Framing* framing) {
   if (specs.empty()) throw InvalidArgumentError("no cartridge given");
   std::vector<LoadedAdapter> adapters;
   for (const std::string& spec : specs) adapters.push_back(load_adapter(spec));
@@ -232,11 +235,20 @@ Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const
     }
     parts.push_back(adapter.cartridge);
   }
+  if (framing != nullptr) {
+    std::vector<Framing> framings;
+    std::vector<std::string> folders;
+    for (const LoadedAdapter& adapter : adapters) {
+      framings.push_back(adapter.framing);
+      folders.push_back(adapter.folder);
+    }
+    *framing = common_framing(framings, folders);
+  }
   return parts.size() == 1 ? parts.front() : Cartridge::compose(parts);
 }
 
 void save_adapter(const std::string& folder, const Cartridge& cartridge, const AdapterConfig& config,
-                  const ModelFingerprint* fingerprint, bool overwrite) {
+                  const ModelFingerprint* fingerprint, bool overwrite, std::optional<Framing> framing) {
   TORCH_CHECK(config.num_virtual_tokens == cartridge.num_virtual_tokens() &&
                   config.num_frozen_tokens == cartridge.num_frozen_tokens() &&
                   config.shape() == cartridge.shape(),
@@ -250,6 +262,7 @@ void save_adapter(const std::string& folder, const Cartridge& cartridge, const A
     write_file_atomic(temporary + "/" + kAdapterConfigFileName, config_text);
     write_file_atomic(temporary + "/" + kAdapterWeightsFileName, weights);
     if (fingerprint) write_file_atomic(temporary + "/" + kFingerprintFileName, fingerprint_json);
+    if (framing) write_file_atomic(temporary + "/" + kFramingFileName, framing_file_text(*framing));
   });
 }
 
@@ -288,8 +301,15 @@ std::vector<std::string> compose_adapter_folders(const std::vector<std::string>&
   std::vector<at::Tensor> parts;  // each [p_i, W] in its stored dtype
   std::vector<std::string> warnings;
   std::optional<ModelFingerprint> first_fingerprint;
+  const bool first_has_framing = fs::is_regular_file(folders[0] / kFramingFileName);
+  const Framing first_framing = read_framing(folders[0].string());
   for (size_t i = 0; i < folders.size(); ++i) {
     parts.push_back(read_prompt_embeddings(folders[i], configs[i]).tensor);
+    if (const Framing framing = read_framing(folders[i].string()); framing != first_framing) {
+      warnings.push_back(folders[i].string() + " was made for the " + framing_name(framing) + " framing, " +
+                         folders[0].string() + " for " + framing_name(first_framing) +
+                         "; the composition keeps the first one's");
+    }
     std::optional<ModelFingerprint> fingerprint = read_fingerprint(folders[i], warnings);
     if (i == 0) {
       first_fingerprint = fingerprint;
@@ -312,6 +332,8 @@ std::vector<std::string> compose_adapter_folders(const std::vector<std::string>&
     write_file_atomic(temporary + "/" + kAdapterConfigFileName, config_text);
     write_file_atomic(temporary + "/" + kAdapterWeightsFileName, weights);
     if (first_fingerprint) write_file_atomic(temporary + "/" + kFingerprintFileName, fingerprint_json);
+    if (first_has_framing)
+      write_file_atomic(temporary + "/" + kFramingFileName, framing_file_text(first_framing));
   });
   return warnings;
 }

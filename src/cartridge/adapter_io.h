@@ -13,6 +13,7 @@
 #include "cartridge/adapter_config.h"
 #include "cartridge/cartridge.h"
 #include "cartridge/fingerprint.h"
+#include "cartridge/framing.h"
 #include "io/safetensors.h"
 
 namespace cartridge {
@@ -33,6 +34,7 @@ struct LoadedAdapter {
   SafetensorsDType stored_dtype;                // F32, F16 or BF16 (upcast to float32 on load, as PEFT does)
   int64_t weights_file_bytes = 0;               // size of adapter_model.safetensors
   std::optional<ModelFingerprint> fingerprint;  // absent for adapters written by PEFT
+  Framing framing = Framing::kNewChat;          // cartridge_framing.json; kNewChat without one
   std::vector<std::string> warnings;            // ignored config keys, an unreadable fingerprint, ...
 };
 
@@ -51,25 +53,29 @@ std::vector<std::string> check_adapter_for_model(const LoadedAdapter& adapter, c
 // Loads the adapters `specs` (at least one) for a model, refuses any that does not fit `config`, compares
 // fingerprints with the model in `files` (computed only when some adapter has one; skipped when `files`
 // is null) and composes them in order (docs/cartridge_format.md, "Composing cartridges") into one cartridge.
-// Warnings (fingerprint differences, ignored config keys) are appended to `warnings` when given.
+// Warnings (fingerprint differences, ignored config keys) are appended to `warnings` when given. When
+// `framing` is given it receives the cartridges' common framing (common_framing: MismatchError when they
+// disagree).
 Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const ModelConfig& config,
-                                    const ModelFiles* files, std::vector<std::string>* warnings);
+                                    const ModelFiles* files, std::vector<std::string>* warnings,
+                                    Framing* framing = nullptr);
 
 // Writes `cartridge` as a PEFT adapter folder at `folder`: adapter_config.json (`config`, whose
 // num_virtual_tokens / num_frozen_tokens / shape must agree with the cartridge), adapter_model.safetensors
 // (F32, metadata {"format": "pt"}, exactly as PeftModel.save_pretrained) and, when given,
-// cartridge_fingerprint.json. Atomic: on any error nothing is left behind. An existing `folder` is
-// replaced only when `overwrite`, else InvalidArgumentError.
+// cartridge_fingerprint.json and cartridge_framing.json. Atomic: on any error nothing is left behind. An
+// existing `folder` is replaced only when `overwrite`, else InvalidArgumentError.
 void save_adapter(const std::string& folder, const Cartridge& cartridge, const AdapterConfig& config,
-                  const ModelFingerprint* fingerprint, bool overwrite);
+                  const ModelFingerprint* fingerprint, bool overwrite,
+                  std::optional<Framing> framing = std::nullopt);
 
 // PEFT's compose_cartridge_adapters on adapter folders (docs/cartridge_format.md, "Composing cartridges"): at
 // least two CARTRIDGE adapters agreeing on task_type, token_dim, num_layers, num_attention_heads and
 // num_transformer_submodules (MismatchError naming the field and the adapter otherwise); tensors concatenated
 // in order in their stored dtypes (promoted as torch.cat does); config = the first one's with
 // num_virtual_tokens = the sum and the first one's num_frozen_tokens; safetensors without metadata. The same
-// bytes as PEFT. The first adapter's fingerprint is kept; returns warnings when the inputs' fingerprints
-// differ. Atomic.
+// bytes as PEFT. The first adapter's fingerprint and framing are kept; returns warnings when the inputs'
+// fingerprints or framings differ. Atomic.
 std::vector<std::string> compose_adapter_folders(const std::vector<std::string>& specs,
                                                  const std::string& output_folder, bool overwrite);
 

@@ -36,6 +36,50 @@ std::vector<int32_t> LoadedModel::encode_chat(const std::vector<ChatMessage>& me
                            /*add_special_tokens=*/false);
 }
 
+namespace {
+
+// Stands for the document in a rendered conversation, so the template's text around a system message's
+// content can be found: text no chat template contains, without whitespace (templates trim content) or
+// control characters (Python's strip() removes some of those too).
+constexpr char kDocumentSentinel[] = "@@cartridge-document-7f3a91@@";
+
+// The chat template's rendering of `messages` after a system message whose content starts with the
+// sentinel, split there: {text before the content, text after the sentinel}.
+std::pair<std::string, std::string> split_at_document(const LoadedModel& model,
+                                                      std::vector<ChatMessage> messages,
+                                                      bool add_generation_prompt) {
+  std::string system = kDocumentSentinel;
+  if (!messages.empty() && messages.front().role == "system") {
+    system += "\n\n" + messages.front().content;
+    messages.erase(messages.begin());
+  }
+  messages.insert(messages.begin(), {"system", system});
+  const std::string rendered = model.render_chat(messages, add_generation_prompt);
+  const size_t at = rendered.find(kDocumentSentinel);
+  if (at == std::string::npos || rendered.find(kDocumentSentinel, at + 1) != std::string::npos) {
+    throw UnsupportedError(
+        model.files.name +
+        ": the chat template does not show a system message's content as given, so the "
+        "system_turn framing cannot find where the document ends (use --framing new_chat)");
+  }
+  return {rendered.substr(0, at), rendered.substr(at + std::char_traits<char>::length(kDocumentSentinel))};
+}
+
+}  // namespace
+
+std::vector<int32_t> LoadedModel::encode_chat_after_cartridge(const std::vector<ChatMessage>& messages,
+                                                              Framing framing,
+                                                              bool add_generation_prompt) const {
+  if (framing == Framing::kNewChat) return encode_chat(messages, add_generation_prompt);
+  return tokenizer->encode(split_at_document(*this, messages, add_generation_prompt).second,
+                           /*add_special_tokens=*/false);
+}
+
+std::vector<int32_t> LoadedModel::encode_document_turn(const std::string& document) const {
+  return tokenizer->encode(split_at_document(*this, {}, /*add_generation_prompt=*/false).first + document,
+                           /*add_special_tokens=*/false);
+}
+
 at::ScalarType parse_dtype(const std::string& name) {
   if (name == "fp32" || name == "float32") return at::kFloat;
   if (name == "bf16" || name == "bfloat16") return at::kBFloat16;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cartridge/framing.h"
 #include "io/model_files.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
@@ -27,6 +28,18 @@ struct LoadedModel {
                                    const ChatTemplateOptions& options = {}) const;
   std::string render_chat(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                           const ChatTemplateOptions& options = {}) const;
+
+  // Token ids of `messages` as they follow a cartridge made for `framing` (docs/framing.md). kNewChat:
+  // encode_chat(messages). kSystemTurn: what the chat template renders after the content of a system
+  // message the cartridge stands for (that turn's end), then the messages; a leading system message of
+  // `messages` is added to that system turn's content, after a blank line. Throws UnsupportedError when the
+  // model has no chat template, or when its template does not show a system message's content as given.
+  std::vector<int32_t> encode_chat_after_cartridge(const std::vector<ChatMessage>& messages, Framing framing,
+                                                   bool add_generation_prompt) const;
+
+  // Token ids of the system turn holding `document`, up to the end of the document's text (the turn left
+  // open: what kSystemTurn's framing continues). Throws as encode_chat_after_cartridge.
+  std::vector<int32_t> encode_document_turn(const std::string& document) const;
 };
 
 // Resolves `model_spec`, loads weights (with a progress bar when options.show_progress), tokenizer and

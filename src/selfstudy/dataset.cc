@@ -519,4 +519,12 @@ Dataset read_dataset(const std::string& path) {
   return dataset;
 }
 
+Framing dataset_framing(const DatasetHeader& header) {
+  if (!header.settings.is_object() || !header.settings.contains("student_framing")) return Framing::kNewChat;
+  const nlohmann::json& framing = header.settings["student_framing"];
+  if (!framing.is_string())
+    throw FormatError("the dataset header's settings.student_framing is not a string (the file is damaged)");
+  return parse_framing(framing.get<std::string>());
+}
+
 }  // namespace cartridge

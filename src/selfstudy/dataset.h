@@ -14,6 +14,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cartridge/framing.h"
+
 namespace cartridge {
 
 inline constexpr const char* kDatasetFormat = "cartridge-selfstudy-dataset";
@@ -43,6 +45,11 @@ struct DatasetHeader {
   // except `model` (the same model may be named by another path).
   bool same_data_as(const DatasetHeader& other) const;
 };
+
+// The framing a dataset's student sequences were written with (docs/framing.md): its header's
+// settings.student_framing; new_chat for datasets from before framings were recorded. FormatError for a
+// value that is not a framing name.
+Framing dataset_framing(const DatasetHeader& header);
 
 // One synthesized conversation (lines 2, 3, ...).
 struct Conversation {

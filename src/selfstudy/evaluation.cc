@@ -148,13 +148,15 @@ std::vector<QuestionAnswer> read_question_answers(const std::string& path) {
 }
 
 std::vector<Conversation> question_answer_rows(const LoadedModel& loaded,
-                                               const std::vector<QuestionAnswer>& questions) {
+                                               const std::vector<QuestionAnswer>& questions,
+                                               Framing framing) {
   std::vector<std::vector<int32_t>> answer_ids = answer_token_ids(loaded, questions);
   std::vector<Conversation> rows;
   for (size_t index = 0; index < questions.size(); ++index) {
     rows.push_back(
         one_hot_row(static_cast<int64_t>(index),
-                    loaded.encode_chat({{"user", questions[index].question}}, /*add_generation_prompt=*/true),
+                    loaded.encode_chat_after_cartridge({{"user", questions[index].question}}, framing,
+                                                       /*add_generation_prompt=*/true),
                     answer_ids[index]));
   }
   return rows;
@@ -183,25 +185,33 @@ std::vector<ConditionScore> evaluate_conditions(const LoadedModel& loaded,
         condition.kind == ContextKind::kCartridge ? condition.cartridge : nullptr;
     const int64_t base_length = base ? base->length() : 0;
 
-    // Every prompt of this condition, full length (before the shared part is cut off).
-    std::vector<ChatMessage> leading;
-    if (condition.kind == ContextKind::kInContext) leading.push_back({"system", condition.corpus});
+    // Every prompt of this condition, full length (before the shared part is cut off). No context and ICL
+    // keep the plain chat template (ICL: the corpus as the system message); a cartridge's questions follow
+    // it in its framing.
+    const auto prompt_for = [&](const std::string& question) {
+      switch (condition.kind) {
+        case ContextKind::kNone:
+          return loaded.encode_chat({{"user", question}}, /*add_generation_prompt=*/true);
+        case ContextKind::kInContext:
+          return loaded.encode_chat({{"system", condition.corpus}, {"user", question}},
+                                    /*add_generation_prompt=*/true);
+        case ContextKind::kCartridge: break;
+      }
+      return loaded.encode_chat_after_cartridge({{"user", question}}, condition.framing,
+                                                /*add_generation_prompt=*/true);
+    };
     std::vector<std::vector<int32_t>> question_prompts;
-    for (const QuestionAnswer& pair : questions) {
-      std::vector<ChatMessage> messages = leading;
-      messages.push_back({"user", pair.question});
-      question_prompts.push_back(loaded.encode_chat(messages, /*add_generation_prompt=*/true));
-    }
+    for (const QuestionAnswer& pair : questions) question_prompts.push_back(prompt_for(pair.question));
+    // Held-out conversations keep their student prompts where the framing is theirs (the tokens trained on).
+    const bool stored_framing =
+        (condition.kind == ContextKind::kNone && options.heldout_framing == Framing::kNewChat) ||
+        (condition.kind == ContextKind::kCartridge && options.heldout_framing == condition.framing);
     std::vector<std::vector<int32_t>> heldout_prompts;
     for (const Conversation* conversation : heldout) {
-      if (condition.kind == ContextKind::kInContext) {
-        std::vector<ChatMessage> messages = leading;
-        messages.push_back({"user", conversation->question});
-        heldout_prompts.push_back(loaded.encode_chat(messages, /*add_generation_prompt=*/true));
-      } else {
-        heldout_prompts.emplace_back(conversation->input_ids.begin(),
-                                     conversation->input_ids.begin() + conversation->answer_start);
-      }
+      heldout_prompts.push_back(
+          stored_framing ? std::vector<int32_t>(conversation->input_ids.begin(),
+                                                conversation->input_ids.begin() + conversation->answer_start)
+                         : prompt_for(conversation->question));
     }
     // The longest run of tokens every prompt starts with (at least one token of each prompt stays its own,
     // so the first target always has a logit position).

@@ -34,11 +34,12 @@ struct QuestionAnswer {
 std::vector<QuestionAnswer> read_question_answers(const std::string& path);
 
 // One row per question for scoring with a cartridge (TrainingOptions::validation_questions): the question
-// rendered with the chat template (one user turn, generation prompt) followed by the answer's tokens
-// (without special tokens) as one-hot targets; Conversation::index is the question's place in the file.
-// Throws InvalidArgumentError for an answer with no tokens, UnsupportedError without a chat template.
+// as it follows a cartridge made for `framing` (one user turn, generation prompt;
+// LoadedModel::encode_chat_after_cartridge) followed by the answer's tokens (without special tokens) as
+// one-hot targets; Conversation::index is the question's place in the file. Throws InvalidArgumentError
+// for an answer with no tokens, UnsupportedError without a chat template.
 std::vector<Conversation> question_answer_rows(const LoadedModel& model,
-                                               const std::vector<QuestionAnswer>& questions);
+                                               const std::vector<QuestionAnswer>& questions, Framing framing);
 
 enum class ContextKind { kNone, kInContext, kCartridge };
 
@@ -47,6 +48,7 @@ struct EvaluationCondition {
   ContextKind kind = ContextKind::kNone;
   std::shared_ptr<const KvPrefix> cartridge;  // kCartridge: keys/values in the model's dtype and device
   std::string corpus;                         // kInContext: the system message's content
+  Framing framing = Framing::kNewChat;        // kCartridge: how the question follows the cartridge
 };
 
 struct ConditionScore {
@@ -66,6 +68,9 @@ struct ConditionScore {
 
 struct EvaluationOptions {
   int64_t max_batch_tokens = 4096;  // padded tokens per forward pass
+  // The framing of the held-out conversations' student prompts (dataset_framing of their dataset): a
+  // condition in that framing scores them as stored; another framing re-encodes each question.
+  Framing heldout_framing = Framing::kNewChat;
   bool show_progress = true;
 };
 

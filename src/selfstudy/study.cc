@@ -47,6 +47,14 @@ Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus
   return std::move(adapter.cartridge);
 }
 
+namespace {
+
+bool is_from_an_older_build(const DatasetHeader& header) {
+  return header.version < kDatasetVersion || !header.settings.contains("student_framing");
+}
+
+}  // namespace
+
 int64_t default_cartridge_tokens(int64_t corpus_tokens) {
   return std::clamp<int64_t>(corpus_tokens / 8 / 16 * 16, 16, 512);
 }
@@ -77,13 +85,14 @@ StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text,
     }
   }
 
-  // A folder from a build before dataset version 2 (no question targets): a finished dataset is used as it
-  // is, since answer targets are what the default training needs; an unfinished one cannot be continued
-  // and synthesize() says so.
+  // A folder from an older build (before dataset version 2: no question targets; before framings were
+  // recorded: student sequences in the new_chat framing): a finished dataset is used as it is, since the
+  // trainer reads both and the cartridge records the framing it was trained with; an unfinished one cannot
+  // be continued and synthesize() says so.
   std::optional<Dataset> older;
   try {
     if (std::filesystem::exists(result.dataset_path) &&
-        read_dataset_header(result.dataset_path).version < kDatasetVersion) {
+        is_from_an_older_build(read_dataset_header(result.dataset_path))) {
       older = read_dataset(result.dataset_path);
       if (static_cast<int64_t>(older->conversations.size()) != options.synthesis.samples) older.reset();
     }
@@ -102,6 +111,10 @@ StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text,
   training.resume = true;  // a rerun continues; a fresh folder simply starts
   if (training.model_name.empty()) training.model_name = loaded.files.name;
   if (!training.fingerprint) training.fingerprint = fingerprint_model(loaded.files, loaded.model->config());
+  if (!options.validation_questions.empty()) {
+    training.validation_questions =
+        question_answer_rows(loaded, options.validation_questions, dataset_framing(dataset.header));
+  }
   result.training = train_cartridge(loaded.model, initial, dataset, training);
   return result;
 }

@@ -13,6 +13,7 @@
 
 #include "cartridge/cartridge.h"
 #include "generate/loaded_model.h"
+#include "selfstudy/evaluation.h"
 #include "selfstudy/synthesizer.h"
 #include "selfstudy/training_run.h"
 
@@ -46,6 +47,9 @@ struct StudyOptions {
   CartridgeInit init;
   SynthesisOptions synthesis;
   TrainingOptions training;  // output_dir is set to StudyOptions::output_dir
+  // Questions with answers for early stopping (TrainingOptions::validation_questions), turned into rows in
+  // the dataset's framing once it is known.
+  std::vector<QuestionAnswer> validation_questions;
 };
 
 struct StudyResult {

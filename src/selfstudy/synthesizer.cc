@@ -147,11 +147,12 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
         trim(loaded.tokenizer->decode(without_stop(question), /*skip_special_tokens=*/true)));
     BatchDecodeRow row;
     row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", question_texts.back()}}, true);
-    // The student sees the question alone (no system message from us). Its prompt and the teacher's end
-    // alike from the user turn on: those common tokens get the teacher's distributions as targets (the
-    // paper's objective distils the whole conversation), except the first, whose preceding token differs
-    // (the end of two different system turns).
-    student_prompts.push_back(loaded.encode_chat({{"user", question_texts.back()}}, true));
+    // The student sees the question after the cartridge, framed as the cartridge will be used. Its prompt
+    // and the teacher's end alike from some point on (system_turn: from the end of the system turn; new_chat:
+    // from the user turn): those common tokens get the teacher's distributions as targets (the paper's
+    // objective distils the whole conversation), except the first, whose preceding token differs.
+    student_prompts.push_back(
+        loaded.encode_chat_after_cartridge({{"user", question_texts.back()}}, options.student_framing, true));
     const int64_t common = common_suffix_length(row.prompt_ids, student_prompts.back());
     question_target_counts.push_back(std::max<int64_t>(common - 1, 0));
     if (question_target_counts.back() > 0) {
@@ -275,6 +276,7 @@ DatasetHeader synthesis_header(const LoadedModel& model, const std::string& corp
       {"system_prompt", options.system_prompt},
       {"seed_prompt_types", options.seed_types},
       {"dtype", dtype_name(model.model->dtype())},
+      {"student_framing", framing_name(options.student_framing)},
   };
   return header;
 }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cartridge/framing.h"
 #include "generate/loaded_model.h"
 #include "selfstudy/chunker.h"
 #include "selfstudy/dataset.h"
@@ -36,6 +37,9 @@ struct SynthesisOptions {
   int64_t top_k = 20;                 // teacher entries recorded per answer token
   std::vector<std::string> seed_types = seed_prompt_types();
   std::string system_prompt = kDefaultSynthesisSystemPrompt;  // must contain "{chunk}"
+  // How the student sequence frames the question after the cartridge (docs/framing.md); recorded in the
+  // header's settings as "student_framing", and so in the cartridges trained on the dataset.
+  Framing student_framing = Framing::kSystemTurn;
   // Prefill each chunk's shared prompt once and replicate it for the group (true), or let every row prefill
   // its whole prompt (false; the same data up to rounding, for benchmarks).
   bool share_prefill = true;

@@ -307,7 +307,8 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
                       const torch::optim::Adam& optimizer, const at::Tensor& trainable,
                       const TrainerSettings& settings, const std::vector<TrainingHistoryEntry>& history,
                       const std::vector<EvaluationEntry>& evaluations, const std::string& model_name,
-                      const Model& model, const std::optional<ModelFingerprint>& fingerprint, int64_t keep) {
+                      const Model& model, const std::optional<ModelFingerprint>& fingerprint, int64_t keep,
+                      Framing framing) {
   const AdapterConfig config = adapter_config_for(cartridge, model_name, model);
   const AdamMoments moments = adam_moments(optimizer, trainable);
   const Json evaluations_json = evaluations_to_json(evaluations);
@@ -321,7 +322,8 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
   const std::string folder = output_dir + "/checkpoint-" + std::to_string(step);
   write_directory_atomic(folder, /*overwrite=*/true, [&](const std::string& temporary) {
     // save_adapter replaces the (empty) temporary folder with the adapter files; ours go in after.
-    save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr, /*overwrite=*/true);
+    save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr, /*overwrite=*/true,
+                 framing);
     write_file_atomic(temporary + "/" + kTrainerStateFileName, state.dump(2));
     const std::vector<SafetensorsTensorBytes> tensors = {
         {"exp_avg",
@@ -337,7 +339,8 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
   });
   // The latest adapter also lives in the output folder itself (as a Hugging Face Trainer's final
   // save_pretrained), so `--cartridge <out>` always works. Weights first: the config never changes.
-  for (const char* name : {kAdapterWeightsFileName, kAdapterConfigFileName, kFingerprintFileName}) {
+  for (const char* name :
+       {kAdapterWeightsFileName, kAdapterConfigFileName, kFingerprintFileName, kFramingFileName}) {
     const std::string source = folder + "/" + name;
     if (fs::exists(source)) write_file_atomic(output_dir + "/" + name, read_text_file(source));
   }
@@ -354,14 +357,15 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
 
 void write_best_adapter(const std::string& output_dir, int64_t step, double validation_answer_nll,
                         const Cartridge& cartridge, const std::string& model_name, const Model& model,
-                        const std::optional<ModelFingerprint>& fingerprint) {
+                        const std::optional<ModelFingerprint>& fingerprint, Framing framing) {
   const AdapterConfig config = adapter_config_for(cartridge, model_name, model);
   const Json state = {{"step", step}, {"validation_answer_nll", validation_answer_nll}};
-  write_directory_atomic(
-      output_dir + "/" + kBestFolderName, /*overwrite=*/true, [&](const std::string& temporary) {
-        save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr, /*overwrite=*/true);
-        write_file_atomic(temporary + "/" + kBestStateFileName, state.dump(2));
-      });
+  write_directory_atomic(output_dir + "/" + kBestFolderName, /*overwrite=*/true,
+                         [&](const std::string& temporary) {
+                           save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr,
+                                        /*overwrite=*/true, framing);
+                           write_file_atomic(temporary + "/" + kBestStateFileName, state.dump(2));
+                         });
 }
 
 }  // namespace cartridge

@@ -18,6 +18,7 @@
 
 #include "cartridge/cartridge.h"
 #include "cartridge/fingerprint.h"
+#include "cartridge/framing.h"
 #include "model/model.h"
 #include "selfstudy/dataset.h"
 
@@ -99,19 +100,21 @@ AdamMoments adam_moments(const torch::optim::Adam& optimizer, const at::Tensor& 
 void restore_adam_moments(torch::optim::Adam& optimizer, const at::Tensor& parameter,
                           const AdamMoments& moments);
 
-// Writes <output_dir>/checkpoint-<step>/ (atomically), copies its adapter files to <output_dir>/ (each file
-// atomically), rewrites loss.csv and loss.svg, and removes all but the newest `keep` checkpoint folders.
+// Writes <output_dir>/checkpoint-<step>/ (atomically; its adapter records `framing`), copies its adapter
+// files to <output_dir>/ (each file atomically), rewrites loss.csv and loss.svg, and removes all but the
+// newest `keep` checkpoint folders.
 void write_checkpoint(const std::string& output_dir, int64_t step, const Cartridge& cartridge,
                       const torch::optim::Adam& optimizer, const at::Tensor& trainable,
                       const TrainerSettings& settings, const std::vector<TrainingHistoryEntry>& history,
                       const std::vector<EvaluationEntry>& evaluations, const std::string& model_name,
-                      const Model& model, const std::optional<ModelFingerprint>& fingerprint, int64_t keep);
+                      const Model& model, const std::optional<ModelFingerprint>& fingerprint, int64_t keep,
+                      Framing framing);
 
 // Writes <output_dir>/best/ (atomically, replacing an older one): `cartridge` as a PEFT adapter and
 // best_validation.json naming the step and its validation answer NLL.
 void write_best_adapter(const std::string& output_dir, int64_t step, double validation_answer_nll,
                         const Cartridge& cartridge, const std::string& model_name, const Model& model,
-                        const std::optional<ModelFingerprint>& fingerprint);
+                        const std::optional<ModelFingerprint>& fingerprint, Framing framing);
 
 // The loss curve as CSV (step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll; one row per
 // step and per evaluation; empty cells where a row has no value) and as an SVG chart.

@@ -63,8 +63,8 @@ std::optional<Dataset> answer_only_dataset(const Dataset& dataset, DistillTokens
 class TrainingOutputs {
  public:
   TrainingOutputs(const TrainingOptions& options, const Model& model, const TrainerSettings& settings,
-                  TrainingResult& result)
-      : options_(options), model_(model), settings_(settings), result_(result) {
+                  Framing framing, TrainingResult& result)
+      : options_(options), model_(model), settings_(settings), framing_(framing), result_(result) {
     // A resumed run's best so far comes from its restored evaluations (the earliest of equal scores).
     for (const EvaluationEntry& entry : result_.evaluations) is_new_best(entry);
   }
@@ -73,7 +73,7 @@ class TrainingOutputs {
   void record_evaluation(const EvaluationEntry& entry, const DistillationTrainer& trainer) {
     if (is_new_best(entry)) {
       write_best_adapter(options_.output_dir, entry.step, entry.validation_answer_nll, trainer.cartridge(),
-                         options_.model_name, model_, options_.fingerprint);
+                         options_.model_name, model_, options_.fingerprint, framing_);
     }
     result_.evaluations.push_back(entry);
   }
@@ -82,7 +82,7 @@ class TrainingOutputs {
   void save(int64_t step, const DistillationTrainer& trainer) {
     write_checkpoint(options_.output_dir, step, trainer.cartridge(), trainer.optimizer(), trainer.trainable(),
                      settings_, result_.history, result_.evaluations, options_.model_name, model_,
-                     options_.fingerprint, options_.keep_checkpoints);
+                     options_.fingerprint, options_.keep_checkpoints, framing_);
   }
 
   // What the progress bar shows after a step.
@@ -114,6 +114,7 @@ class TrainingOutputs {
   const TrainingOptions& options_;
   const Model& model_;
   const TrainerSettings& settings_;
+  Framing framing_;  // the dataset's student framing, recorded with every adapter written
   TrainingResult& result_;
 };
 
@@ -155,7 +156,7 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartrid
   const TrainerSettings settings = TrainerSettings::from(options, initial, dataset, model->dtype());
   fs::create_directories(options.output_dir);
   const int64_t start_step = restore_checkpoint(trainer, result, options, *model, settings);
-  TrainingOutputs outputs(options, *model, settings, result);
+  TrainingOutputs outputs(options, *model, settings, dataset_framing(dataset.header), result);
   if (start_step == 0 && result.evaluations.empty() && trainer.evaluates()) {
     outputs.record_evaluation(trainer.evaluate(0), trainer);
   }

@@ -66,6 +66,12 @@ bool CartridgeRegistry::is_valid_name(const std::string& name) {
   });
 }
 
+Framing CartridgeRegistry::framing(const std::vector<std::string>& names) const {
+  std::vector<Framing> framings;
+  for (const std::string& name : names) framings.push_back(read_framing(resolve_folder(name)));
+  return common_framing(framings, names);
+}
+
 std::string CartridgeRegistry::resolve_folder(const std::string& name) const {
   if (!is_valid_name(name)) {
     throw InvalidArgumentError("'" + name.substr(0, kMaxNameLength) +

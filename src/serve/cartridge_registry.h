@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cartridge/framing.h"
 #include "model/kv_prefix.h"
 
 namespace cartridge {
@@ -43,6 +44,10 @@ class CartridgeRegistry {
   // InvalidArgumentError for a bad name or a prefix larger than the whole memory budget, FileNotFoundError
   // for a name with no cartridge folder, and whatever the loader throws.
   std::shared_ptr<const KvPrefix> acquire(const std::vector<std::string>& names);
+
+  // The framing chat prompts follow the cartridges `names` with (their cartridge_framing.json files; a
+  // cartridge without one: new_chat). Throws as acquire() for bad names, MismatchError when they disagree.
+  Framing framing(const std::vector<std::string>& names) const;
 
   struct Stats {
     int64_t resident_bytes = 0;  // bytes of the prefixes held by the cache

@@ -117,7 +117,16 @@ std::string Server::Impl::next_id(Endpoint endpoint) {
 
 std::vector<int32_t> Server::Impl::prompt_ids(const ApiRequest& request) {
   if (request.endpoint == Endpoint::kChatCompletions) {
-    return model.encode_chat(request.messages, /*add_generation_prompt=*/true);
+    if (request.cartridges.empty())
+      return model.encode_chat(request.messages, /*add_generation_prompt=*/true);
+    // The messages follow the cartridges as they were made for (docs/framing.md).
+    Framing framing;
+    try {
+      framing = registry->framing(request.cartridges);
+    } catch (const MismatchError& error) {
+      throw ApiError(400, "invalid_request_error", "cartridge_framing_mismatch", error.what(), "cartridges");
+    }
+    return model.encode_chat_after_cartridge(request.messages, framing, /*add_generation_prompt=*/true);
   }
   if (request.prompt_ids) {
     const int64_t vocabulary = model.model->config().vocab_size;

@@ -12,6 +12,7 @@ namespace {
 
 struct ChatOptions {
   ModelOptions model;
+  CartridgeOptions cartridges;
   std::string system;
   int64_t max_new_tokens = 512;
   SamplingOptions sampling;
@@ -19,14 +20,15 @@ struct ChatOptions {
 
 void run_chat(const ChatOptions& options) {
   const LoadedModel loaded = load_model_from_options(options.model);
+  const CartridgeInUse cartridge = load_cartridge_options(options.cartridges, loaded);
   std::vector<ChatMessage> history;
   auto reset = [&] {
     history.clear();
     if (!options.system.empty()) history.push_back({"system", options.system});
   };
   reset();
-  std::fprintf(stderr, "Chatting with %s. /reset starts over, /quit (or Ctrl-D) leaves.\n",
-               loaded.files.name.c_str());
+  std::fprintf(stderr, "Chatting with %s%s. /reset starts over, /quit (or Ctrl-D) leaves.\n",
+               loaded.files.name.c_str(), cartridge.prefix ? " and the cartridge" : "");
   std::string line;
   while (true) {
     std::fprintf(stderr, "\n> ");
@@ -40,7 +42,9 @@ void run_chat(const ChatOptions& options) {
     if (line.empty()) continue;
     history.push_back({"user", line});
     GenerationRequest request;
-    request.prompt_ids = loaded.encode_chat(history, /*add_generation_prompt=*/true);
+    request.prefix = cartridge.prefix;
+    request.prompt_ids =
+        loaded.encode_chat_after_cartridge(history, cartridge.framing, /*add_generation_prompt=*/true);
     request.sampling = options.sampling;
     request.max_new_tokens = options.max_new_tokens;
     const GenerationResult result =
@@ -58,9 +62,13 @@ void run_chat(const ChatOptions& options) {
 void add_chat_command(CLI::App& app) {
   auto options = std::make_shared<ChatOptions>();
   CLI::App* command = app.add_subcommand("chat", "Chat interactively with the model");
-  command->footer("Example:\n  cartridge chat --model " + std::string(kDefaultModelPath) +
-                  " --system 'Be brief.'");
+  command->footer(
+      "With --cartridge the conversation follows the cartridge (composed in order when repeated), framed as\n"
+      "it was made for (--framing, docs/framing.md).\n"
+      "Example:\n  cartridge chat --model " +
+      std::string(kDefaultModelPath) + " --cartridge doc-cartridge --system 'Be brief.'");
   add_model_options(*command, options->model);
+  add_cartridge_options(*command, options->cartridges);
   command->add_option("--system", options->system, "A system message that starts the conversation");
   command->add_option("-n,--max-new-tokens", options->max_new_tokens, "Most tokens per reply")
       ->capture_default_str();

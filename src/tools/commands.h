@@ -44,6 +44,21 @@ struct ModelOptions {
 void add_model_options(CLI::App& command, ModelOptions& options);
 LoadedModel load_model_from_options(const ModelOptions& options);
 
+// --cartridge DIR (repeatable: composed in order) and --framing, shared by `generate` and `chat` (defined
+// in generate_command.cc).
+struct CartridgeOptions {
+  std::vector<std::string> cartridges;  // adapter folders or Hub ids
+  std::string framing;                  // "" = the cartridges' own (cartridge_framing.json)
+};
+void add_cartridge_options(CLI::App& command, CartridgeOptions& options);
+// The cartridges composed into one prefix for `loaded` (null without cartridges) and the framing a chat
+// prompt follows it with; warnings (another model's fingerprint, ...) go to stderr.
+struct CartridgeInUse {
+  std::shared_ptr<const KvPrefix> prefix;
+  Framing framing = Framing::kNewChat;
+};
+CartridgeInUse load_cartridge_options(const CartridgeOptions& options, const LoadedModel& loaded);
+
 // The training options shared by `cartridge train` and `cartridge study` (steps, batch, lr, evaluation,
 // checkpoints), defined in train_command.cc.
 void add_training_options(CLI::App& command, TrainingOptions& training);

@@ -80,11 +80,14 @@ void run_eval(const EvalCommandOptions& options) {
     }
     const std::string name =
         options.names.empty() ? "cartridge " + options.cartridges[index] : options.names[index];
-    conditions.push_back(
-        {name, ContextKind::kCartridge, adapters[index].cartridge.kv_prefix_for(*loaded.model), ""});
+    // Each cartridge's questions follow it as it was made for (its cartridge_framing.json).
+    conditions.push_back({name, ContextKind::kCartridge,
+                          adapters[index].cartridge.kv_prefix_for(*loaded.model), "",
+                          adapters[index].framing});
   }
   EvaluationOptions evaluation;
   evaluation.max_batch_tokens = options.max_batch_tokens;
+  evaluation.heldout_framing = dataset_framing(dataset.header);
   evaluation.show_progress = !options.model.quiet;
   const std::vector<ConditionScore> scores =
       evaluate_conditions(loaded, questions, heldout, dataset.header.top_k, conditions, evaluation);

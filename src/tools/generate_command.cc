@@ -10,6 +10,7 @@
 #include "io/safetensors.h"
 #include "tools/commands.h"
 #include "util/atomic_file.h"
+#include "util/error.h"
 
 namespace cartridge::tools {
 
@@ -25,8 +26,8 @@ struct GenerateOptions {
   std::vector<std::string> stop;
   bool ignore_eos = false;  // keep going past end-of-sequence (exactly --max-new-tokens tokens)
   bool json = false;
-  std::vector<std::string> cartridges;  // adapter folders, composed in order
-  std::string logits_out;               // write the prompt's logits here (safetensors)
+  CartridgeOptions cartridges;
+  std::string logits_out;  // write the prompt's logits here (safetensors)
 };
 
 // Writes `logits` [T, V] float32 as a safetensors file with one tensor "logits".
@@ -40,22 +41,18 @@ void write_logits(const std::string& path, const at::Tensor& logits) {
 
 void run_generate(const GenerateOptions& options) {
   const LoadedModel loaded = load_model_from_options(options.model);
+  const CartridgeInUse cartridge = load_cartridge_options(options.cartridges, loaded);
   GenerationRequest request;
+  request.prefix = cartridge.prefix;
   if (options.chat) {
     std::vector<ChatMessage> messages;
     if (!options.system.empty()) messages.push_back({"system", options.system});
     messages.push_back({"user", options.prompt});
-    request.prompt_ids = loaded.encode_chat(messages, /*add_generation_prompt=*/true);
+    request.prompt_ids =
+        loaded.encode_chat_after_cartridge(messages, cartridge.framing, /*add_generation_prompt=*/true);
   } else {
     // Exactly `tokenizer(prompt)` in transformers: the tokenizer's default special tokens.
     request.prompt_ids = loaded.tokenizer->encode(options.prompt, /*add_special_tokens=*/true);
-  }
-  if (!options.cartridges.empty()) {
-    std::vector<std::string> warnings;
-    const Cartridge cartridge =
-        load_cartridges_for_model(options.cartridges, loaded.model->config(), &loaded.files, &warnings);
-    for (const std::string& warning : warnings) std::cerr << "warning: " << warning << "\n";
-    request.prefix = cartridge.kv_prefix_for(*loaded.model);
   }
   if (!options.logits_out.empty()) {
     write_logits(options.logits_out, prompt_logits(*loaded.model, request.prefix.get(), request.prompt_ids));
@@ -88,6 +85,36 @@ void run_generate(const GenerateOptions& options) {
 
 }  // namespace
 
+void add_cartridge_options(CLI::App& command, CartridgeOptions& options) {
+  command.add_option(
+      "--cartridge", options.cartridges,
+      "A cartridge (PEFT adapter folder or Hub id in the HF cache) before the prompt; repeat to "
+      "compose several in order");
+  command.add_option(
+      "--framing", options.framing,
+      "With --chat and a cartridge: system_turn (the question continues the conversation whose "
+      "system turn the cartridge holds) or new_chat (a new conversation after it). Default: what "
+      "the cartridge's cartridge_framing.json says (new_chat without one); docs/framing.md");
+}
+
+CartridgeInUse load_cartridge_options(const CartridgeOptions& options, const LoadedModel& loaded) {
+  CartridgeInUse in_use;
+  if (options.cartridges.empty()) {
+    if (!options.framing.empty()) throw InvalidArgumentError("--framing needs a --cartridge");
+    return in_use;
+  }
+  std::vector<std::string> warnings;
+  Framing recorded = Framing::kNewChat;
+  // With --framing the cartridges' own framings need not agree.
+  const Cartridge cartridge =
+      load_cartridges_for_model(options.cartridges, loaded.model->config(), &loaded.files, &warnings,
+                                options.framing.empty() ? &recorded : nullptr);
+  for (const std::string& warning : warnings) std::cerr << "warning: " << warning << "\n";
+  in_use.prefix = cartridge.kv_prefix_for(*loaded.model);
+  in_use.framing = options.framing.empty() ? recorded : parse_framing(options.framing);
+  return in_use;
+}
+
 void add_generate_command(CLI::App& app) {
   auto options = std::make_shared<GenerateOptions>();
   CLI::App* command = app.add_subcommand("generate", "Complete a prompt with the model");
@@ -95,7 +122,10 @@ void add_generate_command(CLI::App& app) {
       "The prompt is tokenized exactly as `tokenizer(prompt)` in transformers (with the tokenizer's default\n"
       "special tokens); --chat wraps it in the model's chat template as one user turn instead.\n"
       "With --cartridge the prompt follows the cartridge's p virtual tokens (positions p+i); several are\n"
-      "composed in the order given.\n"
+      "composed in the order given. With --chat too, the prompt is framed as the cartridge was made for\n"
+      "(its cartridge_framing.json, or --framing; docs/framing.md): cartridges made by `init`, `train` and\n"
+      "`study` continue the conversation whose system turn they hold, as if the document had been the\n"
+      "system message.\n"
       "Example:\n  cartridge generate --model " +
       std::string(kDefaultModelPath) +
       " --chat \\\n"
@@ -118,9 +148,7 @@ void add_generate_command(CLI::App& app) {
   command->add_flag("--ignore-eos", options->ignore_eos,
                     "Do not stop at end-of-sequence: always generate --max-new-tokens tokens (comparisons, "
                     "benchmarks)");
-  command->add_option("--cartridge", options->cartridges,
-                      "A cartridge (PEFT adapter folder or Hub id in the HF cache) before the prompt; "
-                      "repeat to compose several in order");
+  add_cartridge_options(*command, options->cartridges);
   command->add_option("--logits-out", options->logits_out,
                       "Also write the prompt's logits [T, V] float32 (tensor \"logits\", safetensors) to "
                       "this file");

@@ -26,6 +26,7 @@ struct InitOptions {
   int64_t frozen = 1;
   bool chat_template = false;
   bool no_chat_template = false;
+  std::string framing = "system_turn";
   std::string out;
   bool force = false;
   bool json = false;
@@ -43,6 +44,7 @@ void run_init(const InitOptions& options) {
   // Read the text before loading the model, so a wrong path fails fast.
   const std::string text = options.text_file.empty() ? options.text : read_text_file(options.text_file);
   if (!options.random && text.empty()) throw InvalidArgumentError("the text is empty");
+  const Framing framing = parse_framing(options.framing);
 
   const LoadedModel loaded = load_model_from_options(options.model);
   const ModelFingerprint fingerprint = fingerprint_model(loaded.files, loaded.model->config());
@@ -68,7 +70,7 @@ void run_init(const InitOptions& options) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const AdapterConfig config =
       AdapterConfig::for_model(loaded.model->config(), options.tokens, options.frozen, loaded.files.name);
-  save_adapter(options.out, *cartridge, config, &fingerprint, options.force);
+  save_adapter(options.out, *cartridge, config, &fingerprint, options.force, framing);
 
   const CartridgeShape shape = cartridge->shape();
   const int64_t kv_bytes = options.tokens * loaded.model->config().kv_bytes_per_token(loaded.model->dtype());
@@ -83,6 +85,7 @@ void run_init(const InitOptions& options) {
                              {"parameter_bytes", cartridge->parameter_bytes()},
                              {"kv_bytes_in_model_dtype", kv_bytes},
                              {"initialization", tokenization},
+                             {"framing", framing_name(framing)},
                              {"text_tokens", text_tokens},
                              {"seconds", seconds},
                              {"base_model", loaded.files.name}};
@@ -134,6 +137,13 @@ void add_init_command(CLI::App& app) {
   auto* without_template =
       command->add_flag("--no-chat-template", options->no_chat_template, "Tokenize the text plainly");
   with_template->excludes(without_template);
+  command
+      ->add_option(
+          "--framing", options->framing,
+          "How chat prompts will follow the cartridge, recorded in cartridge_framing.json: system_turn "
+          "(continue the conversation whose system turn the cartridge holds) or new_chat "
+          "(docs/framing.md)")
+      ->capture_default_str();
   command->add_option("-o,--out", options->out, "The adapter folder to write")->required();
   command->add_flag("--force", options->force, "Replace --out if it exists");
   command->add_flag("--json", options->json, "Print the result as JSON");

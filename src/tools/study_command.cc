@@ -58,7 +58,7 @@ void run_study_command(StudyCommandOptions& options) {
                                                      : read_question_answers(options.validation_qa);
   const auto started = std::chrono::steady_clock::now();
   const LoadedModel loaded = load_model_from_options(options.model);
-  options.study.training.validation_questions = question_answer_rows(loaded, validation);
+  options.study.validation_questions = validation;
 
   StudyOptions& study = options.study;
   study.output_dir = options.out;

@@ -102,6 +102,15 @@ void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis) {
       .add_option("--seed-types", synthesis.seed_types,
                   "Seed-prompt types to draw from (structuring summarization question use_cases creative)")
       ->capture_default_str();
+  command
+      .add_option_function<std::string>(
+          "--framing",
+          [&synthesis](const std::string& name) { synthesis.student_framing = parse_framing(name); },
+          "How the student sequence puts the question after the cartridge, and so how the trained cartridge "
+          "is "
+          "used: system_turn (continue the conversation whose system turn the cartridge holds) or new_chat "
+          "(docs/framing.md)")
+      ->default_str(framing_name(synthesis.student_framing));
 }
 
 void add_synthesize_command(CLI::App& app) {

@@ -114,7 +114,9 @@ void run_train(TrainCommandOptions& options) {
                                                      : read_question_answers(options.validation_qa);
   const LoadedModel loaded = load_model_from_options(options.model);
   warn_about_dataset(dataset.header, corpus_text, loaded, dataset_path);
-  options.training.validation_questions = question_answer_rows(loaded, validation);
+  // Scored as the cartridge will be used: in the framing its student sequences have.
+  options.training.validation_questions =
+      question_answer_rows(loaded, validation, dataset_framing(dataset.header));
 
   CartridgeInit init;
   init.source = options.init;

@@ -82,18 +82,45 @@ def test_header_matches_hashlib_and_the_hf_tokenizer(dataset, hf):
     assert len(conversations) == 8 and [c["index"] for c in conversations] == list(range(8))
 
 
-def test_student_sequence_is_the_question_alone_then_the_answer(dataset, hf):
+def after_document_ids(tokenizer, messages):
+    """The system_turn framing (docs/framing.md) computed with transformers: the template's rendering of
+    [system: DOCUMENT, *messages] after the document's text, tokenized without special tokens."""
+    placeholder = "@@a document the cartridge stands for@@"
+    rendered = tokenizer.apply_chat_template([{"role": "system", "content": placeholder}, *messages],
+                                             add_generation_prompt=True, tokenize=False)
+    after = rendered[rendered.index(placeholder) + len(placeholder):]
+    return tokenizer(after, add_special_tokens=False)["input_ids"]
+
+
+def test_student_sequence_is_the_question_after_the_cartridge_then_the_answer(dataset, hf):
     tokenizer, _ = hf
-    _, conversations = read_dataset(dataset)
+    header, conversations = read_dataset(dataset)
+    assert header["settings"]["student_framing"] == "system_turn"
     for c in conversations:
-        prompt = chat_ids(tokenizer, [{"role": "user", "content": c["question"]}])
+        # The question continues the conversation whose system turn the cartridge holds.
+        prompt = after_document_ids(tokenizer, [{"role": "user", "content": c["question"]}])
         assert c["input_ids"][:c["answer_start"]] == prompt
         answer = c["input_ids"][c["answer_start"]:]
-        # Targets from the user turn on: the question's tokens, then every answer token.
-        assert 1 <= c["target_start"] < c["answer_start"]
+        # Targets from the second token on (the first follows the cartridge): the end of the system turn,
+        # the question's turn, then every answer token.
+        # The whole student prompt ends the teacher's prompt too, so all its tokens but the first have targets.
+        assert c["target_start"] == 1
         assert len(c["target_ids"]) == len(c["input_ids"]) - c["target_start"] == len(c["target_logprobs"])
         # The final end-of-turn token is special, so skipping special tokens drops it.
         assert c["answer"] == tokenizer.decode(answer, skip_special_tokens=True)
+
+
+def test_new_chat_framing_puts_the_question_alone_in_the_chat_template(tmp_path, hf):
+    tokenizer, _ = hf
+    result = synthesize(tmp_path, ["--framing", "new_chat"], replace={"--samples": "3"})
+    assert result.returncode == 0, result.stderr
+    header, conversations = read_dataset(tmp_path / "dataset.jsonl")
+    assert header["settings"]["student_framing"] == "new_chat"
+    for c in conversations:
+        prompt = chat_ids(tokenizer, [{"role": "user", "content": c["question"]}])
+        assert c["input_ids"][:c["answer_start"]] == prompt
+        # Targets from the user turn on (the template's own system turn differs from the teacher's).
+        assert 1 < c["target_start"] < c["answer_start"]
 
 
 def test_recorded_top_k_equals_transformers_log_softmax(dataset, hf):

@@ -122,7 +122,7 @@ TEST(Evaluation, ValidationQuestionsDuringTrainingKeepTheBestAdapter) {
   options.keep_checkpoints = 100;
   options.show_progress = false;
   options.handle_interrupt = false;
-  options.validation_questions = question_answer_rows(model, questions);
+  options.validation_questions = question_answer_rows(model, questions, Framing::kNewChat);
   ASSERT_EQ(options.validation_questions.size(), questions.size());
   const TrainingResult result = train_cartridge(model.model, initial, dataset, options);
 

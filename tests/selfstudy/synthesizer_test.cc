@@ -113,8 +113,11 @@ TEST_F(SynthesizerTest, DatasetHasTheDocumentedStructure) {
     const auto& types = seed_prompt_types();
     EXPECT_NE(std::find(types.begin(), types.end(), conversation.seed_type), types.end());
 
-    // The student sequence: the chat template with the question alone, then the answer tokens.
-    const std::vector<int32_t> student_prompt = model_->encode_chat({{"user", conversation.question}}, true);
+    // The student sequence: the question as it follows the cartridge (the dataset's framing, system_turn by
+    // default: the end of the document's system turn, then the user turn), then the answer tokens.
+    EXPECT_EQ(dataset_framing(dataset.header), Framing::kSystemTurn);
+    const std::vector<int32_t> student_prompt =
+        model_->encode_chat_after_cartridge({{"user", conversation.question}}, Framing::kSystemTurn, true);
     ASSERT_EQ(conversation.answer_start, static_cast<int64_t>(student_prompt.size()));
     EXPECT_TRUE(std::equal(student_prompt.begin(), student_prompt.end(), conversation.input_ids.begin()));
     // The question's tokens have targets too: the user turn, after the student's own system turn.
