@@ -9,7 +9,9 @@
 
 namespace cartridge {
 
-const char* framing_name(Framing framing) { return framing == Framing::kSystemTurn ? "system_turn" : "new_chat"; }
+const char* framing_name(Framing framing) {
+  return framing == Framing::kSystemTurn ? "system_turn" : "new_chat";
+}
 
 Framing parse_framing(const std::string& name) {
   std::string spelled = name;
@@ -18,9 +20,10 @@ Framing parse_framing(const std::string& name) {
   }
   if (spelled == "system_turn") return Framing::kSystemTurn;
   if (spelled == "new_chat") return Framing::kNewChat;
-  throw InvalidArgumentError("unknown framing '" + name +
-                             "' (choose system_turn: the question continues the conversation whose system "
-                             "turn the cartridge holds, or new_chat: a new conversation after the cartridge)");
+  throw InvalidArgumentError(
+      "unknown framing '" + name +
+      "' (choose system_turn: the question continues the conversation whose system "
+      "turn the cartridge holds, or new_chat: a new conversation after the cartridge)");
 }
 
 std::string framing_file_text(Framing framing) {
@@ -63,8 +66,8 @@ Framing common_framing(const std::vector<Framing>& framings, const std::vector<s
     if (framing == framings.front()) continue;
     std::string listing;
     for (size_t index = 0; index < framings.size(); ++index) {
-      listing += (index ? ", " : "") + (index < names.size() ? names[index] : "#" + std::to_string(index)) + ": " +
-                 framing_name(framings[index]);
+      listing += (index ? ", " : "") + (index < names.size() ? names[index] : "#" + std::to_string(index)) +
+                 ": " + framing_name(framings[index]);
     }
     throw MismatchError("the cartridges were made for different framings (" + listing +
                         "); pass --framing system_turn or --framing new_chat to choose one");

@@ -29,17 +29,19 @@ TEST(Framing, TheFileRoundTripsAndAFolderWithoutOneIsNewChat) {
   EXPECT_EQ(read_framing(folder.path()), Framing::kNewChat);
   write_file_atomic(folder / kFramingFileName, framing_file_text(Framing::kSystemTurn));
   EXPECT_EQ(read_framing(folder.path()), Framing::kSystemTurn);
-  EXPECT_EQ(framing_file_text(Framing::kSystemTurn),
-            "{\n  \"format\": \"cartridge-framing\",\n  \"version\": 1,\n  \"framing\": \"system_turn\"\n}\n");
+  EXPECT_EQ(
+      framing_file_text(Framing::kSystemTurn),
+      "{\n  \"format\": \"cartridge-framing\",\n  \"version\": 1,\n  \"framing\": \"system_turn\"\n}\n");
 }
 
 TEST(Framing, DamagedOrNewerFilesAreRefusedNamingTheFile) {
   TemporaryFolder folder;
   const std::string path = folder / kFramingFileName;
-  for (const std::string& text : {std::string("{not json"), std::string("[]"),
-                                  std::string(R"({"format": "cartridge-framing", "version": 1})"),
-                                  std::string(R"({"format": "other", "version": 1, "framing": "new_chat"})"),
-                                  std::string(R"({"format": "cartridge-framing", "version": 1, "framing": "x"})")}) {
+  for (const std::string& text :
+       {std::string("{not json"), std::string("[]"),
+        std::string(R"({"format": "cartridge-framing", "version": 1})"),
+        std::string(R"({"format": "other", "version": 1, "framing": "new_chat"})"),
+        std::string(R"({"format": "cartridge-framing", "version": 1, "framing": "x"})")}) {
     write_file_atomic(path, text);
     try {
       read_framing(folder.path());

@@ -33,14 +33,16 @@ TEST(FramingPrompt, DocumentTurnThenSystemTurnFramingIsTheIclPrompt) {
              model.encode_chat_after_cartridge({{"user", question}}, Framing::kSystemTurn, true));
   EXPECT_EQ(framed, icl);
   // SmolLM2: the framing starts by closing the system turn.
-  const std::vector<int32_t> after = model.encode_chat_after_cartridge({{"user", question}}, Framing::kSystemTurn, true);
+  const std::vector<int32_t> after =
+      model.encode_chat_after_cartridge({{"user", question}}, Framing::kSystemTurn, true);
   EXPECT_EQ(model.tokenizer->decode({after.front()}, /*skip_special_tokens=*/false), "<|im_end|>");
 }
 
 TEST(FramingPrompt, NewChatIsThePlainChatTemplate) {
   const LoadedModel& model = default_model();
   const std::vector<ChatMessage> messages = {{"user", "Hello?"}};
-  EXPECT_EQ(model.encode_chat_after_cartridge(messages, Framing::kNewChat, true), model.encode_chat(messages, true));
+  EXPECT_EQ(model.encode_chat_after_cartridge(messages, Framing::kNewChat, true),
+            model.encode_chat(messages, true));
 }
 
 TEST(FramingPrompt, AUsersSystemMessageJoinsTheCartridgesSystemTurn) {
@@ -48,7 +50,8 @@ TEST(FramingPrompt, AUsersSystemMessageJoinsTheCartridgesSystemTurn) {
   const std::string document = "A short document.";
   const std::vector<int32_t> with_system =
       joined(model.encode_document_turn(document),
-             model.encode_chat_after_cartridge({{"system", "Be brief."}, {"user", "Why?"}}, Framing::kSystemTurn, true));
+             model.encode_chat_after_cartridge({{"system", "Be brief."}, {"user", "Why?"}},
+                                               Framing::kSystemTurn, true));
   EXPECT_EQ(with_system, model.encode_chat({{"system", document + "\n\nBe brief."}, {"user", "Why?"}}, true));
 }
 
