@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Applies the project's C++ style (.clang-format) to every tracked .cc/.h file, or with --check fails
+# Applies the project's C++ style (.clang-format) to every .cc/.h file git tracks or would track, or with --check fails
 # listing the files that differ. The formatter is pinned to Debian 12's clang-format 14 (scripts/setup.sh
 # installs it): other versions format some constructs differently, so their verdict would not be ours.
 #   scripts/format.sh [--check]
@@ -18,7 +18,7 @@ if [[ "$version" != *"version 14."* ]]; then
   echo "           install it with scripts/setup.sh, or point CLANG_FORMAT at a clang-format 14 binary" >&2
   exit 2
 fi
-mapfile -t files < <(git ls-files '*.cc' '*.h')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.cc' '*.h')
 if ((check)); then
   differing=()
   for file in "${files[@]}"; do
