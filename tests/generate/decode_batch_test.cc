@@ -11,20 +11,13 @@
 
 #include "generate/generator.h"
 #include "generate/loaded_model.h"
-#include "test_support.h"
+#include "generate_test_util.h"
 #include "util/error.h"
 
 namespace cartridge {
 namespace {
 
-const LoadedModel& default_model() {
-  static const LoadedModel* loaded = [] {
-    LoadOptions options;
-    options.show_progress = false;
-    return new LoadedModel(load_model(testing::default_model_path(), options));
-  }();
-  return *loaded;
-}
+using testing::default_model;
 
 GenerationRequest request_for(const std::string& prompt, int64_t max_new_tokens, double temperature = 0) {
   GenerationRequest request;

@@ -4,19 +4,12 @@
 #include <gtest/gtest.h>
 
 #include "generate/loaded_model.h"
-#include "test_support.h"
+#include "generate_test_util.h"
 
 namespace cartridge {
 namespace {
 
-const LoadedModel& default_model() {
-  static const LoadedModel* loaded = [] {
-    LoadOptions options;
-    options.show_progress = false;
-    return new LoadedModel(load_model(testing::default_model_path(), options));
-  }();
-  return *loaded;
-}
+using testing::default_model;
 
 std::vector<int32_t> joined(std::vector<int32_t> first, const std::vector<int32_t>& second) {
   first.insert(first.end(), second.begin(), second.end());
