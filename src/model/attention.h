@@ -4,6 +4,8 @@
 // without touching the layer. Which slots a query sees: docs/positions_and_masks.md.
 #pragma once
 
+#include <cstdint>
+
 #include <ATen/core/Tensor.h>
 
 namespace cartridge {
@@ -26,7 +28,8 @@ struct AttentionInputs {
   at::Tensor keys;    // [B, H_kv, S, D]: all slots of the layer, the T new ones last
   at::Tensor values;  // [B, H_kv, S, D]
   AttentionMask mask;
-  double scale = 1;  // applied to q.k (1 / sqrt(D))
+  double scale = 1;   // applied to q.k (1 / sqrt(D))
+  int64_t layer = 0;  // the calling layer's index (for kernels that keep per-layer state)
 };
 
 // softmax(q k^T * scale, masked) v, [B, H, T, D] in the query's dtype; each KV head serves H / H_kv

@@ -50,6 +50,8 @@ class Model {
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
   at::Device device() const { return device_; }
+  // RoPE inverse frequencies [D / 2] float32 on the model's device (rope.h's rotate_positions takes them).
+  const at::Tensor& inverse_frequencies() const { return inverse_frequencies_; }
 
   // An empty cache for `batch_size` rows in this model's dtype and device.
   KvCache new_cache(int64_t batch_size) const;

@@ -49,4 +49,12 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   return x * cos + rotated * sin;
 }
 
+at::Tensor rotate_positions(const at::Tensor& x, int64_t delta, const at::Tensor& inverse_frequencies) {
+  const int64_t tokens = x.size(-2);
+  const at::Tensor positions =
+      at::full({1, tokens}, delta, at::TensorOptions().dtype(at::kLong).device(x.device()));
+  const auto [cos, sin] = rope_cos_sin(positions, inverse_frequencies.to(x.device()), x.scalar_type());
+  return apply_rope(x, cos[0][0], sin[0][0]);  // cos/sin [T, D] broadcast over x's leading dimensions
+}
+
 }  // namespace cartridge

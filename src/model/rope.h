@@ -24,4 +24,8 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& positions,
 // x * cos + rotate_half(x) * sin for x [B, H, T, D] and cos/sin [B, 1, T, D].
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
+// Post-RoPE vectors x [..., T, D] moved by `delta` positions (any sign): rotations compose, so RoPE at t
+// rotated by delta is RoPE at t + delta. In x's dtype, on its device.
+at::Tensor rotate_positions(const at::Tensor& x, int64_t delta, const at::Tensor& inverse_frequencies);
+
 }  // namespace cartridge

@@ -61,6 +61,7 @@ at::Tensor attention_block(const LayerConfig& config, const LayerWeights& weight
   attention.values = cache.values(config.index);  // [B, H_kv, S + T, D]
   attention.mask = inputs.mask;
   attention.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  attention.layer = config.index;
   const at::Tensor attended = kernels.attention(attention);  // [B, H, T, D]
   const at::Tensor merged = attended.transpose(1, 2).reshape({batch, tokens, heads * head_dim});
   return kernels.linear(merged, weights.output);  // [B, T, hidden]

@@ -10,6 +10,7 @@
 #include "cartridge/cartridge_shape.h"
 #include "cartridge/fingerprint.h"
 #include "cartridge/text_init.h"
+#include "selfstudy/document_compaction.h"
 #include "selfstudy/trainer_checkpoint.h"
 #include "util/error.h"
 
@@ -18,7 +19,8 @@ namespace cartridge {
 Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus_text,
                             const CartridgeInit& init) {
   const Model& model = *loaded.model;
-  if (init.source == "text" || init.source == "random") {
+  const bool from_corpus = init.source == "text" || init.source == "attention-matching";
+  if (from_corpus || init.source == "random") {
     if (init.num_virtual_tokens < 1) {
       throw InvalidArgumentError(fmt::format("--tokens must be >= 1, got {}", init.num_virtual_tokens));
     }
@@ -31,7 +33,22 @@ Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus
     return Cartridge::random(CartridgeShape::of_model(model.config()), init.num_virtual_tokens,
                              init.num_frozen_tokens, init.seed);
   }
+  if (init.source == "attention-matching") {
+    if (init.framing != Framing::kSystemTurn) {
+      throw InvalidArgumentError(
+          "--init attention-matching compacts the corpus as a system turn: it needs "
+          "--framing system_turn");
+    }
+    AttentionMatchingOptions options;
+    options.num_virtual_tokens = init.num_virtual_tokens;
+    options.num_exact_rows = init.num_frozen_tokens;
+    return compact_document(loaded, corpus_text, options, /*show_progress=*/true);
+  }
   if (init.source == "text") {
+    if (init.framing == Framing::kSystemTurn) {
+      return Cartridge::from_token_ids(model, loaded.encode_document_turn(corpus_text),
+                                       init.num_virtual_tokens, init.num_frozen_tokens);
+    }
     return initialize_from_text(model, *loaded.tokenizer, loaded.chat_template.get(), corpus_text,
                                 InitTokenization::kPlain, init.num_virtual_tokens, init.num_frozen_tokens);
   }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cartridge/cartridge.h"
+#include "cartridge/framing.h"
 #include "generate/loaded_model.h"
 #include "selfstudy/evaluation.h"
 #include "selfstudy/synthesizer.h"
@@ -21,20 +22,25 @@ namespace cartridge {
 
 inline constexpr char kStudyDatasetFileName[] = "dataset.jsonl";
 
-// How the cartridge starts: the KV of the first p tokens of the corpus (the paper's default), N(0, 1)
-// rows (PEFT's default), or an existing adapter folder.
+// How the cartridge starts: the KV of the first p tokens of the corpus (the paper's default), the whole
+// corpus compacted by attention matching (selfstudy/document_compaction.h), N(0, 1) rows (PEFT's
+// default), or an existing adapter folder.
 struct CartridgeInit {
-  std::string source = "text";  // "text", "random", or an adapter folder / Hub id
+  std::string source = "text";  // "text", "attention-matching", "random", or an adapter folder / Hub id
+  // The framing the cartridge will be used in: with kSystemTurn, "text" prefills the corpus as the open
+  // system turn (what the framing continues); "attention-matching" needs kSystemTurn.
+  Framing framing = Framing::kSystemTurn;
   int64_t num_virtual_tokens = 0;
   int64_t num_frozen_tokens = 1;
   uint64_t seed = 0;  // for "random"
 };
 
-// Builds the initial cartridge. "text": a prefill of the corpus tokenized as transformers' tokenizer(text)
-// does (the tokenizer's default special tokens, PEFT's use_chat_template=False), first p slots kept;
-// throws InvalidArgumentError when the corpus is shorter than p tokens. An adapter folder must fit the
-// model (MismatchError otherwise); its p and frozen count are used, and `num_virtual_tokens` must be 0 or
-// equal to them.
+// Builds the initial cartridge. "text": a prefill of the corpus, first p slots kept; the corpus is the open
+// system turn of the chat template with the kSystemTurn framing (LoadedModel::encode_document_turn), else
+// tokenized as transformers' tokenizer(text) does (PEFT's use_chat_template=False). "attention-matching":
+// compact_document. Throws InvalidArgumentError when the corpus is shorter than p tokens. An adapter folder
+// must fit the model (MismatchError otherwise); its p and frozen count are used, and `num_virtual_tokens`
+// must be 0 or equal to them.
 Cartridge initial_cartridge(const LoadedModel& model, const std::string& corpus_text,
                             const CartridgeInit& init);
 

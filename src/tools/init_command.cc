@@ -1,4 +1,5 @@
-// `cartridge init`: a new cartridge from the first p tokens of a text (or random), saved as a PEFT adapter.
+// `cartridge init`: a new cartridge from a text (its first p tokens, or the whole text compacted by
+// attention matching) or random, saved as a PEFT adapter.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -8,6 +9,7 @@
 #include "cartridge/adapter_io.h"
 #include "cartridge/text_init.h"
 #include "io/model_files.h"
+#include "selfstudy/document_compaction.h"
 #include "tools/commands.h"
 #include "util/error.h"
 #include "util/mapped_file.h"
@@ -27,6 +29,8 @@ struct InitOptions {
   bool chat_template = false;
   bool no_chat_template = false;
   std::string framing = "system_turn";
+  std::string method = "first";
+  std::string key_selection = "rms";
   std::string out;
   bool force = false;
   bool json = false;
@@ -45,6 +49,19 @@ void run_init(const InitOptions& options) {
   const std::string text = options.text_file.empty() ? options.text : read_text_file(options.text_file);
   if (!options.random && text.empty()) throw InvalidArgumentError("the text is empty");
   const Framing framing = parse_framing(options.framing);
+  const bool attention_matching = options.method == "attention-matching";
+  if (!attention_matching && options.method != "first") {
+    throw InvalidArgumentError("unknown --method '" + options.method +
+                               "' (expected first or attention-matching)");
+  }
+  if (attention_matching) {
+    if (options.random) throw InvalidArgumentError("--method attention-matching needs a text, not --random");
+    if (options.no_chat_template || framing != Framing::kSystemTurn) {
+      throw InvalidArgumentError(
+          "--method attention-matching compacts the text as the system turn of a conversation: it needs the "
+          "chat template and --framing system_turn");
+    }
+  }
 
   const LoadedModel loaded = load_model_from_options(options.model);
   const ModelFingerprint fingerprint = fingerprint_model(loaded.files, loaded.model->config());
@@ -55,6 +72,15 @@ void run_init(const InitOptions& options) {
   if (options.random) {
     cartridge = Cartridge::random(CartridgeShape::of_model(loaded.model->config()), options.tokens,
                                   options.frozen, options.seed);
+  } else if (attention_matching) {
+    AttentionMatchingOptions matching;
+    matching.num_virtual_tokens = options.tokens;
+    matching.num_exact_rows = options.frozen;
+    matching.selection = parse_key_selection(options.key_selection);
+    CompactionStats stats;
+    cartridge = compact_document(loaded, text, matching, !options.model.quiet, &stats);
+    text_tokens = stats.document_tokens;
+    tokenization = "attention-matching";
   } else {
     InitTokenization mode = InitTokenization::kAuto;
     if (options.chat_template) mode = InitTokenization::kChatTemplate;
@@ -92,9 +118,13 @@ void run_init(const InitOptions& options) {
     std::cout << output.dump(2) << std::endl;
     return;
   }
-  const std::string source = options.random ? "N(0, 1) with seed " + std::to_string(options.seed)
-                                            : fmt::format("the first {} of the text's {} tokens ({})",
-                                                          options.tokens, text_tokens, tokenization);
+  std::string source =
+      fmt::format("the first {} of the text's {} tokens ({})", options.tokens, text_tokens, tokenization);
+  if (options.random) source = "N(0, 1) with seed " + std::to_string(options.seed);
+  if (attention_matching) {
+    source = fmt::format("the text's {} tokens compacted by attention matching (key selection {})",
+                         text_tokens, options.key_selection);
+  }
   std::cout << fmt::format(
       "wrote {}: {} virtual tokens ({} frozen), {} layers x {} KV heads x head_dim {}, {} bytes (float32)\n"
       "initialised from {} in {:.2f} s\n",
@@ -108,7 +138,8 @@ void add_init_command(CLI::App& app) {
   auto options = std::make_shared<InitOptions>();
   CLI::App* command = app.add_subcommand(
       "init",
-      "Create a cartridge from the first p tokens of a text (or random) and save it as a PEFT adapter");
+      "Create a cartridge from a text (its first p tokens, or the whole text compacted by attention "
+      "matching) or random, and save it as a PEFT adapter");
   command->footer(
       "The text is prefilled by the base model and the first --tokens cached keys/values become the "
       "cartridge,\n"
@@ -143,6 +174,14 @@ void add_init_command(CLI::App& app) {
           "How chat prompts will follow the cartridge, recorded in cartridge_framing.json: system_turn "
           "(continue the conversation whose system turn the cartridge holds) or new_chat "
           "(docs/framing.md)")
+      ->capture_default_str();
+  command
+      ->add_option("--method", options->method,
+                   "first (the first p tokens' KV, as PEFT) or attention-matching (the whole text compacted)")
+      ->capture_default_str();
+  command
+      ->add_option("--key-selection", options->key_selection,
+                   "With attention-matching: keep the keys with the largest rms or max attention received")
       ->capture_default_str();
   command->add_option("-o,--out", options->out, "The adapter folder to write")->required();
   command->add_flag("--force", options->force, "Replace --out if it exists");

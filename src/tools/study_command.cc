@@ -66,7 +66,9 @@ void run_study_command(StudyCommandOptions& options) {
   study.init.num_frozen_tokens = options.frozen;
   study.init.seed = study.synthesis.seed;
   study.init.num_virtual_tokens = options.tokens;
-  if ((options.init == "text" || options.init == "random") && options.tokens == 0) {
+  study.init.framing = study.synthesis.student_framing;
+  if ((options.init == "text" || options.init == "attention-matching" || options.init == "random") &&
+      options.tokens == 0) {
     const int64_t corpus_tokens =
         static_cast<int64_t>(loaded.tokenizer->encode(corpus_text, /*add_special_tokens=*/false).size());
     study.init.num_virtual_tokens = default_cartridge_tokens(corpus_tokens);
@@ -166,7 +168,8 @@ void add_study_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   command
       ->add_option("--init", options->init,
-                   "Start from: text (the corpus's first p tokens), random, or an adapter")
+                   "Start from: text (the corpus's first p tokens), attention-matching (the whole corpus "
+                   "compacted, docs/attention_matching.md), random, or an adapter")
       ->capture_default_str();
   SynthesisOptions& synthesis = options->study.synthesis;
   command->add_option("-n,--samples", synthesis.samples, "Synthetic conversations")

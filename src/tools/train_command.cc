@@ -94,11 +94,11 @@ void print_summary(const TrainingResult& result, const std::string& out, const s
 void run_train(TrainCommandOptions& options) {
   const std::string dataset_path = dataset_file(options.dataset);
   const Dataset dataset = read_dataset(dataset_path);  // fails fast, before the model loads
-  const bool needs_corpus = options.init == "text";
+  const bool needs_corpus = options.init == "text" || options.init == "attention-matching";
   if (needs_corpus && options.corpus.empty()) {
     throw InvalidArgumentError(
-        "--init text (the default) starts from the first --tokens tokens of the corpus: give "
-        "--corpus FILE, or use --init random / --init ADAPTER_DIR");
+        "--init " + options.init +
+        " starts from the corpus: give --corpus FILE, or use --init random / --init ADAPTER_DIR");
   }
   const std::string corpus_text = options.corpus.empty() ? std::string() : read_text_file(options.corpus);
   const std::string previous_run = latest_checkpoint(options.out);
@@ -123,7 +123,8 @@ void run_train(TrainCommandOptions& options) {
   init.num_virtual_tokens = options.tokens;
   init.num_frozen_tokens = options.frozen;
   init.seed = options.training.seed;
-  if ((init.source == "text" || init.source == "random") && init.num_virtual_tokens == 0) {
+  init.framing = dataset_framing(dataset.header);  // the framing the cartridge is trained (and used) in
+  if ((needs_corpus || init.source == "random") && init.num_virtual_tokens == 0) {
     init.num_virtual_tokens = default_cartridge_tokens(dataset.header.corpus_tokens);
     if (!options.model.quiet) {
       std::fprintf(stderr,
@@ -266,8 +267,9 @@ void add_train_command(CLI::App& app) {
   command
       ->add_option(
           "--init", options->init,
-          "Start from: text (KV of the corpus's first --tokens tokens), random (N(0,1) rows as PEFT), "
-          "or an adapter folder")
+          "Start from: text (KV of the corpus's first --tokens tokens; as the open system turn with the "
+          "system_turn framing), attention-matching (the whole corpus compacted), random (N(0,1) rows as "
+          "PEFT), or an adapter folder")
       ->capture_default_str();
   command->add_option(
       "-p,--tokens", options->tokens,

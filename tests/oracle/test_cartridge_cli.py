@@ -149,6 +149,65 @@ def test_init_on_tiny_model_loads_in_peft_with_same_outputs(tiny, tmp_path, chat
     assert ours_config == theirs_config
 
 
+def template_parts(tokenizer):
+    """The chat template split around a system message's content and a user message's content:
+    (before the document, between document and question, after the question with the generation prompt)."""
+    document, question = "\u2063DOCUMENT\u2063", "\u2063QUESTION\u2063"
+    rendered = tokenizer.apply_chat_template([{"role": "system", "content": document},
+                                              {"role": "user", "content": question}],
+                                             tokenize=False, add_generation_prompt=True)
+    i, j = rendered.index(document), rendered.index(question)
+    return rendered[:i], rendered[i + len(document):j], rendered[j + len(question):]
+
+
+def test_attention_matching_init_equals_the_reference_and_loads_in_peft(tiny, tmp_path):
+    """`init --method attention-matching` equals the direct PyTorch implementation of
+    tests/fixtures/attention_matching_reference.py on the same token ids (the document as the open system
+    turn; the repeat request asked in that conversation, then the document), and PEFT gives our outputs."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    from attention_matching_reference import compact
+
+    folder, model, tokenizer = tiny
+    document = DOCUMENT[: len(DOCUMENT) // 3]  # one copy: the repetition must fit the tiny context (512)
+    text_file = tmp_path / "doc.txt"
+    text_file.write_text(document)
+    adapter = tmp_path / "adapter"
+    result = run_cli("init", "--model", folder, "--text-file", text_file, "--tokens", 24, "--frozen", 1,
+                     "--method", "attention-matching", "--out", adapter, "--json", "-q", "--device", "cpu")
+    summary = json.loads(result.stdout)
+    assert summary["initialization"] == "attention-matching" and summary["framing"] == "system_turn"
+
+    before, between, after = template_parts(tokenizer)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    document_ids = encode(before + document)
+    reference_ids = encode(between + "Repeat the previous context verbatim." + after) + encode(document)
+    assert summary["text_tokens"] == len(document_ids)
+    theirs = compact(model, document_ids, reference_ids, 24, 1)
+    ours = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
+    difference = (ours - theirs).abs().max().item()
+    print(f"\nattention matching vs the PyTorch reference: max |difference| {difference:.2e}, "
+          f"max |value| {theirs.abs().max().item():.1f}")
+    assert difference <= 1e-4 * max(1.0, theirs.abs().max().item())
+    compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
+
+
+def test_attention_matching_refuses_what_it_cannot_do(tiny, tmp_path):
+    folder, _, _ = tiny
+    text_file = tmp_path / "doc.txt"
+    text_file.write_text(DOCUMENT[:200])
+    for extra, expected in ((["--tokens", 16, "--framing", "new_chat"], "system_turn"),
+                            (["--tokens", 16, "--no-chat-template"], "chat template"),
+                            (["--tokens", 4000], "fewer than the cartridge")):
+        arguments = ["init", "--model", folder, "--text-file", text_file, "--method",
+                     "attention-matching", "--out", tmp_path / "adapter", "-q", "--device", "cpu", *extra]
+        result = run_cli(*arguments, check=False)
+        assert result.returncode != 0 and expected in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (tmp_path / "adapter").exists()
+
+
 def test_init_on_default_gguf_loads_in_peft_with_same_outputs(tmp_path):
     from peft import CartridgeConfig, get_peft_model, initialize_kv_prefix_from_text
     from transformers import AutoModelForCausalLM, AutoTokenizer

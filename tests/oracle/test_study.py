@@ -7,8 +7,8 @@ corpus of tests/fixtures/make_synthesis.py, against PEFT / transformers in the s
 - Rerunning the same command leaves a finished run alone; another --samples is refused in one line before
   any synthesis; a larger --steps continues from the checkpoint and ends where a run with that many steps
   from scratch ends (byte-identical adapter, same losses).
-- `cartridge train --init text` starts from PEFT's initialize_kv_prefix_from_text(use_chat_template=False)
-  and never moves its frozen rows; `--init ADAPTER_DIR` (a PEFT-saved adapter) keeps the adapter's p, frozen
+- `cartridge train --init text` starts from PEFT's initialize_kv_prefix_from_text(use_chat_template=True)
+  (the corpus as the system turn that the default system_turn framing continues) and never moves its frozen rows; `--init ADAPTER_DIR` (a PEFT-saved adapter) keeps the adapter's p, frozen
   count and frozen rows.
 
 Needs CARTRIDGE_BIN (our binary) and CARTRIDGE_FIXTURES (written by tests/fixtures/make_all.py).
@@ -102,14 +102,15 @@ def hf_tokenizer():
 
 
 def peft_text_init(num_virtual_tokens, num_frozen_tokens):
-    """PEFT's own initialisation of a CARTRIDGE from the corpus (plain tokenization), [p, W]."""
+    """PEFT's own initialisation of a CARTRIDGE from the corpus as a system message through the chat template
+    (what the default system_turn framing continues), [p, W]."""
     from peft import CartridgeConfig, get_peft_model, initialize_kv_prefix_from_text
 
     config = CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
                              num_frozen_tokens=num_frozen_tokens)
     peft_model = get_peft_model(hf_model(), config)
     text = CORPUS.read_text(encoding="utf-8")
-    return initialize_kv_prefix_from_text(peft_model, hf_tokenizer(), text=text, use_chat_template=False).float()
+    return initialize_kv_prefix_from_text(peft_model, hf_tokenizer(), text=text, use_chat_template=True).float()
 
 
 @pytest.fixture(scope="module")
