@@ -59,6 +59,7 @@ class Chunker {
   int64_t min_length() const { return min_length_; }
   int64_t max_length() const { return max_length_; }
   int64_t corpus_tokens() const { return static_cast<int64_t>(corpus_ids_.size()); }
+  const std::vector<int32_t>& corpus_ids() const { return corpus_ids_; }
 
   // A chunk: length uniform in [min_length(), max_length()], placed as options.placement says.
   Chunk sample(SynthesisRandom& random) const;

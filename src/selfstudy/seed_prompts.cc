@@ -9,7 +9,7 @@ namespace cartridge {
 namespace {
 
 // Several phrasings per type, so the questions do not all start the same way. "{format}" is replaced by a
-// structuring format.
+// structuring format; "{quote}" (type "quote") by the first words of a passage of the chunk.
 const std::map<std::string, std::vector<std::string>>& phrasings() {
   static const std::map<std::string, std::vector<std::string>> table = {
       {"structuring",
@@ -53,6 +53,11 @@ const std::map<std::string, std::vector<std::string>>& phrasings() {
         "Write an imaginative prompt that starts a conversation about the document above: a thought "
         "experiment, a what-if, or a creative task that uses its specific details. Reply with the prompt "
         "only."}},
+      // Not a prompt for the question writer: the question itself, and the answer is the passage's own text.
+      {"quote",
+       {"Quote the passage of the document that begins with \"{quote}\", word for word.",
+        "Continue this passage of the document exactly as it is written: \"{quote}\"",
+        "What does the document say, word for word, starting from \"{quote}\"?"}},
   };
   return table;
 }
@@ -72,6 +77,19 @@ const std::vector<std::string>& seed_prompt_types() {
   return types;
 }
 
+const std::vector<std::string>& all_seed_prompt_kinds() {
+  static const std::vector<std::string> kinds = {"structuring", "summarization", "question",
+                                                 "use_cases",   "creative",      "quote"};
+  return kinds;
+}
+
+std::string fill_quote(std::string text, const std::string& quote) {
+  const std::string placeholder = "{quote}";
+  const size_t at = text.find(placeholder);
+  if (at != std::string::npos) text.replace(at, placeholder.size(), quote);
+  return text;
+}
+
 const std::vector<std::string>& structuring_formats() {
   static const std::vector<std::string> formats = {"JSON", "YAML", "TOML", "INI", "XML", "plain text"};
   return formats;
@@ -81,12 +99,12 @@ SeedPrompt sample_seed_prompt(SynthesisRandom& random, const std::vector<std::st
   if (types.empty())
     throw InvalidArgumentError(
         "no seed-prompt types given (choose among structuring, "
-        "summarization, question, use_cases, creative)");
+        "summarization, question, use_cases, creative, quote)");
   for (const std::string& type : types) {
     if (!phrasings().count(type)) {
       throw InvalidArgumentError(
           "unknown seed-prompt type '" + type +
-          "' (choose among structuring, summarization, question, use_cases, creative)");
+          "' (choose among structuring, summarization, question, use_cases, creative, quote)");
     }
   }
   SeedPrompt prompt;

@@ -10,8 +10,15 @@
 
 namespace cartridge {
 
-// The type names, in this order: "structuring", "summarization", "question", "use_cases", "creative".
+// The type names, in this order: "structuring", "summarization", "question", "use_cases", "creative" (the
+// paper's five, the default).
 const std::vector<std::string>& seed_prompt_types();
+
+// The five and "quote": not a prompt for the question writer but the question itself, asking to quote a
+// passage of the chunk from its first words ("{quote}" in the text, filled by fill_quote); the passage's own
+// text is the answer, and the teacher's distributions over it are recorded (docs/self_study.md).
+const std::vector<std::string>& all_seed_prompt_kinds();
+std::string fill_quote(std::string text, const std::string& quote);
 
 // The formats a structuring prompt asks for, one drawn at random: JSON, YAML, TOML, INI, XML, plain text.
 const std::vector<std::string>& structuring_formats();

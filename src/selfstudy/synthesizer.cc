@@ -86,6 +86,25 @@ struct SynthesisContext {
   int64_t context_tokens;  // the model's context length
 };
 
+// Words that start a quote: enough to find the passage, few enough that most of it is still to be said.
+constexpr int64_t kQuoteCueTokens = 12;
+
+// A "quote" conversation's passage: max_answer_tokens (at most the chunk) of the chunk's tokens from a
+// uniform start, drawn from the conversation's stream; fills the seed's "{quote}" with its first words.
+std::vector<int32_t> quote_passage(const SynthesisContext& context, const Chunk& chunk,
+                                   SynthesisRandom& random, SeedPrompt& seed) {
+  const Tokenizer& tokenizer = *context.loaded->tokenizer;
+  const int64_t length = std::min<int64_t>(context.options->max_answer_tokens, chunk.length);
+  const int64_t start = chunk.start + random.uniform_int(0, chunk.length - length);
+  const std::vector<int32_t>& corpus = context.chunker->corpus_ids();
+  const std::vector<int32_t> tokens(corpus.begin() + start, corpus.begin() + start + length);
+  const std::vector<int32_t> cue(tokens.begin(), tokens.begin() + std::min(kQuoteCueTokens, length));
+  seed.text = fill_quote(seed.text, trim(tokenizer.decode(cue, /*skip_special_tokens=*/true)));
+  // Tokenized again from its text, as it will be read in the conversation.
+  return tokenizer.encode(tokenizer.decode(tokens, /*skip_special_tokens=*/true),
+                          /*add_special_tokens=*/false);
+}
+
 // Generates conversations [first, end) of chunk group `group` (all of the group's rows are generated, so
 // that every row sees the same batch whichever of them are needed).
 std::vector<Conversation> generate_group(const SynthesisContext& context, int64_t group, int64_t first,
@@ -98,12 +117,24 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
   const Chunk chunk = context.chunker->sample(chunk_random);
   const std::string system = synthesis_system_message(options, chunk.text);
 
-  // Per conversation: its seed prompt and its question's sampling seed, from its own stream.
+  // Per conversation: its seed prompt and its question's sampling seed, from its own stream. A "quote"
+  // conversation's question is made here (the first words of a passage of the chunk) and its answer is
+  // that passage; the others' questions are written by the model.
   std::vector<SeedPrompt> seeds;
-  std::vector<BatchDecodeRow> question_rows;
+  std::vector<std::vector<int32_t>> first_prompts;  // per row: system + user turn (seed prompt or question)
+  std::vector<std::vector<int32_t>> quoted;         // per row: the passage a quote answers with (else empty)
+  std::vector<BatchDecodeRow> question_rows;        // the rows whose question the model writes
+  std::vector<int64_t> question_row_of;             // per row: its index in question_rows, or -1
   for (int64_t index = first; index < end; ++index) {
     SynthesisRandom random(options.seed, RandomPurpose::kConversation, static_cast<uint64_t>(index));
     seeds.push_back(sample_seed_prompt(random, options.seed_types));
+    if (seeds.back().type == "quote") {
+      quoted.push_back(quote_passage(context, chunk, random, seeds.back()));
+      first_prompts.push_back(loaded.encode_chat({{"system", system}, {"user", seeds.back().text}}, true));
+      question_row_of.push_back(-1);
+      continue;
+    }
+    quoted.emplace_back();
     BatchDecodeRow row;
     row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", seeds.back().text}}, true);
     row.temperature = options.question_temperature;
@@ -115,18 +146,20 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
                                  " tokens fills the model's context of " +
                                  std::to_string(context.context_tokens) + " (lower --max-chunk)");
     }
+    first_prompts.push_back(row.prompt_ids);
+    question_row_of.push_back(static_cast<int64_t>(question_rows.size()));
     question_rows.push_back(std::move(row));
   }
 
   // The tokens every prompt of the group starts with (the system message with the chunk), prefilled once.
   int64_t shared_length = 0;
   std::shared_ptr<const KvPrefix> shared_prefix;
-  const std::vector<int32_t>& reference = question_rows.front().prompt_ids;
+  const std::vector<int32_t>& reference = first_prompts.front();
   if (options.share_prefill) {
     shared_length = static_cast<int64_t>(reference.size());
-    for (const BatchDecodeRow& row : question_rows) {
-      shared_length = std::min(shared_length, common_prefix_length(reference, row.prompt_ids));
-      shared_length = std::min<int64_t>(shared_length, static_cast<int64_t>(row.prompt_ids.size()) - 1);
+    for (const std::vector<int32_t>& prompt : first_prompts) {
+      shared_length = std::min(shared_length, common_prefix_length(reference, prompt));
+      shared_length = std::min<int64_t>(shared_length, static_cast<int64_t>(prompt.size()) - 1);
     }
     if (shared_length > 0) {
       shared_prefix = prefill_shared(model, reference, shared_length);
@@ -134,19 +167,25 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     }
   }
 
-  const std::vector<BatchDecodeOutput> questions = decode_with_teacher_top_k(
-      model, *loaded.tokenizer, question_rows, context.stop_ids, 0, shared_prefix, &counts);
+  const std::vector<BatchDecodeOutput> questions =
+      question_rows.empty() ? std::vector<BatchDecodeOutput>()
+                            : decode_with_teacher_top_k(model, *loaded.tokenizer, question_rows,
+                                                        context.stop_ids, 0, shared_prefix, &counts);
 
   std::vector<std::string> question_texts;
   std::vector<std::vector<int32_t>> student_prompts;  // per row: the question alone in the chat template
   std::vector<int64_t> question_target_counts;        // per row: student prompt tokens that get targets
   std::vector<BatchDecodeRow> answer_rows;
   int64_t answer_shared = shared_length;
-  for (const BatchDecodeOutput& question : questions) {
-    question_texts.push_back(
-        trim(loaded.tokenizer->decode(without_stop(question), /*skip_special_tokens=*/true)));
+  for (int64_t row_index = 0; row_index < end - first; ++row_index) {
+    const int64_t question_row = question_row_of[row_index];
+    question_texts.push_back(question_row < 0
+                                 ? seeds[row_index].text
+                                 : trim(loaded.tokenizer->decode(without_stop(questions[question_row]),
+                                                                 /*skip_special_tokens=*/true)));
     BatchDecodeRow row;
     row.prompt_ids = loaded.encode_chat({{"system", system}, {"user", question_texts.back()}}, true);
+    const int64_t question_prompt_length = static_cast<int64_t>(row.prompt_ids.size());
     // The student sees the question after the cartridge, framed as the cartridge will be used. Its prompt
     // and the teacher's end alike from some point on (system_turn: from the end of the system turn; new_chat:
     // from the user turn): those common tokens get the teacher's distributions as targets (the paper's
@@ -156,7 +195,14 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     const int64_t common = common_suffix_length(row.prompt_ids, student_prompts.back());
     question_target_counts.push_back(std::max<int64_t>(common - 1, 0));
     if (question_target_counts.back() > 0) {
-      row.record_prompt_from = static_cast<int64_t>(row.prompt_ids.size()) - question_target_counts.back();
+      row.record_prompt_from = question_prompt_length - question_target_counts.back();
+    }
+    const std::vector<int32_t>& passage = quoted[row_index];
+    if (!passage.empty()) {
+      // The passage is the answer, teacher-forced: its distributions come from the prefill; the teacher
+      // then writes one more token of its own (normally the end of its turn).
+      row.prompt_ids.insert(row.prompt_ids.end(), passage.begin(), passage.end());
+      if (row.record_prompt_from == 0) row.record_prompt_from = question_prompt_length;
     }
     row.temperature = 0;
     const int64_t room = context.context_tokens - static_cast<int64_t>(row.prompt_ids.size());
@@ -166,7 +212,7 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
                                  std::to_string(context.context_tokens) +
                                  " (lower --max-chunk or --max-question-tokens)");
     }
-    row.max_new_tokens = std::min<int64_t>(options.max_answer_tokens, room);
+    row.max_new_tokens = passage.empty() ? std::min<int64_t>(options.max_answer_tokens, room) : 1;
     // The answer prompts share the system message with the question prompts: reuse that much of the cache.
     answer_shared = std::min(answer_shared, common_prefix_length(reference, row.prompt_ids));
     answer_shared = std::min<int64_t>(answer_shared, static_cast<int64_t>(row.prompt_ids.size()) - 1);
@@ -187,11 +233,15 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
     conversation.chunk_start = chunk.start;
     conversation.chunk_tokens = chunk.length;
     conversation.question = question_texts[row];
-    conversation.answer = loaded.tokenizer->decode(without_stop(answer), /*skip_special_tokens=*/true);
-    // The student sequence: the question alone, then the teacher's answer; targets from the user turn on.
+    const std::vector<int32_t>& passage = quoted[row];
+    conversation.answer = loaded.tokenizer->decode(passage, /*skip_special_tokens=*/true) +
+                          loaded.tokenizer->decode(without_stop(answer), /*skip_special_tokens=*/true);
+    // The student sequence: the question alone, then the answer (a quote's passage, then the teacher's
+    // tokens); targets from the user turn on.
     conversation.input_ids = student_prompts[row];
     conversation.answer_start = static_cast<int64_t>(conversation.input_ids.size());
     conversation.target_start = conversation.answer_start - question_target_counts[row];
+    conversation.input_ids.insert(conversation.input_ids.end(), passage.begin(), passage.end());
     conversation.input_ids.insert(conversation.input_ids.end(), answer.token_ids.begin(),
                                   answer.token_ids.end());
     conversation.target_ids = answer.prompt_top_ids;
@@ -372,11 +422,11 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
                            "conversations (use an instruct/chat model)");
   }
   for (const std::string& type : options.seed_types) {
-    const auto& known = seed_prompt_types();
+    const auto& known = all_seed_prompt_kinds();
     if (std::find(known.begin(), known.end(), type) == known.end()) {
       throw InvalidArgumentError(
           "unknown seed-prompt type '" + type +
-          "' (choose among structuring, summarization, question, use_cases, creative)");
+          "' (choose among structuring, summarization, question, use_cases, creative, quote)");
     }
   }
   if (options.seed_types.empty()) throw InvalidArgumentError("no seed-prompt types given");

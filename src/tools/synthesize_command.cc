@@ -99,8 +99,11 @@ void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   command
-      .add_option("--seed-types", synthesis.seed_types,
-                  "Seed-prompt types to draw from (structuring summarization question use_cases creative)")
+      .add_option(
+          "--seed-types", synthesis.seed_types,
+          "Seed-prompt types to draw from: structuring summarization question use_cases creative (the "
+          "paper's), and quote (the question quotes a passage's first words, the answer is the passage "
+          "itself, up to --max-answer-tokens)")
       ->capture_default_str();
   command
       .add_option_function<std::string>(

@@ -123,41 +123,83 @@ def test_new_chat_framing_puts_the_question_alone_in_the_chat_template(tmp_path,
         assert 1 < c["target_start"] < c["answer_start"]
 
 
+def check_recorded_top_k(c, settings, corpus_ids, tokenizer, model, greedy_from):
+    """Every recorded target of conversation c equals transformers' log-softmax of the teacher sequence
+    (chunk in the system prompt, question, answer); tokens from index greedy_from of the student sequence
+    on are the teacher's greedy choices. Returns (question targets, answer targets) checked."""
+    chunk = tokenizer.decode(corpus_ids[c["chunk_start"]:c["chunk_start"] + c["chunk_tokens"]])
+    if settings["description"]:
+        chunk = settings["description"] + "\n\n" + chunk
+    system = settings["system_prompt"].replace("{chunk}", chunk)
+    teacher = chat_ids(tokenizer, [{"role": "system", "content": system},
+                                   {"role": "user", "content": c["question"]}])
+    answer = c["input_ids"][c["answer_start"]:]
+    sequence = teacher + answer
+    # The student's tokens from the one before the first target on end the teacher's sequence too.
+    offset = len(sequence) - len(c["input_ids"])
+    assert c["input_ids"][c["target_start"] - 1:] == sequence[c["target_start"] - 1 + offset:]
+    with torch.no_grad():
+        logits = model(torch.tensor([sequence])).logits[0].float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    checked_question = checked_answer = 0
+    for j, token in enumerate(c["input_ids"][c["target_start"]:]):
+        expected = log_probs[offset + c["target_start"] + j - 1]
+        ids = torch.tensor(c["target_ids"][j])
+        recorded = torch.tensor(c["target_logprobs"][j])
+        # Our ids carry transformers' log-probabilities, and they are its top 20 values.
+        torch.testing.assert_close(recorded, expected[ids], atol=1e-4, rtol=0)
+        torch.testing.assert_close(recorded, expected.topk(20).values, atol=1e-4, rtol=0)
+        if c["target_start"] + j >= greedy_from:
+            # Generated greedily: its token is the most likely one (up to rounding).
+            assert expected[token] >= expected.max() - 1e-4
+        if c["target_start"] + j >= c["answer_start"]:
+            checked_answer += 1
+        else:
+            checked_question += 1
+    return checked_question, checked_answer
+
+
 def test_recorded_top_k_equals_transformers_log_softmax(dataset, hf):
     tokenizer, model = hf
     header, conversations = read_dataset(dataset)
-    settings = header["settings"]
     corpus_ids = tokenizer(CORPUS.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     checked_answer = checked_question = 0
     for c in conversations:
-        chunk = tokenizer.decode(corpus_ids[c["chunk_start"]:c["chunk_start"] + c["chunk_tokens"]])
-        if settings["description"]:
-            chunk = settings["description"] + "\n\n" + chunk
-        system = settings["system_prompt"].replace("{chunk}", chunk)
-        teacher = chat_ids(tokenizer, [{"role": "system", "content": system},
-                                       {"role": "user", "content": c["question"]}])
-        answer = c["input_ids"][c["answer_start"]:]
-        sequence = teacher + answer
-        # The student's tokens from the one before the first target on end the teacher's sequence too.
-        offset = len(sequence) - len(c["input_ids"])
-        assert c["input_ids"][c["target_start"] - 1:] == sequence[c["target_start"] - 1 + offset:]
-        with torch.no_grad():
-            logits = model(torch.tensor([sequence])).logits[0].float()
-        log_probs = torch.log_softmax(logits, dim=-1)
-        for j, token in enumerate(c["input_ids"][c["target_start"]:]):
-            expected = log_probs[offset + c["target_start"] + j - 1]
-            ids = torch.tensor(c["target_ids"][j])
-            recorded = torch.tensor(c["target_logprobs"][j])
-            # Our ids carry transformers' log-probabilities, and they are its top 20 values.
-            torch.testing.assert_close(recorded, expected[ids], atol=1e-4, rtol=0)
-            torch.testing.assert_close(recorded, expected.topk(20).values, atol=1e-4, rtol=0)
-            if c["target_start"] + j >= c["answer_start"]:
-                # The answer is greedy: its token is the most likely one (up to rounding).
-                assert expected[token] >= expected.max() - 1e-4
-                checked_answer += 1
-            else:
-                checked_question += 1
+        question, answer = check_recorded_top_k(c, header["settings"], corpus_ids, tokenizer, model,
+                                                greedy_from=c["answer_start"])
+        checked_question += question
+        checked_answer += answer
     assert checked_answer > 50 and checked_question > 50
+
+
+def test_quote_conversations_answer_with_the_passage_and_record_the_teacher_over_it(tmp_path, hf):
+    """--seed-types quote: the question quotes a passage's first words, the answer is the passage (taken
+    from the corpus, teacher-forced) then one greedy token of the teacher's; the teacher's recorded top-20
+    over all of it equal transformers'. Mixed with generated questions in the same chunk groups."""
+    tokenizer, model = hf
+    result = synthesize(tmp_path, ["--seed-types", "quote", "question"], replace={"--samples": "6"})
+    assert result.returncode == 0, result.stderr
+    header, conversations = read_dataset(tmp_path / "dataset.jsonl")
+    assert header["settings"]["seed_prompt_types"] == ["quote", "question"]
+    corpus = CORPUS.read_text(encoding="utf-8")
+    corpus_ids = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+    kinds = [c["seed_type"] for c in conversations]
+    assert "quote" in kinds and "question" in kinds, kinds
+    for c in conversations:
+        if c["seed_type"] != "quote":
+            check_recorded_top_k(c, header["settings"], corpus_ids, tokenizer, model, greedy_from=c["answer_start"])
+            continue
+        chunk = tokenizer.decode(corpus_ids[c["chunk_start"]:c["chunk_start"] + c["chunk_tokens"]])
+        # The answer is a passage of the chunk (max-answer-tokens of it) and the teacher's one token.
+        answer_ids = c["input_ids"][c["answer_start"]:]
+        passage = tokenizer.decode(answer_ids[:-1])
+        assert 20 <= len(answer_ids) - 1 <= 26 and passage.strip() and passage in chunk, (passage, chunk)
+        # The question quotes the passage's first words.
+        quoted = c["question"][c["question"].index('"') + 1:c["question"].rindex('"')]
+        assert quoted and passage.strip().startswith(quoted), (quoted, passage)
+        question, answer = check_recorded_top_k(c, header["settings"], corpus_ids, tokenizer, model,
+                                                greedy_from=len(c["input_ids"]) - 1)
+        assert answer == len(answer_ids)
 
 
 def test_killed_run_resumes_to_a_byte_identical_file(tmp_path):

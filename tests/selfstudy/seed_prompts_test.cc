@@ -63,8 +63,8 @@ TEST(SeedPromptsTest, OnlyTheChosenTypes) {
 
 TEST(SeedPromptsTest, AllTextsListsEveryVariant) {
   const std::vector<std::string> texts = all_seed_prompt_texts();
-  // Two phrasings per type; the structuring ones once per format.
-  EXPECT_EQ(texts.size(), 4u * 2u + 2u * 6u);
+  // Two phrasings per type; the structuring ones once per format; the three quote phrasings.
+  EXPECT_EQ(texts.size(), 4u * 2u + 2u * 6u + 3u);
   for (uint64_t index = 0; index < 500; ++index) {
     SynthesisRandom random(9, RandomPurpose::kConversation, index);
     const SeedPrompt prompt = sample_seed_prompt(random, seed_prompt_types());
