@@ -1,5 +1,6 @@
 #include "selfstudy/document_compaction.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include <ATen/ATen.h>
@@ -114,15 +115,34 @@ Cartridge compact_document_tokens(const Model& model, const std::vector<int32_t>
                                            options.num_exact_rows);
 }
 
+namespace {
+
+// The reference tokens: the repeat request asked in the document's conversation, then the document.
+std::vector<int32_t> reference_token_ids(const LoadedModel& model, const std::string& document) {
+  std::vector<int32_t> ids = model.encode_chat_after_cartridge(
+      {ChatMessage{"user", kRepeatRequest}}, Framing::kSystemTurn, /*add_generation_prompt=*/true);
+  const std::vector<int32_t> repeated = model.tokenizer->encode(document, /*add_special_tokens=*/false);
+  ids.insert(ids.end(), repeated.begin(), repeated.end());
+  return ids;
+}
+
+}  // namespace
+
 Cartridge compact_document(const LoadedModel& model, const std::string& document,
                            const AttentionMatchingOptions& options, bool show_progress,
                            CompactionStats* stats) {
-  const std::vector<int32_t> document_ids = model.encode_document_turn(document);
-  std::vector<int32_t> reference_ids = model.encode_chat_after_cartridge(
-      {ChatMessage{"user", kRepeatRequest}}, Framing::kSystemTurn, /*add_generation_prompt=*/true);
-  const std::vector<int32_t> repeated = model.tokenizer->encode(document, /*add_special_tokens=*/false);
-  reference_ids.insert(reference_ids.end(), repeated.begin(), repeated.end());
-  return compact_document_tokens(*model.model, document_ids, reference_ids, options, show_progress, stats);
+  return compact_document_tokens(*model.model, model.encode_document_turn(document),
+                                 reference_token_ids(model, document), options, show_progress, stats);
+}
+
+bool can_compact_document(const LoadedModel& model, const std::string& document, int64_t num_virtual_tokens) {
+  if (!model.chat_template) return false;
+  const int64_t document_tokens = static_cast<int64_t>(model.encode_document_turn(document).size());
+  const int64_t after =
+      num_virtual_tokens + static_cast<int64_t>(reference_token_ids(model, document).size());
+  const int64_t context = model.model->config().max_position_embeddings;
+  return document_tokens >= num_virtual_tokens &&
+         (context <= 0 || std::max(document_tokens, after) <= context);
 }
 
 }  // namespace cartridge

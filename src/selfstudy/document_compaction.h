@@ -46,4 +46,8 @@ Cartridge compact_document(const LoadedModel& model, const std::string& document
                            const AttentionMatchingOptions& options, bool show_progress = false,
                            CompactionStats* stats = nullptr);
 
+// Whether compact_document can compact `document` into p rows: a chat template, at least p document
+// tokens, and the document and the reference tokens after p rows within the model's context.
+bool can_compact_document(const LoadedModel& model, const std::string& document, int64_t num_virtual_tokens);
+
 }  // namespace cartridge

@@ -19,6 +19,16 @@ namespace cartridge {
 Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus_text,
                             const CartridgeInit& init) {
   const Model& model = *loaded.model;
+  if (init.source == "auto") {
+    // Attention matching where it applies (measured better than the first p tokens, before and after
+    // self-study: README), the first p tokens otherwise (another framing, no chat template, a document
+    // whose repetition does not fit the context).
+    CartridgeInit chosen = init;
+    const bool matching = init.framing == Framing::kSystemTurn &&
+                          can_compact_document(loaded, corpus_text, init.num_virtual_tokens);
+    chosen.source = matching ? "attention-matching" : "text";
+    return initial_cartridge(loaded, corpus_text, chosen);
+  }
   const bool from_corpus = init.source == "text" || init.source == "attention-matching";
   if (from_corpus || init.source == "random") {
     if (init.num_virtual_tokens < 1) {

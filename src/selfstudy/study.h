@@ -26,7 +26,9 @@ inline constexpr char kStudyDatasetFileName[] = "dataset.jsonl";
 // corpus compacted by attention matching (selfstudy/document_compaction.h), N(0, 1) rows (PEFT's
 // default), or an existing adapter folder.
 struct CartridgeInit {
-  std::string source = "text";  // "text", "attention-matching", "random", or an adapter folder / Hub id
+  // "auto" (attention-matching with the system_turn framing and a chat template, else text), "text",
+  // "attention-matching", "random", or an adapter folder / Hub id
+  std::string source = "text";
   // The framing the cartridge will be used in: with kSystemTurn, "text" prefills the corpus as the open
   // system turn (what the framing continues); "attention-matching" needs kSystemTurn.
   Framing framing = Framing::kSystemTurn;

@@ -22,7 +22,7 @@ struct StudyCommandOptions {
   ModelOptions model;
   std::string corpus;
   std::string out;
-  std::string init = "text";
+  std::string init = "auto";
   int64_t tokens = 0;
   int64_t frozen = 1;
   StudyOptions study;
@@ -72,7 +72,8 @@ void run_study_command(StudyCommandOptions& options) {
   study.init.seed = study.synthesis.seed;
   study.init.num_virtual_tokens = options.tokens;
   study.init.framing = study.synthesis.student_framing;
-  if ((options.init == "text" || options.init == "attention-matching" || options.init == "random") &&
+  if ((options.init == "auto" || options.init == "text" || options.init == "attention-matching" ||
+       options.init == "random") &&
       options.tokens == 0) {
     const int64_t corpus_tokens =
         static_cast<int64_t>(loaded.tokenizer->encode(corpus_text, /*add_special_tokens=*/false).size());
@@ -173,7 +174,8 @@ void add_study_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   command
       ->add_option("--init", options->init,
-                   "Start from: text (the corpus's first p tokens), attention-matching (the whole corpus "
+                   "Start from: auto (attention-matching with the system_turn framing and a chat template, "
+                   "else text), text (the corpus's first p tokens), attention-matching (the whole corpus "
                    "compacted, docs/attention_matching.md), random, or an adapter")
       ->capture_default_str();
   SynthesisOptions& synthesis = options->study.synthesis;
