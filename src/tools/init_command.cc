@@ -147,10 +147,14 @@ void add_init_command(CLI::App& app) {
       "through\n"
       "the model's chat template when it has one; --no-chat-template tokenizes it plainly (with the\n"
       "tokenizer's BOS etc.). The folder loads with PeftModel.from_pretrained(base_model, DIR).\n"
+      "--method attention-matching compacts the whole text instead: it prefills it as the system turn,\n"
+      "runs the model asked to repeat it, and per layer and KV head keeps the p keys the repetition attends\n"
+      "to most (the first --frozen exactly), with values fitted so that attention over the p rows\n"
+      "reproduces attention over the whole text (docs/attention_matching.md). Still a plain PEFT adapter.\n"
       "Example:\n  cartridge init --model " +
       std::string(kDefaultModelPath) +
       " --text-file doc.txt \\\n"
-      "    --tokens 256 --out my_cartridge");
+      "    --tokens 256 --method attention-matching --out my_cartridge");
   add_model_options(*command, options->model);
   auto* text = command->add_option("--text", options->text, "The text to initialise from");
   auto* text_file = command->add_option("--text-file", options->text_file, "A UTF-8 file with the text");
