@@ -87,16 +87,15 @@ def make_cartridges(binary, name, document, p, out, study, log):
         initial = made[label][0]
 
         def train(folder=folder, initial=initial):
-            dataset_seconds = 0.0
-            if (out / "dataset.jsonl").is_file():
+            synthesizes = not (out / "dataset.jsonl").is_file()  # the first training makes the dataset
+            if not synthesizes:
                 folder.mkdir(parents=True, exist_ok=True)
                 shutil.copy(out / "dataset.jsonl", folder / "dataset.jsonl")
             summary, seconds = run([binary, "study", "--model", MODEL, "--corpus", document, "--init", initial,
                                     "--out", folder, "--json", "-q"], log)
-            if not (out / "dataset.jsonl").is_file():
+            if synthesizes:
                 shutil.copy(folder / "dataset.jsonl", out / "dataset.jsonl")
-                dataset_seconds = seconds  # synthesis + training, the first time
-            return {"seconds": seconds, "includes_synthesis": dataset_seconds > 0, "summary": summary}
+            return {"seconds": seconds, "includes_synthesis": synthesizes, "summary": summary}
 
         info = remembered(folder / "record", train)
         made[f"{label} + self-study"] = (folder, info["seconds"])

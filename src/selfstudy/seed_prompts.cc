@@ -62,11 +62,15 @@ const std::map<std::string, std::vector<std::string>>& phrasings() {
   return table;
 }
 
-std::string fill_format(std::string text, const std::string& format) {
-  const std::string placeholder = "{format}";
+// `text` with its first `placeholder` (if any) replaced by `value`.
+std::string fill_placeholder(std::string text, const std::string& placeholder, const std::string& value) {
   const size_t at = text.find(placeholder);
-  if (at != std::string::npos) text.replace(at, placeholder.size(), format);
+  if (at != std::string::npos) text.replace(at, placeholder.size(), value);
   return text;
+}
+
+std::string fill_format(const std::string& text, const std::string& format) {
+  return fill_placeholder(text, "{format}", format);
 }
 
 }  // namespace
@@ -77,17 +81,19 @@ const std::vector<std::string>& seed_prompt_types() {
   return types;
 }
 
-const std::vector<std::string>& all_seed_prompt_kinds() {
-  static const std::vector<std::string> kinds = {"structuring", "summarization", "question",
-                                                 "use_cases",   "creative",      "quote"};
-  return kinds;
+std::string fill_quote(const std::string& text, const std::string& quote) {
+  return fill_placeholder(text, "{quote}", quote);
 }
 
-std::string fill_quote(std::string text, const std::string& quote) {
-  const std::string placeholder = "{quote}";
-  const size_t at = text.find(placeholder);
-  if (at != std::string::npos) text.replace(at, placeholder.size(), quote);
-  return text;
+void check_seed_prompt_types(const std::vector<std::string>& types) {
+  const std::string choices =
+      "(choose among structuring, summarization, question, use_cases, creative, quote)";
+  if (types.empty()) throw InvalidArgumentError("no seed-prompt types given " + choices);
+  for (const std::string& type : types) {
+    if (!phrasings().count(type)) {
+      throw InvalidArgumentError("unknown seed-prompt type '" + type + "' " + choices);
+    }
+  }
 }
 
 const std::vector<std::string>& structuring_formats() {
@@ -96,17 +102,7 @@ const std::vector<std::string>& structuring_formats() {
 }
 
 SeedPrompt sample_seed_prompt(SynthesisRandom& random, const std::vector<std::string>& types) {
-  if (types.empty())
-    throw InvalidArgumentError(
-        "no seed-prompt types given (choose among structuring, "
-        "summarization, question, use_cases, creative, quote)");
-  for (const std::string& type : types) {
-    if (!phrasings().count(type)) {
-      throw InvalidArgumentError(
-          "unknown seed-prompt type '" + type +
-          "' (choose among structuring, summarization, question, use_cases, creative, quote)");
-    }
-  }
+  check_seed_prompt_types(types);
   SeedPrompt prompt;
   prompt.type = types[random.pick(types.size())];
   const std::vector<std::string>& options = phrasings().at(prompt.type);

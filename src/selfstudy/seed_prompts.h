@@ -14,11 +14,15 @@ namespace cartridge {
 // paper's five, the default).
 const std::vector<std::string>& seed_prompt_types();
 
-// The five and "quote": not a prompt for the question writer but the question itself, asking to quote a
-// passage of the chunk from its first words ("{quote}" in the text, filled by fill_quote); the passage's own
-// text is the answer, and the teacher's distributions over it are recorded (docs/self_study.md).
-const std::vector<std::string>& all_seed_prompt_kinds();
-std::string fill_quote(std::string text, const std::string& quote);
+// Besides the five, "quote" (drawn only when named): not a prompt for the question writer but the question
+// itself, asking to quote a passage of the chunk from its first words ("{quote}" in the text, filled by
+// fill_quote); the passage's own text is the answer, and the teacher's distributions over it are recorded
+// (docs/self_study.md).
+std::string fill_quote(const std::string& text, const std::string& quote);
+
+// Throws InvalidArgumentError (naming the choices) for an empty list or a name that is not one of the five
+// or "quote".
+void check_seed_prompt_types(const std::vector<std::string>& types);
 
 // The formats a structuring prompt asks for, one drawn at random: JSON, YAML, TOML, INI, XML, plain text.
 const std::vector<std::string>& structuring_formats();

@@ -421,15 +421,7 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
                            ": the model has no chat template, which self-study needs to write "
                            "conversations (use an instruct/chat model)");
   }
-  for (const std::string& type : options.seed_types) {
-    const auto& known = all_seed_prompt_kinds();
-    if (std::find(known.begin(), known.end(), type) == known.end()) {
-      throw InvalidArgumentError(
-          "unknown seed-prompt type '" + type +
-          "' (choose among structuring, summarization, question, use_cases, creative, quote)");
-    }
-  }
-  if (options.seed_types.empty()) throw InvalidArgumentError("no seed-prompt types given");
+  check_seed_prompt_types(options.seed_types);
   synthesis_system_message(options, "");  // validates the {chunk} placeholder
 
   std::vector<int32_t> corpus_ids = model.tokenizer->encode(corpus_text, /*add_special_tokens=*/false);
