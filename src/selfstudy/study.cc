@@ -24,8 +24,9 @@ Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus
     // self-study: README), the first p tokens otherwise (another framing, no chat template, a document
     // whose repetition does not fit the context).
     CartridgeInit chosen = init;
-    const bool matching = init.framing == Framing::kSystemTurn &&
-                          can_compact_document(loaded, corpus_text, init.num_virtual_tokens);
+    const bool matching =
+        init.framing == Framing::kSystemTurn &&
+        can_compact_document(loaded, corpus_text, init.num_virtual_tokens, init.num_frozen_tokens);
     chosen.source = matching ? "attention-matching" : "text";
     return initial_cartridge(loaded, corpus_text, chosen);
   }
@@ -52,7 +53,7 @@ Cartridge initial_cartridge(const LoadedModel& loaded, const std::string& corpus
     AttentionMatchingOptions options;
     options.num_virtual_tokens = init.num_virtual_tokens;
     options.num_exact_rows = init.num_frozen_tokens;
-    return compact_document(loaded, corpus_text, options, /*show_progress=*/true);
+    return compact_document(loaded, corpus_text, options, /*max_chunk_tokens=*/0, /*show_progress=*/true);
   }
   if (init.source == "text") {
     if (init.framing == Framing::kSystemTurn) {

@@ -31,6 +31,7 @@ struct InitOptions {
   std::string framing = "system_turn";
   std::string method = "first";
   std::string key_selection = "rms";
+  int64_t chunk_tokens = 0;
   std::string out;
   bool force = false;
   bool json = false;
@@ -68,6 +69,7 @@ void run_init(const InitOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   std::optional<Cartridge> cartridge;
   int64_t text_tokens = 0;
+  int64_t chunks = 0;  // attention matching: pieces the text was compacted in
   std::string tokenization = "random";
   if (options.random) {
     cartridge = Cartridge::random(CartridgeShape::of_model(loaded.model->config()), options.tokens,
@@ -78,7 +80,8 @@ void run_init(const InitOptions& options) {
     matching.num_exact_rows = options.frozen;
     matching.selection = parse_key_selection(options.key_selection);
     CompactionStats stats;
-    cartridge = compact_document(loaded, text, matching, !options.model.quiet, &stats);
+    cartridge = compact_document(loaded, text, matching, options.chunk_tokens, !options.model.quiet, &stats);
+    chunks = stats.chunks;
     text_tokens = stats.document_tokens;
     tokenization = "attention-matching";
   } else {
@@ -113,6 +116,7 @@ void run_init(const InitOptions& options) {
                              {"initialization", tokenization},
                              {"framing", framing_name(framing)},
                              {"text_tokens", text_tokens},
+                             {"chunks", chunks},
                              {"seconds", seconds},
                              {"base_model", loaded.files.name}};
     std::cout << output.dump(2) << std::endl;
@@ -122,8 +126,8 @@ void run_init(const InitOptions& options) {
       fmt::format("the first {} of the text's {} tokens ({})", options.tokens, text_tokens, tokenization);
   if (options.random) source = "N(0, 1) with seed " + std::to_string(options.seed);
   if (attention_matching) {
-    source = fmt::format("the text's {} tokens compacted by attention matching (key selection {})",
-                         text_tokens, options.key_selection);
+    source = fmt::format("the text's {} tokens compacted by attention matching (key selection {}, {} {})",
+                         text_tokens, options.key_selection, chunks, chunks == 1 ? "chunk" : "chunks");
   }
   std::cout << fmt::format(
       "wrote {}: {} virtual tokens ({} frozen), {} layers x {} KV heads x head_dim {}, {} bytes (float32)\n"
@@ -151,6 +155,8 @@ void add_init_command(CLI::App& app) {
       "runs the model asked to repeat it, and per layer and KV head keeps the p keys the repetition attends\n"
       "to most (the first --frozen exactly), with values fitted so that attention over the p rows\n"
       "reproduces attention over the whole text (docs/attention_matching.md). Still a plain PEFT adapter.\n"
+      "A text longer than the model's context (with its repetition and p rows) is compacted chunk by chunk,\n"
+      "each chunk after the rows of the ones before and given rows in proportion to its tokens.\n"
       "Example:\n  cartridge init --model " +
       std::string(kDefaultModelPath) +
       " --text-file doc.txt \\\n"
@@ -186,6 +192,12 @@ void add_init_command(CLI::App& app) {
   command
       ->add_option("--key-selection", options->key_selection,
                    "With attention-matching: keep the keys with the largest rms or max attention received")
+      ->capture_default_str();
+  command
+      ->add_option("--chunk-tokens", options->chunk_tokens,
+                   "With attention-matching: compact at most this many tokens at a time (0 = one chunk when "
+                   "the text fits the context, else as long as the context allows)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   command->add_option("-o,--out", options->out, "The adapter folder to write")->required();
   command->add_flag("--force", options->force, "Replace --out if it exists");

@@ -193,13 +193,59 @@ def test_attention_matching_init_equals_the_reference_and_loads_in_peft(tiny, tm
     compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
 
 
+def test_attention_matching_of_a_document_longer_than_the_context(tiny, tmp_path):
+    """A document longer than the tiny model's context (512) is compacted chunk by chunk, as the reference
+    implementation does it from the plan docs/attention_matching.md states; PEFT gives our outputs."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    from attention_matching_reference import compact_chunks, plan_chunks
+
+    folder, model, tokenizer = tiny
+    document = DOCUMENT * 3
+    text_file = tmp_path / "doc.txt"
+    text_file.write_text(document)
+    adapter = tmp_path / "adapter"
+    result = run_cli("init", "--model", folder, "--text-file", text_file, "--tokens", 24, "--frozen", 1,
+                     "--method", "attention-matching", "--out", adapter, "--json", "-q", "--device", "cpu")
+    summary = json.loads(result.stdout)
+
+    before, between, after = template_parts(tokenizer)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    context = model.config.max_position_embeddings
+    assert len(encode(before + document)) > context, "the document must be longer than the context"
+    chunks = plan_chunks(encode(before), encode(document), encode(between + "Repeat the previous context verbatim."
+                                                                  + after), 24, context)
+    assert len(chunks) >= 2 and summary["chunks"] == len(chunks), summary
+    assert sum(rows for _, _, rows in chunks) == 24
+    assert summary["text_tokens"] == sum(len(prefill) for prefill, _, _ in chunks)
+    theirs = compact_chunks(model, chunks, 1)
+    ours = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
+    difference = (ours - theirs).abs().max().item()
+    print(f"\n{len(chunks)} chunks vs the PyTorch reference: max |difference| {difference:.2e}, "
+          f"max |value| {theirs.abs().max().item():.1f}")
+    assert difference <= 1e-4 * max(1.0, theirs.abs().max().item())
+    compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
+
+    # --chunk-tokens cuts a document that fits into pieces too.
+    short = tmp_path / "short.txt"
+    short.write_text(DOCUMENT[: len(DOCUMENT) // 3])
+    result = run_cli("init", "--model", folder, "--text-file", short, "--tokens", 24, "--method",
+                     "attention-matching", "--chunk-tokens", 40, "--out", tmp_path / "pieces", "--json", "-q",
+                     "--device", "cpu")
+    pieces = plan_chunks(encode(before), encode(DOCUMENT[: len(DOCUMENT) // 3]),
+                         encode(between + "Repeat the previous context verbatim." + after), 24, context, 40)
+    assert json.loads(result.stdout)["chunks"] == len(pieces) >= 2
+
+
 def test_attention_matching_refuses_what_it_cannot_do(tiny, tmp_path):
     folder, _, _ = tiny
     text_file = tmp_path / "doc.txt"
     text_file.write_text(DOCUMENT[:200])
     for extra, expected in ((["--tokens", 16, "--framing", "new_chat"], "system_turn"),
                             (["--tokens", 16, "--no-chat-template"], "chat template"),
-                            (["--tokens", 4000], "fewer than the cartridge")):
+                            (["--tokens", 4000], "fewer than the cartridge"),
+                            (["--tokens", 2, "--chunk-tokens", 16], "use a larger --tokens")):
         arguments = ["init", "--model", folder, "--text-file", text_file, "--method",
                      "attention-matching", "--out", tmp_path / "adapter", "-q", "--device", "cpu", *extra]
         result = run_cli(*arguments, check=False)

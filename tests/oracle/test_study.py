@@ -38,7 +38,8 @@ SAMPLES = 6
 STEPS = 4
 PROMPT = "The harbour master of Varnholm kept a record of"
 # Small enough that a whole study takes seconds on the tiny model. `--init text` so that the frozen row is
-# PEFT's text init (the default, auto, is attention matching here: test_study_default_init_is_attention_matching).
+# PEFT's text init (the default, auto, is attention matching here:
+# test_study_default_init_is_attention_matching_with_the_system_turn_framing).
 STUDY_OPTIONS = {"--init": "text", "--tokens": str(TOKENS), "--samples": str(SAMPLES), "--steps": str(STEPS), "--batch-size": "2",
                  "--batch": "3", "--min-chunk": "60", "--max-chunk": "200", "--max-question-tokens": "12",
                  "--max-answer-tokens": "24", "--eval-every": "2", "--checkpoint-every": "2", "--seed": "3"}
@@ -197,23 +198,32 @@ def test_study_end_to_end_gives_a_cartridge_that_peft_loads(study, tmp_path):
     assert (stored[1:] - initial[1:]).abs().max().item() > 1e-4
 
 
-def test_study_default_init_is_attention_matching_where_the_document_fits(tmp_path):
+def test_study_default_init_is_attention_matching_with_the_system_turn_framing(tmp_path):
     """With the system_turn framing and a chat template, `study` starts from `init --method
-    attention-matching` (its frozen row, never trained, is that cartridge's) when the document and its
-    repetition fit the model's context (1024 for the tiny model); otherwise from the first p tokens."""
+    attention-matching`, chunk by chunk for a corpus longer than the model's context (1024 for the tiny
+    model); with the new_chat framing from the first p tokens (tokenized plainly). A learning rate of 1e-9
+    leaves the trained rows at their initial values (to ~1e-8), so every row is compared."""
     short = tmp_path / "short.txt"
     short.write_text(CORPUS.read_text(encoding="utf-8")[:1500], encoding="utf-8")
-    for corpus, matching in ((short, True), (CORPUS, False)):
-        out = tmp_path / f"cartridge-{matching}"
-        command = study_command(out, replace={"--steps": "2"})
+    cases = ((short, [], ["--method", "attention-matching"]),
+             (CORPUS, [], ["--method", "attention-matching"]),
+             (short, ["--framing", "new_chat"], ["--method", "first", "--no-chat-template", "--framing", "new_chat"]))
+    for index, (corpus, study_extra, init_extra) in enumerate(cases):
+        out = tmp_path / f"cartridge-{index}"
+        command = study_command(out, replace={"--steps": "2", "--lr": "1e-9"}, extra=study_extra)
         at = command.index("--init")
         command = command[:at] + command[at + 2:]  # no --init: the default
         command[command.index("--corpus") + 1] = corpus
         run(command)
-        expected = tmp_path / f"expected-{matching}"
-        run([BIN, "init", "--model", MODEL, "--text-file", corpus, "--tokens", TOKENS, "--method",
-             "attention-matching" if matching else "first", "--out", expected, "--device", "cpu", "-q"])
-        assert torch.equal(embeddings(out)[:1], embeddings(expected)[:1]), corpus
+        expected = tmp_path / f"expected-{index}"
+        summary = json.loads(run([BIN, "init", "--model", MODEL, "--text-file", corpus, "--tokens", TOKENS,
+                                  *init_extra, "--out", expected, "--device", "cpu", "-q", "--json"]).stdout)
+        if corpus == CORPUS:
+            assert summary["chunks"] >= 2, summary  # longer than the context
+        difference = (embeddings(out) - embeddings(expected)).abs().max().item()
+        assert difference <= 1e-5, (corpus, init_extra, difference)
+    # What the comparison can tell apart: the two initialisations of the same text differ.
+    assert (embeddings(tmp_path / "expected-0") - embeddings(tmp_path / "expected-2")).abs().max().item() > 1e-2
 
 
 def test_study_json_summary(study, tmp_path):
