@@ -61,6 +61,12 @@ struct TrainingOptions {
   // best adapter so far is kept in <out>/best/ (early stopping on questions the user wrote, never trained
   // on).
   std::vector<Conversation> validation_questions;
+  // What <out>'s adapter is at the end of a finished run: true = best/'s (the evaluation with the lowest
+  // selection score, the initialisation included, so a run never hands back a cartridge that scored worse
+  // than where it started), false = the last step's. The selection score is the validation answer NLL with
+  // validation questions, else the held-out KL (needs no labels: with `study`'s quote conversations it is
+  // how well the cartridge alone predicts held-out passages of the document). Checkpoints hold the last.
+  bool keep_best = true;
   bool resume = false;  // continue from the newest <out>/checkpoint-*
   bool show_progress = true;
   bool handle_interrupt = true;                 // SIGINT: finish the current step, checkpoint, return

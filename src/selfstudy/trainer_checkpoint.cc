@@ -338,12 +338,8 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
                       serialize_safetensors(tensors, {{"format", "pt"}}));
   });
   // The latest adapter also lives in the output folder itself (as a Hugging Face Trainer's final
-  // save_pretrained), so `--cartridge <out>` always works. Weights first: the config never changes.
-  for (const char* name :
-       {kAdapterWeightsFileName, kAdapterConfigFileName, kFingerprintFileName, kFramingFileName}) {
-    const std::string source = folder + "/" + name;
-    if (fs::exists(source)) write_file_atomic(output_dir + "/" + name, read_text_file(source));
-  }
+  // save_pretrained), so `--cartridge <out>` always works.
+  publish_adapter(folder, output_dir);
   write_file_atomic(output_dir + "/" + kLossCsvFileName, loss_csv(history, evaluations));
   write_file_atomic(output_dir + "/" + kLossSvgFileName, loss_svg(history, evaluations));
   // Prune old checkpoints, never the one just written.
@@ -355,17 +351,27 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
   }
 }
 
-void write_best_adapter(const std::string& output_dir, int64_t step, double validation_answer_nll,
+void write_best_adapter(const std::string& output_dir, int64_t step, bool by_validation, double score,
                         const Cartridge& cartridge, const std::string& model_name, const Model& model,
                         const std::optional<ModelFingerprint>& fingerprint, Framing framing) {
   const AdapterConfig config = adapter_config_for(cartridge, model_name, model);
-  const Json state = {{"step", step}, {"validation_answer_nll", validation_answer_nll}};
-  write_directory_atomic(output_dir + "/" + kBestFolderName, /*overwrite=*/true,
-                         [&](const std::string& temporary) {
-                           save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr,
-                                        /*overwrite=*/true, framing);
-                           write_file_atomic(temporary + "/" + kBestStateFileName, state.dump(2));
-                         });
+  const Json state = {{"step", step}, {by_validation ? "validation_answer_nll" : "heldout_kl", score}};
+  write_directory_atomic(
+      output_dir + "/" + kBestFolderName, /*overwrite=*/true, [&](const std::string& temporary) {
+        save_adapter(temporary, cartridge, config, fingerprint ? &*fingerprint : nullptr,
+                     /*overwrite=*/true, framing);
+        write_file_atomic(temporary + "/" + (by_validation ? kBestStateFileName : kBestHeldoutStateFileName),
+                          state.dump(2));
+      });
+}
+
+void publish_adapter(const std::string& from_folder, const std::string& output_dir) {
+  // Weights first: a reader that sees the new config sees the new weights (the config rarely changes).
+  for (const char* name :
+       {kAdapterWeightsFileName, kAdapterConfigFileName, kFingerprintFileName, kFramingFileName}) {
+    const std::string source = from_folder + "/" + name;
+    if (fs::exists(source)) write_file_atomic(output_dir + "/" + name, read_text_file(source));
+  }
 }
 
 }  // namespace cartridge

@@ -53,9 +53,11 @@ inline constexpr char kTrainerStateFileName[] = "trainer_state.json";
 inline constexpr char kOptimizerFileName[] = "optimizer.safetensors";
 inline constexpr char kLossCsvFileName[] = "loss.csv";
 inline constexpr char kLossSvgFileName[] = "loss.svg";
-// <out>/best/: the adapter with the lowest validation answer NLL so far, plus kBestStateFileName.
+// <out>/best/: the adapter with the lowest selection score so far, plus the state file naming its step:
+// kBestStateFileName when chosen by validation questions, kBestHeldoutStateFileName by held-out KL.
 inline constexpr char kBestFolderName[] = "best";
 inline constexpr char kBestStateFileName[] = "best_validation.json";  // {"step", "validation_answer_nll"}
+inline constexpr char kBestHeldoutStateFileName[] = "best_heldout_kl.json";  // {"step", "heldout_kl"}
 
 // Everything that must be equal for a resumed run to continue the same computation.
 struct TrainerSettings {
@@ -110,11 +112,16 @@ void write_checkpoint(const std::string& output_dir, int64_t step, const Cartrid
                       const Model& model, const std::optional<ModelFingerprint>& fingerprint, int64_t keep,
                       Framing framing);
 
-// Writes <output_dir>/best/ (atomically, replacing an older one): `cartridge` as a PEFT adapter and
-// best_validation.json naming the step and its validation answer NLL.
-void write_best_adapter(const std::string& output_dir, int64_t step, double validation_answer_nll,
+// Writes <output_dir>/best/ (atomically, replacing an older one): `cartridge` as a PEFT adapter and the
+// state file naming the step and its score (kBestStateFileName with the validation answer NLL when
+// `by_validation`, else kBestHeldoutStateFileName with the held-out KL).
+void write_best_adapter(const std::string& output_dir, int64_t step, bool by_validation, double score,
                         const Cartridge& cartridge, const std::string& model_name, const Model& model,
                         const std::optional<ModelFingerprint>& fingerprint, Framing framing);
+
+// Copies the adapter files (weights, config, fingerprint, framing) of `from_folder` into `output_dir`,
+// each atomically, weights first: how <out>'s adapter becomes a checkpoint's or best/'s.
+void publish_adapter(const std::string& from_folder, const std::string& output_dir);
 
 // The loss curve as CSV (step,loss,tokens,positions,seconds,heldout_kl,validation_answer_nll; one row per
 // step and per evaluation; empty cells where a row has no value) and as an SVG chart.

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <optional>
 
 #include <fmt/format.h>
@@ -59,12 +60,13 @@ std::optional<Dataset> answer_only_dataset(const Dataset& dataset, DistillTokens
 }
 
 // Everything a run writes: checkpoints, the adapter and loss curve beside them, and best/ (the adapter of
-// the lowest validation score so far). Keeps `result` up to date.
+// the lowest selection score so far). Keeps `result` up to date.
 class TrainingOutputs {
  public:
   TrainingOutputs(const TrainingOptions& options, const Model& model, const TrainerSettings& settings,
                   Framing framing, TrainingResult& result)
       : options_(options), model_(model), settings_(settings), framing_(framing), result_(result) {
+    result_.best_by_validation = !options_.validation_questions.empty();
     // A resumed run's best so far comes from its restored evaluations (the earliest of equal scores).
     for (const EvaluationEntry& entry : result_.evaluations) is_new_best(entry);
   }
@@ -72,10 +74,17 @@ class TrainingOutputs {
   // Records an evaluation of the trainer's current cartridge; writes best/ when it scores lowest so far.
   void record_evaluation(const EvaluationEntry& entry, const DistillationTrainer& trainer) {
     if (is_new_best(entry)) {
-      write_best_adapter(options_.output_dir, entry.step, entry.validation_answer_nll, trainer.cartridge(),
-                         options_.model_name, model_, options_.fingerprint, framing_);
+      write_best_adapter(options_.output_dir, entry.step, result_.best_by_validation, selection_score(entry),
+                         trainer.cartridge(), options_.model_name, model_, options_.fingerprint, framing_);
     }
     result_.evaluations.push_back(entry);
+  }
+
+  // At the end of a finished run: <out>'s adapter becomes best/'s when keep_best asks for it.
+  void keep_best_adapter() {
+    if (!options_.keep_best || result_.best_step < 0) return;
+    publish_adapter(options_.output_dir + "/" + kBestFolderName, options_.output_dir);
+    result_.kept_best = true;
   }
 
   // Writes checkpoint-<step>, the adapter beside it and the loss curve.
@@ -92,7 +101,7 @@ class TrainingOutputs {
     if (!result_.evaluations.empty() && std::isfinite(result_.evaluations.back().heldout_kl)) {
       text += fmt::format(" | held-out KL {:.4f}", result_.evaluations.back().heldout_kl);
     }
-    if (result_.best_step >= 0) {
+    if (result_.best_step >= 0 && result_.best_by_validation) {
       text += fmt::format(" | best validation NLL {:.4f} (step {})", result_.best_validation_answer_nll,
                           result_.best_step);
     }
@@ -100,16 +109,25 @@ class TrainingOutputs {
   }
 
  private:
-  // Early stopping's rule: a strictly lower validation score than the best so far (so the earliest of
+  // The score best/ minimises: the validation answer NLL with validation questions, else the held-out KL.
+  double selection_score(const EvaluationEntry& entry) const {
+    return result_.best_by_validation ? entry.validation_answer_nll : entry.heldout_kl;
+  }
+
+  // Early stopping's rule: a strictly lower selection score than the best so far (so the earliest of
   // equals).
   bool is_new_best(const EvaluationEntry& entry) {
-    if (!std::isfinite(entry.validation_answer_nll)) return false;
-    if (result_.best_step >= 0 && !(entry.validation_answer_nll < result_.best_validation_answer_nll))
-      return false;
+    const double score = selection_score(entry);
+    if (!std::isfinite(score)) return false;
+    if (result_.best_step >= 0 && !(score < best_score_)) return false;
+    best_score_ = score;
     result_.best_step = entry.step;
-    result_.best_validation_answer_nll = entry.validation_answer_nll;
+    result_.best_heldout_kl = entry.heldout_kl;
+    if (result_.best_by_validation) result_.best_validation_answer_nll = entry.validation_answer_nll;
     return true;
   }
+
+  double best_score_ = std::numeric_limits<double>::quiet_NaN();
 
   const TrainingOptions& options_;
   const Model& model_;
@@ -185,6 +203,7 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartrid
   result.steps_done = step;
   if (start_step == options.steps)
     outputs.save(step, trainer);  // nothing left to do: make sure the outputs exist
+  if (!result.interrupted) outputs.keep_best_adapter();
   if (result.interrupted && options.show_progress) {
     std::fprintf(stderr, "interrupted: checkpoint at step %lld saved in %s (continue with --resume)\n",
                  static_cast<long long>(step), options.output_dir.c_str());

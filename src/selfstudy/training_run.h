@@ -4,14 +4,17 @@
 //
 // Output folder layout (documented in docs/training.md):
 //   <out>/adapter_config.json, adapter_model.safetensors, cartridge_fingerprint.json
-//                                the latest cartridge as a PEFT adapter (final one after a finished run)
+//                                a PEFT adapter: the latest cartridge while training; after a finished run
+//                                best/'s (TrainingOptions::keep_best, the default) or the last step's
 //   <out>/checkpoint-<step>/      a complete PEFT adapter plus trainer_state.json (step, settings, loss
 //                                history, evaluations) and optimizer.safetensors (Adam moments), each
 //                                folder written atomically; the newest `keep_checkpoints` are kept
 //   <out>/loss.csv, loss.svg     the loss curve and held-out KL, rewritten at every checkpoint
-//   <out>/best/                  with validation questions only: the adapter of the evaluation with the
-//                                lowest validation answer NLL (the initialisation counts), and
-//                                best_validation.json {"step", "validation_answer_nll"}
+//   <out>/best/                  the adapter of the evaluation with the lowest selection score (the
+//                                initialisation counts): validation answer NLL with validation questions
+//                                (best_validation.json {"step", "validation_answer_nll"}), else held-out
+//                                KL (best_heldout_kl.json {"step", "heldout_kl"}); absent when nothing is
+//                                scored
 // `resume` continues from the newest checkpoint exactly: the data order is a pure function of the seed and
 // the step, and parameters and Adam moments are restored bit for bit, so the losses equal those of an
 // uninterrupted run.
@@ -33,9 +36,14 @@ struct TrainingResult {
   std::vector<TrainingHistoryEntry> history;  // every step from 1, including steps before a resume
   std::vector<EvaluationEntry> evaluations;
   std::vector<int64_t> heldout_indices;  // dataset indices never trained on
-  // With validation questions: the evaluation step whose adapter is in <out>/best/ (-1 without them).
+  // The evaluation step whose adapter is in <out>/best/ (-1 when nothing was scored), chosen by the
+  // validation answer NLL when there are validation questions, else by the held-out KL.
   int64_t best_step = -1;
-  double best_validation_answer_nll = std::numeric_limits<double>::quiet_NaN();
+  bool best_by_validation = false;
+  double best_validation_answer_nll = std::numeric_limits<double>::quiet_NaN();  // NaN without questions
+  double best_heldout_kl = std::numeric_limits<double>::quiet_NaN();  // the chosen step's (NaN: none)
+  // <out>'s adapter is best/'s (a finished run with keep_best and a best step); otherwise the last step's.
+  bool kept_best = false;
 };
 
 // Trains `initial` (ignored when options.resume finds a checkpoint) on `dataset` and writes the outputs

@@ -68,10 +68,14 @@ void add_training_options(CLI::App& command, TrainingOptions& training);
 // turns it into TrainingOptions::validation_questions (question_answer_rows).
 void add_validation_option(CLI::App& command, std::string& path);
 
-// After training with validation questions: adds best_adapter, best_step, initial/best/final
-// validation_answer_nll to a --json summary, or prints one line naming <out>/best (nothing without them).
-void add_validation_summary(nlohmann::json& output, const TrainingResult& result, const std::string& out);
-void print_validation_summary(const TrainingResult& result, const std::string& out);
+// After training that scored something: adds best_adapter, best_step, best_by, best_heldout_kl, kept
+// ("best" or "last": what <out>'s adapter is) and, with validation questions, initial/best/final
+// validation_answer_nll to a --json summary, or prints one line saying which step <out> and best/ hold.
+// Nothing when nothing was scored. The adapter to use is returned by adapter_to_use.
+void add_best_summary(nlohmann::json& output, const TrainingResult& result, const std::string& out);
+void print_best_summary(const TrainingResult& result, const std::string& out);
+// <out> when it holds the selected adapter (or nothing was selected), <out>/best when it does not.
+std::string adapter_to_use(const TrainingResult& result, const std::string& out);
 
 // The synthesis options shared by `cartridge synthesize` and `cartridge study` (chunk sizes, description,
 // conversations per chunk, question and answer lengths, seed-prompt types), defined in synthesize_command.cc.

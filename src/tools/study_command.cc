@@ -111,7 +111,7 @@ void run_study_command(StudyCommandOptions& options) {
         {"initial_heldout_kl", json_number(first_kl)},
         {"final_heldout_kl", json_number(last_kl)},
         {"seconds", seconds}};
-    add_validation_summary(output, training, result.adapter_dir);
+    add_best_summary(output, training, result.adapter_dir);
     std::cout << output.dump() << std::endl;
     return;
   }
@@ -122,14 +122,12 @@ void run_study_command(StudyCommandOptions& options) {
   if (std::isfinite(last_kl)) std::printf(", held-out KL %.4f -> %.4f", first_kl, last_kl);
   std::printf("\ncartridge: %s (a PEFT adapter; loss curve: %s/loss.svg)\n", result.adapter_dir.c_str(),
               result.adapter_dir.c_str());
-  print_validation_summary(training, result.adapter_dir);
+  print_best_summary(training, result.adapter_dir);
   if (training.interrupted) {
     std::printf("interrupted: run the same command again to continue\n");
     return;
   }
-  // With validation questions the early-stopped adapter is the one to use.
-  const std::string use =
-      training.best_step >= 0 ? result.adapter_dir + "/" + kBestFolderName : result.adapter_dir;
+  const std::string use = adapter_to_use(training, result.adapter_dir);
   std::printf(
       "use it:\n"
       "  cartridge chat --model %s --cartridge %s\n"
@@ -147,14 +145,15 @@ void add_study_command(CLI::App& app) {
   CLI::App* command = app.add_subcommand(
       "study", "Make a cartridge for a document: self-study synthesis, then training (the whole method)");
   command->footer(
-      "Writes <out>/dataset.jsonl (synthetic conversations about random chunks of the corpus, with the\n"
-      "teacher's top-20 log-probabilities), then trains the cartridge, initialised from the KV of the\n"
-      "corpus's first --tokens tokens, into <out> (a PEFT adapter, checkpoints, loss.csv, loss.svg). The\n"
-      "defaults finish in a few minutes on 2 CPU cores with the default model; for a better cartridge raise\n"
-      "--samples, --steps and the chunk/answer lengths in a new --out. Rerunning the same command continues\n"
-      "an interrupted run (both phases resume); a larger --steps continues a finished one. With\n"
-      "--validation-qa QA.jsonl (questions you wrote, with answers) <out>/best/ is the adapter of the\n"
-      "evaluation step where their answer NLL was lowest (early stopping).\n"
+      "Writes <out>/dataset.jsonl (self-study conversations about the corpus, by default passages quoted\n"
+      "and recited, with the teacher's top-20 log-probabilities), then trains the cartridge, initialised by\n"
+      "attention matching of the whole corpus where it applies (--init auto), into <out> (a PEFT adapter,\n"
+      "checkpoints, loss.csv, loss.svg). The defaults finish in minutes on 2 CPU cores with the default\n"
+      "model. Rerunning the same command continues an interrupted run (both phases resume); a larger\n"
+      "--steps continues a finished one. At the end <out> holds the evaluated step with the lowest KL to\n"
+      "the teacher on held-out conversations (the initialisation counts; --keep last: the last step) or,\n"
+      "with --validation-qa QA.jsonl (questions you wrote, with answers), the lowest answer NLL on them;\n"
+      "<out>/best/ is the same adapter with a file naming its step.\n"
       "Example:\n  cartridge study --model " +
       std::string(kDefaultModelPath) +
       " --corpus doc.txt --tokens "

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "cartridge/fingerprint.h"
@@ -73,7 +74,7 @@ void print_summary(const TrainingResult& result, const std::string& out, const s
                              {"initial_heldout_kl", json_number(first_kl)},
                              {"final_heldout_kl", json_number(last_kl)},
                              {"heldout_conversations", result.heldout_indices.size()}};
-    add_validation_summary(output, result, out);
+    add_best_summary(output, result, out);
     std::cout << output.dump() << std::endl;
     return;
   }
@@ -83,10 +84,9 @@ void print_summary(const TrainingResult& result, const std::string& out, const s
                 static_cast<long long>(result.evaluations.front().step), first_kl);
   }
   std::printf("\ncartridge: %s (PEFT adapter; loss curve in %s/loss.svg)\n", out.c_str(), out.c_str());
-  print_validation_summary(result, out);
+  print_best_summary(result, out);
   if (!result.interrupted) {
-    // With validation questions the early-stopped adapter is the one to use.
-    const std::string use = result.best_step >= 0 ? out + "/" + kBestFolderName : out;
+    const std::string use = adapter_to_use(result, out);
     std::printf("chat with it:  cartridge chat --model %s --cartridge %s\n", model.c_str(), use.c_str());
   }
 }
@@ -189,6 +189,18 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
   command.add_option("--keep-checkpoints", training.keep_checkpoints, "Newest checkpoint folders kept")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  command
+      .add_option_function<std::string>(
+          "--keep",
+          [&training](const std::string& name) {
+            if (name != "best" && name != "last") {
+              throw InvalidArgumentError("--keep must be best or last, got '" + name + "'");
+            }
+            training.keep_best = name == "best";
+          },
+          "The adapter --out holds after a finished run: best (the evaluated step with the lowest validation "
+          "NLL, or without --validation-qa the lowest held-out KL; the initialisation counts) or last")
+      ->default_str(training.keep_best ? "best" : "last");
 }
 
 nlohmann::json json_number(double value) {
@@ -198,28 +210,43 @@ nlohmann::json json_number(double value) {
 namespace {
 // The evaluations' validation NLL at the first and the last evaluation (NaN without validation questions).
 std::pair<double, double> first_and_last_validation(const TrainingResult& result) {
-  if (result.best_step < 0 || result.evaluations.empty()) return {NAN, NAN};
+  if (!result.best_by_validation || result.evaluations.empty()) return {NAN, NAN};
   return {result.evaluations.front().validation_answer_nll, result.evaluations.back().validation_answer_nll};
 }
 }  // namespace
 
-void add_validation_summary(nlohmann::json& output, const TrainingResult& result, const std::string& out) {
+void add_best_summary(nlohmann::json& output, const TrainingResult& result, const std::string& out) {
   if (result.best_step < 0) return;
-  const auto [first, last] = first_and_last_validation(result);
   output["best_adapter"] = out + "/" + kBestFolderName;
   output["best_step"] = result.best_step;
+  output["best_by"] = result.best_by_validation ? "validation_answer_nll" : "heldout_kl";
+  output["best_heldout_kl"] = json_number(result.best_heldout_kl);
+  output["kept"] = result.kept_best ? "best" : "last";
+  if (!result.best_by_validation) return;
+  const auto [first, last] = first_and_last_validation(result);
   output["initial_validation_answer_nll"] = json_number(first);
   output["best_validation_answer_nll"] = json_number(result.best_validation_answer_nll);
   output["final_validation_answer_nll"] = json_number(last);
 }
 
-void print_validation_summary(const TrainingResult& result, const std::string& out) {
+void print_best_summary(const TrainingResult& result, const std::string& out) {
   if (result.best_step < 0) return;
-  const auto [first, last] = first_and_last_validation(result);
-  std::printf("validation answer NLL: %.4f at step %lld, %.4f now; best %.4f at step %lld: %s/%s\n", first,
-              static_cast<long long>(result.evaluations.front().step), last,
-              result.best_validation_answer_nll, static_cast<long long>(result.best_step), out.c_str(),
-              kBestFolderName);
+  const std::string kept = result.kept_best ? fmt::format("{} holds it (--keep last: the last step's)", out)
+                                            : fmt::format("{}/{} holds it", out, kBestFolderName);
+  if (result.best_by_validation) {
+    const auto [first, last] = first_and_last_validation(result);
+    std::printf("validation answer NLL: %.4f at step %lld, %.4f at the end; best %.4f at step %lld: %s\n",
+                first, static_cast<long long>(result.evaluations.front().step), last,
+                result.best_validation_answer_nll, static_cast<long long>(result.best_step), kept.c_str());
+    return;
+  }
+  std::printf("lowest held-out KL: %.4f at step %lld: %s\n", result.best_heldout_kl,
+              static_cast<long long>(result.best_step), kept.c_str());
+}
+
+std::string adapter_to_use(const TrainingResult& result, const std::string& out) {
+  return result.best_step >= 0 && !result.kept_best && result.best_by_validation ? out + "/" + kBestFolderName
+                                                                                 : out;
 }
 
 void add_validation_option(CLI::App& command, std::string& path) {
@@ -241,14 +268,14 @@ void add_train_command(CLI::App& app) {
       "over the recorded top-k, averaged over those tokens of the batch. Only the cartridge's trainable "
       "rows\n"
       "change (Adam); the model is frozen.\n"
-      "Output: --out holds the latest cartridge as a PEFT adapter, checkpoint-<step>/ folders (adapter +\n"
+      "Output: --out holds the cartridge as a PEFT adapter, checkpoint-<step>/ folders (adapter +\n"
       "optimizer state), loss.csv and loss.svg. Ctrl-C saves a checkpoint after the current step; --resume\n"
       "continues exactly where a run stopped (also after a crash or kill, from the newest checkpoint).\n"
-      "Early stopping: with --validation-qa QA.jsonl (questions you wrote, never trained on) every "
-      "evaluation\n"
-      "also scores their answer NLL (loss.csv column validation_answer_nll) and <out>/best/ holds the "
-      "adapter\n"
-      "with the lowest so far (the initialisation counts), with best_validation.json naming its step.\n"
+      "Which step: every evaluation scores the held-out conversations' KL to the teacher and, with\n"
+      "--validation-qa QA.jsonl (questions you wrote, never trained on), their answer NLL (loss.csv). best/\n"
+      "holds the adapter with the lowest so far (validation NLL if given, else held-out KL; the\n"
+      "initialisation counts) with best_validation.json or best_heldout_kl.json naming its step, and after\n"
+      "a finished run --out holds that adapter too (--keep last: the last step's).\n"
       "Example:\n  cartridge train --model " +
       std::string(kDefaultModelPath) +
       " --dataset "

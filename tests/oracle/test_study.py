@@ -163,15 +163,23 @@ def test_study_end_to_end_gives_a_cartridge_that_peft_loads(study, tmp_path):
     assert all(math.isfinite(float(loss)) and float(loss) > 0 for loss, _ in rows.values() if loss)
     assert ElementTree.parse(out / "loss.svg").getroot().tag.endswith("svg")
 
-    # Checkpoints: the last one is complete and is the adapter in the folder; at most --keep-checkpoints (2).
+    # Checkpoints: the last one is complete; at most --keep-checkpoints (2).
     steps = checkpoint_steps(out)
     assert steps[-1] == STEPS and len(steps) <= 2, steps
     last = out / f"checkpoint-{STEPS}"
     for name in ("adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "optimizer.safetensors"):
         assert (last / name).is_file(), name
-    assert (last / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
     state = json.loads((last / "trainer_state.json").read_text())
     assert state["step"] == STEPS and state["settings"]["dataset_conversations"] == SAMPLES
+    # The folder holds the evaluated step with the lowest held-out KL (the earliest of equals), as best/ does.
+    heldout = {step: float(kl) for step, (_, kl) in rows.items() if kl}
+    lowest = min(sorted(heldout), key=lambda step: heldout[step])
+    best = json.loads((out / "best" / "best_heldout_kl.json").read_text())
+    assert best["step"] == lowest and math.isclose(best["heldout_kl"], heldout[lowest], rel_tol=1e-6), best
+    assert (out / "best" / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
+    checkpoint = out / f"checkpoint-{lowest}"
+    if checkpoint.is_dir():
+        assert (checkpoint / "adapter_model.safetensors").read_bytes() == (out / "adapter_model.safetensors").read_bytes()
 
     # PEFT loads it and gives our logits.
     peft_model = PeftModel.from_pretrained(hf_model(), str(out)).eval()
@@ -194,8 +202,29 @@ def test_study_end_to_end_gives_a_cartridge_that_peft_loads(study, tmp_path):
     # Trained from the corpus's first p tokens: the frozen row, which training never moves, is PEFT's text init.
     initial = peft_text_init(TOKENS, 1)
     assert (stored[:1] - initial[:1]).abs().max().item() <= 1e-5
-    # ... and the trainable rows did move.
-    assert (stored[1:] - initial[1:]).abs().max().item() > 1e-4
+    # ... and training moved the trainable rows.
+    assert (embeddings(last)[1:] - initial[1:]).abs().max().item() > 1e-4
+
+
+def test_keep_last_leaves_the_last_step_and_keep_best_the_lowest_heldout_kl(study, tmp_path):
+    """`--keep last`: the folder's adapter is the last step's; the default (best): best/'s, the lowest held-out
+    KL, which a learning rate far too large makes the initialisation (step 0)."""
+    dataset = study[0] / "dataset.jsonl"
+    last = tmp_path / "last"
+    summary = last_json(run(train_command(dataset, last, "--init", "random", "--tokens", TOKENS, "--keep", "last",
+                                          "--eval-every", "1")))
+    assert summary["kept"] == "last"
+    assert (last / "checkpoint-2" / "adapter_model.safetensors").read_bytes() == \
+        (last / "adapter_model.safetensors").read_bytes()
+    # From a trained cartridge, Adam steps of about 5 per element (far beyond its scale) only make it worse.
+    best = tmp_path / "best"
+    summary = last_json(run(train_command(dataset, best, "--init", study[0], "--lr", "5", "--eval-every", "1")))
+    assert summary["kept"] == "best" and summary["best_by"] == "heldout_kl" and summary["best_step"] == 0, summary
+    assert torch.equal(embeddings(best), embeddings(study[0]))
+    printed = [arg for arg in train_command(dataset, tmp_path / "printed", "--init", study[0], "--lr", "5")
+               if arg != "--json"]
+    result = run(printed)
+    assert "lowest held-out KL" in result.stdout and "at step 0" in result.stdout, result.stdout
 
 
 def test_study_default_init_is_attention_matching_with_the_system_turn_framing(tmp_path):
@@ -256,8 +285,11 @@ def test_study_with_validation_questions_keeps_the_best_adapter_and_refuses_to_s
     assert sorted(recorded) == list(range(0, STEPS + 1, 2))  # every --eval-every 2 steps, and the initialisation
     assert best["step"] == min(recorded, key=lambda step: (recorded[step], step))
     assert math.isclose(summary["best_validation_answer_nll"], recorded[best["step"]], rel_tol=1e-9)
-    # The final adapter (the last step's) is the one trained without validation questions: they only watch.
-    assert folder_bytes(out)["adapter_model.safetensors"] == study[2]["adapter_model.safetensors"]
+    # The last step's adapter is the one trained without validation questions: they only watch (and choose).
+    last = f"checkpoint-{STEPS}/adapter_model.safetensors"
+    assert folder_bytes(out)[last] == study[2][last]
+    assert summary["kept"] == "best" and summary["best_by"] == "validation_answer_nll"
+    assert (out / "adapter_model.safetensors").read_bytes() == (out / "best" / "adapter_model.safetensors").read_bytes()
     peft_model = PeftModel.from_pretrained(hf_model(), str(out / "best"))
     assert torch.equal(peft_model.prompt_encoder["default"].weight.detach(), embeddings(out / "best"))
     # Continuing with other questions (or none) would mix two choices of "best": one line, nothing changed.

@@ -165,9 +165,12 @@ TEST(Evaluation, ValidationQuestionsDuringTrainingKeepTheBestAdapter) {
   EXPECT_EQ(read_text_file(out.string() + "/best/adapter_model.safetensors"),
             read_text_file(out.string() + "/checkpoint-" + std::to_string(lowest_step) +
                            "/adapter_model.safetensors"));
-  // The final adapter is the last step's, as without validation questions.
-  EXPECT_EQ(read_text_file(out.string() + "/adapter_model.safetensors"),
-            read_text_file(out.string() + "/checkpoint-16/adapter_model.safetensors"));
+  // The folder's adapter is best/'s (keep_best, the default); the last checkpoint stays the last step's.
+  EXPECT_TRUE(result.kept_best);
+  EXPECT_TRUE(read_text_file(out.string() + "/adapter_model.safetensors") ==
+              read_text_file(out.string() + "/best/adapter_model.safetensors"));
+  EXPECT_TRUE(read_text_file(out.string() + "/checkpoint-16/adapter_model.safetensors") !=
+              read_text_file(out.string() + "/best/adapter_model.safetensors"));
   EXPECT_NE(read_text_file(out.string() + "/loss.csv").find("validation_answer_nll"), std::string::npos);
   EXPECT_NE(read_text_file(out.string() + "/loss.svg").find("validation answer NLL"), std::string::npos);
 
