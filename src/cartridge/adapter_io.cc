@@ -3,9 +3,11 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "io/model_files.h"
 #include "model/safetensors_dtype.h"
@@ -53,6 +55,26 @@ struct StoredEmbeddings {
   SafetensorsDType dtype;
   int64_t file_bytes;
 };
+
+// A NaN or infinity in a cartridge would silently turn every answer into garbage (softmax over NaN): refuse
+// it on load, naming the first bad entry. rows [p, W] with W = 2 * num_layers * token_dim laid out as
+// [K_0 | V_0 | K_1 | V_1 | ...].
+void check_finite_rows(const at::Tensor& rows, const std::string& path, const AdapterConfig& config) {
+  const at::Tensor finite = at::isfinite(rows);  // [p, W] bool
+  if (finite.all().item<bool>()) return;
+  const int64_t flat = at::logical_not(finite).flatten().nonzero()[0][0].item<int64_t>();
+  const int64_t row = flat / rows.size(1), column = flat % rows.size(1);
+  const int64_t token_dim = std::max<int64_t>(config.token_dim, 1);
+  const int64_t layer = column / (2 * token_dim);
+  const bool is_value = (column % (2 * token_dim)) >= token_dim;
+  const double value = rows[row][column].item<double>();
+  throw FormatError(describe_file_problem(path,
+                                          "holds " + std::string(std::isnan(value) ? "NaN" : "an infinity") +
+                                              " in prompt_embeddings row " + std::to_string(row) +
+                                              ", column " + std::to_string(column) + " (layer " +
+                                              std::to_string(layer) + (is_value ? " values" : " keys") + ")",
+                                          "the adapter is damaged: restore a good copy or make it again"));
+}
 
 StoredEmbeddings read_prompt_embeddings(const fs::path& folder, const AdapterConfig& config) {
   const fs::path path = folder / kAdapterWeightsFileName;
@@ -110,6 +132,7 @@ StoredEmbeddings read_prompt_embeddings(const fs::path& folder, const AdapterCon
   // Copy out of the mapping (little-endian bytes, as on every platform libtorch runs on).
   at::Tensor tensor =
       at::from_blob(const_cast<uint8_t*>(file.data(*info)), {info->shape[0], info->shape[1]}, dtype).clone();
+  check_finite_rows(tensor, path.string(), config);
   return {tensor, info->dtype, static_cast<int64_t>(fs::file_size(path))};
 }
 
@@ -139,6 +162,33 @@ std::string serialize_embeddings(const at::Tensor& rows /* [p, W] */, bool with_
                                  {contiguous.size(0), contiguous.size(1)},
                                  contiguous.data_ptr()}},
                                metadata);
+}
+
+// --force replaces only what this tool writes. Anything else in the folder (a user's files, a subfolder
+// that is not a training run's) makes it refuse, so a mistyped --out never deletes unrelated work.
+void check_replaceable(const fs::path& folder) {
+  if (!fs::is_directory(folder)) {
+    throw InvalidArgumentError(describe_file_problem(folder.string(), "exists and is not a folder",
+                                                     "choose another --out or remove it yourself"));
+  }
+  static const std::set<std::string> written = {
+      kAdapterConfigFileName,
+      kAdapterWeightsFileName,
+      kAdapterPickleWeightsFileName,
+      kFingerprintFileName,
+      kFramingFileName,
+      "README.md",  // PEFT's save_pretrained writes a model card
+      "best",
+      "loss.csv",
+      "loss.svg",
+      "dataset.jsonl"};  // a training run's outputs, with checkpoint-*
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    const std::string name = entry.path().filename().string();
+    if (written.count(name) != 0 || name.rfind("checkpoint-", 0) == 0) continue;
+    throw InvalidArgumentError(describe_file_problem(
+        folder.string(), "holds " + name + ", which this tool does not write, so --force will not replace it",
+        "choose another --out or remove the folder yourself"));
+  }
 }
 
 }  // namespace
@@ -258,6 +308,7 @@ void save_adapter(const std::string& folder, const Cartridge& cartridge, const A
   const std::string weights =
       serialize_embeddings(cartridge.prompt_embeddings().detach(), /*with_metadata=*/true);
   const std::string fingerprint_json = fingerprint ? fingerprint_text(*fingerprint) : std::string();
+  if (overwrite && fs::exists(folder)) check_replaceable(folder);
   write_directory_atomic(folder, overwrite, [&](const std::string& temporary) {
     write_file_atomic(temporary + "/" + kAdapterConfigFileName, config_text);
     write_file_atomic(temporary + "/" + kAdapterWeightsFileName, weights);
@@ -328,6 +379,7 @@ std::vector<std::string> compose_adapter_folders(const std::vector<std::string>&
   const std::string weights = serialize_embeddings(composed, /*with_metadata=*/false);
   const std::string fingerprint_json =
       first_fingerprint ? fingerprint_text(*first_fingerprint) : std::string();
+  if (overwrite && fs::exists(output_folder)) check_replaceable(output_folder);
   write_directory_atomic(output_folder, overwrite, [&](const std::string& temporary) {
     write_file_atomic(temporary + "/" + kAdapterConfigFileName, config_text);
     write_file_atomic(temporary + "/" + kAdapterWeightsFileName, weights);

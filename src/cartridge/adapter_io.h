@@ -64,7 +64,9 @@ Cartridge load_cartridges_for_model(const std::vector<std::string>& specs, const
 // num_virtual_tokens / num_frozen_tokens / shape must agree with the cartridge), adapter_model.safetensors
 // (F32, metadata {"format": "pt"}, exactly as PeftModel.save_pretrained) and, when given,
 // cartridge_fingerprint.json and cartridge_framing.json. Atomic: on any error nothing is left behind. An
-// existing `folder` is replaced only when `overwrite`, else InvalidArgumentError.
+// existing `folder` is replaced only when `overwrite`, else InvalidArgumentError, and only when it holds
+// nothing but what this tool writes (adapter files, a PEFT README.md, a training run's outputs), else
+// InvalidArgumentError naming the first other entry (also for compose_adapter_folders).
 void save_adapter(const std::string& folder, const Cartridge& cartridge, const AdapterConfig& config,
                   const ModelFingerprint* fingerprint, bool overwrite,
                   std::optional<Framing> framing = std::nullopt);

@@ -151,6 +151,12 @@ at::Tensor Cartridge::prompt_embeddings() const {
 void Cartridge::check_fits(const ModelConfig& config, const std::string& what,
                            const std::string& model_name) const {
   const CartridgeShape model_shape = CartridgeShape::of_model(config);
+  const int64_t context = config.max_position_embeddings;
+  if (context > 0 && num_virtual_tokens() >= context) {
+    throw MismatchError(what + " has " + std::to_string(num_virtual_tokens()) + " rows and " + model_name +
+                        "'s context is " + std::to_string(context) +
+                        " positions: no prompt could follow it; use a cartridge of fewer rows");
+  }
   if (model_shape == shape_) return;
   std::string problem;
   if (shape_.num_layers != model_shape.num_layers) {

@@ -70,8 +70,8 @@ class Cartridge {
   // Bytes of the float32 parameters (p * W * 4).
   int64_t parameter_bytes() const { return num_virtual_tokens() * shape_.width() * 4; }
 
-  // Throws MismatchError when this cartridge's layout does not fit `config` (layers, KV heads, head_dim),
-  // naming `what` (e.g. the adapter folder) and `model_name`.
+  // Throws MismatchError when this cartridge's layout does not fit `config` (layers, KV heads, head_dim) or
+  // its rows fill the model's context, naming `what` (e.g. the adapter folder) and `model_name`.
   void check_fits(const ModelConfig& config, const std::string& what, const std::string& model_name) const;
 
   // The per-layer keys/values [H_kv, p, D] in `dtype` on `device`, for Model::forward / generate().

@@ -15,6 +15,7 @@
 #include <limits>
 
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
 
 #include "util/error.h"
 
@@ -221,6 +222,21 @@ bool DatasetHeader::same_data_as(const DatasetHeader& other) const {
   return version == other.version && model_fingerprint == other.model_fingerprint &&
          corpus_sha256 == other.corpus_sha256 && corpus_tokens == other.corpus_tokens && seed == other.seed &&
          top_k == other.top_k && settings == other.settings;
+}
+
+void check_token_ids(const Dataset& dataset, int64_t vocab_size) {
+  const auto outside = [vocab_size](int32_t id) { return id < 0 || id >= vocab_size; };
+  for (const Conversation& conversation : dataset.conversations) {
+    for (const auto* ids : {&conversation.input_ids, &conversation.target_ids}) {
+      const auto found = std::find_if(ids->begin(), ids->end(), outside);
+      if (found == ids->end()) continue;
+      throw FormatError(fmt::format(
+          "dataset line {} (conversation {}): token id {} in {} is outside the model's vocabulary of {} ids: "
+          "the dataset was made with another model or is damaged (synthesize it again with this model)",
+          conversation.index + 2, conversation.index, *found,
+          ids == &conversation.input_ids ? "input_ids" : "the teacher's top-k ids", vocab_size));
+    }
+  }
 }
 
 Conversation with_answer_targets_only(const Conversation& conversation) {

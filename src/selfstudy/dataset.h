@@ -120,6 +120,10 @@ struct Dataset {
 // FormatError naming the file and line.
 Dataset read_dataset(const std::string& path);
 
+// Throws FormatError naming the first conversation (its line in the file: index + 2) with a token id, in
+// input_ids or the teacher's top-k, outside 0..vocab_size-1: a dataset made with another model or damaged.
+void check_token_ids(const Dataset& dataset, int64_t vocab_size);
+
 // Reads only the header (line 1).
 DatasetHeader read_dataset_header(const std::string& path);
 

@@ -271,6 +271,8 @@ DistillationTrainer::DistillationTrainer(std::shared_ptr<const Model> model, con
     : model_(std::move(model)), options_(options), shape_(initial.shape()), top_k_(dataset.header.top_k) {
   check_training_options(options);
   initial.check_fits(model_->config(), "the initial cartridge", options.model_name);
+  // An id past the vocabulary would be clamped or index out of range in the loss: refuse it here.
+  check_token_ids(dataset, model_->config().vocab_size);
   const int64_t count = static_cast<int64_t>(dataset.conversations.size());
   heldout_indices_ =
       cartridge::heldout_indices(count, options.eval_fraction, options.max_eval_conversations, options.seed);

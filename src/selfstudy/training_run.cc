@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "cartridge/adapter_config.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -142,7 +143,17 @@ int64_t restore_checkpoint(DistillationTrainer& trainer, TrainingResult& result,
                            const TrainingOptions& options, const Model& model,
                            const TrainerSettings& settings) {
   const std::string checkpoint = latest_checkpoint(options.output_dir);
-  if (checkpoint.empty()) return 0;
+  if (checkpoint.empty()) {
+    // An adapter with no checkpoint beside it is not a run of ours to continue (init's or compose's output,
+    // or another tool's): training would replace it.
+    if (fs::exists(fs::path(options.output_dir) / kAdapterConfigFileName)) {
+      throw InvalidArgumentError(describe_file_problem(
+          options.output_dir, "already holds a cartridge and no training checkpoint",
+          "choose another --out (training would replace that adapter), or start from it with --init " +
+              options.output_dir + " and another --out"));
+    }
+    return 0;
+  }
   if (!options.resume) {
     throw InvalidArgumentError(describe_file_problem(
         options.output_dir,

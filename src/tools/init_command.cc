@@ -65,6 +65,14 @@ void run_init(const InitOptions& options) {
   }
 
   const LoadedModel loaded = load_model_from_options(options.model);
+  const int64_t context = loaded.model->config().max_position_embeddings;
+  if (context > 0 && options.tokens >= context) {
+    throw InvalidArgumentError(
+        "--tokens " + std::to_string(options.tokens) + " does not fit the model's context of " +
+        std::to_string(context) +
+        " positions (a cartridge's rows take positions 0..p-1 and the prompt follows): use "
+        "a smaller --tokens");
+  }
   const ModelFingerprint fingerprint = fingerprint_model(loaded.files, loaded.model->config());
   const auto start = std::chrono::steady_clock::now();
   std::optional<Cartridge> cartridge;

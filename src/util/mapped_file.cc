@@ -63,6 +63,13 @@ void MappedFile::release() {
 }
 
 std::string read_text_file(const std::string& path) {
+  // A directory reads as empty and a device such as /dev/zero never ends: refuse anything but a file.
+  struct stat status {};
+  if (::stat(path.c_str(), &status) == 0 && !S_ISREG(status.st_mode)) {
+    throw InvalidArgumentError(describe_file_problem(
+        path, S_ISDIR(status.st_mode) ? "is a directory" : "is not a regular file (a device, pipe or socket)",
+        "give the path of a file"));
+  }
   std::ifstream stream(path, std::ios::binary);
   if (!stream) {
     throw FileNotFoundError(describe_file_problem(path, "cannot open", "check the path"));

@@ -30,7 +30,8 @@ class MappedFile {
   size_t size_ = 0;  // bytes
 };
 
-// Reads a whole (small) file into a string. Throws FileNotFoundError naming the path.
+// Reads a whole (small) file into a string. Throws FileNotFoundError naming the path, InvalidArgumentError
+// for a directory, device, pipe or socket.
 std::string read_text_file(const std::string& path);
 
 }  // namespace cartridge

@@ -244,7 +244,7 @@ def test_attention_matching_refuses_what_it_cannot_do(tiny, tmp_path):
     text_file.write_text(DOCUMENT[:200])
     for extra, expected in ((["--tokens", 16, "--framing", "new_chat"], "system_turn"),
                             (["--tokens", 16, "--no-chat-template"], "chat template"),
-                            (["--tokens", 4000], "fewer than the cartridge"),
+                            (["--tokens", 400], "fewer than the cartridge"),
                             (["--tokens", 2, "--chunk-tokens", 16], "use a larger --tokens")):
         arguments = ["init", "--model", folder, "--text-file", text_file, "--method",
                      "attention-matching", "--out", tmp_path / "adapter", "-q", "--device", "cpu", *extra]
@@ -604,6 +604,93 @@ def test_errors_are_one_line_and_write_nothing(tmp_path):
     run_cli("init", "--model", folder, "--random", "--seed", 3, "--tokens", 4, "--out", tmp_path / "kept", "-q",
             "--force")
     assert (tmp_path / "kept" / "adapter_model.safetensors").read_bytes() != before
+
+
+def test_damaged_and_hostile_inputs_are_refused_in_one_line(tmp_path):
+    """Issue 20's data rules: a NaN or infinity in an adapter is refused on load (naming row and layer) by
+    every command that reads one; --force replaces only a folder of what this tool writes; a directory or
+    device as a text file, and a cartridge that fills the model's context, are refused."""
+    folder = FIXTURES / "llama" / "model"
+
+    def refused(*args, expected):
+        result = run_cli(*args, check=False)
+        assert result.returncode == 1, (args, result.returncode, result.stderr)
+        # (train also warns that the fixture's dataset names another model: one error line after it)
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+        assert len(errors) == 1 and errors[0].startswith("error: "), (args, result.stderr)
+        assert expected in errors[0], (args, result.stderr)
+
+    good = tmp_path / "good"
+    run_cli("init", "--model", folder, "--random", "--tokens", 4, "--out", good, "-q")
+    width = load_file(str(good / "adapter_model.safetensors"))["prompt_embeddings"].shape[1]
+    config = json.loads((good / "adapter_config.json").read_text())
+    for bad_value, word in ((float("nan"), "NaN"), (float("inf"), "infinity")):
+        damaged = tmp_path / f"damaged-{word}"
+        shutil.copytree(good, damaged)
+        rows = load_file(str(damaged / "adapter_model.safetensors"))["prompt_embeddings"]
+        column = 2 * config["token_dim"] + config["token_dim"] + 1  # layer 1, values
+        rows[2, column] = bad_value
+        save_file({"prompt_embeddings": rows}, str(damaged / "adapter_model.safetensors"), metadata={"format": "pt"})
+        expected = f"{word} in prompt_embeddings row 2, column {column} (layer 1 values)"
+        refused("inspect", damaged, expected=expected)
+        refused("generate", "--model", folder, "--cartridge", damaged, "--prompt", "hi", "-q", expected=expected)
+        refused("compose", good, damaged, "--out", tmp_path / "composed", expected=expected)
+        assert not (tmp_path / "composed").exists()
+    assert width > column
+
+    # --force replaces an adapter folder (also one PEFT saved, with its README.md), never other files.
+    mine = tmp_path / "mine"
+    shutil.copytree(good, mine)
+    (mine / "README.md").write_text("model card\n")
+    run_cli("init", "--model", folder, "--random", "--seed", 2, "--tokens", 4, "--out", mine, "--force", "-q")
+    for intruder in ("notes.txt", "thesis"):
+        other = tmp_path / f"other-{intruder}"
+        shutil.copytree(good, other)
+        if intruder == "thesis":
+            (other / intruder).mkdir()
+        else:
+            (other / intruder).write_text("not the tool's\n")
+        before = {path.name: path.stat().st_mtime_ns for path in other.iterdir()}
+        refused("init", "--model", folder, "--random", "--tokens", 4, "--out", other, "--force", "-q",
+                expected=f"holds {intruder}")
+        refused("compose", good, good, "--out", other, "--force", expected=f"holds {intruder}")
+        assert {path.name: path.stat().st_mtime_ns for path in other.iterdir()} == before
+    # Training into a folder that holds a cartridge and no checkpoint would replace it: refused.
+    dataset = pathlib.Path(os.environ.get("CARTRIDGE_FIXTURES", str(REPO / "build" / "fixtures"))) / "selfstudy"
+    refused("train", "--model", dataset / "model", "--dataset", dataset / "dataset.jsonl", "--init", "random",
+            "--tokens", 6, "--steps", 1, "--out", good, "-q", expected="no training checkpoint")
+
+    # Not a regular file, and a cartridge that leaves no room for a prompt.
+    refused("init", "--model", folder, "--text-file", tmp_path, "--tokens", 4, "--out", tmp_path / "x", "-q",
+            expected="is a directory")
+    refused("init", "--model", folder, "--text-file", "/dev/zero", "--tokens", 4, "--out", tmp_path / "x", "-q",
+            expected="not a regular file")
+    context = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    refused("init", "--model", folder, "--random", "--tokens", context, "--out", tmp_path / "x", "-q",
+            expected="does not fit the model's context")
+    assert not (tmp_path / "x").exists()
+
+
+def test_dataset_token_ids_outside_the_vocabulary_are_refused(tmp_path):
+    fixtures = pathlib.Path(os.environ.get("CARTRIDGE_FIXTURES", str(REPO / "build" / "fixtures"))) / "selfstudy"
+    vocabulary = json.loads((fixtures / "model" / "config.json").read_text())["vocab_size"]
+    lines = (fixtures / "dataset.jsonl").read_text().splitlines()
+    conversation = json.loads(lines[3])  # line 4 of the file: conversation 2
+    key = next(key for key in conversation if key in ("target_ids", "top_ids", "teacher_ids"))
+    ids = conversation[key]
+    if isinstance(ids[0], list):
+        ids[0][0] = vocabulary + 5
+    else:
+        ids[0] = vocabulary + 5
+    lines[3] = json.dumps(conversation)
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text("\n".join(lines) + "\n")
+    result = run_cli("train", "--model", fixtures / "model", "--dataset", dataset, "--init", "random", "--tokens", 6,
+                     "--steps", 1, "--out", tmp_path / "out", "-q", check=False)
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr
+    assert f"dataset line 4 (conversation 2): token id {vocabulary + 5}" in errors[0], result.stderr
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
 def test_help_has_an_example():
