@@ -246,7 +246,8 @@ ApiRequest parse_api_request(Endpoint endpoint, const std::string& body, const P
   json parsed;
   try {
     parsed = json::parse(body);
-  } catch (const json::parse_error& error) {
+  } catch (const json::exception& error) {
+    // parse_error, and out_of_range for a number no double holds (1e400).
     throw ApiError(400, "invalid_request_error", "invalid_json",
                    std::string("the request body is not valid JSON: ") + error.what());
   }

@@ -34,6 +34,21 @@ struct RequestLog {
 };
 thread_local RequestLog current_log;
 
+// Whether `given` equals `expected`, in a time that does not depend on where they first differ (an
+// attacker timing the 401s learns nothing about the key's prefix).
+bool same_secret(const std::string& given, const std::string& expected) {
+  unsigned char difference = given.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    difference |= static_cast<unsigned char>(expected[i] ^ (i < given.size() ? given[i] : 0));
+  }
+  return difference == 0;
+}
+
+// `text` as a JSON string: quoted, control characters and invalid UTF-8 escaped or replaced.
+std::string escaped(const std::string& text) {
+  return json(text).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 void write_log_line(const std::string& line) {
   char stamp[32];
   const std::time_t now = std::time(nullptr);
@@ -101,12 +116,38 @@ struct Server::Impl {
   int port = 0;
 
   void register_routes();
-  void handle_generation(Endpoint endpoint, const httplib::Request& request, httplib::Response& response);
+  // The request body, read through `reader` up to options.max_body_bytes however it is sent (Content-Length
+  // or chunked). Throws ApiError 413 (and asks to close the connection) past the limit.
+  std::string read_body(const httplib::Request& request, const httplib::ContentReader& reader,
+                        httplib::Response& response) const;
+  void handle_generation(Endpoint endpoint, const std::string& body, httplib::Response& response);
   void handle_models(httplib::Response& response);
   void handle_stats(httplib::Response& response);
   std::vector<int32_t> prompt_ids(const ApiRequest& request);
+  // `message` with the cartridges directory's path (as given and absolute) replaced by "<cartridges>".
+  std::string without_server_paths(std::string message) const;
   std::string next_id(Endpoint endpoint);
 };
+
+std::string Server::Impl::without_server_paths(std::string message) const {
+  std::vector<std::string> paths;
+  const std::filesystem::path given(options.cartridges_directory);
+  for (std::filesystem::path path : {given, std::filesystem::absolute(given).lexically_normal()}) {
+    std::string text = path.string();
+    while (text.size() > 1 && text.back() == '/') text.pop_back();
+    if (!text.empty() && text != ".") paths.push_back(text);
+  }
+  std::sort(paths.begin(), paths.end(), [](const std::string& a, const std::string& b) {
+    return a.size() > b.size();  // the longest first, so a prefix never cuts a longer match short
+  });
+  for (const std::string& path : paths) {
+    for (size_t at = message.find(path); at != std::string::npos; at = message.find(path, at)) {
+      message.replace(at, path.size(), "<cartridges>");
+      at += std::string("<cartridges>").size();
+    }
+  }
+  return message;
+}
 
 std::string Server::Impl::next_id(Endpoint endpoint) {
   char hex[32];
@@ -144,7 +185,38 @@ std::vector<int32_t> Server::Impl::prompt_ids(const ApiRequest& request) {
   return model.tokenizer->encode(request.prompt, /*add_special_tokens=*/true);
 }
 
-void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& http_request,
+std::string Server::Impl::read_body(const httplib::Request& request, const httplib::ContentReader& reader,
+                                    httplib::Response& response) const {
+  const size_t limit = static_cast<size_t>(options.max_body_bytes);
+  const auto too_large = [&] {
+    response.set_header("Connection", "close");  // the rest of the body is never read
+    return ApiError(
+        413, "invalid_request_error", "request_too_large",
+        "the request body is larger than this server's limit of " + std::to_string(limit) + " bytes");
+  };
+  if (request.has_header("Content-Length") &&
+      request.get_header_value<uint64_t>("Content-Length") > static_cast<uint64_t>(limit)) {
+    throw too_large();
+  }
+  std::string body;
+  bool over = false;
+  const bool complete = reader([&](const char* data, size_t length) {
+    if (body.size() + length > limit) {
+      over = true;
+      return false;  // stop reading
+    }
+    body.append(data, length);
+    return true;
+  });
+  if (over) throw too_large();
+  if (!complete) {
+    response.set_header("Connection", "close");
+    throw ApiError(400, "invalid_request_error", "invalid_request", "the request body could not be read");
+  }
+  return body;
+}
+
+void Server::Impl::handle_generation(Endpoint endpoint, const std::string& body,
                                      httplib::Response& response) {
   if (++in_flight > options.max_concurrent_requests) {
     --in_flight;
@@ -154,7 +226,7 @@ void Server::Impl::handle_generation(Endpoint endpoint, const httplib::Request& 
   }
   auto slot = std::make_shared<RequestSlot>(in_flight);
 
-  ApiRequest request = parse_api_request(endpoint, http_request.body, limits);
+  ApiRequest request = parse_api_request(endpoint, body, limits);
   current_log.model = request.model;
   current_log.cartridges = join_names(request.cartridges);
   current_log.stream = request.stream;
@@ -291,12 +363,16 @@ void Server::Impl::handle_stats(httplib::Response& response) {
 
 void Server::Impl::register_routes() {
   // Every handler answers a thrown exception with an OpenAI error object instead of letting it escape.
-  auto guarded = [](auto handler) {
-    return [handler](const httplib::Request& request, httplib::Response& response) {
+  // The client gets the message without the server's own paths; the log keeps them for the operator.
+  auto guarded = [this](auto handler) {
+    return [this, handler](const httplib::Request& request, httplib::Response& response) {
       try {
         handler(request, response);
       } catch (const std::exception& error) {
-        send_error(response, to_api_error(error));
+        const ApiError full = to_api_error(error);
+        send_error(response, ApiError(full.status, full.type, full.code, without_server_paths(full.what()),
+                                      full.param));
+        current_log.error = full.what();
       }
     };
   };
@@ -308,16 +384,50 @@ void Server::Impl::register_routes() {
            }));
   http.Get("/v1/stats",
            guarded([this](const httplib::Request&, httplib::Response& response) { handle_stats(response); }));
-  http.Post("/v1/completions", guarded([this](const httplib::Request& request, httplib::Response& response) {
-              handle_generation(Endpoint::kCompletions, request, response);
-            }));
-  http.Post("/v1/chat/completions",
-            guarded([this](const httplib::Request& request, httplib::Response& response) {
-              handle_generation(Endpoint::kChatCompletions, request, response);
-            }));
+  // The generation endpoints read their own body: cpp-httplib 0.11 holds set_payload_max_length against a
+  // Content-Length body only, so a chunked one would otherwise be read whole, whatever its size.
+  for (const auto& [path, endpoint] : {std::pair{"/v1/completions", Endpoint::kCompletions},
+                                       std::pair{"/v1/chat/completions", Endpoint::kChatCompletions}}) {
+    const Endpoint chosen = endpoint;
+    http.Post(path, [this, guarded, chosen](const httplib::Request& request, httplib::Response& response,
+                                            const httplib::ContentReader& reader) {
+      guarded([&](const httplib::Request&, httplib::Response& inner) {
+        handle_generation(chosen, read_body(request, reader, inner), inner);
+      })(request, response);
+    });
+  }
 
-  http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+  // A known path with the wrong method gets 405 and the method it takes (cpp-httplib alone says 404).
+  const auto method_not_allowed = [](const std::string& allowed) {
+    return [allowed](const httplib::Request& request, httplib::Response& response) {
+      response.set_header("Allow", allowed);
+      send_error(response,
+                 ApiError(405, "invalid_request_error", "method_not_allowed",
+                          request.method + " is not allowed on " + request.path + ": use " + allowed));
+    };
+  };
+  for (const char* path : {"/health", "/v1/models", "/v1/stats"}) {
+    http.Post(path, method_not_allowed("GET"));
+    http.Put(path, method_not_allowed("GET"));
+    http.Delete(path, method_not_allowed("GET"));
+  }
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    http.Get(path, method_not_allowed("POST"));
+    http.Put(path, method_not_allowed("POST"));
+    http.Delete(path, method_not_allowed("POST"));
+  }
+
+  // Runs before the body is read: the API key is checked before a byte of it is.
+  http.set_pre_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
     current_log = RequestLog();
+    if (!options.api_key.empty() && request.path.rfind("/v1/", 0) == 0 &&
+        !same_secret(request.get_header_value("Authorization"), "Bearer " + options.api_key)) {
+      response.set_header("WWW-Authenticate", "Bearer");
+      send_error(response,
+                 ApiError(401, "invalid_request_error", "invalid_api_key",
+                          "missing or wrong API key (send the header Authorization: Bearer <key>)"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   });
   // Errors raised by cpp-httplib itself (unknown path, body too large, bad HTTP) get an OpenAI error body
@@ -357,10 +467,12 @@ void Server::Impl::register_routes() {
           std::chrono::duration<double, std::milli>(Clock::now() - current_log.start).count();
       char timing[32];
       std::snprintf(timing, sizeof(timing), "%.1fms", milliseconds);
-      std::string line = request.remote_addr + " \"" + request.method + " " + request.path.substr(0, 200) +
-                         "\" " + std::to_string(response.status) + " " + timing;
-      if (!current_log.model.empty()) line += " model=" + json(current_log.model).dump();
-      if (!current_log.cartridges.empty()) line += " cartridges=" + current_log.cartridges;
+      // Every field a client chose is written JSON-escaped: a newline in it cannot forge a log line.
+      std::string line = request.remote_addr + " " +
+                         escaped(request.method + " " + request.path.substr(0, 200)) + " " +
+                         std::to_string(response.status) + " " + timing;
+      if (!current_log.model.empty()) line += " model=" + escaped(current_log.model);
+      if (!current_log.cartridges.empty()) line += " cartridges=" + escaped(current_log.cartridges);
       if (current_log.stream) line += " stream";
       if (current_log.prompt_tokens >= 0)
         line += " prompt_tokens=" + std::to_string(current_log.prompt_tokens);
@@ -369,8 +481,7 @@ void Server::Impl::register_routes() {
       }
       if (!current_log.finish_reason.empty()) line += " finish=" + current_log.finish_reason;
       if (!current_log.error.empty()) {
-        line += " error=" +
-                json(current_log.error.substr(0, 300)).dump(-1, ' ', false, json::error_handler_t::replace);
+        line += " error=" + escaped(current_log.error.substr(0, 300));
       }
       write_log_line(line);
     }

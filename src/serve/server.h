@@ -32,6 +32,9 @@ struct ServerOptions {
   int64_t max_tokens_limit = 2048;                  // largest max_tokens a request may ask for
   int64_t max_concurrent_requests = 64;             // generation requests in flight; more get 429
   bool log_requests = true;                         // one line per request on stderr
+  // When set, every /v1/ request must send "Authorization: Bearer <api_key>" (401 otherwise); /health
+  // stays open for load balancers. "" = no key.
+  std::string api_key;
 };
 
 class Server {

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "io/model_files.h"
@@ -28,6 +29,16 @@ void run_serve(ServeCommandOptions options) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  if (options.server.api_key.empty()) {
+    if (const char* key = std::getenv("CARTRIDGE_API_KEY"); key != nullptr) options.server.api_key = key;
+  }
+  const std::string& host = options.server.host;
+  if (options.server.api_key.empty() && host != "127.0.0.1" && host != "localhost" && host != "::1") {
+    std::fprintf(stderr,
+                 "warning: listening on %s without an API key: anyone who can reach this port can use the "
+                 "model (set --api-key or CARTRIDGE_API_KEY)\n",
+                 host.c_str());
+  }
   LoadedModel loaded = load_model_from_options(options.model);
   Server server(std::move(loaded), options.server);
   const int port = server.bind();
@@ -78,6 +89,9 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::ExistingDirectory);
   command->add_option("--host", options->server.host, "Address to listen on (127.0.0.1 = this machine only)")
       ->capture_default_str();
+  command->add_option("--api-key", options->server.api_key,
+                      "Require \"Authorization: Bearer KEY\" on every /v1/ request (default: the environment "
+                      "variable CARTRIDGE_API_KEY; none when unset)");
   command->add_option("--port", options->server.port, "TCP port (0 = any free port)")
       ->capture_default_str()
       ->check(CLI::Range(0, 65535));

@@ -113,7 +113,7 @@ def server(cartridges, tmp_path_factory):
         else:
             time.sleep(0.2)
     assert port, "the server did not start: " + log_path.read_text()
-    yield {"port": port, "log": log_path, "process": process}
+    yield {"port": port, "log": log_path, "process": process, "cartridges": cartridges}
     process.send_signal(signal.SIGTERM)
     try:
         assert process.wait(timeout=60) == 0, log_path.read_text()
@@ -362,3 +362,100 @@ def test_one_log_line_per_request(server):
     assert len([line for line in new_lines if '"POST /v1/completions" 200' in line]) == 3, new_lines
     assert len([line for line in new_lines if '"POST /v1/completions" 400' in line]) == 1, new_lines
     assert len(new_lines) == 4, new_lines
+
+
+def test_a_chunked_body_past_the_limit_gets_413_without_being_read(server):
+    """A body sent with Transfer-Encoding: chunked is held to --max-body-bytes too: 413 once the limit is
+    passed, and the server closes the connection rather than reading the rest (64 MB offered here)."""
+    import socket
+
+    chunk = b"x" * 65536
+    offered = 64 * 1024 * 1024
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=60) as connection:
+        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        sent = 0
+        try:
+            while sent < offered:
+                connection.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading and closed: what we want
+        response = b""
+        try:
+            while True:
+                data = connection.recv(65536)
+                if not data:
+                    break
+                response += data
+        except (ConnectionResetError, socket.timeout):
+            pass
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    assert sent < offered, "the server read the whole 64 MB body"
+    assert b"request_too_large" in response
+    assert_healthy(server)
+
+
+def test_hostile_fields_and_methods(server):
+    """A newline in a logged field cannot forge a log line; a number no double holds is a 400; a known path
+    with the wrong method is a 405 naming the right one; error bodies do not show the server's paths."""
+    log_before = server["log"].read_text().count("\n")
+    status, body = raw_post(server, "/v1/chat/completions", json.dumps(
+        {"model": BASE_ID, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1,
+         "cartridges": ["doc0\n2026-12-06 00:00:00 127.0.0.1 \"POST /v1/admin\" 200 forged"]}).encode())
+    assert status == 400, body
+    time.sleep(0.5)
+    new_lines = [line for line in server["log"].read_text().splitlines()[log_before:] if "/health" not in line]
+    assert len(new_lines) == 1 and "\\n2026-12-06" in new_lines[0], new_lines
+    status, body = raw_post(server, "/v1/completions",
+                            b'{"model": "doc0", "prompt": "x", "max_tokens": 2, "temperature": 1e400}')
+    assert status == 400 and body["error"]["code"] == "invalid_json", body
+    for method, path, allowed in (("GET", "/v1/completions", "POST"), ("GET", "/v1/chat/completions", "POST"),
+                                  ("POST", "/v1/models", "GET"), ("DELETE", "/health", "GET")):
+        connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
+        connection.request(method, path, body=b"{}" if method == "POST" else None)
+        response = connection.getresponse()
+        payload = json.loads(response.read())
+        connection.close()
+        assert response.status == 405 and response.getheader("Allow") == allowed, (method, path, payload)
+        assert payload["error"]["code"] == "method_not_allowed"
+    status, body = raw_post(server, "/v1/completions",
+                            json.dumps({"model": "other-model", "prompt": "x", "max_tokens": 1}).encode())
+    assert status == 400 and "<cartridges>" in body["error"]["message"], body
+    assert str(pathlib.Path(server["cartridges"]).resolve()) not in body["error"]["message"], body
+    assert_healthy(server)
+
+
+def test_api_key_is_required_when_set_and_open_binding_warns(cartridges, tmp_path):
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [BIN, "serve", "--model", str(MODEL), "--cartridges", str(cartridges), "--host", "0.0.0.0", "--port",
+             "0", "--quiet"], stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "CARTRIDGE_API_KEY": "s3cret"})
+        try:
+            deadline, port = time.time() + 180, None
+            while time.time() < deadline and port is None:
+                assert process.poll() is None, log_path.read_text()
+                found = re.search(r"on http://0\.0\.0\.0:(\d+)", log_path.read_text())
+                port = int(found.group(1)) if found else time.sleep(0.2)
+            assert port, log_path.read_text()
+            assert "warning:" not in log_path.read_text()  # a key is set: no warning
+            served = {"port": port}
+            with pytest.raises(openai.AuthenticationError) as error:
+                client(served).completions.create(model="doc0", prompt="x", max_tokens=1)  # sends "unused"
+            assert error.value.body["code"] == "invalid_api_key"
+            api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="s3cret", max_retries=0, timeout=600)
+            assert api.completions.create(model="doc0", prompt="x", max_tokens=1, temperature=0).choices
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", "/health")
+            assert connection.getresponse().status == 200  # open to load balancers
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    # Without a key, binding beyond this machine warns.
+    # (a missing model file then stops it: the warning comes first)
+    result = subprocess.run([BIN, "serve", "--model", str(tmp_path / "missing.gguf"), "--cartridges", str(cartridges),
+                             "--host", "0.0.0.0", "--port", "0", "--quiet"], capture_output=True, text=True,
+                            timeout=120, env={k: v for k, v in os.environ.items() if k != "CARTRIDGE_API_KEY"})
+    assert result.returncode != 0
+    assert "warning: listening on 0.0.0.0 without an API key" in result.stderr, result.stderr
