@@ -19,6 +19,17 @@ struct SynthesisOptions;
 
 namespace cartridge::tools {
 
+// Option checks for numbers >= 0 and > 0, in place of CLI::NonNegativeNumber / PositiveNumber, whose message
+// prints the largest double in full (309 digits) for a value that is not a number. Messages read
+// "must be a number >= 0, got 'abc'"; the help still shows NONNEGATIVE / POSITIVE.
+CLI::Validator number_at_least(bool strictly_positive);
+inline const CLI::Validator kNonNegative = number_at_least(false);
+inline const CLI::Validator kPositive = number_at_least(true);
+
+// One line for a command-line parse error ("error: --out is required (see `cartridge init --help`)") in place
+// of CLI11's two; returns the exit code. --help and its kind print the help and return 0.
+int report_parse_error(const CLI::App& app, const CLI::ParseError& error, int argc, char** argv);
+
 // Each add_*_command adds a subcommand whose callback may throw cartridge::Error (main prints it in one
 // line and exits 1).
 void add_generate_command(CLI::App& app);

@@ -146,7 +146,7 @@ void add_eval_command(CLI::App& app) {
   command->add_flag("--no-icl", options->no_icl, "Skip the corpus-in-context condition");
   command->add_option("--max-batch-tokens", options->max_batch_tokens, "Padded tokens per forward pass")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command->add_flag("--json", options->json, "Print the numbers as JSON instead of a table");
   command->add_flag("--markdown", options->markdown, "Print the table as Markdown");
   command->callback([options] { run_eval(*options); });

@@ -136,7 +136,7 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--system", options->system, "With --chat: a system message before the prompt");
   command->add_option("-n,--max-new-tokens", options->max_new_tokens, "Most tokens to generate")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command->add_option("-t,--temperature", options->sampling.temperature, "Sampling temperature; 0 = greedy")
       ->capture_default_str();
   command->add_option("--top-p", options->sampling.top_p, "Nucleus sampling mass in (0, 1]; 1 = off")

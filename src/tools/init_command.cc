@@ -205,7 +205,7 @@ void add_init_command(CLI::App& app) {
       ->add_option("--chunk-tokens", options->chunk_tokens,
                    "With attention-matching: compact at most this many tokens at a time (0 = one chunk when "
                    "the text fits the context, else as long as the context allows)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
   command->add_option("-o,--out", options->out, "The adapter folder to write")->required();
   command->add_flag("--force", options->force, "Replace --out if it exists");

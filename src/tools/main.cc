@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
-    return app.exit(error);
+    return cartridge::tools::report_parse_error(app, error, argc, argv);
   } catch (const cartridge::Error& error) {
     std::fprintf(stderr, "error: %s\n", error.what());
     return 1;

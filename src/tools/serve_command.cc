@@ -99,33 +99,33 @@ void add_serve_command(CLI::App& app) {
                       "Id of the base model in the API (default: the model file's name without .gguf)");
   command->add_option("--max-batch", options->server.max_batch, "Most requests decoded together")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       ->add_option("--max-prefill-tokens", options->server.max_prefill_tokens,
                    "Most prompt tokens prefilled together in one step")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       ->add_option("--max-cartridge-memory", options->server.max_cartridge_memory,
                    "Bytes of cartridge KV kept loaded; least recently used cartridges are evicted beyond it "
                    "(0 = no limit)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command
       ->add_option("--max-body-bytes", options->server.max_body_bytes,
                    "Largest request body accepted (bytes)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       ->add_option("--max-tokens-limit", options->server.max_tokens_limit,
                    "Largest max_tokens a request may ask for")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       ->add_option("--max-concurrent-requests", options->server.max_concurrent_requests,
                    "Generation requests served at once; more are answered 429")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command->add_flag(
       "--no-request-log", [options](int64_t) { options->server.log_requests = false; },
       "Do not log one line per request on stderr");

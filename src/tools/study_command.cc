@@ -170,7 +170,7 @@ void add_study_command(CLI::App& app) {
                       "Cartridge size p in tokens (default: 1/8 of the corpus, 16..512)");
   command->add_option("--frozen", options->frozen, "Leading rows never trained (the attention sink)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command
       ->add_option("--init", options->init,
                    "Start from: auto (attention-matching with the system_turn framing and a chat template, "
@@ -180,7 +180,7 @@ void add_study_command(CLI::App& app) {
   SynthesisOptions& synthesis = options->study.synthesis;
   command->add_option("-n,--samples", synthesis.samples, "Synthetic conversations")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command->add_option("--seed", synthesis.seed, "Random seed (synthesis, data order, held-out split)")
       ->capture_default_str();
   add_synthesis_options(*command, synthesis);

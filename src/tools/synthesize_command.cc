@@ -71,12 +71,12 @@ void run_synthesize(SynthesizeCommandOptions& options) {
 void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis) {
   command.add_option("--min-chunk", synthesis.chunks.min_tokens, "Shortest corpus chunk, tokens")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       .add_option("--max-chunk", synthesis.chunks.max_tokens,
                   "Longest corpus chunk, tokens (also bounded by the corpus and the model's context)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       .add_option_function<std::string>(
           "--chunk-placement",
@@ -91,13 +91,13 @@ void add_synthesis_options(CLI::App& command, SynthesisOptions& synthesis) {
       .add_option("-b,--batch", synthesis.conversations_per_chunk,
                   "Conversations per chunk, generated together as one batch")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command.add_option("--max-question-tokens", synthesis.max_question_tokens, "Longest question, tokens")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command.add_option("--max-answer-tokens", synthesis.max_answer_tokens, "Longest answer, tokens")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       .add_option(
           "--seed-types", synthesis.seed_types,
@@ -140,7 +140,7 @@ void add_synthesize_command(CLI::App& app) {
   SynthesisOptions& synthesis = options->synthesis;
   command->add_option("-n,--samples", synthesis.samples, "Conversations the dataset should hold")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command->add_option("--seed", synthesis.seed, "Random seed (chunks, seed prompts, question sampling)")
       ->capture_default_str();
   add_synthesis_options(*command, synthesis);

@@ -150,10 +150,10 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
   command
       .add_option("--steps", training.steps, "Optimizer steps in total (a resumed run continues up to this)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command.add_option("--batch-size", training.batch_size, "Conversations per step")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command.add_option("--lr", training.learning_rate, "Adam learning rate")->capture_default_str();
   command
       .add_option_function<std::string>(
@@ -167,7 +167,7 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
           "--max-batch-tokens", training.max_batch_tokens,
           "Padded tokens per forward pass; a larger step is split and its gradients summed (0 = no limit)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command
       .add_option("--eval-fraction", training.eval_fraction,
                   "Fraction of the conversations held out and scored (KL to the teacher), never trained on")
@@ -175,20 +175,20 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
   command
       .add_option("--max-eval", training.max_eval_conversations, "At most this many held-out conversations")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command
       .add_option("--eval-every", training.eval_every,
                   "Score the held-out conversations every N steps (0 = only at the start and the end)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command
       .add_option("--checkpoint-every", training.checkpoint_every,
                   "Write a checkpoint every N steps (0 = only at the end and on Ctrl-C)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   command.add_option("--keep-checkpoints", training.keep_checkpoints, "Newest checkpoint folders kept")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   command
       .add_option_function<std::string>(
           "--keep",
@@ -303,7 +303,7 @@ void add_train_command(CLI::App& app) {
       "Cartridge size p in tokens (default: 1/8 of the corpus, 16..512; from the adapter for --init DIR)");
   command->add_option("--frozen", options->frozen, "Leading rows never trained (the attention sink)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   add_training_options(*command, options->training);
   add_validation_option(*command, options->validation_qa);
   command

@@ -693,6 +693,20 @@ def test_dataset_token_ids_outside_the_vocabulary_are_refused(tmp_path):
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
+def test_command_line_mistakes_are_one_line_errors():
+    cases = [((), "give a command"), (("frobnicate",), "unknown command 'frobnicate'"),
+             (("init", "--tokens", "4"), "--out is required"),
+             (("generate", "--prompt", "x", "--max-new-tokens", "abc"), "must be a number >= 0, got 'abc'"),
+             (("train", "--dataset", "d", "--out", "o", "--steps", "0"), "must be > 0"),
+             (("init", "--tokens", "4", "--out", "o", "--random", "--no-such-option"), "--no-such-option")]
+    for args, expected in cases:
+        result = run_cli(*args, check=False)
+        assert result.returncode != 0, args
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (args, result.stderr)
+        assert expected in result.stderr and len(result.stderr) < 300, (args, result.stderr)
+    assert run_cli("init", "--help").returncode == 0
+
+
 def test_help_has_an_example():
     for command in ["init", "compose", "inspect", "generate"]:
         result = run_cli(command, "--help")
