@@ -68,6 +68,7 @@ void run_eval(const EvalCommandOptions& options) {
   for (const std::string& spec : options.cartridges) adapters.push_back(load_adapter(spec));
 
   const LoadedModel loaded = load_model_from_options(options.model);
+  if (!options.dataset.empty()) check_token_ids(dataset, loaded.model->config().vocab_size);
   const ModelFingerprint fingerprint = fingerprint_model(loaded.files, loaded.model->config());
   std::vector<EvaluationCondition> conditions;
   conditions.push_back({"no context", ContextKind::kNone, nullptr, ""});

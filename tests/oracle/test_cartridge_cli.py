@@ -691,6 +691,11 @@ def test_dataset_token_ids_outside_the_vocabulary_are_refused(tmp_path):
     assert result.returncode == 1 and len(errors) == 1, result.stderr
     assert f"dataset line 4 (conversation 2): token id {vocabulary + 5}" in errors[0], result.stderr
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    # `eval --dataset` scores held-out KL on the same conversations: refused the same way.
+    result = run_cli("eval", "--model", fixtures / "model", "--dataset", dataset, "--eval-fraction", "0.5", "-q",
+                     check=False)
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert result.returncode == 1 and len(errors) == 1 and "dataset line 4" in errors[0], result.stderr
 
 
 def test_command_line_mistakes_are_one_line_errors():
