@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything cartridge.cpp needs, idempotently: Debian packages, the Python virtualenv at .venv
 # (torch==2.13.0, whose libtorch we link, plus the oracles used by tests and benchmarks), and the default
-# model. With --test-data it also fetches the tokenizer/chat-template test vectors into .testdata/.
+# model. With --test-data (the test command) it also installs clang 14 for the fuzz targets and fetches the
+# tokenizer/chat-template test vectors into .testdata/.
 # Safe to run again: every step checks before it acts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git unzip nlohmann-json3-dev libpcre2-dev
   libutf8proc-dev libcli11-dev libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
   libcpp-httplib-dev clang-format)
+# The test command also builds the libFuzzer targets of fuzz/ (scripts/fuzz.sh): clang and its sanitizer
+# and fuzzer runtimes.
+((want_test_data)) && APT_PACKAGES+=(clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,8 @@
 # The test command (README, .ci/run): installs what is missing (scripts/setup.sh --test-data), checks the
 # C++ formatting (scripts/format.sh --check, clang-format 14), builds, writes the oracle fixtures
 # (transformers / PEFT / gguf / tokenizers / jinja2, same run), runs the GoogleTest suites with ctest and
-# the oracle suites with pytest. Exits non-zero on any failure, including "no tests collected".
+# a fuzz smoke of every parser (scripts/fuzz.sh) and the oracle suites with pytest. Exits non-zero on any
+# failure, including "no tests collected".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test-data
@@ -17,6 +18,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 echo "== GoogleTest suites (ctest)"
 ctest --test-dir build --output-on-failure -j2 --no-tests=error || status=1
+
+echo "== fuzz smoke (libFuzzer, ASan + UBSan: 20000 runs per target on its seed corpus)"
+JOBS=2 bash scripts/fuzz.sh --runs 20000 || status=1
 
 echo "== oracle suites (pytest)"
 set +e
