@@ -261,8 +261,17 @@ std::unique_ptr<BpeModel> parse_model(const JsonFile& file, const json& model) {
   if (!vocab.is_object()) file.fail("model.vocab must be an object of token -> id");
   std::unordered_map<std::string, int32_t> piece_to_id;
   piece_to_id.reserve(vocab.size());
-  for (const auto& [piece, id] : vocab.items())
-    piece_to_id[piece] = file.id(id, "model.vocab[\"" + piece + "\"]");
+  // Ids index a table (BpeModel's id -> piece), so one huge id would allocate gigabytes: no real
+  // vocabulary comes near 2^24 (found by the tokenizer_json fuzz target).
+  constexpr int32_t kIdLimit = int32_t{1} << 24;
+  for (const auto& [piece, id] : vocab.items()) {
+    const int32_t value = file.id(id, "model.vocab[\"" + piece + "\"]");
+    if (value >= kIdLimit) {
+      file.fail("model.vocab[\"" + piece.substr(0, 40) + "\"] is " + std::to_string(value) +
+                "; token ids must be below " + std::to_string(kIdLimit));
+    }
+    piece_to_id[piece] = value;
+  }
   auto bpe = std::make_unique<BpeModel>(std::move(piece_to_id));
 
   const json& merges = file.require(model, "merges", "model");
