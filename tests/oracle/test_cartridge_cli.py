@@ -160,6 +160,32 @@ def template_parts(tokenizer):
     return rendered[:i], rendered[i + len(document):j], rendered[j + len(question):]
 
 
+def attention_matching_init(folder, tmp_path, document):
+    """`init --method attention-matching` (p = 24, one frozen row) of `document` on the tiny model: (the adapter
+    folder, init's JSON summary)."""
+    text_file = tmp_path / "doc.txt"
+    text_file.write_text(document)
+    adapter = tmp_path / "adapter"
+    result = run_cli("init", "--model", folder, "--text-file", text_file, "--tokens", 24, "--frozen", 1,
+                     "--method", "attention-matching", "--out", adapter, "--json", "-q", "--device", "cpu")
+    return adapter, json.loads(result.stdout)
+
+
+def repeat_request_parts(tokenizer):
+    """(encode, the system turn's opening, the repeat request's ids as asked after it) for the reference."""
+    before, between, after = template_parts(tokenizer)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return encode, before, encode(between + "Repeat the previous context verbatim." + after)
+
+
+def assert_equals_reference(adapter, theirs, label):
+    ours = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
+    difference = (ours - theirs).abs().max().item()
+    print(f"\n{label} vs the PyTorch reference: max |difference| {difference:.2e}, "
+          f"max |value| {theirs.abs().max().item():.1f}")
+    assert difference <= 1e-4 * max(1.0, theirs.abs().max().item())
+
+
 def test_attention_matching_init_equals_the_reference_and_loads_in_peft(tiny, tmp_path):
     """`init --method attention-matching` equals the direct PyTorch implementation of
     tests/fixtures/attention_matching_reference.py on the same token ids (the document as the open system
@@ -171,25 +197,14 @@ def test_attention_matching_init_equals_the_reference_and_loads_in_peft(tiny, tm
 
     folder, model, tokenizer = tiny
     document = DOCUMENT[: len(DOCUMENT) // 3]  # one copy: the repetition must fit the tiny context (512)
-    text_file = tmp_path / "doc.txt"
-    text_file.write_text(document)
-    adapter = tmp_path / "adapter"
-    result = run_cli("init", "--model", folder, "--text-file", text_file, "--tokens", 24, "--frozen", 1,
-                     "--method", "attention-matching", "--out", adapter, "--json", "-q", "--device", "cpu")
-    summary = json.loads(result.stdout)
+    adapter, summary = attention_matching_init(folder, tmp_path, document)
     assert summary["initialization"] == "attention-matching" and summary["framing"] == "system_turn"
 
-    before, between, after = template_parts(tokenizer)
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode, before, request_ids = repeat_request_parts(tokenizer)
     document_ids = encode(before + document)
-    reference_ids = encode(between + "Repeat the previous context verbatim." + after) + encode(document)
     assert summary["text_tokens"] == len(document_ids)
-    theirs = compact(model, document_ids, reference_ids, 24, 1)
-    ours = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
-    difference = (ours - theirs).abs().max().item()
-    print(f"\nattention matching vs the PyTorch reference: max |difference| {difference:.2e}, "
-          f"max |value| {theirs.abs().max().item():.1f}")
-    assert difference <= 1e-4 * max(1.0, theirs.abs().max().item())
+    assert_equals_reference(adapter, compact(model, document_ids, request_ids + encode(document), 24, 1),
+                            "attention matching")
     compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
 
 
@@ -203,28 +218,16 @@ def test_attention_matching_of_a_document_longer_than_the_context(tiny, tmp_path
 
     folder, model, tokenizer = tiny
     document = DOCUMENT * 3
-    text_file = tmp_path / "doc.txt"
-    text_file.write_text(document)
-    adapter = tmp_path / "adapter"
-    result = run_cli("init", "--model", folder, "--text-file", text_file, "--tokens", 24, "--frozen", 1,
-                     "--method", "attention-matching", "--out", adapter, "--json", "-q", "--device", "cpu")
-    summary = json.loads(result.stdout)
+    adapter, summary = attention_matching_init(folder, tmp_path, document)
 
-    before, between, after = template_parts(tokenizer)
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode, before, request_ids = repeat_request_parts(tokenizer)
     context = model.config.max_position_embeddings
     assert len(encode(before + document)) > context, "the document must be longer than the context"
-    chunks = plan_chunks(encode(before), encode(document), encode(between + "Repeat the previous context verbatim."
-                                                                  + after), 24, context)
+    chunks = plan_chunks(encode(before), encode(document), request_ids, 24, context)
     assert len(chunks) >= 2 and summary["chunks"] == len(chunks), summary
     assert sum(rows for _, _, rows in chunks) == 24
     assert summary["text_tokens"] == sum(len(prefill) for prefill, _, _ in chunks)
-    theirs = compact_chunks(model, chunks, 1)
-    ours = load_file(str(adapter / "adapter_model.safetensors"))["prompt_embeddings"]
-    difference = (ours - theirs).abs().max().item()
-    print(f"\n{len(chunks)} chunks vs the PyTorch reference: max |difference| {difference:.2e}, "
-          f"max |value| {theirs.abs().max().item():.1f}")
-    assert difference <= 1e-4 * max(1.0, theirs.abs().max().item())
+    assert_equals_reference(adapter, compact_chunks(model, chunks, 1), f"{len(chunks)} chunks")
     compare_with_peft(model, tokenizer, folder, adapter, tmp_path, 1e-4)
 
     # --chunk-tokens cuts a document that fits into pieces too.
@@ -233,8 +236,7 @@ def test_attention_matching_of_a_document_longer_than_the_context(tiny, tmp_path
     result = run_cli("init", "--model", folder, "--text-file", short, "--tokens", 24, "--method",
                      "attention-matching", "--chunk-tokens", 40, "--out", tmp_path / "pieces", "--json", "-q",
                      "--device", "cpu")
-    pieces = plan_chunks(encode(before), encode(DOCUMENT[: len(DOCUMENT) // 3]),
-                         encode(between + "Repeat the previous context verbatim." + after), 24, context, 40)
+    pieces = plan_chunks(encode(before), encode(DOCUMENT[: len(DOCUMENT) // 3]), request_ids, 24, context, 40)
     assert json.loads(result.stdout)["chunks"] == len(pieces) >= 2
 
 
