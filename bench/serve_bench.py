@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Serving throughput and KV memory: per-user cartridges vs the whole document in context.
+"""Serving throughput and KV memory: cartridges vs the whole document in context, and one shared copy of a
+cartridge's KV vs a copy per request.
 
 The paper's serving claim (arXiv 2506.06266): a cartridge is much smaller than its document's KV cache, so
 one model serves many users, each with their own cartridge, at much higher throughput than with their
@@ -15,7 +16,17 @@ Here, in one run, on one machine, with `cartridge serve` and the default model:
 A fresh server serves each (mode, clients) cell, so its peak KV (from GET /v1/stats: rows x slots x bytes
 per slot of the running batch, padding included) belongs to that cell alone.
 
-Prints one markdown table. Usage: .venv/bin/python bench/serve_bench.py [--bin build/cartridge]
+Experiment "shared" (issue 18): many clients on the same cartridges. 1 / 8 / 32 / 64 clients send one
+request each, all on one cartridge or spread over 8, p = 512 tokens (made by `cartridge init` from
+512-token documents), a prompt of at most 32 tokens and 32 generated tokens (ignore_eos, greedy). Three
+modes: "shared KV" (the default server: one copy of each cartridge, attended once per step for all its
+rows), "copied KV" (`--copy-cartridge-kv`: every request copies its cartridge into its own KV, the old
+path) and "in context" (the cartridge's document, 4096 tokens = 8 p, before the question; only at the
+smaller client counts, --in-context-clients, since its prefill dominates). Peak KV = the requests' own KV
+at its largest plus the cartridge KV the running batch reads (GET /v1/stats).
+
+Prints markdown tables. Usage: .venv/bin/python bench/serve_bench.py [--bin build/cartridge]
+[--experiment per-user|shared|both]
 """
 import argparse
 import concurrent.futures
@@ -45,13 +56,13 @@ def get(port, path):
 
 
 class ServerProcess:
-    def __init__(self, args, cartridges, log_path):
+    def __init__(self, args, cartridges, log_path, max_batch=32, extra=()):
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
             [args.bin, "serve", "--model", args.model, "--cartridges", str(cartridges), "--port", "0",
-             "--max-batch", "32", "--max-tokens-limit", str(args.max_tokens), "--no-request-log", "--quiet",
-             "--dtype", args.dtype, "--max-prefill-tokens", str(args.max_prefill_tokens)],
+             "--max-batch", str(max_batch), "--max-tokens-limit", str(args.max_tokens), "--no-request-log",
+             "--quiet", "--dtype", args.dtype, "--max-prefill-tokens", str(args.max_prefill_tokens), *extra],
             stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 300
         self.port = None
@@ -139,6 +150,87 @@ def run_cell(args, cartridges, mode, clients, documents_text, log_dir):
         server.close()
 
 
+SHARED_MODES = {"shared KV": (), "copied KV": ("--copy-cartridge-kv",), "in context": ()}
+
+
+def run_shared_cell(args, cartridges, mode, clients, cartridge_count, documents_text, log_dir):
+    """`clients` requests at once, client i on cartridge user{i % cartridge_count}; returns the cell's row."""
+    server = ServerProcess(args, cartridges, log_dir / f"shared_{mode.replace(' ', '_')}_{clients}_{cartridge_count}.log",
+                           max_batch=max(args.shared_clients), extra=SHARED_MODES[mode])
+    try:
+        question = "\n\nQuestion: Who founded the town, and in which year?\nAnswer:"
+
+        def body(index, prompt_only=False):
+            base = {"max_tokens": args.max_tokens, "temperature": 0, "ignore_eos": True}
+            if mode == "in context":
+                return {**base, "model": server_model_id(args), "prompt": documents_text[index % cartridge_count] + question}
+            return {**base, "model": f"user{index % cartridge_count}", "prompt": question}
+
+        # Warm-up: load the cartridges and the model's kernels.
+        for index in range(cartridge_count):
+            post(server.port, "/v1/completions", {**body(index), "max_tokens": 1})
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+            responses = list(pool.map(lambda index: post(server.port, "/v1/completions", body(index)), range(clients)))
+        wall = time.perf_counter() - start
+        stats = get(server.port, "/v1/stats")["scheduler"]
+        assert all(response["usage"]["completion_tokens"] == args.max_tokens for response in responses)
+        return {"experiment": "shared", "mode": mode, "clients": clients, "cartridges": cartridge_count,
+                "wall_s": wall, "requests_per_s": clients / wall, "peak_batch": stats["peak_batch"],
+                "peak_own_kv_bytes": stats["peak_kv_bytes"],
+                "peak_cartridge_kv_bytes": stats.get("peak_cartridge_kv_bytes", 0),
+                "prompt_tokens": max(response["usage"]["prompt_tokens"] for response in responses)}
+    finally:
+        server.close()
+
+
+def shared_experiment(args, scratch):
+    cartridges = scratch / "shared_cartridges"
+    cartridges.mkdir()
+    saved = args.doc_tokens
+    args.doc_tokens = 8 * args.shared_cartridge_tokens
+    documents_text, _ = make_documents(args, 8)
+    args.doc_tokens = saved
+    print(f"making 8 cartridges of {args.shared_cartridge_tokens} tokens...", file=sys.stderr)
+    for index, text in enumerate(documents_text):
+        doc_file = scratch / f"shared_doc{index}.txt"
+        doc_file.write_text(text)
+        subprocess.run([args.bin, "init", "--model", args.model, "--text-file", str(doc_file), "--tokens",
+                        str(args.shared_cartridge_tokens), "--no-chat-template", "--out",
+                        str(cartridges / f"user{index}"), "--quiet"], check=True, capture_output=True)
+    results = []
+    for cartridge_count in (1, 8):
+        for clients in args.shared_clients:
+            for mode in SHARED_MODES:
+                if mode == "in context" and clients not in args.in_context_clients:
+                    continue
+                print(f"running {mode}, {clients} clients on {cartridge_count} cartridge(s)...", file=sys.stderr)
+                results.append(run_shared_cell(args, cartridges, mode, clients, cartridge_count, documents_text,
+                                               scratch))
+    return results
+
+
+def print_shared_table(args, results):
+    print(f"Many clients on the same cartridges, {server_model_id(args)} ({args.dtype}): one request per client, "
+          f"cartridge p = {args.shared_cartridge_tokens} tokens, prompt {max(r['prompt_tokens'] for r in results if r['mode'] != 'in context')} "
+          f"tokens, {args.max_tokens} generated tokens (greedy, ignore_eos); in context = the cartridge's "
+          f"{8 * args.shared_cartridge_tokens}-token document before the prompt. Peak KV = the requests' own KV at "
+          "its largest + the cartridge KV the running batch reads.\n")
+    print("| cartridges | clients | mode | requests/s | vs copied KV | peak batch | peak own KV MiB | "
+          "cartridge KV MiB | peak KV MiB | copied / this |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in results:
+        copied = next(r for r in results if r["mode"] == "copied KV" and r["clients"] == row["clients"]
+                      and r["cartridges"] == row["cartridges"])
+        total = row["peak_own_kv_bytes"] + row["peak_cartridge_kv_bytes"]
+        copied_total = copied["peak_own_kv_bytes"] + copied["peak_cartridge_kv_bytes"]
+        print(f"| {row['cartridges']} | {row['clients']} | {row['mode']} | {row['requests_per_s']:.2f} | "
+              f"{row['requests_per_s'] / copied['requests_per_s']:.2f}x | {row['peak_batch']} | "
+              f"{row['peak_own_kv_bytes'] / 2**20:.1f} | {row['peak_cartridge_kv_bytes'] / 2**20:.1f} | "
+              f"{total / 2**20:.1f} | {copied_total / max(total, 1):.1f}x |")
+    print()
+
+
 def server_model_id(args):
     return pathlib.Path(args.model).name.removesuffix(".gguf")
 
@@ -154,7 +246,23 @@ def main():
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-prefill-tokens", type=int, default=4096)
     parser.add_argument("--json-out", help="also write the raw results here")
+    parser.add_argument("--experiment", choices=["per-user", "shared", "both"], default="both")
+    parser.add_argument("--shared-clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--shared-cartridge-tokens", type=int, default=512)
+    parser.add_argument("--in-context-clients", type=int, nargs="*", default=[1, 8])
     args = parser.parse_args()
+    results = []
+    if args.experiment in ("shared", "both"):
+        with tempfile.TemporaryDirectory(prefix="serve_bench_") as scratch:
+            results = shared_experiment(args, pathlib.Path(scratch))
+        print_shared_table(args, results)
+    if args.experiment in ("per-user", "both"):
+        results += per_user_experiment(args)
+    if args.json_out:
+        pathlib.Path(args.json_out).write_text(json.dumps(results, indent=2))
+
+
+def per_user_experiment(args):
     cartridge_tokens = args.doc_tokens // 8
     most_clients = max(args.clients)
 
@@ -176,8 +284,6 @@ def main():
             for mode in ("cartridge", "in context"):
                 print(f"running {mode} with {clients} clients...", file=sys.stderr)
                 results.append(run_cell(args, cartridges, mode, clients, documents_text, scratch))
-    if args.json_out:
-        pathlib.Path(args.json_out).write_text(json.dumps(results, indent=2))
 
     print(f"Serving {server_model_id(args)} ({args.dtype}) with `cartridge serve`: each client has its own "
           f"document of {min(document_tokens)}-{max(document_tokens)} tokens; cartridge p = {cartridge_tokens} tokens (1/8). "
@@ -199,6 +305,7 @@ def main():
               f"{icl['peak_kv_bytes'] / max(cart['peak_kv_bytes'], 1):.2f}x |")
     print("\nThe paper reports 26.4x throughput and 38.6x less memory on its own setup (Llama 8B, SGLang, "
           "H100, longer documents); the ratios above are this machine's, measured in this run.")
+    return results
 
 
 if __name__ == "__main__":

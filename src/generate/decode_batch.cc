@@ -7,8 +7,9 @@
 
 namespace cartridge {
 
-DecodeBatch::DecodeBatch(const Model& model, const Tokenizer& tokenizer, DecodeHooks hooks)
-    : model_(model), tokenizer_(tokenizer), hooks_(std::move(hooks)) {}
+DecodeBatch::DecodeBatch(const Model& model, const Tokenizer& tokenizer, DecodeHooks hooks,
+                         PrefixStorage prefix_storage)
+    : model_(model), tokenizer_(tokenizer), hooks_(std::move(hooks)), prefix_storage_(prefix_storage) {}
 
 at::Tensor DecodeBatch::prefill(const std::vector<const GenerationRequest*>& requests,
                                 const std::vector<RowId>& ids, KvCache& cache) {
@@ -73,7 +74,10 @@ std::vector<RowId> DecodeBatch::add(const std::vector<const GenerationRequest*>&
     ids.push_back(next_row_id_ + static_cast<RowId>(index));
     rows.push_back(Row{ids.back(), RowDecoder(*requests[index], tokenizer_)});
   }
-  KvCache cache = KvCache::with_row_prefixes(model_.config(), model_.dtype(), model_.device(), prefixes);
+  KvCache cache =
+      prefix_storage_ == PrefixStorage::kShared
+          ? KvCache::with_shared_prefixes(model_.config(), model_.dtype(), model_.device(), prefixes)
+          : KvCache::with_row_prefixes(model_.config(), model_.dtype(), model_.device(), prefixes);
   // A batch that starts here decodes in this cache: one allocation for the whole generation. Rows that
   // join a running batch are copied into its cache instead.
   if (rows_.empty()) cache.reserve(longest_prompt + most_new_tokens);

@@ -36,6 +36,12 @@ struct DecodeHooks {
   std::function<void(RowId row, GenerationResult result)> on_finished;
 };
 
+// How rows hold their KV prefixes.
+enum class PrefixStorage {
+  kShared,        // one copy per prefix object, read once per step by all its rows (KvCache shared prefixes)
+  kCopiedPerRow,  // each row holds its own copy in its slots (the simple path, kept as a reference)
+};
+
 class DecodeBatch {
  public:
   struct Counts {
@@ -46,7 +52,8 @@ class DecodeBatch {
   };
 
   // The model and tokenizer must outlive the batch.
-  DecodeBatch(const Model& model, const Tokenizer& tokenizer, DecodeHooks hooks = {});
+  DecodeBatch(const Model& model, const Tokenizer& tokenizer, DecodeHooks hooks = {},
+              PrefixStorage prefix_storage = PrefixStorage::kShared);
 
   // Checks every request (check_generation_request; throws InvalidArgumentError, nothing added), prefills
   // them together, each after its own prefix (right-padded; padding is masked and takes no position),
@@ -64,8 +71,11 @@ class DecodeBatch {
 
   bool empty() const { return rows_.empty(); }
   int64_t size() const { return static_cast<int64_t>(rows_.size()); }
-  RowId next_row_id() const { return next_row_id_; }   // the id the next added row will get
-  int64_t kv_bytes() const { return cache_.bytes(); }  // the running cache's K and V in use, bytes
+  RowId next_row_id() const { return next_row_id_; }  // the id the next added row will get
+  // The running rows' own K and V in use (prefix copies included with kCopiedPerRow), bytes.
+  int64_t kv_bytes() const { return cache_.bytes(); }
+  // The shared prefixes the running rows read, each counted once (0 with kCopiedPerRow), bytes.
+  int64_t shared_prefix_bytes() const { return cache_.shared_prefix_bytes(); }
   const Counts& counts() const { return counts_; }
 
  private:
@@ -86,6 +96,7 @@ class DecodeBatch {
   const Model& model_;
   const Tokenizer& tokenizer_;
   DecodeHooks hooks_;
+  PrefixStorage prefix_storage_;
   KvCache cache_;          // row i is rows_[i]
   std::vector<Row> rows_;  // running rows, in cache order
   RowId next_row_id_ = 0;

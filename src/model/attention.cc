@@ -1,6 +1,8 @@
 #include "model/attention.h"
 
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -16,6 +18,86 @@ at::Tensor repeat_kv_heads(const at::Tensor& tensor, int64_t query_heads) {
   return tensor.unsqueeze(2)
       .expand({sizes[0], kv_heads, groups, sizes[2], sizes[3]})
       .reshape({sizes[0], query_heads, sizes[2], sizes[3]});
+}
+
+// Which own slots the queries see, explicitly: [B or 1, 1, T, S] bool (see AttentionMask).
+at::Tensor explicit_allowed(const AttentionMask& mask, int64_t new_tokens, int64_t slots, at::Device device) {
+  if (mask.allowed.defined()) return mask.allowed;
+  const at::Tensor all =
+      at::ones({1, 1, new_tokens, slots}, at::TensorOptions().dtype(at::kBool).device(device));
+  return mask.causal ? all.tril(slots - new_tokens) : all;
+}
+
+// Attention of grouped queries [N, H_kv, Q, D] over keys/values [N, H_kv, S, D] (broadcastable in N),
+// float32, with `allowed` [N or 1, 1, Q, S] or undefined: the output [N, H_kv, Q, D] and the log-sum-exp of
+// each query's scaled scores [N, H_kv, Q]. The softmax is normalised by that log-sum-exp, so partial
+// results over disjoint slot sets merge exactly (merge_partial).
+struct PartialAttention {
+  at::Tensor output;
+  at::Tensor log_sum_exp;
+};
+
+PartialAttention partial_attention(const at::Tensor& queries, const at::Tensor& keys,
+                                   const at::Tensor& values, const at::Tensor& allowed, double scale) {
+  at::Tensor scores = at::matmul(queries, keys.transpose(-1, -2)) * scale;  // [N, H_kv, Q, S]
+  if (allowed.defined()) scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  const at::Tensor log_sum_exp = at::logsumexp(scores, -1, /*keepdim=*/true);  // [N, H_kv, Q, 1]
+  return {at::matmul((scores - log_sum_exp).exp_(), values), log_sum_exp.squeeze(-1)};
+}
+
+// Folds `part` (output [n, H, T, D], log-sum-exp [n, H, T], for the batch rows `rows` [n]) into the
+// running result of every row: out = (e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b).
+void merge_partial(at::Tensor& output, at::Tensor& log_sum_exp, const PartialAttention& part,
+                   const at::Tensor& rows) {
+  const at::Tensor before = log_sum_exp.index_select(0, rows);                      // [n, H, T]
+  const at::Tensor merged = at::logaddexp(before, part.log_sum_exp);                // [n, H, T]
+  const at::Tensor weight_before = (before - merged).exp_().unsqueeze(-1);          // [n, H, T, 1]
+  const at::Tensor weight_part = (part.log_sum_exp - merged).exp_().unsqueeze(-1);  // [n, H, T, 1]
+  output.index_copy_(0, rows, output.index_select(0, rows) * weight_before + part.output * weight_part);
+  log_sum_exp.index_copy_(0, rows, merged);
+}
+
+// Copies each row's shared prefixes in front of its own slots (zero-padded to the longest, masked), so
+// the result has no shared prefixes: what a cache without sharing would hold.
+AttentionInputs with_shared_prefixes_copied(const AttentionInputs& inputs) {
+  if (inputs.shared_prefixes.empty()) return inputs;
+  const int64_t batch = inputs.keys.size(0);
+  const int64_t new_tokens = inputs.query.size(2);
+  std::vector<std::vector<int64_t>> rows_of;  // per shared prefix: its rows
+  std::vector<int64_t> prefix_slots(batch, 0);
+  for (const SharedPrefixSlots& shared : inputs.shared_prefixes) {
+    const at::Tensor rows = shared.row_index.to(at::kCPU).contiguous();
+    rows_of.emplace_back(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
+    for (int64_t row : rows_of.back()) prefix_slots[row] += shared.keys.size(1);
+  }
+  const int64_t longest = *std::max_element(prefix_slots.begin(), prefix_slots.end());
+  std::vector<int64_t> shape = inputs.keys.sizes().vec();
+  shape[2] = longest;
+  at::Tensor front_keys = at::zeros(shape, inputs.keys.options());      // [B, H_kv, P_max, D]
+  at::Tensor front_values = at::zeros(shape, inputs.values.options());  // [B, H_kv, P_max, D]
+  at::Tensor front_valid = at::zeros({batch, longest}, at::kBool);      // [B, P_max]
+  std::vector<int64_t> filled(batch, 0);
+  for (size_t index = 0; index < rows_of.size(); ++index) {
+    const SharedPrefixSlots& shared = inputs.shared_prefixes[index];
+    const int64_t length = shared.keys.size(1);
+    for (int64_t row : rows_of[index]) {
+      front_keys[row].narrow(1, filled[row], length).copy_(shared.keys);
+      front_values[row].narrow(1, filled[row], length).copy_(shared.values);
+      front_valid[row].narrow(0, filled[row], length).fill_(true);
+      filled[row] += length;
+    }
+  }
+  const at::Device device = inputs.keys.device();
+  const at::Tensor own_allowed = explicit_allowed(inputs.mask, new_tokens, inputs.keys.size(2), device)
+                                     .expand({batch, 1, new_tokens, inputs.keys.size(2)});  // [B, 1, T, S]
+  const at::Tensor front_allowed =
+      front_valid.to(device).view({batch, 1, 1, longest}).expand({batch, 1, new_tokens, longest});
+  AttentionInputs copied = inputs;
+  copied.keys = at::cat({front_keys, inputs.keys}, 2);
+  copied.values = at::cat({front_values, inputs.values}, 2);
+  copied.mask = AttentionMask{at::cat({front_allowed, own_allowed}, 3), false};
+  copied.shared_prefixes.clear();
+  return copied;
 }
 
 }  // namespace
@@ -41,6 +123,7 @@ AttentionMask attention_mask(const at::Tensor& slot_mask, const at::Tensor& toke
 }
 
 at::Tensor sdpa_attention(const AttentionInputs& inputs) {
+  if (!inputs.shared_prefixes.empty()) return shared_prefix_attention(inputs);
   const int64_t heads = inputs.query.size(1);
   const int64_t kv_heads = inputs.keys.size(1);
   const bool masked = inputs.mask.allowed.defined();
@@ -56,7 +139,68 @@ at::Tensor sdpa_attention(const AttentionInputs& inputs) {
       /*enable_gqa=*/kv_heads != heads && !expand_kv_heads);  // [B, H, T, D]
 }
 
-at::Tensor naive_attention(const AttentionInputs& inputs) {
+at::Tensor shared_prefix_attention(const AttentionInputs& inputs, int64_t max_score_elements) {
+  const at::Tensor query = inputs.query.to(at::kFloat);  // [B, H, T, D]
+  const int64_t batch = query.size(0), heads = query.size(1), new_tokens = query.size(2);
+  const int64_t head_dim = query.size(3);
+  const int64_t kv_heads = inputs.keys.size(1);
+  const int64_t group = heads / kv_heads;  // query heads per KV head
+  const int64_t own_slots = inputs.keys.size(2);
+  const at::Tensor own_keys = inputs.keys.to(at::kFloat);      // [B, H_kv, S, D]
+  const at::Tensor own_values = inputs.values.to(at::kFloat);  // [B, H_kv, S, D]
+  const at::Tensor allowed = explicit_allowed(inputs.mask, new_tokens, own_slots, query.device());
+  std::vector<at::Tensor> prefix_keys, prefix_values;  // per shared prefix [H_kv, P, D] float32
+  int64_t longest_prefix = 0;
+  for (const SharedPrefixSlots& shared : inputs.shared_prefixes) {
+    prefix_keys.push_back(shared.keys.to(at::kFloat));
+    prefix_values.push_back(shared.values.to(at::kFloat));
+    longest_prefix = std::max(longest_prefix, shared.keys.size(1));
+  }
+
+  // Queries are taken `chunk` at a time so that a long prefill's scores stay within the budget (by
+  // default 16 Mi float32 = 64 MiB).
+  const int64_t widest = batch * heads * std::max(own_slots, longest_prefix);
+  const int64_t chunk = std::clamp<int64_t>(max_score_elements / std::max<int64_t>(widest, 1), 1, new_tokens);
+  std::vector<at::Tensor> outputs;  // per chunk [B, H, c, D]
+  for (int64_t start = 0; start < new_tokens; start += chunk) {
+    const int64_t count = std::min(chunk, new_tokens - start);
+    const at::Tensor chunk_query = query.narrow(2, start, count);  // [B, H, c, D]
+    // Query head h = kv_head * group + g, so [B, H, c, D] reads as [B, H_kv, group * c, D].
+    const at::Tensor chunk_allowed = allowed.narrow(2, start, count)
+                                         .unsqueeze(2)
+                                         .expand({allowed.size(0), 1, group, count, own_slots})
+                                         .reshape({allowed.size(0), 1, group * count, own_slots});
+    PartialAttention own = partial_attention(chunk_query.reshape({batch, kv_heads, group * count, head_dim}),
+                                             own_keys, own_values, chunk_allowed, inputs.scale);
+    at::Tensor output = own.output.reshape({batch, heads, count, head_dim});
+    at::Tensor log_sum_exp = own.log_sum_exp.reshape({batch, heads, count});
+    for (size_t index = 0; index < inputs.shared_prefixes.size(); ++index) {
+      const at::Tensor& rows = inputs.shared_prefixes[index].row_index;  // [n]
+      const int64_t members = rows.size(0);
+      // Every query of every row of the group against each KV head's prefix: one matrix product per KV
+      // head, [H_kv, n * group * c, D] x [H_kv, D, P].
+      const at::Tensor grouped = chunk_query.index_select(0, rows)
+                                     .reshape({members, kv_heads, group * count, head_dim})
+                                     .transpose(0, 1)
+                                     .reshape({kv_heads, members * group * count, head_dim});
+      const PartialAttention part =
+          partial_attention(grouped, prefix_keys[index], prefix_values[index], at::Tensor(), inputs.scale);
+      const PartialAttention per_row{part.output.view({kv_heads, members, group * count, head_dim})
+                                         .transpose(0, 1)
+                                         .reshape({members, heads, count, head_dim}),
+                                     part.log_sum_exp.view({kv_heads, members, group * count})
+                                         .transpose(0, 1)
+                                         .reshape({members, heads, count})};
+      merge_partial(output, log_sum_exp, per_row, rows);
+    }
+    outputs.push_back(output);
+  }
+  const at::Tensor output = outputs.size() == 1 ? outputs.front() : at::cat(outputs, 2);
+  return output.to(inputs.query.scalar_type());  // [B, H, T, D]
+}
+
+at::Tensor naive_attention(const AttentionInputs& shared_inputs) {
+  const AttentionInputs inputs = with_shared_prefixes_copied(shared_inputs);
   const int64_t heads = inputs.query.size(1);
   const int64_t new_tokens = inputs.query.size(2);
   const at::Tensor query = inputs.query.to(at::kDouble);                            // [B, H, T, D]

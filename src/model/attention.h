@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -23,21 +24,41 @@ struct AttentionMask {
 // no old slots (plain causal).
 AttentionMask attention_mask(const at::Tensor& slot_mask, const at::Tensor& token_mask);
 
+// One layer of a prefix that several rows read before their own slots (KvCache::SharedPrefix). Every
+// query of those rows attends to all of its slots.
+struct SharedPrefixSlots {
+  at::Tensor keys;       // [H_kv, P, D], post-RoPE
+  at::Tensor values;     // [H_kv, P, D]
+  at::Tensor row_index;  // [n] int64: the batch rows that read it
+};
+
 struct AttentionInputs {
-  at::Tensor query;   // [B, H, T, D], post-RoPE
-  at::Tensor keys;    // [B, H_kv, S, D]: all slots of the layer, the T new ones last
-  at::Tensor values;  // [B, H_kv, S, D]
-  AttentionMask mask;
+  at::Tensor query;    // [B, H, T, D], post-RoPE
+  at::Tensor keys;     // [B, H_kv, S, D]: the rows' own slots, the T new ones last
+  at::Tensor values;   // [B, H_kv, S, D]
+  AttentionMask mask;  // over the rows' own slots
+  // Prefixes held once for several rows; they come before `keys` for their rows. Empty for most caches.
+  std::vector<SharedPrefixSlots> shared_prefixes;
   double scale = 1;   // applied to q.k (1 / sqrt(D))
   int64_t layer = 0;  // the calling layer's index (for kernels that keep per-layer state)
 };
 
 // softmax(q k^T * scale, masked) v, [B, H, T, D] in the query's dtype; each KV head serves H / H_kv
-// consecutive query heads. ATen's scaled_dot_product_attention (flash kernel on the CPU).
+// consecutive query heads. ATen's scaled_dot_product_attention (flash kernel on the CPU); with shared
+// prefixes, shared_prefix_attention.
 at::Tensor sdpa_attention(const AttentionInputs& inputs);
 
-// The reference: keys and values repeated per query group, explicit scores, mask, softmax and weighted
-// sum in float64, rounded to the query's dtype at the end. Slow; for tests only.
+// The same result when rows read shared prefixes, without copying a prefix per row (after Hydragen,
+// arXiv 2402.05099): each shared prefix is attended once for all its rows, as one matrix product per KV
+// head (the queries of every row and query head of the group stacked), the rows' own slots per row, and
+// the partial results merged exactly by their log-sum-exp. Scores and softmax in float32, for as many
+// queries at a time as keep a score tensor within `max_score_elements` (at least one query).
+at::Tensor shared_prefix_attention(const AttentionInputs& inputs,
+                                   int64_t max_score_elements = int64_t{16} << 20);
+
+// The reference: shared prefixes copied in front of each row's own slots, keys and values repeated per
+// query group, explicit scores, mask, softmax and weighted sum in float64, rounded to the query's dtype at
+// the end. Slow; for tests only.
 at::Tensor naive_attention(const AttentionInputs& inputs);
 
 }  // namespace cartridge

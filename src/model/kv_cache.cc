@@ -1,6 +1,7 @@
 #include "model/kv_cache.h"
 
 #include <algorithm>
+#include <iterator>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -23,6 +24,11 @@ int64_t grown_capacity(int64_t current, int64_t needed) {
 bool is_prefix_view(const at::Tensor& view, const at::Tensor& buffer, int64_t used) {
   return view.defined() && buffer.defined() && view.data_ptr() == buffer.data_ptr() && view.size(2) == used &&
          view.strides() == buffer.strides() && view.sizes()[0] == buffer.sizes()[0];
+}
+
+// The rows of `shared` as a tensor [n] int64 on `device` (rebuilt whenever the rows change).
+void set_row_index(KvCache::SharedPrefix& shared, at::Device device) {
+  shared.row_index = at::tensor(shared.rows, at::kLong).to(device);
 }
 
 }  // namespace
@@ -57,6 +63,26 @@ bool KvCache::requires_grad() const {
     if (keys_[layer].requires_grad() || values_[layer].requires_grad()) return true;
   }
   return false;
+}
+
+int64_t KvCache::shared_prefix_bytes() const {
+  int64_t total = 0;
+  for (const SharedPrefix& shared : shared_prefixes_) {
+    for (int64_t layer = 0; layer < shared.prefix->num_layers(); ++layer) {
+      const at::Tensor& keys = shared.prefix->keys[layer];
+      const at::Tensor& values = shared.prefix->values[layer];
+      total += keys.numel() * keys.element_size() + values.numel() * values.element_size();
+    }
+  }
+  return total;
+}
+
+int64_t KvCache::longest_shared_prefix() const {
+  std::vector<int64_t> per_row(batch_size(), 0);  // shared slots each row reads
+  for (const SharedPrefix& shared : shared_prefixes_) {
+    for (int64_t row : shared.rows) per_row[row] += shared.prefix->length();
+  }
+  return per_row.empty() ? 0 : *std::max_element(per_row.begin(), per_row.end());
 }
 
 int64_t KvCache::bytes() const {
@@ -159,7 +185,41 @@ KvCache KvCache::with_row_prefixes(const ModelConfig& config, at::ScalarType dty
   return from_prefix_tensors(std::move(keys), std::move(values), lengths);
 }
 
+KvCache KvCache::with_shared_prefixes(const ModelConfig& config, at::ScalarType dtype, at::Device device,
+                                      const std::vector<std::shared_ptr<const KvPrefix>>& prefixes) {
+  const int64_t batch = static_cast<int64_t>(prefixes.size());
+  KvCache cache = empty(config, batch, dtype, device);
+  std::vector<int64_t> lengths(batch, 0);  // [B] shared slots per row
+  for (int64_t row = 0; row < batch; ++row) {
+    const std::shared_ptr<const KvPrefix>& prefix = prefixes[row];
+    if (!prefix || prefix->length() == 0) continue;
+    if (prefix->num_layers() != config.num_layers) {
+      throw MismatchError("a cartridge has " + std::to_string(prefix->num_layers()) +
+                          " layers but the model has " + std::to_string(config.num_layers) +
+                          " (use a cartridge made for this model)");
+    }
+    const at::Tensor& first_keys = prefix->keys.front();
+    TORCH_CHECK(first_keys.scalar_type() == dtype && first_keys.device() == device &&
+                    first_keys.size(0) == config.num_key_value_heads && first_keys.size(2) == config.head_dim,
+                "KvCache::with_shared_prefixes: a prefix is ", first_keys.scalar_type(), " ",
+                first_keys.sizes(), " on ", first_keys.device(), ", the cache ", dtype, " [",
+                config.num_key_value_heads, ", P, ", config.head_dim, "] on ", device);
+    auto same_object = [&prefix](const SharedPrefix& shared) { return shared.prefix == prefix; };
+    auto found = std::find_if(cache.shared_prefixes_.begin(), cache.shared_prefixes_.end(), same_object);
+    if (found == cache.shared_prefixes_.end()) {
+      cache.shared_prefixes_.push_back(SharedPrefix{prefix, {}, {}});
+      found = std::prev(cache.shared_prefixes_.end());
+    }
+    found->rows.push_back(row);
+    lengths[row] = prefix->length();
+  }
+  for (SharedPrefix& shared : cache.shared_prefixes_) set_row_index(shared, device);
+  cache.next_positions_ = at::tensor(lengths, at::kLong).to(device);
+  return cache;
+}
+
 KvPrefix KvCache::row_prefix(int64_t row, int64_t slots) const {
+  TORCH_CHECK(shared_prefixes_.empty(), "KvCache::row_prefix: not for a cache with shared prefixes");
   TORCH_CHECK(row >= 0 && row < batch_size(), "KvCache::row_prefix: row ", row, " of ", batch_size());
   TORCH_CHECK(slots >= 0 && slots <= length(), "KvCache::row_prefix: ", slots, " slots of ", length());
   KvPrefix prefix;
@@ -180,6 +240,23 @@ KvCache KvCache::select_rows(const at::Tensor& row_indices) const {
   out.growth_buffers_.resize(keys_.size());
   out.slot_mask_ = slot_mask_.index_select(0, indices);
   out.next_positions_ = next_positions_.index_select(0, indices);
+  if (!shared_prefixes_.empty()) {
+    // Each shared prefix keeps the selected rows that read it, renumbered to their new places.
+    const at::Tensor cpu_indices = indices.to(at::kCPU).contiguous();
+    const int64_t* selected = cpu_indices.data_ptr<int64_t>();
+    std::vector<int64_t> new_place(batch_size(), -1);  // old row -> new row
+    for (int64_t index = 0; index < cpu_indices.numel(); ++index) new_place[selected[index]] = index;
+    for (const SharedPrefix& shared : shared_prefixes_) {
+      SharedPrefix kept{shared.prefix, {}, {}};
+      for (int64_t row : shared.rows) {
+        if (new_place[row] >= 0) kept.rows.push_back(new_place[row]);
+      }
+      if (kept.rows.empty()) continue;
+      std::sort(kept.rows.begin(), kept.rows.end());
+      set_row_index(kept, slot_mask_.device());
+      out.shared_prefixes_.push_back(std::move(kept));
+    }
+  }
   return out;
 }
 
@@ -217,6 +294,21 @@ KvCache KvCache::concat_rows(const std::vector<KvCache>& caches) {
   }
   out.slot_mask_ = at::cat(masks, 0);
   out.next_positions_ = at::cat(positions, 0);
+  // Shared prefixes: rows offset by the rows of the caches before; one entry per distinct prefix object.
+  int64_t row_offset = 0;
+  for (const KvCache& cache : caches) {
+    for (const SharedPrefix& shared : cache.shared_prefixes_) {
+      auto same_object = [&shared](const SharedPrefix& other) { return other.prefix == shared.prefix; };
+      auto found = std::find_if(out.shared_prefixes_.begin(), out.shared_prefixes_.end(), same_object);
+      if (found == out.shared_prefixes_.end()) {
+        out.shared_prefixes_.push_back(SharedPrefix{shared.prefix, {}, {}});
+        found = std::prev(out.shared_prefixes_.end());
+      }
+      for (int64_t row : shared.rows) found->rows.push_back(row_offset + row);
+    }
+    row_offset += cache.batch_size();
+  }
+  for (SharedPrefix& shared : out.shared_prefixes_) set_row_index(shared, out.slot_mask_.device());
   return out;
 }
 
@@ -242,6 +334,7 @@ KvCache KvCache::clone() const {
   out.growth_buffers_.resize(keys_.size());
   out.slot_mask_ = slot_mask_.clone();
   out.next_positions_ = next_positions_.clone();
+  out.shared_prefixes_ = shared_prefixes_;  // immutable: sharing them is the point
   return out;
 }
 

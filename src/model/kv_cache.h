@@ -3,6 +3,10 @@
 // operations below. Each row may start with its own KV prefix (a cartridge, or several composed) of any
 // length and may hold padding; a per-slot mask says which slots hold real keys, so rows of different
 // lengths share one rectangular tensor per layer. Positions and masks: docs/positions_and_masks.md.
+//
+// A prefix that several rows start with can instead be *shared*: held once, outside the rows' own slots,
+// and read once per step for all its rows (attention.h's shared_prefix_attention, after Hydragen). Then
+// keys(layer) holds only the rows' own slots and shared_prefixes() says which rows read which prefix.
 #pragma once
 
 #include <cstdint>
@@ -43,30 +47,54 @@ class KvCache {
   static KvCache with_row_prefixes(const ModelConfig& config, at::ScalarType dtype, at::Device device,
                                    const std::vector<std::shared_ptr<const KvPrefix>>& prefixes);
 
+  // Row b starts with prefixes[b] (null or empty = none) like with_row_prefixes, but nothing is copied:
+  // rows whose prefix is the same object share it (one SharedPrefix), and the rows' own slots start empty.
+  // Row b's real tokens go at positions P_b + i. Throws MismatchError when a prefix has another layer count
+  // than `config`; the prefixes must be in `dtype` on `device`.
+  static KvCache with_shared_prefixes(const ModelConfig& config, at::ScalarType dtype, at::Device device,
+                                      const std::vector<std::shared_ptr<const KvPrefix>>& prefixes);
+
+  // A prefix held once and read by several rows; its slots come before each of those rows' own slots.
+  struct SharedPrefix {
+    std::shared_ptr<const KvPrefix> prefix;  // per layer [H_kv, P, D], never modified
+    std::vector<int64_t> rows;               // the rows that start with it, ascending
+    at::Tensor row_index;                    // the same rows, [n] int64 on the cache's device
+  };
+
   // ---- reading ---------------------------------------------------------------------------------------
   int64_t batch_size() const;  // B
-  int64_t length() const;      // S, slots per row including padding
+  int64_t length() const;      // S, the rows' own slots including padding (shared prefixes not counted)
   int64_t num_layers() const { return static_cast<int64_t>(keys_.size()); }
   const at::Tensor& keys(int64_t layer) const;                // [B, H_kv, S, D], post-RoPE (post k-norm)
   const at::Tensor& values(int64_t layer) const;              // [B, H_kv, S, D]
   const at::Tensor& slot_mask() const { return slot_mask_; }  // [B, S] bool: slot holds a real key
+  // The shared prefixes, each with the rows that read it (empty unless built by with_shared_prefixes).
+  const std::vector<SharedPrefix>& shared_prefixes() const { return shared_prefixes_; }
+  // Bytes of K and V of the distinct shared prefixes (each counted once, however many rows read it).
+  int64_t shared_prefix_bytes() const;
+  // The most shared-prefix slots any row reads before its own slots.
+  int64_t longest_shared_prefix() const;
   const at::Tensor& next_positions() const {
     return next_positions_;
   }  // [B] int64: next real token's position
   // True when autograd records through the cache (a trainable prefix in it).
   bool requires_grad() const;
-  // Bytes of K and V in use (rows x slots x layers x heads x dims), padding included, capacity excluded.
+  // Bytes of the rows' own K and V in use (rows x slots x layers x heads x dims), padding included,
+  // capacity and shared prefixes excluded.
   int64_t bytes() const;
 
-  // Row `row`'s first `slots` slots as a prefix (views, no copy). The caller checks they are real slots
-  // (slot_mask); e.g. a batch-1 prefill becomes a prefix for many rows this way.
+  // Row `row`'s first `slots` own slots as a prefix (views, no copy). The caller checks they are real
+  // slots (slot_mask); e.g. a batch-1 prefill becomes a prefix for many rows this way. Not for a cache with
+  // shared prefixes (the row's slots would start after them).
   KvPrefix row_prefix(int64_t row, int64_t slots) const;
 
   // ---- rows ------------------------------------------------------------------------------------------
-  // The rows `row_indices` ([N] int64) of this cache, in that order (fresh tensors).
+  // The rows `row_indices` ([N] int64, distinct) of this cache, in that order (fresh tensors; shared
+  // prefixes stay shared).
   KvCache select_rows(const at::Tensor& row_indices) const;
   // Stacks the rows of several caches (same layers, heads, head_dim, dtype, device) into one batch;
-  // shorter caches are padded on the right with masked slots up to the longest S.
+  // shorter caches are padded on the right with masked slots up to the longest S. Rows of different caches
+  // that share the same prefix object end up in one SharedPrefix.
   static KvCache concat_rows(const std::vector<KvCache>& caches);
   // Drops the slot columns that are padding in every row (e.g. after finished rows left). Keeps the order.
   void drop_padding_columns();
@@ -102,6 +130,7 @@ class KvCache {
   at::Tensor slot_mask_;                                       // [B, S] bool
   at::Tensor next_positions_;                                  // [B] int64
   std::vector<std::shared_ptr<GrowthBuffer>> growth_buffers_;  // per layer, null when none
+  std::vector<SharedPrefix> shared_prefixes_;                  // distinct prefix objects, first use first
 };
 
 }  // namespace cartridge

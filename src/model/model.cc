@@ -71,10 +71,11 @@ void Model::check_forward_inputs(const at::Tensor& input_ids, const at::Tensor& 
                 ", expected [", batch, ", ", config_.num_key_value_heads, ", ", cache.length(), ", ",
                 config_.head_dim, "]");
   }
-  if (config_.sliding_window > 0 && cache.length() + new_tokens > config_.sliding_window) {
+  const int64_t reached = cache.longest_shared_prefix() + cache.length() + new_tokens;  // slots, at most
+  if (config_.sliding_window > 0 && reached > config_.sliding_window) {
     throw UnsupportedError("this model uses sliding-window attention (window " +
                            std::to_string(config_.sliding_window) + " tokens) and the sequence would reach " +
-                           std::to_string(cache.length() + new_tokens) +
+                           std::to_string(reached) +
                            " slots; sliding windows are not implemented (use shorter inputs)");
   }
   // Padding ids are arbitrary (often -1): only real tokens must be in the vocabulary.

@@ -60,6 +60,10 @@ at::Tensor attention_block(const LayerConfig& config, const LayerWeights& weight
   attention.keys = cache.keys(config.index);      // [B, H_kv, S + T, D]
   attention.values = cache.values(config.index);  // [B, H_kv, S + T, D]
   attention.mask = inputs.mask;
+  for (const KvCache::SharedPrefix& shared : cache.shared_prefixes()) {
+    attention.shared_prefixes.push_back(SharedPrefixSlots{
+        shared.prefix->keys[config.index], shared.prefix->values[config.index], shared.row_index});
+  }
   attention.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   attention.layer = config.index;
   const at::Tensor attended = kernels.attention(attention);  // [B, H, T, D]

@@ -56,7 +56,7 @@ Scheduler::Scheduler(std::shared_ptr<const Model> model, std::shared_ptr<const T
     : model_(std::move(model)),
       tokenizer_(std::move(tokenizer)),
       options_(options),
-      batch_(*model_, *tokenizer_, stream_hooks()) {
+      batch_(*model_, *tokenizer_, stream_hooks(), options.prefix_storage) {
   TORCH_CHECK(options_.max_batch >= 1, "Scheduler: max_batch must be >= 1");
   TORCH_CHECK(options_.max_prefill_tokens >= 1, "Scheduler: max_prefill_tokens must be >= 1");
   thread_ = std::thread([this] { run(); });
@@ -210,6 +210,8 @@ void Scheduler::record_stats() {
   stats_.generated_tokens = counts.generated_tokens;
   stats_.kv_bytes = batch_.empty() ? 0 : batch_.kv_bytes();
   stats_.peak_kv_bytes = std::max(stats_.peak_kv_bytes, stats_.kv_bytes);
+  stats_.cartridge_kv_bytes = batch_.empty() ? 0 : batch_.shared_prefix_bytes();
+  stats_.peak_cartridge_kv_bytes = std::max(stats_.peak_cartridge_kv_bytes, stats_.cartridge_kv_bytes);
 }
 
 }  // namespace cartridge

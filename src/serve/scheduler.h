@@ -60,6 +60,9 @@ class RequestStream {
 struct SchedulerOptions {
   int64_t max_batch = 32;             // most rows decoded together
   int64_t max_prefill_tokens = 4096;  // most prompt tokens prefilled in one step (a longer prompt goes alone)
+  // Shared: rows that use the same cartridge read one copy of its KV. Copied per row: the old path, kept
+  // as a reference and for benchmarks.
+  PrefixStorage prefix_storage = PrefixStorage::kShared;
 };
 
 class Scheduler {
@@ -84,8 +87,14 @@ class Scheduler {
     int64_t decode_steps = 0;      // decode forwards run
     int64_t generated_tokens = 0;  // tokens sampled, all requests
     int64_t peak_batch = 0;        // most rows decoded together
-    int64_t peak_kv_bytes = 0;     // largest running KV cache (rows x slots x bytes per slot), bytes
-    int64_t kv_bytes = 0;          // current running KV cache, bytes
+    // The running rows' own KV (their tokens; with copied prefixes also the copies), bytes: now and the
+    // largest so far.
+    int64_t kv_bytes = 0;
+    int64_t peak_kv_bytes = 0;
+    // The cartridge KV the running rows read, each cartridge (or composition) counted once, bytes: now and
+    // the largest so far (0 with copied prefixes, where the copies count in kv_bytes).
+    int64_t cartridge_kv_bytes = 0;
+    int64_t peak_cartridge_kv_bytes = 0;
   };
   Stats stats() const;
 

@@ -350,7 +350,9 @@ void Server::Impl::handle_stats(httplib::Response& response) {
                {"generated_tokens", scheduler_stats.generated_tokens},
                {"peak_batch", scheduler_stats.peak_batch},
                {"kv_bytes", scheduler_stats.kv_bytes},
-               {"peak_kv_bytes", scheduler_stats.peak_kv_bytes}}},
+               {"peak_kv_bytes", scheduler_stats.peak_kv_bytes},
+               {"cartridge_kv_bytes", scheduler_stats.cartridge_kv_bytes},
+               {"peak_cartridge_kv_bytes", scheduler_stats.peak_cartridge_kv_bytes}}},
              {"cartridges",
               {{"resident_bytes", registry_stats.resident_bytes},
                {"entries", registry_stats.entries},
@@ -509,6 +511,8 @@ Server::Server(LoadedModel model, ServerOptions options) : impl_(std::make_uniqu
   SchedulerOptions scheduler_options;
   scheduler_options.max_batch = impl.options.max_batch;
   scheduler_options.max_prefill_tokens = impl.options.max_prefill_tokens;
+  scheduler_options.prefix_storage =
+      impl.options.share_cartridge_kv ? PrefixStorage::kShared : PrefixStorage::kCopiedPerRow;
   impl.scheduler = std::make_unique<Scheduler>(impl.model.model, impl.model.tokenizer, scheduler_options);
 
   // A worker thread per connection being served: streamed requests hold theirs until they end, and idle

@@ -31,7 +31,9 @@ struct ServerOptions {
   int64_t max_body_bytes = int64_t{4} << 20;        // largest request body, bytes
   int64_t max_tokens_limit = 2048;                  // largest max_tokens a request may ask for
   int64_t max_concurrent_requests = 64;             // generation requests in flight; more get 429
-  bool log_requests = true;                         // one line per request on stderr
+  // Rows that use the same cartridge read one copy of its KV (false: each row copies it, the old path).
+  bool share_cartridge_kv = true;
+  bool log_requests = true;  // one line per request on stderr
   // When set, every /v1/ request must send "Authorization: Bearer <api_key>" (401 otherwise); /health
   // stays open for load balancers. "" = no key.
   std::string api_key;

@@ -111,6 +111,10 @@ void add_serve_command(CLI::App& app) {
                    "(0 = no limit)")
       ->capture_default_str()
       ->check(kNonNegative);
+  // "{false}": the flag stores false into share_cartridge_kv.
+  command->add_flag("--copy-cartridge-kv{false}", options->server.share_cartridge_kv,
+                    "Give every request its own copy of its cartridge's KV (the old path, for comparison; "
+                    "default: one copy per cartridge, read once per step by every request that uses it)");
   command
       ->add_option("--max-body-bytes", options->server.max_body_bytes,
                    "Largest request body accepted (bytes)")

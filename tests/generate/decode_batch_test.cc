@@ -28,6 +28,16 @@ GenerationRequest request_for(const std::string& prompt, int64_t max_new_tokens,
   return request;
 }
 
+// The KV of `text` run alone, as a prefix (what a cartridge becomes at run time).
+std::shared_ptr<const KvPrefix> prefix_of(const std::string& text) {
+  const LoadedModel& model = default_model();
+  KvCache cache = model.model->new_cache(1);
+  const std::vector<int32_t> ids = model.tokenizer->encode(text, false);
+  const at::Tensor input = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).view({1, -1});
+  model.model->forward(input, at::ones_like(input, at::kBool), cache);
+  return std::make_shared<const KvPrefix>(cache.row_prefix(0, cache.length()));
+}
+
 GenerationResult alone(const GenerationRequest& request) {
   return generate(*default_model().model, *default_model().tokenizer, {request}).front();
 }
@@ -116,6 +126,69 @@ TEST(DecodeBatchTest, PromptLogitsAreThoseOfAPlainForward) {
             1e-4);
   EXPECT_EQ(finished[0].token_ids,
             alone(request_for("A cartridge is a small trained cache that", 3)).token_ids);
+}
+
+TEST(DecodeBatchTest, SharedPrefixesGiveTheTokensAndLogitsOfCopiedOnes) {
+  const LoadedModel& model = default_model();
+  c10::InferenceMode inference;
+  const auto harbour = prefix_of("Notes from the harbour office, 1874. The ship Aurora left for Bergen.");
+  const auto bakery = prefix_of("Marta's bakery sells rye bread on Wednesdays.");
+  std::vector<GenerationRequest> requests = {
+      request_for("The ship", 9),          request_for("The harbour office", 12, 0.8),
+      request_for("Rye bread is sold", 7), request_for("A poem about the sea:", 10),
+      request_for("Aurora sailed to", 11), request_for("In 1874", 8)};
+  for (int index : {0, 1, 4, 5}) requests[index].prefix = harbour;  // many rows on one cartridge
+  requests[2].prefix = bakery;                                      // another cartridge; row 3 has none
+
+  // The same schedule on both paths: rows join mid-decode and one is cancelled.
+  struct Run {
+    std::map<RowId, std::vector<at::Tensor>> logits;  // per row, per sampled token [V]
+    std::map<RowId, GenerationResult> finished;
+    int64_t shared_bytes_with_all = 0, own_bytes_with_all = 0;
+  };
+  auto run = [&](PrefixStorage storage) {
+    Run result;
+    DecodeHooks hooks;
+    hooks.on_logits = [&](const std::vector<RowId>& rows, const at::Tensor& logits) {
+      for (size_t index = 0; index < rows.size(); ++index)
+        result.logits[rows[index]].push_back(logits[static_cast<int64_t>(index)].clone());
+    };
+    hooks.on_finished = [&](RowId row, GenerationResult finished) {
+      result.finished[row] = std::move(finished);
+    };
+    DecodeBatch batch(*model.model, *model.tokenizer, hooks, storage);
+    batch.add({&requests[0], &requests[1], &requests[2]});
+    batch.step();
+    batch.add({&requests[3], &requests[4]});
+    batch.step();
+    batch.add({&requests[5]});
+    result.shared_bytes_with_all = batch.shared_prefix_bytes();
+    result.own_bytes_with_all = batch.kv_bytes();
+    batch.step();
+    batch.remove({1});
+    while (!batch.empty()) batch.step();
+    return result;
+  };
+  const Run shared = run(PrefixStorage::kShared);
+  const Run copied = run(PrefixStorage::kCopiedPerRow);
+  ASSERT_EQ(shared.finished.size(), 5u);
+  for (const auto& [row, result] : copied.finished) {
+    EXPECT_EQ(shared.finished.at(row).token_ids, result.token_ids) << "row " << row;
+    EXPECT_EQ(shared.finished.at(row).text, result.text) << "row " << row;
+  }
+  for (const auto& [row, steps] : copied.logits) {
+    ASSERT_EQ(shared.logits.at(row).size(), steps.size()) << "row " << row;
+    for (size_t step = 0; step < steps.size(); ++step) {
+      EXPECT_LE((shared.logits.at(row)[step] - steps[step]).abs().max().item<double>(), 1e-4)
+          << "row " << row << " step " << step;
+    }
+  }
+  // Each cartridge held once by the shared batch; the copied one holds a copy per row in its own KV.
+  const int64_t bytes_per_slot = model.model->config().kv_bytes_per_token(model.model->dtype());
+  EXPECT_EQ(shared.shared_bytes_with_all, (harbour->length() + bakery->length()) * bytes_per_slot);
+  EXPECT_EQ(copied.shared_bytes_with_all, 0);
+  EXPECT_GE(copied.own_bytes_with_all - shared.own_bytes_with_all,
+            6 * harbour->length() * bytes_per_slot / 2);
 }
 
 TEST(DecodeBatchTest, ABadRequestLeavesTheBatchUnchanged) {

@@ -153,5 +153,43 @@ TEST(AttentionKernelTest, SdpaEqualsNaiveForEveryMaskCase) {
   EXPECT_LE(max_abs_diff(sdpa_attention(decode), naive_attention(decode)), kKernelTolerance);
 }
 
+TEST(AttentionKernelTest, SharedPrefixAttentionEqualsTheNaiveOneOnCopiedPrefixes) {
+  at::manual_seed(1);
+  // 3 rows, 6 query heads on 2 KV heads, 3 new tokens after 4 own slots. Row 0 reads prefix A, row 1 none,
+  // row 2 reads A then B (a composition); row 1's second own slot and last new token are padding.
+  AttentionInputs inputs;
+  inputs.query = at::randn({3, 6, 3, 8});
+  inputs.keys = at::randn({3, 2, 7, 8});
+  inputs.values = at::randn({3, 2, 7, 8});
+  inputs.scale = 1.0 / std::sqrt(8.0);
+  inputs.mask =
+      attention_mask(at::tensor({1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1}, at::kLong).to(at::kBool).view({3, 4}),
+                     at::tensor({1, 1, 1, 1, 1, 0, 1, 1, 1}, at::kLong).to(at::kBool).view({3, 3}));
+  inputs.shared_prefixes.push_back(
+      {at::randn({2, 5, 8}), at::randn({2, 5, 8}), at::tensor({0, 2}, at::kLong)});
+  inputs.shared_prefixes.push_back({at::randn({2, 4, 8}), at::randn({2, 4, 8}), at::tensor({2}, at::kLong)});
+
+  AttentionInputs causal = inputs;  // a prefill: no own slots before the new tokens
+  causal.keys = inputs.keys.narrow(2, 4, 3);
+  causal.values = inputs.values.narrow(2, 4, 3);
+  causal.mask = attention_mask(at::ones({3, 0}, at::kBool), at::ones({3, 3}, at::kBool));
+  AttentionInputs decode = inputs;  // one new token per row, every own slot real
+  decode.query = inputs.query.narrow(2, 0, 1);
+  decode.mask = attention_mask(at::ones({3, 6}, at::kBool), at::ones({3, 1}, at::kBool));
+
+  for (const AttentionInputs* each : {&inputs, &causal, &decode}) {
+    const at::Tensor shared = shared_prefix_attention(*each);
+    EXPECT_LE(max_abs_diff(shared, naive_attention(*each)), kKernelTolerance);
+    EXPECT_TRUE(sdpa_attention(*each).equal(shared));  // the fast kernel hands shared prefixes over
+    // One query at a time (the chunking of long prefills) computes the same.
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, /*max_score_elements=*/1), shared), 1e-6);
+  }
+  // Without shared prefixes the naive reference is unchanged, and the prefix matters.
+  AttentionInputs alone = inputs;
+  alone.shared_prefixes.clear();
+  EXPECT_GT(max_abs_diff(shared_prefix_attention(inputs), sdpa_attention(alone)), 1e-3);
+  EXPECT_LE(max_abs_diff(shared_prefix_attention(alone), naive_attention(alone)), kKernelTolerance);
+}
+
 }  // namespace
 }  // namespace cartridge

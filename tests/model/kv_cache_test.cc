@@ -182,6 +182,65 @@ TEST_F(KvCacheTest, RowPrefixesEqualTheRowsTheyCameFrom) {
   EXPECT_EQ(batch.bytes(), 3 * 8 * config.kv_bytes_per_token(at::kFloat));
 }
 
+TEST_F(KvCacheTest, SharedPrefixesComputeWhatCopiedPrefixesDo) {
+  c10::InferenceMode inference;
+  const at::Tensor& ids = testing::get(cases_, "padded_ids");  // [3, 7]
+  KvCache first = prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
+  KvCache second = prefill(ids.narrow(0, 1, 1).narrow(1, 0, 3), at::ones({1, 3}, at::kBool));
+  const auto first_prefix = std::make_shared<const KvPrefix>(first.row_prefix(0, 7));
+  const auto second_prefix = std::make_shared<const KvPrefix>(second.row_prefix(0, 3));
+  const std::vector<std::shared_ptr<const KvPrefix>> prefixes = {first_prefix, nullptr, first_prefix,
+                                                                 second_prefix};
+  const ModelConfig& config = model_->config();
+  KvCache copied = KvCache::with_row_prefixes(config, model_->dtype(), model_->device(), prefixes);
+  KvCache shared = KvCache::with_shared_prefixes(config, model_->dtype(), model_->device(), prefixes);
+  ASSERT_EQ(shared.shared_prefixes().size(), 2u);
+  EXPECT_EQ(shared.shared_prefixes()[0].rows, (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(shared.shared_prefixes()[1].rows, (std::vector<int64_t>{3}));
+  EXPECT_EQ(shared.length(), 0);
+  EXPECT_TRUE(shared.next_positions().equal(copied.next_positions()));
+  EXPECT_EQ(shared.longest_shared_prefix(), 7);
+  // Each prefix counted once; the rows hold no copy.
+  EXPECT_EQ(shared.shared_prefix_bytes(), (7 + 3) * config.kv_bytes_per_token(at::kFloat));
+  EXPECT_EQ(shared.bytes(), 0);
+  EXPECT_THROW(shared.row_prefix(0, 0), c10::Error);
+
+  // A right-padded prompt per row, then decode steps, with rows leaving and joining in between.
+  const at::Tensor prompt = ids.narrow(0, 0, 2).narrow(1, 0, 4).repeat({2, 1});  // [4, 4]
+  const at::Tensor prompt_mask =
+      at::tensor({1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0}, at::kLong).to(at::kBool).view({4, 4});
+  ForwardOptions last_only;
+  last_only.last_token_only = true;
+  EXPECT_LE(max_abs_diff(model_->forward(prompt, prompt_mask, shared, last_only),
+                         model_->forward(prompt, prompt_mask, copied, last_only)),
+            kTolerance);
+  EXPECT_LE(max_abs_diff(step(shared, tokens({5, 6, 7, 8})), step(copied, tokens({5, 6, 7, 8}))), kTolerance);
+  // Rows 3 and 0 stay (renumbered 0 and 1); then a cache with row 2 joins: one shared entry per prefix.
+  const at::Tensor kept = tokens({3, 0});
+  KvCache joined = KvCache::concat_rows({shared.select_rows(kept), shared.select_rows(tokens({2}))});
+  KvCache joined_copied = KvCache::concat_rows({copied.select_rows(kept), copied.select_rows(tokens({2}))});
+  ASSERT_EQ(joined.shared_prefixes().size(), 2u);
+  EXPECT_EQ(joined.shared_prefixes()[0].prefix, first_prefix);
+  EXPECT_EQ(joined.shared_prefixes()[0].rows, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(joined.shared_prefixes()[1].prefix, second_prefix);
+  EXPECT_EQ(joined.shared_prefixes()[1].rows, (std::vector<int64_t>{0}));
+  KvCache naive_cache = joined.clone();
+  KvCache naive_cache_copied = joined_copied.clone();
+  EXPECT_LE(max_abs_diff(step(joined, tokens({1, 2, 3})), step(joined_copied, tokens({1, 2, 3}))),
+            kTolerance);
+  // The naive reference kernels on the shared cache agree with the fast ones on the copied cache.
+  ForwardKernels naive;
+  naive.attention = naive_attention;
+  ForwardOptions naive_options = last_only;
+  naive_options.kernels = &naive;
+  EXPECT_LE(max_abs_diff(model_
+                             ->forward(tokens({4, 5, 6}).view({3, 1}), at::ones({3, 1}, at::kBool),
+                                       naive_cache, naive_options)
+                             .squeeze(1),
+                         step(naive_cache_copied, tokens({4, 5, 6}))),
+            kTolerance);
+}
+
 TEST_F(KvCacheTest, ASharedPrefixIsNotCopiedAndRefusesAnotherModelsLayerCount) {
   c10::InferenceMode inference;
   KvCache source = prefill(testing::get(cases_, "padded_ids").narrow(0, 0, 1), at::ones({1, 7}, at::kBool));

@@ -13,11 +13,15 @@
   seed gives another text, and the text is what `cartridge generate --seed` gives for the same cartridge and
   prompt.
 - The server logs one line per request.
+- Many requests on one cartridge, joining and leaving while others decode, each get what `cartridge generate`
+  gives alone; 64 concurrent requests on one p = 512 cartridge hold one copy of its KV plus their own tokens
+  (`GET /v1/stats`), where the old path (`--copy-cartridge-kv`) held a copy per request.
 
 Cartridges are made by `cartridge init` from short texts on the default SmolLM2 GGUF.
 Needs CARTRIDGE_BIN (our binary).
 """
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -459,3 +463,75 @@ def test_api_key_is_required_when_set_and_open_binding_warns(cartridges, tmp_pat
                             timeout=120, env={k: v for k, v in os.environ.items() if k != "CARTRIDGE_API_KEY"})
     assert result.returncode != 0
     assert "warning: listening on 0.0.0.0 without an API key" in result.stderr, result.stderr
+
+
+@contextlib.contextmanager
+def extra_server(cartridges, log_path, *args):
+    """A server of its own on 127.0.0.1 with extra arguments; yields {"port": ...}."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([BIN, "serve", "--model", str(MODEL), "--cartridges", str(cartridges), "--port",
+                                    "0", "--quiet", "--no-request-log", *args], stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline, port = time.time() + 180, None
+            while time.time() < deadline and port is None:
+                assert process.poll() is None, log_path.read_text()
+                found = re.search(r"on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+                port = int(found.group(1)) if found else time.sleep(0.2)
+            assert port, log_path.read_text()
+            yield {"port": port}
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, log_path.read_text()
+
+
+def test_many_requests_on_one_cartridge_joining_and_leaving_match_generate(server, cartridges):
+    """Twelve requests on one cartridge, started 0.1 s apart so that they join a running batch and leave it
+    at different steps (each its own prompt), streaming and not: each text is `cartridge generate`'s."""
+    prompts = PROMPTS + QUESTIONS
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        wanted = list(pool.map(lambda prompt: generate_reference(cartridges, [NAMES[0]], prompt, False), prompts))
+    api = client(server)
+
+    def send(index):
+        time.sleep(0.1 * index)
+        return complete(api, NAMES[0], None, prompts[index], False, stream=index % 2 == 1)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        results = list(pool.map(send, range(len(prompts))))
+    for prompt, got, want in zip(prompts, results, wanted):
+        assert got["text"] == want["text"], prompt
+        assert got["usage"].completion_tokens == want["completion_tokens"], prompt
+
+
+def test_requests_on_one_cartridge_hold_one_copy_of_its_kv(cartridges, tmp_path):
+    """64 concurrent requests on one p = 512 cartridge, prompts of at most 32 tokens, 32 tokens each: the
+    running batch reads one copy of the cartridge and holds only the requests' own tokens; with
+    --copy-cartridge-kv (the old path) every request holds a copy."""
+    folder = tmp_path / "cartridges"
+    run(["init", "--model", str(MODEL), "--random", "--tokens", "512", "--out", str(folder / "wide"), "--quiet"])
+    embeddings = load_file(str(folder / "wide" / "adapter_model.safetensors"))["prompt_embeddings"]
+    slot_bytes = embeddings.shape[1] * 4  # K and V of every layer for one slot, float32 (the served dtype)
+    cartridge_bytes = 512 * slot_bytes
+    prompts = [f"Request {index}: tell me about cartridge number {index} and what it holds." for index in range(64)]
+
+    def serve_all(*args):
+        with extra_server(folder, tmp_path / f"server{len(args)}.log", "--max-batch", "64", *args) as served:
+            api = client(served)
+            send = lambda prompt: api.completions.create(model="wide", prompt=prompt, max_tokens=32, temperature=0,
+                                                         extra_body={"ignore_eos": True})
+            with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+                responses = list(pool.map(send, prompts))
+            time.sleep(0.2)  # the counters are updated just after the last token is handed out
+            assert all(response.usage.completion_tokens == 32 for response in responses)
+            assert max(response.usage.prompt_tokens for response in responses) <= 32
+            return scheduler_stats(served)
+
+    shared = serve_all()
+    assert shared["peak_batch"] >= 48, shared  # most of the 64 ran together
+    assert shared["peak_cartridge_kv_bytes"] == cartridge_bytes, shared  # one copy, however many rows
+    # Their own tokens only: at most 32 prompt + 32 generated slots a row (padding included).
+    assert shared["peak_kv_bytes"] <= 64 * 64 * slot_bytes, shared
+    copied = serve_all("--copy-cartridge-kv")
+    assert copied["peak_cartridge_kv_bytes"] == 0, copied
+    assert copied["peak_kv_bytes"] >= copied["peak_batch"] * cartridge_bytes, copied
+    assert copied["peak_kv_bytes"] >= 10 * (shared["peak_kv_bytes"] + shared["peak_cartridge_kv_bytes"]), (shared, copied)
