@@ -4,6 +4,11 @@
 //
 //   model_bench --model models/SmolLM2-135M-Instruct.Q4_1.gguf [--dtype f32|bf16] [--device cpu|cuda]
 //               [--prompt-tokens 256] [--decode-steps 32] [--batches 1,8] [--repeats 3]
+//               [--cartridge-tokens 512]
+//
+// With --cartridge-tokens P, also decode with every row after the same P-slot cartridge (random KV), held
+// once and shared by the rows ("decode_cartridge_shared") and copied into every row
+// ("decode_cartridge_copied").
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -16,6 +21,7 @@
 #include <torch/cuda.h>
 #include <CLI/CLI.hpp>
 
+#include "generate/decode_batch.h"
 #include "io/model_files.h"
 #include "model/model.h"
 #include "util/error.h"
@@ -54,6 +60,7 @@ int main(int argc, char** argv) {
   int64_t decode_steps = 32;
   std::vector<int64_t> batches = {1, 8};
   int repeats = 3;
+  int64_t cartridge_tokens = 0;
   app.add_option("--model", model_path, "GGUF file or Hugging Face folder");
   app.add_option("--dtype", dtype_name, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--device", device_name, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -61,6 +68,7 @@ int main(int argc, char** argv) {
   app.add_option("--decode-steps", decode_steps, "decode steps after a prefill");
   app.add_option("--batches", batches, "batch sizes (prefill and decode)")->delimiter(',');
   app.add_option("--repeats", repeats, "best of N runs");
+  app.add_option("--cartridge-tokens", cartridge_tokens, "also decode after a shared cartridge of P slots");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -123,6 +131,47 @@ int main(int argc, char** argv) {
         if (run > 0) best = std::min(best, seconds_since(start));
       }
       print_result("decode", batch, batch * decode_steps, best, dtype_name, device_name);
+    }
+
+    // Decode after one cartridge that every row reads: held once (shared) or copied into each row.
+    const cartridge::ModelConfig& config = model->config();
+    auto cartridge = std::make_shared<cartridge::KvPrefix>();
+    for (int64_t layer = 0; layer < config.num_layers && cartridge_tokens > 0; ++layer) {
+      const auto kv_options = at::TensorOptions().dtype(options.dtype).device(options.device);
+      cartridge->keys.push_back(
+          at::randn({config.num_key_value_heads, cartridge_tokens, config.head_dim}, kv_options));
+      cartridge->values.push_back(
+          at::randn({config.num_key_value_heads, cartridge_tokens, config.head_dim}, kv_options));
+    }
+    for (const bool shared : {true, false}) {
+      for (const int64_t batch : batches) {
+        if (cartridge_tokens == 0) break;
+        const int64_t context = 16;  // tokens of prompt after the cartridge
+        const at::Tensor ids = at::randint(vocab, {batch, context}, ids_options);
+        const at::Tensor mask = at::ones({batch, context}, ids_options.dtype(at::kBool));
+        const at::Tensor step_mask = at::ones({batch, 1}, ids_options.dtype(at::kBool));
+        const std::vector<std::shared_ptr<const cartridge::KvPrefix>> prefixes(batch, cartridge);
+        cartridge::ForwardOptions last_only;
+        last_only.last_token_only = true;
+        double best = 1e30;
+        for (int run = 0; run <= repeats; ++run) {
+          cartridge::KvCache cache =
+              shared
+                  ? cartridge::KvCache::with_shared_prefixes(config, options.dtype, options.device, prefixes)
+                  : cartridge::KvCache::with_row_prefixes(config, options.dtype, options.device, prefixes);
+          cache.reserve(context + decode_steps);
+          at::Tensor logits = model->forward(ids, mask, cache, last_only);
+          synchronize(options.device);
+          const auto start = Clock::now();
+          for (int64_t step = 0; step < decode_steps; ++step) {
+            logits = model->forward(logits.argmax(-1), step_mask, cache, last_only);
+          }
+          synchronize(options.device);
+          if (run > 0) best = std::min(best, seconds_since(start));
+        }
+        print_result(shared ? "decode_cartridge_shared" : "decode_cartridge_copied", batch,
+                     batch * decode_steps, best, dtype_name, device_name);
+      }
     }
   } catch (const cartridge::Error& error) {
     std::fprintf(stderr, "error: %s\n", error.what());

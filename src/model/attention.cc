@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -28,31 +29,60 @@ at::Tensor explicit_allowed(const AttentionMask& mask, int64_t new_tokens, int64
   return mask.causal ? all.tril(slots - new_tokens) : all;
 }
 
-// Attention of grouped queries [N, H_kv, Q, D] over keys/values [N, H_kv, S, D] (broadcastable in N),
-// float32, with `allowed` [N or 1, 1, Q, S] or undefined: the output [N, H_kv, Q, D] and the log-sum-exp of
-// each query's scaled scores [N, H_kv, Q]. The softmax is normalised by that log-sum-exp, so partial
-// results over disjoint slot sets merge exactly (merge_partial).
+// The same, or undefined when every query sees every slot (a decode step: no mask to build).
+at::Tensor allowed_or_none(const AttentionMask& mask, int64_t new_tokens, int64_t slots, at::Device device) {
+  if (!mask.allowed.defined() && !mask.causal) return at::Tensor();
+  return explicit_allowed(mask, new_tokens, slots, device);
+}
+
+// Attention of grouped queries [N, H_kv, Q, D] over keys/values [N, H_kv, S, D] (same N), in their dtype,
+// with `allowed` [N or 1, 1, Q, S] bool or undefined (every slot): the output [N, H_kv, Q, D] float32 and
+// the log-sum-exp of each query's scaled scores [N, H_kv, Q] float32. The softmax is normalised by that
+// log-sum-exp, so partial results over disjoint slot sets merge exactly (merge_partial). On the CPU with
+// `fused_cpu_kernel`, ATen's flash kernel computes it; otherwise explicit float32 math.
 struct PartialAttention {
   at::Tensor output;
   at::Tensor log_sum_exp;
 };
 
 PartialAttention partial_attention(const at::Tensor& queries, const at::Tensor& keys,
-                                   const at::Tensor& values, const at::Tensor& allowed, double scale) {
-  at::Tensor scores = at::matmul(queries, keys.transpose(-1, -2)) * scale;  // [N, H_kv, Q, S]
-  if (allowed.defined()) scores.masked_fill_(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  const at::Tensor log_sum_exp = at::logsumexp(scores, -1, /*keepdim=*/true);  // [N, H_kv, Q, 1]
-  return {at::matmul((scores - log_sum_exp).exp_(), values), log_sum_exp.squeeze(-1)};
+                                   const at::Tensor& values, const at::Tensor& allowed, double scale,
+                                   bool fused_cpu_kernel) {
+  constexpr float kMinusInfinity = -std::numeric_limits<float>::infinity();
+  if (queries.is_cpu() && fused_cpu_kernel) {
+    // ATen's flash kernel on the CPU returns the log-sum-exp it normalised by: one fused call instead of
+    // the score, mask, softmax and product steps below, whose per-operation cost dominates at small
+    // batches. It takes an additive float mask.
+    std::optional<at::Tensor> bias;
+    if (allowed.defined()) {
+      bias =
+          at::zeros(allowed.sizes(), queries.options()).masked_fill_(allowed.logical_not(), kMinusInfinity);
+    }
+    auto [output, log_sum_exp] =
+        at::_scaled_dot_product_flash_attention_for_cpu(queries, keys, values, 0.0, false, bias, scale);
+    return {output.to(at::kFloat), log_sum_exp};
+  }
+  // Elsewhere (not every CUDA kernel returns its log-sum-exp): explicit scores in float32.
+  at::Tensor scores = at::matmul(queries.to(at::kFloat), keys.to(at::kFloat).transpose(-1, -2)) * scale;
+  if (allowed.defined()) scores.masked_fill_(allowed.logical_not(), kMinusInfinity);  // [N, H_kv, Q, S]
+  const at::Tensor log_sum_exp = at::logsumexp(scores, -1, /*keepdim=*/true);         // [N, H_kv, Q, 1]
+  return {at::matmul((scores - log_sum_exp).exp_(), values.to(at::kFloat)), log_sum_exp.squeeze(-1)};
 }
 
-// Folds `part` (output [n, H, T, D], log-sum-exp [n, H, T], for the batch rows `rows` [n]) into the
-// running result of every row: out = (e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b).
+// Folds `part` (output [n, H, T, D], log-sum-exp [n, H, T], for the batch rows `rows` [n], distinct) into
+// the running result of every row: out = (e^lse_a out_a + e^lse_b out_b) / (e^lse_a + e^lse_b).
 void merge_partial(at::Tensor& output, at::Tensor& log_sum_exp, const PartialAttention& part,
                    const at::Tensor& rows) {
-  const at::Tensor before = log_sum_exp.index_select(0, rows);                      // [n, H, T]
-  const at::Tensor merged = at::logaddexp(before, part.log_sum_exp);                // [n, H, T]
-  const at::Tensor weight_before = (before - merged).exp_().unsqueeze(-1);          // [n, H, T, 1]
-  const at::Tensor weight_part = (part.log_sum_exp - merged).exp_().unsqueeze(-1);  // [n, H, T, 1]
+  const bool every_row = rows.size(0) == output.size(0);  // then no gather and scatter
+  const at::Tensor before = every_row ? log_sum_exp : log_sum_exp.index_select(0, rows);  // [n, H, T]
+  const at::Tensor merged = at::logaddexp(before, part.log_sum_exp);                      // [n, H, T]
+  const at::Tensor weight_before = (before - merged).exp_().unsqueeze(-1);                // [n, H, T, 1]
+  const at::Tensor weight_part = (part.log_sum_exp - merged).exp_().unsqueeze(-1);        // [n, H, T, 1]
+  if (every_row) {
+    output = output * weight_before + part.output * weight_part;
+    log_sum_exp = merged;
+    return;
+  }
   output.index_copy_(0, rows, output.index_select(0, rows) * weight_before + part.output * weight_part);
   log_sum_exp.index_copy_(0, rows, merged);
 }
@@ -139,56 +169,58 @@ at::Tensor sdpa_attention(const AttentionInputs& inputs) {
       /*enable_gqa=*/kv_heads != heads && !expand_kv_heads);  // [B, H, T, D]
 }
 
-at::Tensor shared_prefix_attention(const AttentionInputs& inputs, int64_t max_score_elements) {
-  const at::Tensor query = inputs.query.to(at::kFloat);  // [B, H, T, D]
+at::Tensor shared_prefix_attention(const AttentionInputs& inputs,
+                                   const SharedPrefixAttentionOptions& options) {
+  const at::Tensor& query = inputs.query;  // [B, H, T, D]
   const int64_t batch = query.size(0), heads = query.size(1), new_tokens = query.size(2);
   const int64_t head_dim = query.size(3);
   const int64_t kv_heads = inputs.keys.size(1);
   const int64_t group = heads / kv_heads;  // query heads per KV head
   const int64_t own_slots = inputs.keys.size(2);
-  const at::Tensor own_keys = inputs.keys.to(at::kFloat);      // [B, H_kv, S, D]
-  const at::Tensor own_values = inputs.values.to(at::kFloat);  // [B, H_kv, S, D]
-  const at::Tensor allowed = explicit_allowed(inputs.mask, new_tokens, own_slots, query.device());
-  std::vector<at::Tensor> prefix_keys, prefix_values;  // per shared prefix [H_kv, P, D] float32
+  const at::Tensor allowed = allowed_or_none(inputs.mask, new_tokens, own_slots, query.device());
   int64_t longest_prefix = 0;
   for (const SharedPrefixSlots& shared : inputs.shared_prefixes) {
-    prefix_keys.push_back(shared.keys.to(at::kFloat));
-    prefix_values.push_back(shared.values.to(at::kFloat));
     longest_prefix = std::max(longest_prefix, shared.keys.size(1));
   }
 
   // Queries are taken `chunk` at a time so that a long prefill's scores stay within the budget (by
   // default 16 Mi float32 = 64 MiB).
   const int64_t widest = batch * heads * std::max(own_slots, longest_prefix);
-  const int64_t chunk = std::clamp<int64_t>(max_score_elements / std::max<int64_t>(widest, 1), 1, new_tokens);
-  std::vector<at::Tensor> outputs;  // per chunk [B, H, c, D]
+  const int64_t chunk =
+      std::clamp<int64_t>(options.max_score_elements / std::max<int64_t>(widest, 1), 1, new_tokens);
+  std::vector<at::Tensor> outputs;  // per chunk [B, H, c, D] float32
   for (int64_t start = 0; start < new_tokens; start += chunk) {
     const int64_t count = std::min(chunk, new_tokens - start);
     const at::Tensor chunk_query = query.narrow(2, start, count);  // [B, H, c, D]
     // Query head h = kv_head * group + g, so [B, H, c, D] reads as [B, H_kv, group * c, D].
-    const at::Tensor chunk_allowed = allowed.narrow(2, start, count)
-                                         .unsqueeze(2)
-                                         .expand({allowed.size(0), 1, group, count, own_slots})
-                                         .reshape({allowed.size(0), 1, group * count, own_slots});
-    PartialAttention own = partial_attention(chunk_query.reshape({batch, kv_heads, group * count, head_dim}),
-                                             own_keys, own_values, chunk_allowed, inputs.scale);
+    at::Tensor chunk_allowed;  // [B or 1, 1, group * c, S]; undefined = every slot
+    if (allowed.defined()) {
+      chunk_allowed = allowed.narrow(2, start, count)
+                          .unsqueeze(2)
+                          .expand({allowed.size(0), 1, group, count, own_slots})
+                          .reshape({allowed.size(0), 1, group * count, own_slots});
+    }
+    const PartialAttention own =
+        partial_attention(chunk_query.reshape({batch, kv_heads, group * count, head_dim}), inputs.keys,
+                          inputs.values, chunk_allowed, inputs.scale, options.fused_cpu_kernel);
     at::Tensor output = own.output.reshape({batch, heads, count, head_dim});
     at::Tensor log_sum_exp = own.log_sum_exp.reshape({batch, heads, count});
-    for (size_t index = 0; index < inputs.shared_prefixes.size(); ++index) {
-      const at::Tensor& rows = inputs.shared_prefixes[index].row_index;  // [n]
+    for (const SharedPrefixSlots& shared : inputs.shared_prefixes) {
+      const at::Tensor& rows = shared.row_index;  // [n]
       const int64_t members = rows.size(0);
+      const at::Tensor member_queries = members == batch ? chunk_query : chunk_query.index_select(0, rows);
       // Every query of every row of the group against each KV head's prefix: one matrix product per KV
       // head, [H_kv, n * group * c, D] x [H_kv, D, P].
-      const at::Tensor grouped = chunk_query.index_select(0, rows)
-                                     .reshape({members, kv_heads, group * count, head_dim})
+      const at::Tensor grouped = member_queries.reshape({members, kv_heads, group * count, head_dim})
                                      .transpose(0, 1)
-                                     .reshape({kv_heads, members * group * count, head_dim});
+                                     .reshape({1, kv_heads, members * group * count, head_dim});
       const PartialAttention part =
-          partial_attention(grouped, prefix_keys[index], prefix_values[index], at::Tensor(), inputs.scale);
-      const PartialAttention per_row{part.output.view({kv_heads, members, group * count, head_dim})
+          partial_attention(grouped, shared.keys.unsqueeze(0), shared.values.unsqueeze(0), at::Tensor(),
+                            inputs.scale, options.fused_cpu_kernel);
+      const PartialAttention per_row{part.output.reshape({kv_heads, members, group * count, head_dim})
                                          .transpose(0, 1)
                                          .reshape({members, heads, count, head_dim}),
-                                     part.log_sum_exp.view({kv_heads, members, group * count})
+                                     part.log_sum_exp.reshape({kv_heads, members, group * count})
                                          .transpose(0, 1)
                                          .reshape({members, heads, count})};
       merge_partial(output, log_sum_exp, per_row, rows);

@@ -51,10 +51,17 @@ at::Tensor sdpa_attention(const AttentionInputs& inputs);
 // The same result when rows read shared prefixes, without copying a prefix per row (after Hydragen,
 // arXiv 2402.05099): each shared prefix is attended once for all its rows, as one matrix product per KV
 // head (the queries of every row and query head of the group stacked), the rows' own slots per row, and
-// the partial results merged exactly by their log-sum-exp. Scores and softmax in float32, for as many
-// queries at a time as keep a score tensor within `max_score_elements` (at least one query).
+// the partial results merged exactly by their log-sum-exp (in float32).
+struct SharedPrefixAttentionOptions {
+  // Queries are taken as many at a time as keep one score tensor within this many elements (at least one
+  // query), so that a long prefill does not materialise [B, H, T, S] at once.
+  int64_t max_score_elements = int64_t{16} << 20;
+  // On the CPU, ATen's fused flash kernel (which returns its log-sum-exp); false = explicit float32 scores,
+  // softmax and products, what other devices run (the tests compare the two).
+  bool fused_cpu_kernel = true;
+};
 at::Tensor shared_prefix_attention(const AttentionInputs& inputs,
-                                   int64_t max_score_elements = int64_t{16} << 20);
+                                   const SharedPrefixAttentionOptions& options = {});
 
 // The reference: shared prefixes copied in front of each row's own slots, keys and values repeated per
 // query group, explicit scores, mask, softmax and weighted sum in float64, rounded to the query's dtype at

@@ -181,8 +181,17 @@ TEST(AttentionKernelTest, SharedPrefixAttentionEqualsTheNaiveOneOnCopiedPrefixes
     const at::Tensor shared = shared_prefix_attention(*each);
     EXPECT_LE(max_abs_diff(shared, naive_attention(*each)), kKernelTolerance);
     EXPECT_TRUE(sdpa_attention(*each).equal(shared));  // the fast kernel hands shared prefixes over
-    // One query at a time (the chunking of long prefills) computes the same.
-    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, /*max_score_elements=*/1), shared), 1e-6);
+    // One query at a time (the chunking of long prefills), and the explicit float32 math other devices run
+    // instead of the CPU's fused kernel, compute the same.
+    SharedPrefixAttentionOptions one_query;
+    one_query.max_score_elements = 1;
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, one_query), shared), 1e-6);
+    SharedPrefixAttentionOptions explicit_math;
+    explicit_math.fused_cpu_kernel = false;
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, explicit_math), naive_attention(*each)),
+              kKernelTolerance);
+    explicit_math.max_score_elements = 1;
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, explicit_math), shared), kKernelTolerance);
   }
   // Without shared prefixes the naive reference is unchanged, and the prefix matters.
   AttentionInputs alone = inputs;
