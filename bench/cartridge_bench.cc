@@ -45,7 +45,7 @@ double time_generation(const cartridge::LoadedModel& loaded, const std::vector<i
                        const std::shared_ptr<const cartridge::KvPrefix>& prefix, int64_t new_tokens) {
   cartridge::GenerationRequest request;
   request.prompt_ids = prompt;
-  request.prefix = prefix;
+  if (prefix) request.prefixes = {prefix};
   request.max_new_tokens = new_tokens;
   request.stop_at_eos = false;
   request.sampling.temperature = 0;

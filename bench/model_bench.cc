@@ -151,14 +151,16 @@ int main(int argc, char** argv) {
         const at::Tensor mask = at::ones({batch, context}, ids_options.dtype(at::kBool));
         const at::Tensor step_mask = at::ones({batch, 1}, ids_options.dtype(at::kBool));
         const std::vector<std::shared_ptr<const cartridge::KvPrefix>> prefixes(batch, cartridge);
+        const std::vector<std::vector<std::shared_ptr<const cartridge::KvPrefix>>> row_prefixes(batch,
+                                                                                                {cartridge});
         cartridge::ForwardOptions last_only;
         last_only.last_token_only = true;
         double best = 1e30;
         for (int run = 0; run <= repeats; ++run) {
           cartridge::KvCache cache =
-              shared
-                  ? cartridge::KvCache::with_shared_prefixes(config, options.dtype, options.device, prefixes)
-                  : cartridge::KvCache::with_row_prefixes(config, options.dtype, options.device, prefixes);
+              shared ? cartridge::KvCache::with_shared_prefixes(config, options.dtype, options.device,
+                                                                row_prefixes)
+                     : cartridge::KvCache::with_row_prefixes(config, options.dtype, options.device, prefixes);
           cache.reserve(context + decode_steps);
           at::Tensor logits = model->forward(ids, mask, cache, last_only);
           synchronize(options.device);

@@ -13,8 +13,9 @@ Here, in one run, on one machine, with `cartridge serve` and the default model:
 - "in context": the same client sends its whole document followed by the question to the base model;
 - at 1, 8 and 32 concurrent clients, each sending --requests-per-client requests one after another, every
   request generating exactly --max-tokens tokens (ignore_eos), greedy.
-A fresh server serves each (mode, clients) cell, so its peak KV (from GET /v1/stats: rows x slots x bytes
-per slot of the running batch, padding included) belongs to that cell alone.
+A fresh server serves each (mode, clients) cell, so its peak KV (from GET /v1/stats: the running batch's
+own KV, rows x slots x bytes per slot with padding, plus the cartridge KV it reads) belongs to that cell
+alone.
 
 Experiment "shared" (issue 18): many clients on the same cartridges. 1 / 8 / 32 / 64 clients send one
 request each, all on one cartridge or spread over 8, p = 512 tokens (made by `cartridge init` from
@@ -144,7 +145,8 @@ def run_cell(args, cartridges, mode, clients, documents_text, log_dir):
         requests = clients * args.requests_per_client
         return {"mode": mode, "clients": clients, "requests": requests, "wall_s": wall,
                 "requests_per_s": requests / wall, "tokens_per_s": generated / wall,
-                "peak_kv_bytes": stats["scheduler"]["peak_kv_bytes"],
+                # The requests' own KV plus the cartridge KV the batch reads (each peak; one copy per cartridge).
+                "peak_kv_bytes": stats["scheduler"]["peak_kv_bytes"] + stats["scheduler"].get("peak_cartridge_kv_bytes", 0),
                 "cartridge_bytes": stats["cartridges"]["resident_bytes"], "peak_batch": stats["scheduler"]["peak_batch"]}
     finally:
         server.close()

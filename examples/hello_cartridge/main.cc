@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
 
     // The question after it, in the chat template; greedy by default.
     cartridge::GenerationRequest request;
-    request.prefix = cartridge.kv_prefix_for(*loaded.model);
+    request.prefixes = {cartridge.kv_prefix_for(*loaded.model)};
     request.prompt_ids = loaded.encode_chat({{"user", argv[3]}}, /*add_generation_prompt=*/true);
     request.max_new_tokens = 48;
     const auto results = cartridge::generate(*loaded.model, *loaded.tokenizer, {request});

@@ -60,11 +60,11 @@ at::Tensor DecodeBatch::prefill(const std::vector<const GenerationRequest*>& req
 
 std::vector<RowId> DecodeBatch::add(const std::vector<const GenerationRequest*>& requests) {
   if (requests.empty()) return {};
-  std::vector<std::shared_ptr<const KvPrefix>> prefixes;
+  std::vector<std::vector<std::shared_ptr<const KvPrefix>>> prefixes;  // per row, in order
   int64_t longest_prompt = 0, most_new_tokens = 0;
   for (const GenerationRequest* request : requests) {
     check_generation_request(model_.config(), *request);
-    prefixes.push_back(request->prefix);
+    prefixes.push_back(request->prefixes);
     longest_prompt = std::max<int64_t>(longest_prompt, static_cast<int64_t>(request->prompt_ids.size()));
     most_new_tokens = std::max(most_new_tokens, request->max_new_tokens);
   }
@@ -74,10 +74,18 @@ std::vector<RowId> DecodeBatch::add(const std::vector<const GenerationRequest*>&
     ids.push_back(next_row_id_ + static_cast<RowId>(index));
     rows.push_back(Row{ids.back(), RowDecoder(*requests[index], tokenizer_)});
   }
-  KvCache cache =
-      prefix_storage_ == PrefixStorage::kShared
-          ? KvCache::with_shared_prefixes(model_.config(), model_.dtype(), model_.device(), prefixes)
-          : KvCache::with_row_prefixes(model_.config(), model_.dtype(), model_.device(), prefixes);
+  KvCache cache;
+  if (prefix_storage_ == PrefixStorage::kShared) {
+    cache = KvCache::with_shared_prefixes(model_.config(), model_.dtype(), model_.device(), prefixes);
+  } else {
+    std::vector<std::shared_ptr<const KvPrefix>> composed;  // per row: its prefixes copied into one
+    for (const auto& row_prefixes : prefixes) {
+      composed.push_back(row_prefixes.size() == 1
+                             ? row_prefixes.front()
+                             : std::make_shared<const KvPrefix>(concatenate_prefixes(row_prefixes)));
+    }
+    cache = KvCache::with_row_prefixes(model_.config(), model_.dtype(), model_.device(), composed);
+  }
   // A batch that starts here decodes in this cache: one allocation for the whole generation. Rows that
   // join a running batch are copied into its cache instead.
   if (rows_.empty()) cache.reserve(longest_prompt + most_new_tokens);

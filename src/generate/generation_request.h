@@ -12,8 +12,11 @@
 namespace cartridge {
 
 struct GenerationRequest {
-  std::vector<int32_t> prompt_ids;         // non-empty
-  std::shared_ptr<const KvPrefix> prefix;  // null = no cartridge; real tokens then start at position 0
+  std::vector<int32_t> prompt_ids;  // non-empty
+  // The cartridges read before the prompt, in order (several = a composition: their slots one after
+  // another, docs/cartridge_format.md), each shared with every other request that uses the same object.
+  // Empty = none; real tokens start at position prefix_length().
+  std::vector<std::shared_ptr<const KvPrefix>> prefixes;
   SamplingOptions sampling;
   int64_t max_new_tokens = 256;
   bool stop_at_eos = true;                // stop on the tokenizer's end-of-sequence token(s)
@@ -22,6 +25,13 @@ struct GenerationRequest {
   // >= 1: also report, at prefill, the distributions that predicted the prompt's own tokens from this
   // index on (DecodeHooks::on_prompt_logits); 0 = none. Token 0 has no such distribution in the prompt.
   int64_t prompt_logits_from = 0;
+
+  // Slots of all prefixes together.
+  int64_t prefix_length() const {
+    int64_t slots = 0;
+    for (const auto& prefix : prefixes) slots += prefix ? prefix->length() : 0;
+    return slots;
+  }
 };
 
 struct GenerationResult {

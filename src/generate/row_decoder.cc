@@ -11,7 +11,7 @@ namespace cartridge {
 void check_generation_request(const ModelConfig& config, const GenerationRequest& request) {
   if (request.prompt_ids.empty()) throw InvalidArgumentError("the prompt is empty: give at least one token");
   if (request.max_new_tokens < 0) throw InvalidArgumentError("max_new_tokens must be >= 0");
-  const int64_t prefix_length = request.prefix ? request.prefix->length() : 0;
+  const int64_t prefix_length = request.prefix_length();
   const int64_t needed =
       prefix_length + static_cast<int64_t>(request.prompt_ids.size()) + request.max_new_tokens;
   if (needed > config.max_position_embeddings) {

@@ -1,7 +1,6 @@
 #include "model/kv_cache.h"
 
 #include <algorithm>
-#include <iterator>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -31,7 +30,45 @@ void set_row_index(KvCache::SharedPrefix& shared, at::Device device) {
   shared.row_index = at::tensor(shared.rows, at::kLong).to(device);
 }
 
+// The entry of `entries` for this use of `prefix`, added (with no rows) when there is none.
+KvCache::SharedPrefix& find_or_add_shared_prefix(std::vector<KvCache::SharedPrefix>& entries,
+                                                 const std::shared_ptr<const KvPrefix>& prefix,
+                                                 int64_t occurrence) {
+  for (KvCache::SharedPrefix& entry : entries) {
+    if (entry.prefix == prefix && entry.occurrence == occurrence) return entry;
+  }
+  entries.push_back(KvCache::SharedPrefix{prefix, occurrence, {}, {}});
+  return entries.back();
+}
+
 }  // namespace
+
+KvPrefix concatenate_prefixes(const std::vector<std::shared_ptr<const KvPrefix>>& parts) {
+  std::vector<const KvPrefix*> present;
+  for (const auto& part : parts) {
+    if (part && part->length() > 0) present.push_back(part.get());
+  }
+  if (present.empty()) return {};
+  if (present.size() == 1) return *present.front();
+  const int64_t layers = present.front()->num_layers();
+  for (const KvPrefix* part : present) {
+    if (part->num_layers() != layers) {
+      throw MismatchError("cartridges with " + std::to_string(layers) + " and " +
+                          std::to_string(part->num_layers()) + " layers cannot be composed");
+    }
+  }
+  KvPrefix composed;
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    std::vector<at::Tensor> keys, values;  // each [H_kv, P_i, D]
+    for (const KvPrefix* part : present) {
+      keys.push_back(part->keys[layer]);
+      values.push_back(part->values[layer]);
+    }
+    composed.keys.push_back(at::cat(keys, 1));      // [H_kv, sum P_i, D]
+    composed.values.push_back(at::cat(values, 1));  // [H_kv, sum P_i, D]
+  }
+  return composed;
+}
 
 KvPrefix KvPrefix::first(int64_t slots) const {
   TORCH_CHECK(slots >= 0 && slots <= length(), "KvPrefix::first: ", slots, " of ", length(), " slots");
@@ -185,33 +222,33 @@ KvCache KvCache::with_row_prefixes(const ModelConfig& config, at::ScalarType dty
   return from_prefix_tensors(std::move(keys), std::move(values), lengths);
 }
 
-KvCache KvCache::with_shared_prefixes(const ModelConfig& config, at::ScalarType dtype, at::Device device,
-                                      const std::vector<std::shared_ptr<const KvPrefix>>& prefixes) {
+KvCache KvCache::with_shared_prefixes(
+    const ModelConfig& config, at::ScalarType dtype, at::Device device,
+    const std::vector<std::vector<std::shared_ptr<const KvPrefix>>>& prefixes) {
   const int64_t batch = static_cast<int64_t>(prefixes.size());
   KvCache cache = empty(config, batch, dtype, device);
   std::vector<int64_t> lengths(batch, 0);  // [B] shared slots per row
   for (int64_t row = 0; row < batch; ++row) {
-    const std::shared_ptr<const KvPrefix>& prefix = prefixes[row];
-    if (!prefix || prefix->length() == 0) continue;
-    if (prefix->num_layers() != config.num_layers) {
-      throw MismatchError("a cartridge has " + std::to_string(prefix->num_layers()) +
-                          " layers but the model has " + std::to_string(config.num_layers) +
-                          " (use a cartridge made for this model)");
+    std::vector<std::shared_ptr<const KvPrefix>> seen;  // this row's prefixes so far (to count repeats)
+    for (const std::shared_ptr<const KvPrefix>& prefix : prefixes[row]) {
+      if (!prefix || prefix->length() == 0) continue;
+      if (prefix->num_layers() != config.num_layers) {
+        throw MismatchError("a cartridge has " + std::to_string(prefix->num_layers()) +
+                            " layers but the model has " + std::to_string(config.num_layers) +
+                            " (use a cartridge made for this model)");
+      }
+      const at::Tensor& first_keys = prefix->keys.front();
+      TORCH_CHECK(first_keys.scalar_type() == dtype && first_keys.device() == device &&
+                      first_keys.size(0) == config.num_key_value_heads &&
+                      first_keys.size(2) == config.head_dim,
+                  "KvCache::with_shared_prefixes: a prefix is ", first_keys.scalar_type(), " ",
+                  first_keys.sizes(), " on ", first_keys.device(), ", the cache ", dtype, " [",
+                  config.num_key_value_heads, ", P, ", config.head_dim, "] on ", device);
+      const int64_t occurrence = std::count(seen.begin(), seen.end(), prefix);
+      seen.push_back(prefix);
+      find_or_add_shared_prefix(cache.shared_prefixes_, prefix, occurrence).rows.push_back(row);
+      lengths[row] += prefix->length();
     }
-    const at::Tensor& first_keys = prefix->keys.front();
-    TORCH_CHECK(first_keys.scalar_type() == dtype && first_keys.device() == device &&
-                    first_keys.size(0) == config.num_key_value_heads && first_keys.size(2) == config.head_dim,
-                "KvCache::with_shared_prefixes: a prefix is ", first_keys.scalar_type(), " ",
-                first_keys.sizes(), " on ", first_keys.device(), ", the cache ", dtype, " [",
-                config.num_key_value_heads, ", P, ", config.head_dim, "] on ", device);
-    auto same_object = [&prefix](const SharedPrefix& shared) { return shared.prefix == prefix; };
-    auto found = std::find_if(cache.shared_prefixes_.begin(), cache.shared_prefixes_.end(), same_object);
-    if (found == cache.shared_prefixes_.end()) {
-      cache.shared_prefixes_.push_back(SharedPrefix{prefix, {}, {}});
-      found = std::prev(cache.shared_prefixes_.end());
-    }
-    found->rows.push_back(row);
-    lengths[row] = prefix->length();
   }
   for (SharedPrefix& shared : cache.shared_prefixes_) set_row_index(shared, device);
   cache.next_positions_ = at::tensor(lengths, at::kLong).to(device);
@@ -247,7 +284,7 @@ KvCache KvCache::select_rows(const at::Tensor& row_indices) const {
     std::vector<int64_t> new_place(batch_size(), -1);  // old row -> new row
     for (int64_t index = 0; index < cpu_indices.numel(); ++index) new_place[selected[index]] = index;
     for (const SharedPrefix& shared : shared_prefixes_) {
-      SharedPrefix kept{shared.prefix, {}, {}};
+      SharedPrefix kept{shared.prefix, shared.occurrence, {}, {}};
       for (int64_t row : shared.rows) {
         if (new_place[row] >= 0) kept.rows.push_back(new_place[row]);
       }
@@ -298,13 +335,8 @@ KvCache KvCache::concat_rows(const std::vector<KvCache>& caches) {
   int64_t row_offset = 0;
   for (const KvCache& cache : caches) {
     for (const SharedPrefix& shared : cache.shared_prefixes_) {
-      auto same_object = [&shared](const SharedPrefix& other) { return other.prefix == shared.prefix; };
-      auto found = std::find_if(out.shared_prefixes_.begin(), out.shared_prefixes_.end(), same_object);
-      if (found == out.shared_prefixes_.end()) {
-        out.shared_prefixes_.push_back(SharedPrefix{shared.prefix, {}, {}});
-        found = std::prev(out.shared_prefixes_.end());
-      }
-      for (int64_t row : shared.rows) found->rows.push_back(row_offset + row);
+      SharedPrefix& entry = find_or_add_shared_prefix(out.shared_prefixes_, shared.prefix, shared.occurrence);
+      for (int64_t row : shared.rows) entry.rows.push_back(row_offset + row);
     }
     row_offset += cache.batch_size();
   }

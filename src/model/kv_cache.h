@@ -47,18 +47,23 @@ class KvCache {
   static KvCache with_row_prefixes(const ModelConfig& config, at::ScalarType dtype, at::Device device,
                                    const std::vector<std::shared_ptr<const KvPrefix>>& prefixes);
 
-  // Row b starts with prefixes[b] (null or empty = none) like with_row_prefixes, but nothing is copied:
-  // rows whose prefix is the same object share it (one SharedPrefix), and the rows' own slots start empty.
-  // Row b's real tokens go at positions P_b + i. Throws MismatchError when a prefix has another layer count
-  // than `config`; the prefixes must be in `dtype` on `device`.
-  static KvCache with_shared_prefixes(const ModelConfig& config, at::ScalarType dtype, at::Device device,
-                                      const std::vector<std::shared_ptr<const KvPrefix>>& prefixes);
+  // Row b starts with the prefixes prefixes[b] one after another (a composition; null or empty ones
+  // skipped; none = no prefix), but nothing is copied: rows that read the same prefix object share it (one
+  // SharedPrefix), and the rows' own slots start empty. Row b's real tokens go at positions sum P + i.
+  // Throws MismatchError when a prefix has another layer count than `config`; the prefixes must be in
+  // `dtype` on `device`.
+  static KvCache with_shared_prefixes(
+      const ModelConfig& config, at::ScalarType dtype, at::Device device,
+      const std::vector<std::vector<std::shared_ptr<const KvPrefix>>>& prefixes);
 
   // A prefix held once and read by several rows; its slots come before each of those rows' own slots.
   struct SharedPrefix {
     std::shared_ptr<const KvPrefix> prefix;  // per layer [H_kv, P, D], never modified
-    std::vector<int64_t> rows;               // the rows that start with it, ascending
-    at::Tensor row_index;                    // the same rows, [n] int64 on the cache's device
+    // Which use of the prefix in its rows this is: 0, or k for the (k+1)-th time a composition repeats it
+    // (its slots are then read k+1 times, so each use is an entry of its own).
+    int64_t occurrence = 0;
+    std::vector<int64_t> rows;  // the rows that read it, ascending
+    at::Tensor row_index;       // the same rows, [n] int64 on the cache's device
   };
 
   // ---- reading ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -21,5 +22,9 @@ struct KvPrefix {
   // The first `slots` slots (views, no copy); 0 <= slots <= length().
   KvPrefix first(int64_t slots) const;
 };
+
+// The prefixes' slots one after another in one new prefix (a copy; null or empty parts skipped): what a
+// composition of cartridges holds. Throws MismatchError when the parts have different layer counts.
+KvPrefix concatenate_prefixes(const std::vector<std::shared_ptr<const KvPrefix>>& parts);
 
 }  // namespace cartridge

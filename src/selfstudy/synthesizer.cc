@@ -353,7 +353,7 @@ std::vector<BatchDecodeOutput> decode_with_teacher_top_k(const Model& model, con
         "decode_with_teacher_top_k: record_prompt_from must lie after the shared prefix, inside the prompt");
     GenerationRequest& request = requests[index];
     request.prompt_ids.assign(row.prompt_ids.begin() + shared_length, row.prompt_ids.end());
-    request.prefix = shared_prefix;
+    request.prefixes = {shared_prefix};
     request.sampling.temperature = row.temperature;
     request.sampling.seed = row.sampling_seed;
     request.max_new_tokens = row.max_new_tokens;

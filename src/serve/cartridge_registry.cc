@@ -29,15 +29,6 @@ std::string canonical_or_empty(const fs::path& path) {
   return error ? std::string() : canonical.string();
 }
 
-std::string join_key(const std::vector<std::string>& names) {
-  std::string key;
-  for (const std::string& name : names) {
-    if (!key.empty()) key += '/';  // '/' never occurs in a valid name
-    key += name;
-  }
-  return key;
-}
-
 }  // namespace
 
 CartridgeRegistry::CartridgeRegistry(std::string directory, int64_t memory_budget_bytes,
@@ -159,9 +150,7 @@ std::shared_ptr<const KvPrefix> CartridgeRegistry::find_fresh(const std::string&
   auto found = entries_.find(key);
   if (found == entries_.end()) return nullptr;
   if (found->second.signature != signature) {  // the files changed on disk: forget the old one
-    stats_.resident_bytes -= found->second.bytes;
-    recency_.erase(found->second.recency);
-    entries_.erase(found);
+    drop(found);
     return nullptr;
   }
   recency_.splice(recency_.begin(), recency_, found->second.recency);
@@ -169,24 +158,60 @@ std::shared_ptr<const KvPrefix> CartridgeRegistry::find_fresh(const std::string&
   return found->second.prefix;
 }
 
+void CartridgeRegistry::drop(std::map<std::string, Entry>::iterator found) {
+  // use_count() > 1: a request (or an acquire in progress) holds it besides this cache.
+  if (found->second.prefix.use_count() > 1) retired_.push_back({found->second.prefix, found->second.bytes});
+  stats_.resident_bytes -= found->second.bytes;
+  recency_.erase(found->second.recency);
+  entries_.erase(found);
+  stats_.entries = static_cast<int64_t>(entries_.size());
+  update_held_bytes();
+}
+
+void CartridgeRegistry::update_held_bytes() {
+  retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                [](const Retired& retired) { return retired.prefix.expired(); }),
+                 retired_.end());
+  stats_.held_bytes = stats_.resident_bytes;
+  for (const Retired& retired : retired_) stats_.held_bytes += retired.bytes;
+}
+
+void CartridgeRegistry::make_room(const std::string& what, int64_t bytes) {
+  update_held_bytes();
+  if (memory_budget_bytes_ == 0) return;
+  // Least recently used first, skipping what requests hold (evicting it would free nothing while they
+  // run, and their KV would be held twice if it were loaded again).
+  auto candidate = recency_.end();
+  while (stats_.held_bytes + bytes > memory_budget_bytes_ && candidate != recency_.begin()) {
+    --candidate;
+    auto found = entries_.find(*candidate);
+    if (found->second.prefix.use_count() > 1) continue;
+    auto next = std::next(candidate);
+    drop(found);
+    ++stats_.evictions;
+    candidate = next;
+  }
+  if (stats_.held_bytes + bytes > memory_budget_bytes_) {
+    ++stats_.refusals;
+    throw CartridgeMemoryFullError(
+        what + " needs " + std::to_string(bytes) + " bytes of KV and the cartridges in use hold " +
+        std::to_string(stats_.held_bytes) + " of the " + std::to_string(memory_budget_bytes_) +
+        "-byte budget (retry when requests have ended, or restart the server with a larger "
+        "--max-cartridge-memory)");
+  }
+}
+
 void CartridgeRegistry::insert(const std::string& key, const std::string& signature,
                                std::shared_ptr<const KvPrefix> prefix, int64_t bytes) {
   recency_.push_front(key);
   entries_[key] = Entry{std::move(prefix), signature, bytes, recency_.begin()};
   stats_.resident_bytes += bytes;
-  // Least recently used first; requests already holding an evicted prefix keep it alive until they end.
-  while (memory_budget_bytes_ > 0 && stats_.resident_bytes > memory_budget_bytes_ && recency_.size() > 1) {
-    const std::string victim = recency_.back();
-    recency_.pop_back();
-    auto found = entries_.find(victim);
-    stats_.resident_bytes -= found->second.bytes;
-    entries_.erase(found);
-    ++stats_.evictions;
-  }
   stats_.entries = static_cast<int64_t>(entries_.size());
+  update_held_bytes();
 }
 
-std::shared_ptr<const KvPrefix> CartridgeRegistry::acquire(const std::vector<std::string>& names) {
+std::vector<std::shared_ptr<const KvPrefix>> CartridgeRegistry::acquire(
+    const std::vector<std::string>& names) {
   if (names.empty()) throw InvalidArgumentError("no cartridge named: give at least one cartridge name");
   std::vector<std::string> folders, signatures;
   for (const std::string& name : names) {
@@ -201,46 +226,24 @@ std::shared_ptr<const KvPrefix> CartridgeRegistry::acquire(const std::vector<std
       auto loaded = std::make_shared<const KvPrefix>(loader_(folders[i]));
       const int64_t bytes = prefix_bytes(*loaded);
       check_fits_budget("cartridge '" + names[i] + "'", bytes);
+      // The parts taken so far are held by `parts` (in use), so room is never made by evicting them.
+      make_room("cartridge '" + names[i] + "'", bytes);
       ++stats_.loads;
       insert(names[i], signatures[i], loaded, bytes);
       part = std::move(loaded);
     }
+    if (!parts.empty() && part->num_layers() != parts.front()->num_layers()) {
+      throw MismatchError("cartridges '" + names.front() + "' and '" + names[i] +
+                          "' have different layer counts; they cannot be composed");
+    }
     parts.push_back(std::move(part));
   }
-  if (names.size() == 1) return parts.front();
-
-  // A composition: cached under the joined names, stale when any part's files change.
-  const std::string key = join_key(names);
-  std::string signature;
-  for (const std::string& part_signature : signatures) signature += part_signature + "|";
-  if (std::shared_ptr<const KvPrefix> cached = find_fresh(key, signature)) return cached;
-  auto composed = std::make_shared<KvPrefix>();
-  const size_t layers = parts.front()->keys.size();
-  for (const auto& part : parts) {
-    if (part->keys.size() != layers) {
-      throw MismatchError("cartridges '" + names.front() +
-                          "' and the others have different layer counts; "
-                          "they cannot be composed");
-    }
-  }
-  for (size_t layer = 0; layer < layers; ++layer) {
-    std::vector<at::Tensor> keys, values;  // each [H_kv, P_i, D]
-    for (const auto& part : parts) {
-      keys.push_back(part->keys[layer]);
-      values.push_back(part->values[layer]);
-    }
-    composed->keys.push_back(at::cat(keys, 1));      // [H_kv, sum P_i, D]
-    composed->values.push_back(at::cat(values, 1));  // [H_kv, sum P_i, D]
-  }
-  const int64_t bytes = prefix_bytes(*composed);
-  check_fits_budget("the composition of " + std::to_string(names.size()) + " cartridges", bytes);
-  ++stats_.loads;
-  insert(key, signature, composed, bytes);
-  return composed;
+  return parts;
 }
 
-CartridgeRegistry::Stats CartridgeRegistry::stats() const {
+CartridgeRegistry::Stats CartridgeRegistry::stats() {
   std::lock_guard<std::mutex> lock(mutex_);
+  update_held_bytes();  // requests may have ended since
   return stats_;
 }
 

@@ -91,8 +91,8 @@ class Scheduler {
     // largest so far.
     int64_t kv_bytes = 0;
     int64_t peak_kv_bytes = 0;
-    // The cartridge KV the running rows read, each cartridge (or composition) counted once, bytes: now and
-    // the largest so far (0 with copied prefixes, where the copies count in kv_bytes).
+    // The cartridge KV the running rows read, each cartridge counted once (also when composed), bytes: now
+    // and the largest so far (0 with copied prefixes, where the copies count in kv_bytes).
     int64_t cartridge_kv_bytes = 0;
     int64_t peak_cartridge_kv_bytes = 0;
   };

@@ -232,7 +232,13 @@ void Server::Impl::handle_generation(Endpoint endpoint, const std::string& body,
   current_log.stream = request.stream;
 
   GenerationRequest generation;
-  if (!request.cartridges.empty()) generation.prefix = registry->acquire(request.cartridges);
+  if (!request.cartridges.empty()) {
+    try {
+      generation.prefixes = registry->acquire(request.cartridges);
+    } catch (const CartridgeMemoryFullError& error) {
+      throw ApiError(503, "server_error", "cartridge_memory_full", error.what(), "model");
+    }
+  }
   generation.prompt_ids = prompt_ids(request);
   generation.sampling = request.sampling;
   if (!request.seed_given) {
@@ -242,8 +248,7 @@ void Server::Impl::handle_generation(Endpoint endpoint, const std::string& body,
   generation.max_new_tokens = request.max_tokens;
   if (!request.max_tokens_given) {
     // OpenAI's default is "until the context is full": never let the default alone overflow the context.
-    const int64_t used = static_cast<int64_t>(generation.prompt_ids.size()) +
-                         (generation.prefix ? generation.prefix->length() : 0);
+    const int64_t used = static_cast<int64_t>(generation.prompt_ids.size()) + generation.prefix_length();
     const int64_t context_left = model.model->config().max_position_embeddings - used;
     generation.max_new_tokens = std::max<int64_t>(0, std::min(generation.max_new_tokens, context_left));
   }
@@ -359,6 +364,8 @@ void Server::Impl::handle_stats(httplib::Response& response) {
                {"loads", registry_stats.loads},
                {"hits", registry_stats.hits},
                {"evictions", registry_stats.evictions},
+               {"held_bytes", registry_stats.held_bytes},
+               {"refusals", registry_stats.refusals},
                {"budget_bytes", options.max_cartridge_memory}}},
              {"in_flight_requests", in_flight.load()}});
 }

@@ -42,7 +42,7 @@ void run_chat(const ChatOptions& options) {
     if (line.empty()) continue;
     history.push_back({"user", line});
     GenerationRequest request;
-    request.prefix = cartridge.prefix;
+    if (cartridge.prefix) request.prefixes = {cartridge.prefix};
     request.prompt_ids =
         loaded.encode_chat_after_cartridge(history, cartridge.framing, /*add_generation_prompt=*/true);
     request.sampling = options.sampling;

@@ -43,7 +43,7 @@ void run_generate(const GenerateOptions& options) {
   const LoadedModel loaded = load_model_from_options(options.model);
   const CartridgeInUse cartridge = load_cartridge_options(options.cartridges, loaded);
   GenerationRequest request;
-  request.prefix = cartridge.prefix;
+  if (cartridge.prefix) request.prefixes = {cartridge.prefix};
   if (options.chat) {
     std::vector<ChatMessage> messages;
     if (!options.system.empty()) messages.push_back({"system", options.system});
@@ -55,7 +55,8 @@ void run_generate(const GenerateOptions& options) {
     request.prompt_ids = loaded.tokenizer->encode(options.prompt, /*add_special_tokens=*/true);
   }
   if (!options.logits_out.empty()) {
-    write_logits(options.logits_out, prompt_logits(*loaded.model, request.prefix.get(), request.prompt_ids));
+    write_logits(options.logits_out,
+                 prompt_logits(*loaded.model, cartridge.prefix.get(), request.prompt_ids));
   }
   request.sampling = options.sampling;
   request.max_new_tokens = options.max_new_tokens;
@@ -76,7 +77,7 @@ void run_generate(const GenerateOptions& options) {
                              {"finish_reason", result.finish_reason},
                              {"prompt_tokens", result.prompt_tokens},
                              {"completion_tokens", result.token_ids.size()},
-                             {"cartridge_tokens", request.prefix ? request.prefix->length() : 0}};
+                             {"cartridge_tokens", request.prefix_length()}};
     std::cout << output.dump() << std::endl;
   } else {
     std::cout << std::endl;

@@ -55,7 +55,7 @@ TEST(DecodeBatchTest, RowsJoiningAndLeavingDecodeAsAlone) {
     const at::Tensor ids =
         at::tensor(std::vector<int64_t>(text.begin(), text.end()), at::kLong).view({1, -1});
     model.model->forward(ids, at::ones_like(ids, at::kBool), cache);
-    requests[1].prefix = std::make_shared<const KvPrefix>(cache.row_prefix(0, cache.length()));
+    requests[1].prefixes = {std::make_shared<const KvPrefix>(cache.row_prefix(0, cache.length()))};
   }
   std::map<RowId, GenerationResult> finished;
   std::map<RowId, std::string> streamed;
@@ -137,8 +137,9 @@ TEST(DecodeBatchTest, SharedPrefixesGiveTheTokensAndLogitsOfCopiedOnes) {
       request_for("The ship", 9),          request_for("The harbour office", 12, 0.8),
       request_for("Rye bread is sold", 7), request_for("A poem about the sea:", 10),
       request_for("Aurora sailed to", 11), request_for("In 1874", 8)};
-  for (int index : {0, 1, 4, 5}) requests[index].prefix = harbour;  // many rows on one cartridge
-  requests[2].prefix = bakery;                                      // another cartridge; row 3 has none
+  for (int index : {0, 1, 4, 5}) requests[index].prefixes = {harbour};  // many rows on one cartridge
+  requests[2].prefixes = {bakery,
+                          harbour};  // a composition: another cartridge, then the first; row 3 has none
 
   // The same schedule on both paths: rows join mid-decode and one is cancelled.
   struct Run {

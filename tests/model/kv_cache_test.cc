@@ -193,7 +193,8 @@ TEST_F(KvCacheTest, SharedPrefixesComputeWhatCopiedPrefixesDo) {
                                                                  second_prefix};
   const ModelConfig& config = model_->config();
   KvCache copied = KvCache::with_row_prefixes(config, model_->dtype(), model_->device(), prefixes);
-  KvCache shared = KvCache::with_shared_prefixes(config, model_->dtype(), model_->device(), prefixes);
+  KvCache shared = KvCache::with_shared_prefixes(config, model_->dtype(), model_->device(),
+                                                 {{first_prefix}, {}, {first_prefix}, {second_prefix}});
   ASSERT_EQ(shared.shared_prefixes().size(), 2u);
   EXPECT_EQ(shared.shared_prefixes()[0].rows, (std::vector<int64_t>{0, 2}));
   EXPECT_EQ(shared.shared_prefixes()[1].rows, (std::vector<int64_t>{3}));
@@ -239,6 +240,34 @@ TEST_F(KvCacheTest, SharedPrefixesComputeWhatCopiedPrefixesDo) {
                              .squeeze(1),
                          step(naive_cache_copied, tokens({4, 5, 6}))),
             kTolerance);
+}
+
+TEST_F(KvCacheTest, ACompositionOfSharedPrefixesComputesWhatItsCopyDoes) {
+  c10::InferenceMode inference;
+  const at::Tensor& ids = testing::get(cases_, "padded_ids");  // [3, 7]
+  KvCache first = prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
+  KvCache second = prefill(ids.narrow(0, 1, 1).narrow(1, 0, 3), at::ones({1, 3}, at::kBool));
+  const auto a = std::make_shared<const KvPrefix>(first.row_prefix(0, 7));
+  const auto b = std::make_shared<const KvPrefix>(second.row_prefix(0, 3));
+  // Row 0 composes b then a, row 1 reads a, row 2 repeats b (its slots are read twice).
+  const std::vector<std::vector<std::shared_ptr<const KvPrefix>>> rows = {{b, a}, {a}, {b, b}};
+  const ModelConfig& config = model_->config();
+  KvCache shared = KvCache::with_shared_prefixes(config, model_->dtype(), model_->device(), rows);
+  ASSERT_EQ(shared.shared_prefixes().size(), 3u);  // b, a, and b's second use
+  EXPECT_EQ(shared.shared_prefixes()[2].occurrence, 1);
+  EXPECT_EQ(shared.shared_prefix_bytes(), (3 + 7 + 3) * config.kv_bytes_per_token(at::kFloat));
+  std::vector<std::shared_ptr<const KvPrefix>> composed;
+  for (const auto& row : rows)
+    composed.push_back(std::make_shared<const KvPrefix>(concatenate_prefixes(row)));
+  EXPECT_EQ(composed[0]->length(), 10);
+  KvCache copied = KvCache::with_row_prefixes(config, model_->dtype(), model_->device(), composed);
+  EXPECT_TRUE(shared.next_positions().equal(tokens({10, 7, 6})));
+  EXPECT_TRUE(shared.next_positions().equal(copied.next_positions()));
+  EXPECT_LE(max_abs_diff(step(shared, tokens({5, 6, 7})), step(copied, tokens({5, 6, 7}))), kTolerance);
+  // The copy of the repeated prefix differs from reading it once: the repeat is not dropped.
+  KvCache once = KvCache::with_shared_prefixes(config, model_->dtype(), model_->device(), {{b}});
+  KvCache twice = KvCache::with_shared_prefixes(config, model_->dtype(), model_->device(), {{b, b}});
+  EXPECT_GT(max_abs_diff(step(once, tokens({7})), step(twice, tokens({7}))), 1e-3);
 }
 
 TEST_F(KvCacheTest, ASharedPrefixIsNotCopiedAndRefusesAnotherModelsLayerCount) {

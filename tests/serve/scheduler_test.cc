@@ -82,7 +82,7 @@ std::vector<GenerationRequest> mixed_requests() {
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerationRequest request;
     request.prompt_ids = model.tokenizer->encode(prompts[i], true);
-    request.prefix = prefixes[i];
+    if (prefixes[i]) request.prefixes = {prefixes[i]};
     request.max_new_tokens = budgets[i];
     request.sampling.temperature = 0.0;
     requests.push_back(std::move(request));

@@ -98,8 +98,8 @@ class ServerTest : public ::testing::Test {
       std::vector<Cartridge> parts;
       for (const auto& name : cartridges)
         parts.push_back(load_adapter(folder_->path() + "/" + name).cartridge);
-      request.prefix =
-          (parts.size() == 1 ? parts.front() : Cartridge::compose(parts)).kv_prefix_for(*model.model);
+      request.prefixes = {
+          (parts.size() == 1 ? parts.front() : Cartridge::compose(parts)).kv_prefix_for(*model.model)};
     }
     return generate(*model.model, *model.tokenizer, {request}).front();
   }
