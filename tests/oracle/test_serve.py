@@ -535,3 +535,33 @@ def test_requests_on_one_cartridge_hold_one_copy_of_its_kv(cartridges, tmp_path)
     assert copied["peak_cartridge_kv_bytes"] == 0, copied
     assert copied["peak_kv_bytes"] >= copied["peak_batch"] * cartridge_bytes, copied
     assert copied["peak_kv_bytes"] >= 10 * (shared["peak_kv_bytes"] + shared["peak_cartridge_kv_bytes"]), (shared, copied)
+
+
+def test_a_cartridge_that_cannot_fit_beside_those_in_use_gets_503(cartridges, tmp_path):
+    """--max-cartridge-memory holds exactly doc0: while a request streams on doc0, a request on doc2 gets
+    503 cartridge_memory_full (doc0 is in use, so it is not evicted); once it ends, doc2 loads."""
+    embeddings = load_file(str(cartridges / NAMES[0] / "adapter_model.safetensors"))["prompt_embeddings"]
+    budget = embeddings.numel() * 4  # doc0's K and V, float32
+    with extra_server(cartridges, tmp_path / "server.log", "--max-cartridge-memory", str(budget)) as served:
+        api = client(served)
+        stream = api.completions.create(model=NAMES[0], prompt=PROMPTS[0], max_tokens=64, temperature=0,
+                                        stream=True, extra_body={"ignore_eos": True})
+        next(iter(stream))  # doc0 is in use now
+        with pytest.raises(openai.InternalServerError) as error:
+            api.completions.create(model=NAMES[2], prompt=PROMPTS[2], max_tokens=1)
+        assert error.value.status_code == 503
+        assert error.value.body["code"] == "cartridge_memory_full", error.value.body
+        for _ in stream:
+            pass
+        assert api.completions.create(model=NAMES[2], prompt=PROMPTS[2], max_tokens=1, temperature=0).choices
+        stats = json.loads(urllib_get(served, "/v1/stats"))["cartridges"]
+        assert stats["refusals"] == 1 and stats["held_bytes"] <= budget, stats
+
+
+def urllib_get(served, path):
+    connection = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().read()
+    finally:
+        connection.close()
