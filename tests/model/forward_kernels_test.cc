@@ -153,10 +153,11 @@ TEST(AttentionKernelTest, SdpaEqualsNaiveForEveryMaskCase) {
   EXPECT_LE(max_abs_diff(sdpa_attention(decode), naive_attention(decode)), kKernelTolerance);
 }
 
-TEST(AttentionKernelTest, SharedPrefixAttentionEqualsTheNaiveOneOnCopiedPrefixes) {
+// Three attention cases with shared prefixes (a padded batch, a prefill, a decode step): 3 rows, 6 query
+// heads on 2 KV heads, 3 new tokens after 4 own slots. Row 0 reads prefix A, row 1 none, row 2 reads A then
+// B (a composition); row 1's second own slot and last new token are padding.
+std::vector<AttentionInputs> shared_prefix_cases() {
   at::manual_seed(1);
-  // 3 rows, 6 query heads on 2 KV heads, 3 new tokens after 4 own slots. Row 0 reads prefix A, row 1 none,
-  // row 2 reads A then B (a composition); row 1's second own slot and last new token are padding.
   AttentionInputs inputs;
   inputs.query = at::randn({3, 6, 3, 8});
   inputs.keys = at::randn({3, 2, 7, 8});
@@ -177,27 +178,54 @@ TEST(AttentionKernelTest, SharedPrefixAttentionEqualsTheNaiveOneOnCopiedPrefixes
   decode.query = inputs.query.narrow(2, 0, 1);
   decode.mask = attention_mask(at::ones({3, 6}, at::kBool), at::ones({3, 1}, at::kBool));
 
-  for (const AttentionInputs* each : {&inputs, &causal, &decode}) {
-    const at::Tensor shared = shared_prefix_attention(*each);
-    EXPECT_LE(max_abs_diff(shared, naive_attention(*each)), kKernelTolerance);
-    EXPECT_TRUE(sdpa_attention(*each).equal(shared));  // the fast kernel hands shared prefixes over
+  return {inputs, causal, decode};
+}
+
+TEST(AttentionKernelTest, SharedPrefixAttentionEqualsTheNaiveOneOnCopiedPrefixes) {
+  const std::vector<AttentionInputs> cases = shared_prefix_cases();
+  const AttentionInputs& inputs = cases[0];
+  for (const AttentionInputs& each : cases) {
+    const at::Tensor shared = shared_prefix_attention(each);
+    EXPECT_LE(max_abs_diff(shared, naive_attention(each)), kKernelTolerance);
+    EXPECT_TRUE(sdpa_attention(each).equal(shared));  // the fast kernel hands shared prefixes over
     // One query at a time (the chunking of long prefills), and the explicit float32 math other devices run
     // instead of the CPU's fused kernel, compute the same.
     SharedPrefixAttentionOptions one_query;
     one_query.max_score_elements = 1;
-    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, one_query), shared), 1e-6);
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(each, one_query), shared), 1e-6);
     SharedPrefixAttentionOptions explicit_math;
     explicit_math.fused_cpu_kernel = false;
-    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, explicit_math), naive_attention(*each)),
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(each, explicit_math), naive_attention(each)),
               kKernelTolerance);
     explicit_math.max_score_elements = 1;
-    EXPECT_LE(max_abs_diff(shared_prefix_attention(*each, explicit_math), shared), kKernelTolerance);
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(each, explicit_math), shared), kKernelTolerance);
   }
   // Without shared prefixes the naive reference is unchanged, and the prefix matters.
   AttentionInputs alone = inputs;
   alone.shared_prefixes.clear();
   EXPECT_GT(max_abs_diff(shared_prefix_attention(inputs), sdpa_attention(alone)), 1e-3);
   EXPECT_LE(max_abs_diff(shared_prefix_attention(alone), naive_attention(alone)), kKernelTolerance);
+}
+
+// The explicit float32 path is what CUDA runs: on a CUDA device it equals the naive reference computed on
+// the CPU. Skipped on machines without one.
+TEST(AttentionKernelTest, SharedPrefixAttentionOnCudaEqualsTheNaiveOne) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device on this machine";
+  const at::Device cuda(at::kCUDA, 0);
+  for (const AttentionInputs& on_cpu : shared_prefix_cases()) {
+    AttentionInputs on_cuda = on_cpu;
+    on_cuda.query = on_cpu.query.to(cuda);
+    on_cuda.keys = on_cpu.keys.to(cuda);
+    on_cuda.values = on_cpu.values.to(cuda);
+    if (on_cpu.mask.allowed.defined()) on_cuda.mask.allowed = on_cpu.mask.allowed.to(cuda);
+    for (SharedPrefixSlots& shared : on_cuda.shared_prefixes) {
+      shared.keys = shared.keys.to(cuda);
+      shared.values = shared.values.to(cuda);
+      shared.row_index = shared.row_index.to(cuda);
+    }
+    EXPECT_LE(max_abs_diff(shared_prefix_attention(on_cuda).cpu(), naive_attention(on_cpu)),
+              kKernelTolerance);
+  }
 }
 
 }  // namespace
