@@ -18,6 +18,7 @@ namespace {
 struct ServeCommandOptions {
   ModelOptions model;
   ServerOptions server;
+  bool copy_cartridge_kv = false;  // --copy-cartridge-kv: server.share_cartridge_kv = false
 };
 
 void run_serve(ServeCommandOptions options) {
@@ -29,6 +30,7 @@ void run_serve(ServeCommandOptions options) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  options.server.share_cartridge_kv = !options.copy_cartridge_kv;
   if (options.server.api_key.empty()) {
     if (const char* key = std::getenv("CARTRIDGE_API_KEY"); key != nullptr) options.server.api_key = key;
   }
@@ -111,8 +113,7 @@ void add_serve_command(CLI::App& app) {
                    "(0 = no limit)")
       ->capture_default_str()
       ->check(kNonNegative);
-  // "{false}": the flag stores false into share_cartridge_kv.
-  command->add_flag("--copy-cartridge-kv{false}", options->server.share_cartridge_kv,
+  command->add_flag("--copy-cartridge-kv", options->copy_cartridge_kv,
                     "Give every request its own copy of its cartridge's KV (the old path, for comparison; "
                     "default: one copy per cartridge, read once per step by every request that uses it)");
   command
