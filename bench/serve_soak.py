@@ -73,7 +73,8 @@ def main():
         print(f"making {len(names)} cartridges of {args.cartridge_tokens} tokens...", file=sys.stderr)
         for name in names:
             subprocess.run([args.bin, "init", "--model", args.model, "--random", "--tokens",
-                            str(args.cartridge_tokens), "--out", str(folder / name), "--quiet"], check=True)
+                            str(args.cartridge_tokens), "--out", str(folder / name), "--quiet"], check=True,
+                           capture_output=True)
         log_path = scratch / "server.log"
         log = open(log_path, "w")
         server = subprocess.Popen([args.bin, "serve", "--model", args.model, "--cartridges", str(folder), "--port",

@@ -288,6 +288,8 @@ Value filter_int(Renderer&, const Value& input, CallArguments arguments) {
     // jinja2 then tries int(float(value)).
     if (std::optional<double> parsed = parse_python_float(input.as_string())) {
       if (std::isnan(*parsed) || std::isinf(*parsed)) return fallback;
+      // Python's int is unbounded; ours is 64 bits, and converting a double beyond it is undefined.
+      if (std::fabs(*parsed) >= 9.2e18) fail(FailureKind::kUnsupported, "integer beyond 64 bits");
       return Value::integer(static_cast<int64_t>(std::trunc(*parsed)));
     }
   }
