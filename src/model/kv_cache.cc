@@ -30,6 +30,15 @@ void set_row_index(KvCache::SharedPrefix& shared, at::Device device) {
   shared.row_index = at::tensor(shared.rows, at::kLong).to(device);
 }
 
+// Throws MismatchError when a row's prefix was made for a model with another layer count.
+void check_prefix_layers(const KvPrefix& prefix, const ModelConfig& config) {
+  if (prefix.num_layers() != config.num_layers) {
+    throw MismatchError("a cartridge has " + std::to_string(prefix.num_layers()) +
+                        " layers but the model has " + std::to_string(config.num_layers) +
+                        " (use a cartridge made for this model)");
+  }
+}
+
 // The entry of `entries` for this use of `prefix`, added (with no rows) when there is none.
 KvCache::SharedPrefix& find_or_add_shared_prefix(std::vector<KvCache::SharedPrefix>& entries,
                                                  const std::shared_ptr<const KvPrefix>& prefix,
@@ -207,11 +216,7 @@ KvCache KvCache::with_row_prefixes(const ModelConfig& config, at::ScalarType dty
   for (int64_t row = 0; row < batch; ++row) {
     const auto& prefix = prefixes[row];
     if (!prefix || prefix->length() == 0) continue;
-    if (prefix->num_layers() != config.num_layers) {
-      throw MismatchError("a cartridge has " + std::to_string(prefix->num_layers()) +
-                          " layers but the model has " + std::to_string(config.num_layers) +
-                          " (use a cartridge made for this model)");
-    }
+    check_prefix_layers(*prefix, config);
     const int64_t length = prefix->length();
     for (int64_t layer = 0; layer < config.num_layers; ++layer) {
       keys[layer][row].narrow(1, 0, length).copy_(prefix->keys[layer]);
@@ -232,11 +237,7 @@ KvCache KvCache::with_shared_prefixes(
     std::vector<std::shared_ptr<const KvPrefix>> seen;  // this row's prefixes so far (to count repeats)
     for (const std::shared_ptr<const KvPrefix>& prefix : prefixes[row]) {
       if (!prefix || prefix->length() == 0) continue;
-      if (prefix->num_layers() != config.num_layers) {
-        throw MismatchError("a cartridge has " + std::to_string(prefix->num_layers()) +
-                            " layers but the model has " + std::to_string(config.num_layers) +
-                            " (use a cartridge made for this model)");
-      }
+      check_prefix_layers(*prefix, config);
       const at::Tensor& first_keys = prefix->keys.front();
       TORCH_CHECK(first_keys.scalar_type() == dtype && first_keys.device() == device &&
                       first_keys.size(0) == config.num_key_value_heads &&

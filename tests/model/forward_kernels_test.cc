@@ -120,65 +120,55 @@ TEST(LinearKernelTest, DenseEqualsNaiveWithAndWithoutBias) {
   EXPECT_STREQ(weight_storage_name(weight.storage), "dense");
 }
 
-TEST(AttentionKernelTest, SdpaEqualsNaiveForEveryMaskCase) {
-  at::manual_seed(0);
-  // 6 query heads on 2 KV heads, 3 new tokens after 4 old slots (row 1: its second old slot and its last
-  // new token are padding).
-  AttentionInputs inputs;
-  inputs.query = at::randn({2, 6, 3, 8});
-  inputs.keys = at::randn({2, 2, 7, 8});
-  inputs.values = at::randn({2, 2, 7, 8});
-  inputs.scale = 1.0 / std::sqrt(8.0);
-  const at::Tensor slot_mask = at::tensor({1, 1, 1, 1, 1, 0, 1, 1}, at::kLong).to(at::kBool).view({2, 4});
-  const at::Tensor token_mask = at::tensor({1, 1, 1, 1, 1, 0}, at::kLong).to(at::kBool).view({2, 3});
-  inputs.mask = attention_mask(slot_mask, token_mask);
-  ASSERT_TRUE(inputs.mask.allowed.defined());
-  EXPECT_LE(max_abs_diff(sdpa_attention(inputs), naive_attention(inputs)), kKernelTolerance);
+// The mask cases every attention kernel must get right, for `rows` rows (at least 2) with 6 query heads on
+// 2 KV heads: 3 new tokens after 4 old slots, row 1's second old slot and last new token padding (an explicit
+// mask); a prefill (no old slots, all real: plain causal, no mask tensor); a decode step (one new token
+// per row, every slot real: attend to everything, no mask).
+std::vector<AttentionInputs> mask_cases(int64_t rows) {
+  AttentionInputs padded;
+  padded.query = at::randn({rows, 6, 3, 8});
+  padded.keys = at::randn({rows, 2, 7, 8});
+  padded.values = at::randn({rows, 2, 7, 8});
+  padded.scale = 1.0 / std::sqrt(8.0);
+  at::Tensor slot_mask = at::ones({rows, 4}, at::kBool);
+  at::Tensor token_mask = at::ones({rows, 3}, at::kBool);
+  slot_mask[1][1] = false;
+  token_mask[1][2] = false;
+  padded.mask = attention_mask(slot_mask, token_mask);
 
-  // No old slots, all real: plain causal, no mask tensor.
-  AttentionInputs causal = inputs;
-  causal.keys = inputs.keys.narrow(2, 4, 3);
-  causal.values = inputs.values.narrow(2, 4, 3);
-  causal.mask = attention_mask(at::ones({2, 0}, at::kBool), at::ones({2, 3}, at::kBool));
-  EXPECT_FALSE(causal.mask.allowed.defined());
-  EXPECT_TRUE(causal.mask.causal);
-  EXPECT_LE(max_abs_diff(sdpa_attention(causal), naive_attention(causal)), kKernelTolerance);
+  AttentionInputs causal = padded;
+  causal.keys = padded.keys.narrow(2, 4, 3);
+  causal.values = padded.values.narrow(2, 4, 3);
+  causal.mask = attention_mask(at::ones({rows, 0}, at::kBool), at::ones({rows, 3}, at::kBool));
 
-  // One new token per row, every slot real: attend to everything, no mask.
-  AttentionInputs decode = inputs;
-  decode.query = inputs.query.narrow(2, 0, 1);
-  decode.mask = attention_mask(at::ones({2, 6}, at::kBool), at::ones({2, 1}, at::kBool));
-  EXPECT_FALSE(decode.mask.allowed.defined());
-  EXPECT_FALSE(decode.mask.causal);
-  EXPECT_LE(max_abs_diff(sdpa_attention(decode), naive_attention(decode)), kKernelTolerance);
+  AttentionInputs decode = padded;
+  decode.query = padded.query.narrow(2, 0, 1);
+  decode.mask = attention_mask(at::ones({rows, 6}, at::kBool), at::ones({rows, 1}, at::kBool));
+  return {padded, causal, decode};
 }
 
-// Three attention cases with shared prefixes (a padded batch, a prefill, a decode step): 3 rows, 6 query
-// heads on 2 KV heads, 3 new tokens after 4 own slots. Row 0 reads prefix A, row 1 none, row 2 reads A then
-// B (a composition); row 1's second own slot and last new token are padding.
+TEST(AttentionKernelTest, SdpaEqualsNaiveForEveryMaskCase) {
+  at::manual_seed(0);
+  const std::vector<AttentionInputs> cases = mask_cases(2);
+  ASSERT_TRUE(cases[0].mask.allowed.defined());
+  EXPECT_FALSE(cases[1].mask.allowed.defined());
+  EXPECT_TRUE(cases[1].mask.causal);
+  EXPECT_FALSE(cases[2].mask.allowed.defined());
+  EXPECT_FALSE(cases[2].mask.causal);
+  for (const AttentionInputs& each : cases) {
+    EXPECT_LE(max_abs_diff(sdpa_attention(each), naive_attention(each)), kKernelTolerance);
+  }
+}
+
+// The mask cases for 3 rows with shared prefixes: row 0 reads prefix A, row 1 none, row 2 reads A then B
+// (a composition).
 std::vector<AttentionInputs> shared_prefix_cases() {
   at::manual_seed(1);
-  AttentionInputs inputs;
-  inputs.query = at::randn({3, 6, 3, 8});
-  inputs.keys = at::randn({3, 2, 7, 8});
-  inputs.values = at::randn({3, 2, 7, 8});
-  inputs.scale = 1.0 / std::sqrt(8.0);
-  inputs.mask =
-      attention_mask(at::tensor({1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1}, at::kLong).to(at::kBool).view({3, 4}),
-                     at::tensor({1, 1, 1, 1, 1, 0, 1, 1, 1}, at::kLong).to(at::kBool).view({3, 3}));
-  inputs.shared_prefixes.push_back(
-      {at::randn({2, 5, 8}), at::randn({2, 5, 8}), at::tensor({0, 2}, at::kLong)});
-  inputs.shared_prefixes.push_back({at::randn({2, 4, 8}), at::randn({2, 4, 8}), at::tensor({2}, at::kLong)});
-
-  AttentionInputs causal = inputs;  // a prefill: no own slots before the new tokens
-  causal.keys = inputs.keys.narrow(2, 4, 3);
-  causal.values = inputs.values.narrow(2, 4, 3);
-  causal.mask = attention_mask(at::ones({3, 0}, at::kBool), at::ones({3, 3}, at::kBool));
-  AttentionInputs decode = inputs;  // one new token per row, every own slot real
-  decode.query = inputs.query.narrow(2, 0, 1);
-  decode.mask = attention_mask(at::ones({3, 6}, at::kBool), at::ones({3, 1}, at::kBool));
-
-  return {inputs, causal, decode};
+  std::vector<AttentionInputs> cases = mask_cases(3);
+  const SharedPrefixSlots a{at::randn({2, 5, 8}), at::randn({2, 5, 8}), at::tensor({0, 2}, at::kLong)};
+  const SharedPrefixSlots b{at::randn({2, 4, 8}), at::randn({2, 4, 8}), at::tensor({2}, at::kLong)};
+  for (AttentionInputs& each : cases) each.shared_prefixes = {a, b};
+  return cases;
 }
 
 TEST(AttentionKernelTest, SharedPrefixAttentionEqualsTheNaiveOneOnCopiedPrefixes) {

@@ -42,6 +42,15 @@ class KvCacheTest : public ::testing::Test {
 
   at::Tensor tokens(std::vector<int64_t> values) const { return at::tensor(values, at::kLong); }
 
+  // Two prefixes to share: the KV of prompt 0 alone (7 slots) and of prompt 1's first 3 tokens alone.
+  std::pair<std::shared_ptr<const KvPrefix>, std::shared_ptr<const KvPrefix>> two_prefixes() const {
+    const at::Tensor& ids = testing::get(cases_, "padded_ids");  // [3, 7]
+    KvCache first = prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
+    KvCache second = prefill(ids.narrow(0, 1, 1).narrow(1, 0, 3), at::ones({1, 3}, at::kBool));
+    return {std::make_shared<const KvPrefix>(first.row_prefix(0, 7)),
+            std::make_shared<const KvPrefix>(second.row_prefix(0, 3))};
+  }
+
   std::shared_ptr<const Model> model_;
   std::map<std::string, at::Tensor> cases_;
 };
@@ -185,10 +194,7 @@ TEST_F(KvCacheTest, RowPrefixesEqualTheRowsTheyCameFrom) {
 TEST_F(KvCacheTest, SharedPrefixesComputeWhatCopiedPrefixesDo) {
   c10::InferenceMode inference;
   const at::Tensor& ids = testing::get(cases_, "padded_ids");  // [3, 7]
-  KvCache first = prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
-  KvCache second = prefill(ids.narrow(0, 1, 1).narrow(1, 0, 3), at::ones({1, 3}, at::kBool));
-  const auto first_prefix = std::make_shared<const KvPrefix>(first.row_prefix(0, 7));
-  const auto second_prefix = std::make_shared<const KvPrefix>(second.row_prefix(0, 3));
+  const auto [first_prefix, second_prefix] = two_prefixes();
   const std::vector<std::shared_ptr<const KvPrefix>> prefixes = {first_prefix, nullptr, first_prefix,
                                                                  second_prefix};
   const ModelConfig& config = model_->config();
@@ -244,11 +250,7 @@ TEST_F(KvCacheTest, SharedPrefixesComputeWhatCopiedPrefixesDo) {
 
 TEST_F(KvCacheTest, ACompositionOfSharedPrefixesComputesWhatItsCopyDoes) {
   c10::InferenceMode inference;
-  const at::Tensor& ids = testing::get(cases_, "padded_ids");  // [3, 7]
-  KvCache first = prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool));
-  KvCache second = prefill(ids.narrow(0, 1, 1).narrow(1, 0, 3), at::ones({1, 3}, at::kBool));
-  const auto a = std::make_shared<const KvPrefix>(first.row_prefix(0, 7));
-  const auto b = std::make_shared<const KvPrefix>(second.row_prefix(0, 3));
+  const auto [a, b] = two_prefixes();
   // Row 0 composes b then a, row 1 reads a, row 2 repeats b (its slots are read twice).
   const std::vector<std::vector<std::shared_ptr<const KvPrefix>>> rows = {{b, a}, {a}, {b, b}};
   const ModelConfig& config = model_->config();

@@ -99,32 +99,35 @@ def cartridges(tmp_path_factory):
     return folder
 
 
+@contextlib.contextmanager
+def running_server(cartridges, log_path, *args, host="127.0.0.1", env=None):
+    """`cartridge serve` with the default model on `host`, a free port and `args`, its log in `log_path`;
+    yields {"port", "log", "process"}, then stops it with SIGTERM and checks that it exits 0."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([BIN, "serve", "--model", str(MODEL), "--cartridges", str(cartridges), "--host",
+                                    host, "--port", "0", "--quiet", *args], stdout=subprocess.DEVNULL, stderr=log,
+                                   env=env)
+        try:
+            deadline, port = time.time() + 180, None
+            while time.time() < deadline and port is None:
+                assert process.poll() is None, "the server exited: " + log_path.read_text()
+                found = re.search(rf"on http://{re.escape(host)}:(\d+)", log_path.read_text())
+                port = int(found.group(1)) if found else time.sleep(0.2)
+            assert port, "the server did not start: " + log_path.read_text()
+            yield {"port": port, "log": log_path, "process": process}
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0, log_path.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
 @pytest.fixture(scope="module")
 def server(cartridges, tmp_path_factory):
     log_path = tmp_path_factory.mktemp("serve_log") / "server.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [BIN, "serve", "--model", str(MODEL), "--cartridges", str(cartridges), "--host", "127.0.0.1", "--port", "0",
-         "--max-batch", "16", "--max-body-bytes", str(MAX_BODY), "--max-tokens-limit", "256", "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=log)
-    port = None
-    deadline = time.time() + 180
-    while time.time() < deadline and port is None:
-        assert process.poll() is None, "the server exited: " + log_path.read_text()
-        found = re.search(r"on http://127\.0\.0\.1:(\d+)", log_path.read_text())
-        if found:
-            port = int(found.group(1))
-        else:
-            time.sleep(0.2)
-    assert port, "the server did not start: " + log_path.read_text()
-    yield {"port": port, "log": log_path, "process": process, "cartridges": cartridges}
-    process.send_signal(signal.SIGTERM)
-    try:
-        assert process.wait(timeout=60) == 0, log_path.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
+    with running_server(cartridges, log_path, "--max-batch", "16", "--max-body-bytes", str(MAX_BODY),
+                        "--max-tokens-limit", "256") as served:
+        yield {**served, "cartridges": cartridges}
 
 
 def client(server):
@@ -228,15 +231,20 @@ def test_concurrent_requests_over_different_cartridges_match_generate(server, re
         assert got["usage"].total_tokens == want["prompt_tokens"] + want["completion_tokens"]
 
 
-def scheduler_stats(server):
+def server_stats(server):
+    """GET /v1/stats: {"scheduler": ..., "cartridges": ..., ...}."""
     connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
     try:
         connection.request("GET", "/v1/stats")
         response = connection.getresponse()
         assert response.status == 200
-        return json.loads(response.read())["scheduler"]
+        return json.loads(response.read())
     finally:
         connection.close()
+
+
+def scheduler_stats(server):
+    return server_stats(server)["scheduler"]
 
 
 SAMPLED_TOKENS = 32
@@ -432,30 +440,17 @@ def test_hostile_fields_and_methods(server):
 
 def test_api_key_is_required_when_set_and_open_binding_warns(cartridges, tmp_path):
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [BIN, "serve", "--model", str(MODEL), "--cartridges", str(cartridges), "--host", "0.0.0.0", "--port",
-             "0", "--quiet"], stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "CARTRIDGE_API_KEY": "s3cret"})
-        try:
-            deadline, port = time.time() + 180, None
-            while time.time() < deadline and port is None:
-                assert process.poll() is None, log_path.read_text()
-                found = re.search(r"on http://0\.0\.0\.0:(\d+)", log_path.read_text())
-                port = int(found.group(1)) if found else time.sleep(0.2)
-            assert port, log_path.read_text()
-            assert "warning:" not in log_path.read_text()  # a key is set: no warning
-            served = {"port": port}
-            with pytest.raises(openai.AuthenticationError) as error:
-                client(served).completions.create(model="doc0", prompt="x", max_tokens=1)  # sends "unused"
-            assert error.value.body["code"] == "invalid_api_key"
-            api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="s3cret", max_retries=0, timeout=600)
-            assert api.completions.create(model="doc0", prompt="x", max_tokens=1, temperature=0).choices
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            connection.request("GET", "/health")
-            assert connection.getresponse().status == 200  # open to load balancers
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+    with running_server(cartridges, log_path, host="0.0.0.0", env={**os.environ, "CARTRIDGE_API_KEY": "s3cret"}) as served:
+        port = served["port"]
+        assert "warning:" not in log_path.read_text()  # a key is set: no warning
+        with pytest.raises(openai.AuthenticationError) as error:
+            client(served).completions.create(model="doc0", prompt="x", max_tokens=1)  # sends "unused"
+        assert error.value.body["code"] == "invalid_api_key"
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="s3cret", max_retries=0, timeout=600)
+        assert api.completions.create(model="doc0", prompt="x", max_tokens=1, temperature=0).choices
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/health")
+        assert connection.getresponse().status == 200  # open to load balancers
     # Without a key, binding beyond this machine warns.
     # (a missing model file then stops it: the warning comes first)
     result = subprocess.run([BIN, "serve", "--model", str(tmp_path / "missing.gguf"), "--cartridges", str(cartridges),
@@ -463,25 +458,6 @@ def test_api_key_is_required_when_set_and_open_binding_warns(cartridges, tmp_pat
                             timeout=120, env={k: v for k, v in os.environ.items() if k != "CARTRIDGE_API_KEY"})
     assert result.returncode != 0
     assert "warning: listening on 0.0.0.0 without an API key" in result.stderr, result.stderr
-
-
-@contextlib.contextmanager
-def extra_server(cartridges, log_path, *args):
-    """A server of its own on 127.0.0.1 with extra arguments; yields {"port": ...}."""
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([BIN, "serve", "--model", str(MODEL), "--cartridges", str(cartridges), "--port",
-                                    "0", "--quiet", "--no-request-log", *args], stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            deadline, port = time.time() + 180, None
-            while time.time() < deadline and port is None:
-                assert process.poll() is None, log_path.read_text()
-                found = re.search(r"on http://127\.0\.0\.1:(\d+)", log_path.read_text())
-                port = int(found.group(1)) if found else time.sleep(0.2)
-            assert port, log_path.read_text()
-            yield {"port": port}
-        finally:
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, log_path.read_text()
 
 
 def test_many_requests_on_one_cartridge_joining_and_leaving_match_generate(server, cartridges):
@@ -516,7 +492,8 @@ def test_requests_on_one_cartridge_hold_one_copy_of_its_kv(cartridges, tmp_path)
     prompts = [f"Request {index}: tell me about cartridge number {index} and what it holds." for index in range(64)]
 
     def serve_all(*args):
-        with extra_server(folder, tmp_path / f"server{len(args)}.log", "--max-batch", "64", *args) as served:
+        with running_server(folder, tmp_path / f"server{len(args)}.log", "--no-request-log", "--max-batch", "64",
+                            *args) as served:
             api = client(served)
             send = lambda prompt: api.completions.create(model="wide", prompt=prompt, max_tokens=32, temperature=0,
                                                          extra_body={"ignore_eos": True})
@@ -542,7 +519,8 @@ def test_a_cartridge_that_cannot_fit_beside_those_in_use_gets_503(cartridges, tm
     503 cartridge_memory_full (doc0 is in use, so it is not evicted); once it ends, doc2 loads."""
     embeddings = load_file(str(cartridges / NAMES[0] / "adapter_model.safetensors"))["prompt_embeddings"]
     budget = embeddings.numel() * 4  # doc0's K and V, float32
-    with extra_server(cartridges, tmp_path / "server.log", "--max-cartridge-memory", str(budget)) as served:
+    with running_server(cartridges, tmp_path / "server.log", "--no-request-log", "--max-cartridge-memory",
+                            str(budget)) as served:
         api = client(served)
         stream = api.completions.create(model=NAMES[0], prompt=PROMPTS[0], max_tokens=64, temperature=0,
                                         stream=True, extra_body={"ignore_eos": True})
@@ -554,14 +532,6 @@ def test_a_cartridge_that_cannot_fit_beside_those_in_use_gets_503(cartridges, tm
         for _ in stream:
             pass
         assert api.completions.create(model=NAMES[2], prompt=PROMPTS[2], max_tokens=1, temperature=0).choices
-        stats = json.loads(urllib_get(served, "/v1/stats"))["cartridges"]
+        stats = server_stats(served)["cartridges"]
         assert stats["refusals"] == 1 and stats["held_bytes"] <= budget, stats
 
-
-def urllib_get(served, path):
-    connection = http.client.HTTPConnection("127.0.0.1", served["port"], timeout=30)
-    try:
-        connection.request("GET", path)
-        return connection.getresponse().read()
-    finally:
-        connection.close()
