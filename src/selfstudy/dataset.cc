@@ -112,7 +112,9 @@ std::string header_differences(const DatasetHeader& existing, const DatasetHeade
   return joined;
 }
 
-std::string header_line(const DatasetHeader& header) {
+}  // namespace
+
+std::string dataset_header_line(const DatasetHeader& header) {
   // Keys in the documented order (nlohmann::json would sort them).
   nlohmann::ordered_json object;
   object["format"] = kDatasetFormat;
@@ -126,6 +128,8 @@ std::string header_line(const DatasetHeader& header) {
   object["settings"] = nlohmann::ordered_json::parse(header.settings.dump());
   return object.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
+
+namespace {
 
 void write_all(int descriptor, const std::string& bytes, const std::string& path) {
   size_t written = 0;
@@ -174,7 +178,7 @@ std::string line_place(const std::string& path, size_t line_number) {
 
 }  // namespace
 
-Json DatasetHeader::to_json() const { return Json::parse(header_line(*this)); }
+Json DatasetHeader::to_json() const { return Json::parse(dataset_header_line(*this)); }
 
 DatasetHeader DatasetHeader::from_json(const Json& object, const std::string& where) {
   if (!object.is_object()) {
@@ -428,7 +432,7 @@ DatasetWriter::DatasetWriter(const std::string& path, const DatasetHeader& heade
             describe_file_problem(path, std::string("cannot truncate: ") + std::strerror(errno)));
       }
       ::lseek(descriptor_, 0, SEEK_SET);
-      write_all(descriptor_, header_line(header_) + "\n", path);
+      write_all(descriptor_, dataset_header_line(header_) + "\n", path);
       // Make the new file's name durable too.
       const std::string folder = std::filesystem::absolute(path).parent_path().string();
       const int folder_descriptor = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

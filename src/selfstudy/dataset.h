@@ -127,6 +127,9 @@ void check_token_ids(const Dataset& dataset, int64_t vocab_size);
 // Reads only the header (line 1).
 DatasetHeader read_dataset_header(const std::string& path);
 
+// The header line (without the newline) the writer stores: the keys in the documented order.
+std::string dataset_header_line(const DatasetHeader& header);
+
 // The JSON line (without the newline) the writer stores for `conversation`. Floats are written in their
 // shortest form that reads back to the same float32.
 std::string conversation_to_json_line(const Conversation& conversation);

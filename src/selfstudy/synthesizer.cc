@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
 
 #include "cartridge/fingerprint.h"
 #include "generate/decode_batch.h"
@@ -14,6 +17,7 @@
 #include "generate/sampler.h"
 #include "selfstudy/sha256.h"
 #include "selfstudy/synthesis_random.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -407,6 +411,125 @@ std::vector<BatchDecodeOutput> decode_with_teacher_top_k(const Model& model, con
   return outputs;
 }
 
+namespace {
+
+std::string group_file_path(const std::string& groups_folder, int64_t group) {
+  return fmt::format("{}/group-{:08d}.jsonl", groups_folder, group);
+}
+
+// Reads a group file written by synthesize_in_groups: the header line, then the group's conversations.
+std::vector<Conversation> read_group_file(const std::string& path, const std::string& header_line,
+                                          const DatasetHeader& header, int64_t expected) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw FileNotFoundError(describe_file_problem(path, "cannot be read", "check its permissions"));
+  std::string line;
+  const std::string folder = std::filesystem::path(path).parent_path().string();
+  if (!std::getline(file, line) || line != header_line) {
+    throw MismatchError(describe_file_problem(
+        path, "was synthesized with other settings than this run's",
+        "delete the folder " + folder + " (an interrupted run's parts) or rerun that run's command"));
+  }
+  std::vector<Conversation> conversations;
+  for (int64_t number = 2; std::getline(file, line); ++number) {
+    conversations.push_back(conversation_from_json_line(line, header.top_k, header.version,
+                                                        fmt::format("{} line {}", path, number)));
+  }
+  if (static_cast<int64_t>(conversations.size()) != expected) {
+    throw FormatError(describe_file_problem(
+        path, fmt::format("holds {} conversations, expected {}", conversations.size(), expected),
+        "delete it: the run makes it again"));
+  }
+  return conversations;
+}
+
+// Synthesis in chunk groups across the ranks of a run (docs/distributed.md): rank r generates groups
+// r, r + W, ... of those the file does not hold yet, each written atomically to
+// <dataset>.groups/group-<g>.jsonl (the header line, then its conversations), so an interrupted run
+// continues with any world size. When every rank is done, rank 0 appends the groups in order through a
+// DatasetWriter, exactly as one process appends them, so the file is the same bytes.
+SynthesisStats synthesize_in_groups(const SynthesisContext& context, const ProcessGroup& ranks,
+                                    const DatasetHeader& header, const std::string& dataset_path) {
+  const SynthesisOptions& options = *context.options;
+  const int64_t per_group = options.conversations_per_chunk;
+  const std::string header_line = dataset_header_line(header);
+  ranks.check_same_as_writer(header_line, "the synthesis settings (corpus, model, options)");
+  // Rank 0 alone opens the file (checking its header, cutting away a torn last line).
+  std::unique_ptr<DatasetWriter> writer;
+  at::Tensor existing = at::zeros({1}, at::kLong);
+  if (ranks.writes()) {
+    writer = std::make_unique<DatasetWriter>(dataset_path, header);
+    existing.fill_(writer->conversation_count());
+  }
+  ranks.broadcast(existing, "sharing the dataset's length");
+  SynthesisStats stats;
+  stats.existing_conversations = existing.item<int64_t>();
+  stats.rank_conversations.assign(ranks.world_size(), 0);
+  if (stats.existing_conversations >= options.samples) return stats;
+
+  const std::string groups_folder = dataset_path + ".groups";
+  std::filesystem::create_directories(groups_folder);
+  const int64_t first_group = stats.existing_conversations / per_group;
+  const int64_t group_count = (options.samples + per_group - 1) / per_group - first_group;
+  const auto start = std::chrono::steady_clock::now();
+  ProgressBar progress("synthesize", options.samples - stats.existing_conversations, "conversations",
+                       options.show_progress && ranks.writes());
+  int64_t shown = 0;
+  BatchDecodeCounts counts;
+  for (const int64_t position : ranks.share(group_count)) {
+    const int64_t group = first_group + position;
+    const int64_t first = std::max(group * per_group, stats.existing_conversations);
+    const int64_t end = std::min((group + 1) * per_group, options.samples);
+    const std::string path = group_file_path(groups_folder, group);
+    if (!std::filesystem::exists(path)) {  // else made by an interrupted run, merged below
+      std::string text = header_line + "\n";
+      for (const Conversation& conversation :
+           generate_group(context, group, group * per_group, end, counts)) {
+        text += conversation_to_json_line(conversation) + "\n";
+      }
+      write_file_atomic(path, text);
+      stats.rank_conversations[ranks.rank()] += end - group * per_group;
+    }
+    const int64_t done = ranks.add_to_counter("synthesized conversations", end - first);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    progress.advance(std::max<int64_t>(done - shown, 0),
+                     fmt::format("{:.1f} generated tok/s on rank 0",
+                                 seconds > 0 ? counts.generated_tokens / seconds : 0.0));
+    shown = std::max(shown, done);
+  }
+  ranks.wait_for_all("synthesis");
+  if (writer) {
+    for (int64_t group = first_group; group < first_group + group_count; ++group) {
+      const int64_t end = std::min((group + 1) * per_group, options.samples);
+      for (const Conversation& conversation : read_group_file(group_file_path(groups_folder, group),
+                                                              header_line, header, end - group * per_group)) {
+        if (conversation.index < writer->conversation_count()) continue;  // already in the file
+        writer->append(conversation);
+        ++stats.written_conversations;
+        if (options.on_conversation) options.on_conversation(conversation);
+      }
+    }
+    std::filesystem::remove_all(groups_folder);
+  }
+  progress.finish();
+  // The others go on (to training, in `study`) only once the file is whole.
+  ranks.wait_for_all("merging the dataset");
+  at::Tensor totals = at::tensor({counts.generated_tokens, counts.prefill_tokens}, at::kLong);
+  ranks.all_reduce_sum(totals, "adding up the synthesis counts");
+  at::Tensor per_rank = at::tensor(stats.rank_conversations, at::kLong);
+  ranks.all_reduce_sum(per_rank, "adding up the synthesis counts");
+  stats.generated_tokens = totals[0].item<int64_t>();
+  stats.prefill_tokens = totals[1].item<int64_t>();
+  for (int64_t rank = 0; rank < ranks.world_size(); ++rank)
+    stats.rank_conversations[rank] = per_rank[rank].item<int64_t>();
+  at::Tensor written = at::full({1}, stats.written_conversations, at::kLong);
+  ranks.broadcast(written, "adding up the synthesis counts");
+  stats.written_conversations = written.item<int64_t>();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return stats;
+}
+
+}  // namespace
+
 SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_text,
                           const SynthesisOptions& options, const std::string& dataset_path) {
   if (options.samples < 0) throw InvalidArgumentError("--samples must be >= 0");
@@ -429,13 +552,21 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
   const Chunker chunker(*model.tokenizer, std::move(corpus_ids), options.chunks,
                         longest_chunk_allowed(model, options));
 
-  DatasetWriter writer(dataset_path, synthesis_header(model, corpus_text, corpus_tokens, options));
-  SynthesisStats stats;
-  stats.existing_conversations = writer.conversation_count();
-  if (writer.conversation_count() >= options.samples) return stats;
-
+  const DatasetHeader header = synthesis_header(model, corpus_text, corpus_tokens, options);
   SynthesisContext context{&model, &options, &chunker, end_of_turn_ids(*model.tokenizer),
                            model.model->config().max_position_embeddings};
+  // Across processes, or continuing a run across processes that was interrupted: in group files.
+  const ProcessGroup single_process;
+  const ProcessGroup& ranks = options.process_group ? *options.process_group : single_process;
+  if (ranks.distributed() || std::filesystem::exists(dataset_path + ".groups")) {
+    return synthesize_in_groups(context, ranks, header, dataset_path);
+  }
+
+  DatasetWriter writer(dataset_path, header);
+  SynthesisStats stats;
+  stats.existing_conversations = writer.conversation_count();
+  stats.rank_conversations = {0};
+  if (writer.conversation_count() >= options.samples) return stats;
   const auto start = std::chrono::steady_clock::now();
   ProgressBar progress("synthesize", options.samples - writer.conversation_count(), "conversations",
                        options.show_progress);
@@ -465,6 +596,7 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
   stats.generated_tokens = counts.generated_tokens;
   stats.prefill_tokens = counts.prefill_tokens;
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.rank_conversations = {stats.written_conversations};
   return stats;
 }
 

@@ -18,6 +18,7 @@
 #include "generate/loaded_model.h"
 #include "selfstudy/chunker.h"
 #include "selfstudy/dataset.h"
+#include "selfstudy/process_group.h"
 #include "selfstudy/seed_prompts.h"
 
 namespace cartridge {
@@ -47,20 +48,25 @@ struct SynthesisOptions {
   bool show_progress = true;  // progress bar on stderr
   // Called after each conversation is safely on disk (tests use it to interrupt a run).
   std::function<void(const Conversation&)> on_conversation;
+  // The ranks of a run across processes (docs/distributed.md); null = this process alone. Each rank
+  // generates its share of the chunk groups, rank 0 writes the file: the same bytes as one process writes.
+  std::shared_ptr<const ProcessGroup> process_group;
 };
 
 struct SynthesisStats {
-  int64_t existing_conversations = 0;  // already in the file when the run started
-  int64_t written_conversations = 0;   // appended by this run
-  int64_t generated_tokens = 0;        // question and answer tokens decoded by this run
-  int64_t prefill_tokens = 0;          // prompt tokens run through the model by this run
-  double seconds = 0;                  // wall time of the generation (model already loaded)
+  int64_t existing_conversations = 0;       // already in the file when the run started
+  int64_t written_conversations = 0;        // appended by this run
+  int64_t generated_tokens = 0;             // question and answer tokens decoded by this run
+  int64_t prefill_tokens = 0;               // prompt tokens run through the model by this run
+  double seconds = 0;                       // wall time of the generation (model already loaded)
+  std::vector<int64_t> rank_conversations;  // conversations each rank generated (one entry per rank)
 };
 
 // Generates conversations until `dataset_path` holds options.samples of them, continuing a file written by
-// an earlier (interrupted) run with the same settings. Throws InvalidArgumentError for bad options (or a
-// corpus too short/long for them), MismatchError when the existing file was made with other settings,
-// UnsupportedError when the model has no chat template.
+// an earlier (interrupted) run with the same settings. Across processes (or continuing such a run), chunk
+// groups go to <dataset_path>.groups/ first and rank 0 appends them in order when all are done. Throws
+// InvalidArgumentError for bad options (or a corpus too short/long for them), MismatchError when the existing
+// file was made with other settings, UnsupportedError when the model has no chat template.
 SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_text,
                           const SynthesisOptions& options, const std::string& dataset_path);
 

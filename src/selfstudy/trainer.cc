@@ -164,6 +164,13 @@ std::pair<double, int64_t> mean_heldout_kl(const Model& model, const KvPrefix* p
                                            const std::vector<const Conversation*>& conversations,
                                            int64_t top_k, int64_t max_batch_tokens) {
   if (conversations.empty()) return {std::numeric_limits<double>::quiet_NaN(), 0};
+  const auto [kl_sum, positions] = heldout_kl_sum(model, prefix, conversations, top_k, max_batch_tokens);
+  return {kl_sum / static_cast<double>(positions), positions};
+}
+
+std::pair<double, int64_t> heldout_kl_sum(const Model& model, const KvPrefix* prefix,
+                                          const std::vector<const Conversation*>& conversations,
+                                          int64_t top_k, int64_t max_batch_tokens) {
   at::NoGradGuard no_grad;
   double kl_sum = 0;
   int64_t positions = 0;
@@ -173,7 +180,7 @@ std::pair<double, int64_t> mean_heldout_kl(const Model& model, const KvPrefix* p
     kl_sum += scores.kl_sum.item<double>();
     positions += scores.positions;
   }
-  return {kl_sum / static_cast<double>(positions), positions};
+  return {kl_sum, positions};
 }
 
 std::vector<double> mean_target_nlls(const Model& model, const KvPrefix* prefix,
@@ -229,6 +236,18 @@ std::vector<int64_t> batch_for_step(int64_t training_count, int64_t batch_size, 
   return batch;
 }
 
+std::vector<const Conversation*> rank_share_of_batch(std::vector<const Conversation*> batch,
+                                                     const ProcessGroup& group) {
+  std::stable_sort(batch.begin(), batch.end(), [](const Conversation* a, const Conversation* b) {
+    return a->input_ids.size() < b->input_ids.size();
+  });
+  if (!group.distributed()) return batch;
+  std::vector<const Conversation*> share;
+  for (const int64_t position : group.share(static_cast<int64_t>(batch.size())))
+    share.push_back(batch[position]);
+  return share;
+}
+
 const char* distill_tokens_name(DistillTokens tokens) {
   return tokens == DistillTokens::kAnswer ? "answer" : "conversation";
 }
@@ -268,7 +287,11 @@ void check_training_options(const TrainingOptions& options) {
 
 DistillationTrainer::DistillationTrainer(std::shared_ptr<const Model> model, const Cartridge& initial,
                                          const Dataset& dataset, const TrainingOptions& options)
-    : model_(std::move(model)), options_(options), shape_(initial.shape()), top_k_(dataset.header.top_k) {
+    : model_(std::move(model)),
+      options_(options),
+      group_(options.process_group ? options.process_group : std::make_shared<const ProcessGroup>()),
+      shape_(initial.shape()),
+      top_k_(dataset.header.top_k) {
   check_training_options(options);
   initial.check_fits(model_->config(), "the initial cartridge", options.model_name);
   // An id past the vocabulary would be clamped or index out of range in the loss: refuse it here.
@@ -309,6 +332,26 @@ void DistillationTrainer::restore(const CheckpointState& state) {
   restore_adam_moments(*optimizer_, trainable_, state.moments);
 }
 
+void DistillationTrainer::adopt_writer_state(int64_t& start_step) {
+  if (!group_->distributed()) return;
+  at::NoGradGuard no_grad;
+  at::Tensor step = at::full({1}, start_step, at::kLong);
+  group_->broadcast(step, "sharing the start step");
+  start_step = step.item<int64_t>();
+  group_->broadcast(frozen_, "sharing the cartridge");
+  group_->broadcast(trainable_, "sharing the cartridge");
+  if (start_step == 0) return;  // a fresh run: Adam has no moments yet
+  AdamMoments moments = group_->writes() ? adam_moments(*optimizer_, trainable_)
+                                         : AdamMoments{0, at::zeros(trainable_.sizes(), at::kFloat),
+                                                       at::zeros(trainable_.sizes(), at::kFloat)};
+  at::Tensor adam_step = at::full({1}, moments.step, at::kLong);
+  group_->broadcast(adam_step, "sharing Adam's state");
+  group_->broadcast(moments.exp_avg, "sharing Adam's state");
+  group_->broadcast(moments.exp_avg_sq, "sharing Adam's state");
+  moments.step = adam_step.item<int64_t>();
+  if (!group_->writes()) restore_adam_moments(*optimizer_, trainable_, moments);
+}
+
 KvPrefix DistillationTrainer::prefix(bool with_grad) const {
   // [p, W] fp32 -> per-layer [H_kv, p, D] in the compute dtype; the cast is differentiable.
   const at::Tensor rows = at::cat({frozen_, with_grad ? trainable_ : trainable_.detach()}, 0);
@@ -326,12 +369,13 @@ TrainingHistoryEntry DistillationTrainer::step(int64_t step) {
        batch_for_step(static_cast<int64_t>(training_.size()), options_.batch_size, options_.seed, step)) {
     batch.push_back(training_[index]);
   }
+  // The whole batch's target count divides every rank's share, so the summed gradient is the batch mean's.
   int64_t step_positions = 0;
   for (const Conversation* conversation : batch) step_positions += conversation->num_targets();
   optimizer_->zero_grad();
   double cross_entropy_sum = 0;
   int64_t step_tokens = 0;
-  for (const auto& group : micro_batches(batch, options_.max_batch_tokens)) {
+  for (const auto& group : micro_batches(rank_share_of_batch(batch, *group_), options_.max_batch_tokens)) {
     const KvPrefix student_prefix = prefix(/*with_grad=*/true);
     const StudentBatch student = make_student_batch(group, top_k_, model_->device());
     const BatchScores scores = score_student_batch(*model_, &student_prefix, student, /*with_kl=*/false);
@@ -339,6 +383,16 @@ TrainingHistoryEntry DistillationTrainer::step(int64_t step) {
     (scores.cross_entropy_sum / static_cast<double>(step_positions)).backward();
     cross_entropy_sum += scores.cross_entropy_sum.item<double>();
     step_tokens += scores.real_tokens;
+  }
+  if (group_->distributed()) {
+    const std::string what = fmt::format("the gradient sum of step {}", step);
+    // A rank whose share was empty (batch smaller than the world) adds zeros.
+    if (!trainable_.grad().defined()) trainable_.mutable_grad() = at::zeros_like(trainable_);
+    group_->all_reduce_sum(trainable_.mutable_grad(), what);
+    at::Tensor sums = at::tensor({cross_entropy_sum, static_cast<double>(step_tokens)}, at::kDouble);
+    group_->all_reduce_sum(sums, what);
+    cross_entropy_sum = sums[0].item<double>();
+    step_tokens = static_cast<int64_t>(sums[1].item<double>());
   }
   optimizer_->step();
   const double loss = cross_entropy_sum / static_cast<double>(step_positions);
@@ -353,16 +407,30 @@ TrainingHistoryEntry DistillationTrainer::step(int64_t step) {
 
 EvaluationEntry DistillationTrainer::evaluate(int64_t step) const {
   const KvPrefix current = prefix(/*with_grad=*/false);
+  const auto take_share = [this](const std::vector<const Conversation*>& rows) {
+    std::vector<const Conversation*> share;
+    for (const int64_t position : group_->share(static_cast<int64_t>(rows.size())))
+      share.push_back(rows[position]);
+    return share;
+  };
+  auto [kl_sum, positions] =
+      heldout_kl_sum(*model_, &current, take_share(heldout_), top_k_, options_.max_batch_tokens);
+  const std::vector<double> means =
+      mean_target_nlls(*model_, &current, take_share(validation_), options_.max_batch_tokens);
+  double nll_sum = std::accumulate(means.begin(), means.end(), 0.0);
+  if (group_->distributed()) {
+    at::Tensor sums = at::tensor({kl_sum, static_cast<double>(positions), nll_sum}, at::kDouble);
+    group_->all_reduce_sum(sums, fmt::format("the evaluation at step {}", step));
+    kl_sum = sums[0].item<double>();
+    positions = static_cast<int64_t>(sums[1].item<double>());
+    nll_sum = sums[2].item<double>();
+  }
   EvaluationEntry entry;
   entry.step = step;
-  std::tie(entry.heldout_kl, entry.positions) =
-      mean_heldout_kl(*model_, &current, heldout_, top_k_, options_.max_batch_tokens);
-  if (!validation_.empty()) {
-    const std::vector<double> means =
-        mean_target_nlls(*model_, &current, validation_, options_.max_batch_tokens);
-    entry.validation_answer_nll =
-        std::accumulate(means.begin(), means.end(), 0.0) / static_cast<double>(means.size());
-  }
+  entry.positions = positions;
+  entry.heldout_kl =
+      positions > 0 ? kl_sum / static_cast<double>(positions) : std::numeric_limits<double>::quiet_NaN();
+  if (!validation_.empty()) entry.validation_answer_nll = nll_sum / static_cast<double>(validation_.size());
   return entry;
 }
 

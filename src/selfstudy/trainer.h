@@ -18,6 +18,7 @@
 #include "model/kv_prefix.h"
 #include "model/model.h"
 #include "selfstudy/dataset.h"
+#include "selfstudy/process_group.h"
 #include "selfstudy/trainer_checkpoint.h"
 
 namespace cartridge {
@@ -69,8 +70,11 @@ struct TrainingOptions {
   bool keep_best = true;
   bool resume = false;  // continue from the newest <out>/checkpoint-*
   bool show_progress = true;
-  bool handle_interrupt = true;                 // SIGINT: finish the current step, checkpoint, return
-  std::string model_name;                       // for adapter_config.json's base_model_name_or_path
+  bool handle_interrupt = true;  // SIGINT: finish the current step, checkpoint, return
+  std::string model_name;        // for adapter_config.json's base_model_name_or_path
+  // The ranks of a run across processes (docs/distributed.md); null = this process alone. Every rank takes
+  // its share of each step's batch and of each evaluation; rank 0 writes.
+  std::shared_ptr<const ProcessGroup> process_group;
   std::optional<ModelFingerprint> fingerprint;  // written beside each adapter when given
 };
 
@@ -117,6 +121,12 @@ std::pair<double, int64_t> mean_heldout_kl(const Model& model, const KvPrefix* p
                                            const std::vector<const Conversation*>& conversations,
                                            int64_t top_k, int64_t max_batch_tokens);
 
+// The sum of the truncated KL over the target positions of `conversations` (no gradient) and the number of
+// positions: mean_heldout_kl before the division, so ranks can add their shares. {0, 0} for none.
+std::pair<double, int64_t> heldout_kl_sum(const Model& model, const KvPrefix* prefix,
+                                          const std::vector<const Conversation*>& conversations,
+                                          int64_t top_k, int64_t max_batch_tokens);
+
 // The mean NLL of each row's targets, in the order given: rows whose targets are one-hot (top-k 1,
 // log-probability 0), as question_answer_rows (evaluation.h) makes them, with `prefix` (no gradient), in
 // batches of at most `max_batch_tokens` padded tokens. `on_rows_done(n)` is called after each batch.
@@ -132,10 +142,17 @@ std::vector<int64_t> heldout_indices(int64_t count, double fraction, int64_t max
 // permutation laid end to end, cut into consecutive batches of `batch_size`.
 std::vector<int64_t> batch_for_step(int64_t training_count, int64_t batch_size, uint64_t seed, int64_t step);
 
+// The conversations of `batch` that `group`'s rank trains on: the batch sorted by length (stably), then
+// every world_size-th from the rank's place, so the ranks run similar numbers of tokens. One process takes
+// them all (in the order micro_batches would sort them anyway).
+std::vector<const Conversation*> rank_share_of_batch(std::vector<const Conversation*> batch,
+                                                     const ProcessGroup& group);
+
 // The optimisation of one cartridge with nothing written (no files, logs or progress bars): the parameters
 // (float32; only the trainable rows get gradients), Adam, the held-out split and the scores. train_cartridge
-// (selfstudy/training_run.h) drives it and writes the outputs; under torch.distributed every rank would step
-// and one would write (after llm.c's rank-0 writer).
+// (selfstudy/training_run.h) drives it and writes the outputs; under torch.distributed every rank steps on
+// its share of each batch, the gradients are summed across the ranks before Adam (so every rank holds the
+// same parameters and moments), and rank 0 writes (after llm.c's rank-0 writer).
 class DistillationTrainer {
  public:
   // `dataset` and `options` must outlive the trainer. Throws InvalidArgumentError for bad options or an
@@ -146,10 +163,16 @@ class DistillationTrainer {
 
   // Continues from a checkpoint: its parameters and Adam moments.
   void restore(const CheckpointState& state);
+  // Across processes: every rank takes rank 0's parameters, Adam moments and `start_step` (rank 0 alone
+  // reads a checkpoint, so a run resumes with any world size). Nothing for a single process.
+  void adopt_writer_state(int64_t& start_step);
   // Optimizer step `step` (1-based) on the conversations batch_for_step gives, in micro-batches: forward,
-  // backward, Adam. Throws InvalidArgumentError when the loss is not finite.
+  // backward, Adam. Across processes this rank runs its share (rank_share_of_batch) and the gradient of the
+  // whole batch's mean loss is summed over the ranks before Adam. Throws InvalidArgumentError when the loss
+  // is not finite.
   TrainingHistoryEntry step(int64_t step);
-  // The held-out KL and the validation answer NLL of the current cartridge (no gradient).
+  // The held-out KL and the validation answer NLL of the current cartridge (no gradient); across processes
+  // each rank scores a share and the sums are added.
   EvaluationEntry evaluate(int64_t step) const;
 
   Cartridge cartridge() const;  // the current cartridge, on the CPU (a copy)
@@ -166,6 +189,7 @@ class DistillationTrainer {
 
   std::shared_ptr<const Model> model_;
   const TrainingOptions& options_;
+  std::shared_ptr<const ProcessGroup> group_;  // options_.process_group, or a single process
   CartridgeShape shape_;
   int64_t top_k_;
   std::vector<int64_t> heldout_indices_;

@@ -24,28 +24,35 @@ namespace {
 // it is the one piece of global state in the library and is only installed while train_cartridge runs.
 volatile std::sig_atomic_t g_interrupt_requested = 0;
 
-extern "C" void request_interrupt(int) {
+extern "C" void request_interrupt(int signal_number) {
   g_interrupt_requested = 1;
-  // A second Ctrl-C ends the program at once.
-  std::signal(SIGINT, SIG_DFL);
+  // A second signal ends the program at once.
+  std::signal(signal_number, SIG_DFL);
 }
 
-// Installs the handler for the lifetime of a training run and restores the previous one afterwards.
+// Installs the handler for the lifetime of a training run and restores the previous one afterwards. Across
+// processes SIGTERM is handled the same way: torchrun and Slurm stop workers with it, and a checkpoint after
+// the current step is worth the wait.
 class InterruptScope {
  public:
-  explicit InterruptScope(bool enabled) : enabled_(enabled) {
+  InterruptScope(bool enabled, bool also_sigterm)
+      : enabled_(enabled), also_sigterm_(enabled && also_sigterm) {
     if (!enabled_) return;
     g_interrupt_requested = 0;
     previous_ = std::signal(SIGINT, request_interrupt);
+    if (also_sigterm_) previous_terminate_ = std::signal(SIGTERM, request_interrupt);
   }
   ~InterruptScope() {
     if (enabled_) std::signal(SIGINT, previous_ == SIG_ERR ? SIG_DFL : previous_);
+    if (also_sigterm_) std::signal(SIGTERM, previous_terminate_ == SIG_ERR ? SIG_DFL : previous_terminate_);
   }
   bool requested() const { return enabled_ && g_interrupt_requested != 0; }
 
  private:
   bool enabled_;
+  bool also_sigterm_;
   void (*previous_)(int) = SIG_DFL;
+  void (*previous_terminate_)(int) = SIG_DFL;
 };
 
 // Answer-only distillation trains on a copy of the dataset without the question rows' targets; the
@@ -61,12 +68,18 @@ std::optional<Dataset> answer_only_dataset(const Dataset& dataset, DistillTokens
 }
 
 // Everything a run writes: checkpoints, the adapter and loss curve beside them, and best/ (the adapter of
-// the lowest selection score so far). Keeps `result` up to date.
+// the lowest selection score so far). Keeps `result` up to date. Across processes only rank 0's writes
+// (`writes`); the others keep the same result.
 class TrainingOutputs {
  public:
   TrainingOutputs(const TrainingOptions& options, const Model& model, const TrainerSettings& settings,
-                  Framing framing, TrainingResult& result)
-      : options_(options), model_(model), settings_(settings), framing_(framing), result_(result) {
+                  Framing framing, bool writes, TrainingResult& result)
+      : options_(options),
+        model_(model),
+        settings_(settings),
+        framing_(framing),
+        writes_(writes),
+        result_(result) {
     result_.best_by_validation = !options_.validation_questions.empty();
     // A resumed run's best so far comes from its restored evaluations (the earliest of equal scores).
     for (const EvaluationEntry& entry : result_.evaluations) is_new_best(entry);
@@ -74,7 +87,7 @@ class TrainingOutputs {
 
   // Records an evaluation of the trainer's current cartridge; writes best/ when it scores lowest so far.
   void record_evaluation(const EvaluationEntry& entry, const DistillationTrainer& trainer) {
-    if (is_new_best(entry)) {
+    if (is_new_best(entry) && writes_) {
       write_best_adapter(options_.output_dir, entry.step, result_.best_by_validation, selection_score(entry),
                          trainer.cartridge(), options_.model_name, model_, options_.fingerprint, framing_);
     }
@@ -84,12 +97,13 @@ class TrainingOutputs {
   // At the end of a finished run: <out>'s adapter becomes best/'s when keep_best asks for it.
   void keep_best_adapter() {
     if (!options_.keep_best || result_.best_step < 0) return;
-    publish_adapter(options_.output_dir + "/" + kBestFolderName, options_.output_dir);
+    if (writes_) publish_adapter(options_.output_dir + "/" + kBestFolderName, options_.output_dir);
     result_.kept_best = true;
   }
 
   // Writes checkpoint-<step>, the adapter beside it and the loss curve.
   void save(int64_t step, const DistillationTrainer& trainer) {
+    if (!writes_) return;
     write_checkpoint(options_.output_dir, step, trainer.cartridge(), trainer.optimizer(), trainer.trainable(),
                      settings_, result_.history, result_.evaluations, options_.model_name, model_,
                      options_.fingerprint, options_.keep_checkpoints, framing_);
@@ -134,6 +148,7 @@ class TrainingOutputs {
   const Model& model_;
   const TrainerSettings& settings_;
   Framing framing_;  // the dataset's student framing, recorded with every adapter written
+  bool writes_;
   TrainingResult& result_;
 };
 
@@ -180,24 +195,35 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartrid
   const std::optional<Dataset> answer_only = answer_only_dataset(full_dataset, options.distill);
   const Dataset& dataset = answer_only ? *answer_only : full_dataset;
   DistillationTrainer trainer(model, initial, dataset, options);
+  const ProcessGroup single_process;
+  const ProcessGroup& group = options.process_group ? *options.process_group : single_process;
   TrainingResult result;
   result.heldout_indices = trainer.heldout_indices();
   const TrainerSettings settings = TrainerSettings::from(options, initial, dataset, model->dtype());
-  fs::create_directories(options.output_dir);
-  const int64_t start_step = restore_checkpoint(trainer, result, options, *model, settings);
-  TrainingOutputs outputs(options, *model, settings, dataset_framing(dataset.header), result);
-  if (start_step == 0 && result.evaluations.empty() && trainer.evaluates()) {
+  // Different files or options on one rank would train a different problem: refuse it before any step.
+  group.check_same_as_writer(settings.values.dump(),
+                             "the training settings (dataset, initial cartridge, options)");
+  int64_t start_step = 0;
+  if (group.writes()) {
+    fs::create_directories(options.output_dir);
+    start_step = restore_checkpoint(trainer, result, options, *model, settings);
+  }
+  trainer.adopt_writer_state(start_step);
+  TrainingOutputs outputs(options, *model, settings, dataset_framing(dataset.header), group.writes(), result);
+  if (start_step == 0 && trainer.evaluates()) {  // a fresh run: score the initialisation
     outputs.record_evaluation(trainer.evaluate(0), trainer);
   }
 
-  InterruptScope interrupt(options.handle_interrupt);
-  ProgressBar progress("training", options.steps, "steps", options.show_progress);
+  InterruptScope interrupt(options.handle_interrupt, /*also_sigterm=*/group.distributed());
+  ProgressBar progress("training", options.steps, "steps", options.show_progress && group.writes());
   progress.skip(start_step);
   int64_t step = start_step;
   while (step < options.steps) {
     result.history.push_back(trainer.step(++step));
     const bool last = step == options.steps;
-    const bool interrupted = interrupt.requested();
+    // The ranks stop after the same step, whichever of them got the signal.
+    const bool interrupted =
+        group.any(interrupt.requested(), fmt::format("the interrupt check after step {}", step));
     if (trainer.evaluates() && (last || (options.eval_every > 0 && step % options.eval_every == 0))) {
       outputs.record_evaluation(trainer.evaluate(step), trainer);
     }
@@ -215,7 +241,7 @@ TrainingResult train_cartridge(std::shared_ptr<const Model> model, const Cartrid
   if (start_step == options.steps)
     outputs.save(step, trainer);  // nothing left to do: make sure the outputs exist
   if (!result.interrupted) outputs.keep_best_adapter();
-  if (result.interrupted && options.show_progress) {
+  if (result.interrupted && options.show_progress && group.writes()) {
     std::fprintf(stderr, "interrupted: checkpoint at step %lld saved in %s (continue with --resume)\n",
                  static_cast<long long>(step), options.output_dir.c_str());
   }

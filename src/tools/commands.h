@@ -15,6 +15,7 @@ namespace cartridge {
 struct TrainingOptions;
 struct TrainingResult;
 struct SynthesisOptions;
+class ProcessGroup;
 }  // namespace cartridge
 
 namespace cartridge::tools {
@@ -78,6 +79,17 @@ void add_training_options(CLI::App& command, TrainingOptions& training);
 // Each command reads the file before loading the model (so a bad one fails fast) and, once it is loaded,
 // turns it into TrainingOptions::validation_questions (question_answer_rows).
 void add_validation_option(CLI::App& command, std::string& path);
+
+// --distributed-timeout SECONDS, shared by train, synthesize and study (defined in train_command.cc): how
+// long a rank waits for the others (rendezvous, each collective, silence from a rank) before it stops.
+inline constexpr double kDefaultDistributedTimeoutSeconds = 60;
+void add_distributed_option(CLI::App& command, double& timeout_seconds);
+// The ranks torchrun's environment describes (docs/distributed.md), or this process alone without it.
+// Non-writing ranks get `quiet` set (no progress bars, no duplicate messages).
+std::shared_ptr<const ProcessGroup> join_ranks(double timeout_seconds, ModelOptions& model_options);
+// For --json: {"world_size": W} and each rank's share under `share_name` (one entry per rank).
+void add_world_summary(nlohmann::json& output, const ProcessGroup& ranks, const std::string& share_name,
+                       const std::vector<int64_t>& shares);
 
 // After training that scored something: adds best_adapter, best_step, best_by, best_heldout_kl, kept
 // ("best" or "last": what <out>'s adapter is) and, with validation questions, initial/best/final

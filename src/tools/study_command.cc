@@ -9,6 +9,7 @@
 
 #include "io/model_files.h"
 #include "selfstudy/evaluation.h"
+#include "selfstudy/process_group.h"
 #include "selfstudy/study.h"
 #include "tools/commands.h"
 #include "util/error.h"
@@ -27,6 +28,7 @@ struct StudyCommandOptions {
   int64_t frozen = 1;
   StudyOptions study;
   std::string validation_qa;
+  double distributed_timeout = kDefaultDistributedTimeoutSeconds;
   bool json = false;
 };
 
@@ -62,6 +64,7 @@ void run_study_command(StudyCommandOptions& options) {
                                                      ? std::vector<QuestionAnswer>()
                                                      : read_question_answers(options.validation_qa);
   const auto started = std::chrono::steady_clock::now();
+  const std::shared_ptr<const ProcessGroup> ranks = join_ranks(options.distributed_timeout, options.model);
   const LoadedModel loaded = load_model_from_options(options.model);
   options.study.validation_questions = validation;
 
@@ -89,12 +92,15 @@ void run_study_command(StudyCommandOptions& options) {
   study.training.seed = study.synthesis.seed;
   study.training.show_progress = !options.model.quiet;
   study.training.model_name = options.model.model;
+  study.synthesis.process_group = ranks;
+  study.training.process_group = ranks;
   if (!options.model.quiet) {
     std::fprintf(stderr,
                  "== synthesizing %lld conversations into %s/dataset.jsonl, then training the cartridge\n",
                  static_cast<long long>(study.synthesis.samples), options.out.c_str());
   }
   const StudyResult result = run_study(loaded, corpus_text, study);
+  if (!ranks->writes()) return;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const TrainingResult& training = result.training;
   const double final_loss = training.history.empty() ? NAN : training.history.back().loss;
@@ -112,6 +118,7 @@ void run_study_command(StudyCommandOptions& options) {
         {"final_heldout_kl", json_number(last_kl)},
         {"seconds", seconds}};
     add_best_summary(output, training, result.adapter_dir);
+    add_world_summary(output, *ranks, "rank_conversations", result.synthesis.rank_conversations);
     std::cout << output.dump() << std::endl;
     return;
   }
@@ -186,6 +193,7 @@ void add_study_command(CLI::App& app) {
   add_synthesis_options(*command, synthesis);
   add_training_options(*command, options->study.training);
   add_validation_option(*command, options->validation_qa);
+  add_distributed_option(*command, options->distributed_timeout);
   command->add_flag("--json", options->json, "Print one JSON object with the results");
   command->callback([options] { run_study_command(*options); });
 }

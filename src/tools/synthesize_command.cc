@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/model_files.h"
+#include "selfstudy/process_group.h"
 #include "selfstudy/synthesizer.h"
 #include "tools/commands.h"
 #include "util/error.h"
@@ -21,6 +22,7 @@ struct SynthesizeCommandOptions {
   std::string corpus;
   std::string out;
   SynthesisOptions synthesis;
+  double distributed_timeout = kDefaultDistributedTimeoutSeconds;
   bool json = false;
 };
 
@@ -33,7 +35,9 @@ void run_synthesize(SynthesizeCommandOptions& options) {
                                                   "check the path and its permissions"));
   }
   const std::string dataset_path = (std::filesystem::path(options.out) / "dataset.jsonl").string();
+  const std::shared_ptr<const ProcessGroup> ranks = join_ranks(options.distributed_timeout, options.model);
   const LoadedModel loaded = load_model_from_options(options.model);
+  options.synthesis.process_group = ranks;
   options.synthesis.model_name = options.model.model;
   options.synthesis.show_progress = !options.model.quiet;
   if (!options.model.quiet) {
@@ -41,6 +45,7 @@ void run_synthesize(SynthesizeCommandOptions& options) {
                  dataset_path.c_str());
   }
   const SynthesisStats stats = synthesize(loaded, corpus_text, options.synthesis, dataset_path);
+  if (!ranks->writes()) return;
   const int64_t total = stats.existing_conversations + stats.written_conversations;
   const double tokens_per_second = stats.seconds > 0 ? stats.generated_tokens / stats.seconds : 0.0;
   if (options.json) {
@@ -52,6 +57,7 @@ void run_synthesize(SynthesizeCommandOptions& options) {
                              {"prefill_tokens", stats.prefill_tokens},
                              {"seconds", stats.seconds},
                              {"generated_tokens_per_second", tokens_per_second}};
+    add_world_summary(output, *ranks, "rank_conversations", stats.rank_conversations);
     std::cout << output.dump() << std::endl;
     return;
   }
@@ -148,6 +154,7 @@ void add_synthesize_command(CLI::App& app) {
       "!--no-shared-prefill", synthesis.share_prefill,
       "Prefill every row's whole prompt instead of each chunk's prompt once per group (for benchmarks; "
       "the data is the same up to rounding)");
+  add_distributed_option(*command, options->distributed_timeout);
   command->add_flag(
       "--json", options->json,
       "Print one JSON object {dataset, conversations, written_conversations, generated_tokens, ...}");

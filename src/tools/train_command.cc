@@ -1,16 +1,19 @@
 // `cartridge train`: trains a cartridge on a self-study dataset (context distillation), writing PEFT
 // adapters, checkpoints and loss curves; resumable.
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "cartridge/fingerprint.h"
 #include "io/model_files.h"
 #include "selfstudy/evaluation.h"
+#include "selfstudy/process_group.h"
 #include "selfstudy/sha256.h"
 #include "selfstudy/study.h"
 #include "tools/commands.h"
@@ -31,6 +34,7 @@ struct TrainCommandOptions {
   int64_t frozen = 1;
   TrainingOptions training;
   std::string validation_qa;
+  double distributed_timeout = kDefaultDistributedTimeoutSeconds;
   bool json = false;
 };
 
@@ -61,8 +65,15 @@ void warn_about_dataset(const DatasetHeader& header, const std::string& corpus_t
   }
 }
 
+// How many of each step's `batch_size` conversations every rank trains on (rank_share_of_batch).
+std::vector<int64_t> batch_shares(int64_t batch_size, const ProcessGroup& ranks) {
+  std::vector<int64_t> shares(ranks.world_size(), 0);
+  for (int64_t position = 0; position < batch_size; ++position) ++shares[position % ranks.world_size()];
+  return shares;
+}
+
 void print_summary(const TrainingResult& result, const std::string& out, const std::string& model,
-                   bool json) {
+                   const ProcessGroup& ranks, int64_t batch_size, bool json) {
   const double final_loss = result.history.empty() ? NAN : result.history.back().loss;
   const double first_kl = result.evaluations.empty() ? NAN : result.evaluations.front().heldout_kl;
   const double last_kl = result.evaluations.empty() ? NAN : result.evaluations.back().heldout_kl;
@@ -75,6 +86,7 @@ void print_summary(const TrainingResult& result, const std::string& out, const s
                              {"final_heldout_kl", json_number(last_kl)},
                              {"heldout_conversations", result.heldout_indices.size()}};
     add_best_summary(output, result, out);
+    add_world_summary(output, ranks, "rank_batch_conversations", batch_shares(batch_size, ranks));
     std::cout << output.dump() << std::endl;
     return;
   }
@@ -112,8 +124,9 @@ void run_train(TrainCommandOptions& options) {
   const std::vector<QuestionAnswer> validation = options.validation_qa.empty()
                                                      ? std::vector<QuestionAnswer>()
                                                      : read_question_answers(options.validation_qa);
+  const std::shared_ptr<const ProcessGroup> ranks = join_ranks(options.distributed_timeout, options.model);
   const LoadedModel loaded = load_model_from_options(options.model);
-  warn_about_dataset(dataset.header, corpus_text, loaded, dataset_path);
+  if (ranks->writes()) warn_about_dataset(dataset.header, corpus_text, loaded, dataset_path);
   // Scored as the cartridge will be used: in the framing its student sequences have.
   options.training.validation_questions =
       question_answer_rows(loaded, validation, dataset_framing(dataset.header));
@@ -140,8 +153,16 @@ void run_train(TrainCommandOptions& options) {
   training.show_progress = !options.model.quiet;
   training.model_name = options.model.model;
   training.fingerprint = fingerprint_model(loaded.files, loaded.model->config());
+  training.process_group = ranks;
+  if (ranks->distributed() && !options.model.quiet) {
+    const std::vector<int64_t> shares = batch_shares(training.batch_size, *ranks);
+    std::fprintf(stderr, "training across %lld processes: each step's %lld conversations split %s\n",
+                 static_cast<long long>(ranks->world_size()), static_cast<long long>(training.batch_size),
+                 fmt::format("{}", fmt::join(shares, " + ")).c_str());
+  }
   const TrainingResult result = train_cartridge(loaded.model, initial, dataset, training);
-  print_summary(result, options.out, options.model.model, options.json);
+  if (ranks->writes())
+    print_summary(result, options.out, options.model.model, *ranks, training.batch_size, options.json);
 }
 
 }  // namespace
@@ -201,6 +222,34 @@ void add_training_options(CLI::App& command, TrainingOptions& training) {
           "The adapter --out holds after a finished run: best (the evaluated step with the lowest validation "
           "NLL, or without --validation-qa the lowest held-out KL; the initialisation counts) or last")
       ->default_str(training.keep_best ? "best" : "last");
+}
+
+void add_distributed_option(CLI::App& command, double& timeout_seconds) {
+  command
+      .add_option(
+          "--distributed-timeout", timeout_seconds,
+          "Under torchrun (docs/distributed.md): seconds a rank waits for the others (rendezvous, each "
+          "collective, silence from a rank) before it stops with an error")
+      ->capture_default_str()
+      ->check(kPositive);
+}
+
+std::shared_ptr<const ProcessGroup> join_ranks(double timeout_seconds, ModelOptions& model_options) {
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000));
+  std::shared_ptr<const ProcessGroup> ranks = ProcessGroup::from_environment(timeout);
+  if (ranks->distributed()) {
+    if (!model_options.quiet) {
+      std::fprintf(stderr, "%s joined (torchrun; rank 0 writes the outputs)\n", ranks->describe().c_str());
+    }
+    if (!ranks->writes()) model_options.quiet = true;
+  }
+  return ranks;
+}
+
+void add_world_summary(nlohmann::json& output, const ProcessGroup& ranks, const std::string& share_name,
+                       const std::vector<int64_t>& shares) {
+  output["world_size"] = ranks.world_size();
+  output[share_name] = shares;
 }
 
 nlohmann::json json_number(double value) {
@@ -310,7 +359,10 @@ void add_train_command(CLI::App& app) {
       ->add_option("--seed", options->training.seed,
                    "Seed of the data order, the held-out split and --init random")
       ->capture_default_str();
-  command->add_flag("--resume", options->training.resume, "Continue from the newest checkpoint in --out");
+  command->add_flag(
+      "--resume", options->training.resume,
+      "Continue from the newest checkpoint in --out (with the same or another number of processes)");
+  add_distributed_option(*command, options->distributed_timeout);
   command->add_flag(
       "--json", options->json,
       "Print one JSON object {adapter, steps, final_loss, initial_heldout_kl, final_heldout_kl, ...}");
