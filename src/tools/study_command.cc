@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <iostream>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "io/model_files.h"
@@ -127,6 +129,10 @@ void run_study_command(StudyCommandOptions& options) {
                                      result.synthesis.written_conversations),
               static_cast<long long>(training.steps_done), final_loss);
   if (std::isfinite(last_kl)) std::printf(", held-out KL %.4f -> %.4f", first_kl, last_kl);
+  if (ranks->distributed()) {
+    std::printf(" (%lld processes; conversations generated %s)", static_cast<long long>(ranks->world_size()),
+                fmt::format("{}", fmt::join(result.synthesis.rank_conversations, " + ")).c_str());
+  }
   std::printf("\ncartridge: %s (a PEFT adapter; loss curve: %s/loss.svg)\n", result.adapter_dir.c_str(),
               result.adapter_dir.c_str());
   print_best_summary(training, result.adapter_dir);

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <iostream>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include "io/model_files.h"
@@ -68,6 +70,10 @@ void run_synthesize(SynthesizeCommandOptions& options) {
     std::printf("%s: %lld conversations (%lld new) in %.1f s, %.1f generated tokens/s\n",
                 dataset_path.c_str(), static_cast<long long>(total),
                 static_cast<long long>(stats.written_conversations), stats.seconds, tokens_per_second);
+  }
+  if (ranks->distributed()) {
+    std::printf("%lld processes generated %s conversations\n", static_cast<long long>(ranks->world_size()),
+                fmt::format("{}", fmt::join(stats.rank_conversations, " + ")).c_str());
   }
   std::printf("next: train a cartridge on it with `cartridge train` (see `cartridge train --help`)\n");
 }

@@ -6,6 +6,7 @@
 #include <functional>
 #include <future>
 #include <string>
+#include <thread>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -117,7 +118,8 @@ int free_port() {
 
 // Runs `body(group)` as rank 0 and rank 1 of a real 2-rank group, one thread each; returns their results.
 template <typename Result>
-std::pair<Result, Result> on_two_ranks(const std::function<Result(const ProcessGroup&)>& body) {
+std::pair<Result, Result> on_two_ranks(const std::function<Result(const ProcessGroup&)>& body,
+                                       std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
   const int port = free_port();
   auto rank = [&](int64_t number) {
     TorchrunEnvironment environment;
@@ -125,7 +127,7 @@ std::pair<Result, Result> on_two_ranks(const std::function<Result(const ProcessG
     environment.world_size = 2;
     environment.master_address = "127.0.0.1";
     environment.master_port = port;
-    const ProcessGroup group(environment, std::chrono::seconds(20));
+    const ProcessGroup group(environment, timeout);
     return body(group);
   };
   auto first = std::async(std::launch::async, rank, 0);
@@ -166,6 +168,37 @@ TEST(ProcessGroup, DifferentSettingsStopEveryRank) {
       << zero;
   EXPECT_NE(one.find("rank 1 of 2: the training settings differ between the ranks"), std::string::npos)
       << one;
+}
+
+TEST(ProcessGroup, WaitingOutlastsASlowRankButNotAGoneOne) {
+  // Rank 1 works for twice the timeout before it arrives (its heartbeat goes on): rank 0 waits for it.
+  const auto [slow_zero, slow_one] = on_two_ranks<std::string>(
+      [](const ProcessGroup& group) {
+        if (!group.writes()) std::this_thread::sleep_for(2 * group.timeout());
+        group.wait_for_all("the slow work");
+        return std::string("arrived");
+      },
+      std::chrono::milliseconds(1500));
+  EXPECT_EQ(slow_zero, "arrived");
+  EXPECT_EQ(slow_one, "arrived");
+  // Rank 1 leaves without arriving (its heartbeat stops with its group): rank 0 stops after the timeout.
+  const auto [zero, one] = on_two_ranks<std::string>(
+      [](const ProcessGroup& group) {
+        if (!group.writes()) return std::string("left");
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));  // rank 1 is gone by now
+        try {
+          group.wait_for_all("the synthesis");
+        } catch (const DistributedError& error) {
+          return std::string(error.what());
+        }
+        return std::string("no error");
+      },
+      std::chrono::milliseconds(1500));
+  EXPECT_NE(
+      zero.find("rank 0 of 2: rank 1 gave no sign of life for 1.5 s while this rank waited for every rank "
+                "to finish the synthesis"),
+      std::string::npos)
+      << zero;
 }
 
 }  // namespace
