@@ -8,7 +8,7 @@
 # Usage: scripts/fuzz.sh [--runs N | --seconds S] [TARGET...]
 #   scripts/fuzz.sh --runs 20000       smoke: 20000 executions per target (the default)
 #   scripts/fuzz.sh --seconds 600      long: 10 minutes per target
-#   TARGET: openai_request safetensors gguf tokenizer_json tokenizer_encode chat_template adapter_config
+#   TARGET: openai_request safetensors gguf tokenizer_json tokenizer_encode chat_template adapter_config dataset
 #           (default: all)
 # Environment: BUILD_DIR (build-fuzz), CXX (clang++-14), JOBS (1), FUZZ_ARGS (extra libFuzzer flags).
 # Compiler missing: apt-get install -y clang-14 libclang-rt-14-dev
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-fuzz}
 JOBS=${JOBS:-1}
-ALL_TARGETS=(openai_request safetensors gguf tokenizer_json tokenizer_encode chat_template adapter_config)
+ALL_TARGETS=(openai_request safetensors gguf tokenizer_json tokenizer_encode chat_template adapter_config dataset)
 
 limit=(-runs=20000)
 limit_text="20000 runs"

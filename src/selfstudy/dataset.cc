@@ -13,8 +13,8 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <stdexcept>
 
-#include <c10/util/Exception.h>
 #include <fmt/format.h>
 
 #include "util/error.h"
@@ -70,6 +70,12 @@ int32_t token_id(const Json& value, const char* key, const std::string& where) {
   return static_cast<int32_t>(value.get<int64_t>());
 }
 
+// A caller's bug, not bad input (those are util/error.h's errors). Not TORCH_CHECK: this file is free of
+// libtorch so that the dataset reader builds into its fuzz target (fuzz/dataset_fuzz.cc).
+void check_invariant(bool condition, const std::string& what) {
+  if (!condition) throw std::logic_error("internal error in the dataset writer: " + what);
+}
+
 // Appends a number in its shortest form that reads back exactly (std::to_chars; no locale involved).
 template <typename Number>
 void append_number(std::string& out, Number value) {
@@ -79,7 +85,7 @@ void append_number(std::string& out, Number value) {
 }
 
 void append_float(std::string& out, float value) {
-  TORCH_CHECK(!std::isnan(value), "a teacher log-probability is NaN");
+  check_invariant(!std::isnan(value), "a teacher log-probability is NaN");
   // JSON has no infinity; a log-probability of -inf (probability 0) is stored as the lowest float, whose
   // exp() is 0 as well.
   if (std::isinf(value))
@@ -258,14 +264,14 @@ Conversation with_answer_targets_only(const Conversation& conversation) {
 
 std::string conversation_to_json_line(const Conversation& conversation) {
   const int64_t targets = conversation.num_targets();  // N
-  TORCH_CHECK(conversation.target_start >= 1 && targets >= 0, "target_start out of range");
-  TORCH_CHECK(conversation.answer_start >= conversation.target_start &&
-                  conversation.answer_start <= static_cast<int64_t>(conversation.input_ids.size()),
-              "answer_start out of range");
-  TORCH_CHECK(targets == 0 || conversation.target_ids.size() % static_cast<size_t>(targets) == 0,
-              "target_ids is not [N, K]");
-  TORCH_CHECK(conversation.target_ids.size() == conversation.target_logprobs.size(),
-              "target_ids and target_logprobs differ in size");
+  check_invariant(conversation.target_start >= 1 && targets >= 0, "target_start out of range");
+  check_invariant(conversation.answer_start >= conversation.target_start &&
+                      conversation.answer_start <= static_cast<int64_t>(conversation.input_ids.size()),
+                  "answer_start out of range");
+  check_invariant(targets == 0 || conversation.target_ids.size() % static_cast<size_t>(targets) == 0,
+                  "target_ids is not [N, K]");
+  check_invariant(conversation.target_ids.size() == conversation.target_logprobs.size(),
+                  "target_ids and target_logprobs differ in size");
   const size_t top_k = targets == 0 ? 0 : conversation.target_ids.size() / static_cast<size_t>(targets);  // K
 
   std::string out;
@@ -489,8 +495,9 @@ DatasetWriter::~DatasetWriter() {
 }
 
 void DatasetWriter::append(const Conversation& conversation) {
-  TORCH_CHECK(conversation.index == count_, "appending conversation ", conversation.index, " after ", count_);
-  TORCH_CHECK(
+  check_invariant(conversation.index == count_,
+                  fmt::format("appending conversation {} after {}", conversation.index, count_));
+  check_invariant(
       conversation.target_ids.size() == static_cast<size_t>(conversation.num_targets() * header_.top_k),
       "conversation targets are not [N, top_k]");
   write_all(descriptor_, conversation_to_json_line(conversation) + "\n", path_);
