@@ -70,9 +70,10 @@ std::vector<RowId> DecodeBatch::add(const std::vector<const GenerationRequest*>&
   }
   std::vector<Row> rows;
   std::vector<RowId> ids;
+  const Clock::time_point joined = Clock::now();
   for (size_t index = 0; index < requests.size(); ++index) {
     ids.push_back(next_row_id_ + static_cast<RowId>(index));
-    rows.push_back(Row{ids.back(), RowDecoder(*requests[index], tokenizer_)});
+    rows.push_back(Row{ids.back(), RowDecoder(*requests[index], tokenizer_), joined, std::nullopt});
   }
   KvCache cache;
   if (prefix_storage_ == PrefixStorage::kShared) {
@@ -109,6 +110,7 @@ std::vector<RowId> DecodeBatch::add(const std::vector<const GenerationRequest*>&
 
 std::vector<int64_t> DecodeBatch::sample(std::vector<Row>& rows, const at::Tensor& logits_in) {
   const at::Tensor logits = logits_in.to(at::kFloat);  // [N, V]
+  const Clock::time_point now = Clock::now();          // the step that made these logits is done
   if (hooks_.on_logits) {
     std::vector<RowId> ids;
     for (const Row& row : rows) ids.push_back(row.id);
@@ -123,6 +125,7 @@ std::vector<int64_t> DecodeBatch::sample(std::vector<Row>& rows, const at::Tenso
   std::vector<int64_t> still_running;
   for (size_t index = 0; index < rows.size(); ++index) {
     Row& row = rows[index];
+    if (!row.first_token) row.first_token = now;
     if (!row.decoder.finished()) {  // a request for 0 tokens starts finished
       const int64_t token = all_greedy ? greedy_tokens.data_ptr<int64_t>()[index]
                                        : row.decoder.choose(logits[static_cast<int64_t>(index)]);
@@ -131,7 +134,16 @@ std::vector<int64_t> DecodeBatch::sample(std::vector<Row>& rows, const at::Tenso
       if (!text.empty() && hooks_.on_text) hooks_.on_text(row.id, text);
     }
     if (row.decoder.finished()) {
-      if (hooks_.on_finished) hooks_.on_finished(row.id, row.decoder.take_result());
+      GenerationResult result = row.decoder.take_result();
+      const auto milliseconds = [](Clock::duration duration) {
+        return std::chrono::duration<double, std::milli>(duration).count();
+      };
+      result.timings.prompt_tokens = result.prompt_tokens;
+      result.timings.prompt_ms = milliseconds(*row.first_token - row.joined);
+      result.timings.generated_tokens =
+          static_cast<int64_t>(result.token_ids.size()) + (result.stop_token_id >= 0 ? 1 : 0);
+      result.timings.generated_ms = milliseconds(now - *row.first_token);
+      if (hooks_.on_finished) hooks_.on_finished(row.id, std::move(result));
     } else {
       still_running.push_back(static_cast<int64_t>(index));
     }

@@ -7,8 +7,10 @@
 // Rows are identified by a RowId, assigned in the order rows are added, from 0 for a new batch.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -79,9 +81,12 @@ class DecodeBatch {
   const Counts& counts() const { return counts_; }
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct Row {
     RowId id;
     RowDecoder decoder;
+    Clock::time_point joined;                      // added to the batch (its prefill starts)
+    std::optional<Clock::time_point> first_token;  // its first token was chosen
   };
   // The last-position logits [N, 1, V] of a prefill of `requests` into `cache`, calling on_prompt_logits
   // for the rows that ask for their prompt's logits.

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "generate/generation_timings.h"
 #include "generate/sampler.h"
 #include "model/kv_prefix.h"
 
@@ -40,6 +41,7 @@ struct GenerationResult {
   std::string finish_reason;       // "stop" (eos, stop token or stop string) or "length"
   int64_t prompt_tokens = 0;
   int32_t stop_token_id = -1;  // the stop token that ended the row ("stop" by token), else -1
+  GenerationTimings timings;   // filled by DecodeBatch when the row finishes
 };
 
 }  // namespace cartridge

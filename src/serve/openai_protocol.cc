@@ -360,7 +360,8 @@ json completion_response(const ApiRequest& request, const std::string& id, int64
           {"created", created},
           {"model", request.model},
           {"choices", json::array({choice})},
-          {"usage", usage_json(result)}};
+          {"usage", usage_json(result)},
+          {"timings", timings_json(result.timings)}};  // llama.cpp's server adds these too
 }
 
 json stream_chunk(const ApiRequest& request, const std::string& id, int64_t created, const std::string& text,

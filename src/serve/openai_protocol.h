@@ -75,7 +75,8 @@ struct ApiRequest {
 // `ignore_eos` (as vLLM).
 ApiRequest parse_api_request(Endpoint endpoint, const std::string& body, const ProtocolLimits& limits);
 
-// Whole responses (stream = false).
+// Whole responses (stream = false), with usage and llama.cpp's "timings" (generate/generation_timings.h).
+// A stream's last chunk carries the timings too.
 nlohmann::json completion_response(const ApiRequest& request, const std::string& id, int64_t created,
                                    const GenerationResult& result);
 // One streamed chunk: `text` (may be empty) and, on the last one, the finish reason. For chat, `first`

@@ -299,8 +299,9 @@ void Server::Impl::handle_generation(Endpoint endpoint, const std::string& body,
             const GenerationResult& result = event->result;
             current_log.completion_tokens = static_cast<int64_t>(result.token_ids.size());
             current_log.finish_reason = result.finish_reason;
-            bool written = write(
-                sse_event(stream_chunk(request, state->id, state->created, "", result.finish_reason, false)));
+            json last = stream_chunk(request, state->id, state->created, "", result.finish_reason, false);
+            last["timings"] = timings_json(result.timings);  // where llama.cpp's server puts them
+            bool written = write(sse_event(last));
             if (written && request.include_usage) {
               written = write(sse_event(usage_chunk(request, state->id, state->created, result)));
             }

@@ -53,6 +53,8 @@ void run_chat(const ChatOptions& options) {
           std::fflush(stdout);
         }).front();
     std::fputc('\n', stdout);
+    std::fflush(stdout);
+    if (!options.model.quiet) std::fprintf(stderr, "(%s)\n", timings_text(result.timings).c_str());
     history.push_back({"assistant", result.text});
   }
 }

@@ -77,10 +77,12 @@ void run_generate(const GenerateOptions& options) {
                              {"finish_reason", result.finish_reason},
                              {"prompt_tokens", result.prompt_tokens},
                              {"completion_tokens", result.token_ids.size()},
-                             {"cartridge_tokens", request.prefix_length()}};
+                             {"cartridge_tokens", request.prefix_length()},
+                             {"timings", timings_json(result.timings)}};
     std::cout << output.dump() << std::endl;
   } else {
     std::cout << std::endl;
+    if (!options.model.quiet) std::fprintf(stderr, "%s\n", timings_text(result.timings).c_str());
   }
 }
 

@@ -94,6 +94,14 @@ TEST(DecodeBatchTest, RowsJoiningAndLeavingDecodeAsAlone) {
     // One logits row per sampled token (a stop token included).
     EXPECT_EQ(logits_seen[row],
               static_cast<int64_t>(expected.token_ids.size()) + (expected.stop_token_id >= 0));
+    // llama.cpp's timings: the prompt, and every token chosen (as many as the logits rows seen).
+    const GenerationTimings& timings = finished[row].timings;
+    EXPECT_EQ(timings.prompt_tokens, static_cast<int64_t>(requests[row].prompt_ids.size())) << "row " << row;
+    EXPECT_EQ(timings.generated_tokens, logits_seen[row]) << "row " << row;
+    EXPECT_GT(timings.prompt_ms, 0) << "row " << row;
+    EXPECT_GT(timings.generated_ms, 0) << "row " << row;  // every row chose more than one token here
+    EXPECT_DOUBLE_EQ(timings.generated_tokens_per_second(),
+                     timings.generated_tokens * 1000.0 / timings.generated_ms);
   }
   EXPECT_EQ(finished.count(3), 0u);
   EXPECT_EQ(batch.counts().prefill_steps, 2);

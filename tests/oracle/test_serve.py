@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import http.client
 import json
+import math
 import os
 import pathlib
 import re
@@ -178,16 +179,27 @@ def complete(api, model, cartridges, prompt, chat, stream):
     if not stream:
         choice = response.choices[0]
         text = choice.message.content if chat else choice.text
-        return {"text": text, "finish_reason": choice.finish_reason, "usage": response.usage}
-    text, finish, usage = "", None, None
+        return {"text": text, "finish_reason": choice.finish_reason, "usage": response.usage,
+                "timings": (response.model_extra or {}).get("timings")}
+    text, finish, usage, timings = "", None, None, None
     for chunk in response:
         if chunk.usage is not None:
             usage = chunk.usage
+        timings = (chunk.model_extra or {}).get("timings") or timings  # on the chunk that finishes
         for choice in chunk.choices:
             piece = choice.delta.content if chat else choice.text
             text += piece or ""
             finish = choice.finish_reason or finish
-    return {"text": text, "finish_reason": finish, "usage": usage}
+    return {"text": text, "finish_reason": finish, "usage": usage, "timings": timings}
+
+
+def assert_llama_cpp_timings(timings, prompt_tokens, completion_tokens):
+    """llama.cpp's "timings": its counts agree with usage (the stop token is chosen too, so it may add one)."""
+    assert timings is not None
+    assert timings["prompt_n"] == prompt_tokens
+    assert timings["predicted_n"] in (completion_tokens, completion_tokens + 1), (timings, completion_tokens)
+    assert timings["prompt_ms"] > 0 and timings["predicted_ms"] >= 0
+    assert math.isclose(timings["prompt_per_second"], prompt_tokens * 1000 / timings["prompt_ms"], rel_tol=1e-9)
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
@@ -229,6 +241,8 @@ def test_concurrent_requests_over_different_cartridges_match_generate(server, re
         assert got["usage"].prompt_tokens == want["prompt_tokens"]
         assert got["usage"].completion_tokens == want["completion_tokens"]
         assert got["usage"].total_tokens == want["prompt_tokens"] + want["completion_tokens"]
+        assert_llama_cpp_timings(got["timings"], want["prompt_tokens"], want["completion_tokens"])
+        assert_llama_cpp_timings(want["timings"], want["prompt_tokens"], want["completion_tokens"])  # generate --json
 
 
 def server_stats(server):
