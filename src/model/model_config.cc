@@ -156,7 +156,7 @@ ModelConfig ModelConfig::from_hf_config_json(const std::string& config_path) {
   Json config;
   try {
     config = Json::parse(text);
-  } catch (const Json::parse_error& error) {
+  } catch (const Json::exception& error) {  // parse_error, or out_of_range for a number past double
     throw FormatError(describe_file_problem(config_path, std::string("not valid JSON: ") + error.what()));
   }
   if (!config.is_object()) throw FormatError(describe_file_problem(config_path, "expected a JSON object"));

@@ -322,7 +322,7 @@ Conversation conversation_from_json_line(const std::string& line, int64_t top_k,
   Json object;
   try {
     object = Json::parse(line);
-  } catch (const Json::parse_error& error) {
+  } catch (const Json::exception& error) {  // parse_error, or out_of_range for a number past double
     throw FormatError(
         describe_file_problem(where, std::string("not valid JSON (") + error.what() + ")",
                               "the file is damaged; delete this line and the ones after it, then rerun "
@@ -452,7 +452,7 @@ DatasetWriter::DatasetWriter(const std::string& path, const DatasetHeader& heade
     Json first;
     try {
       first = Json::parse(first_line);
-    } catch (const Json::parse_error&) {
+    } catch (const Json::exception&) {
       throw FormatError(describe_file_problem(path, "line 1 is not JSON, so this is not a self-study dataset",
                                               "choose another --out or delete the file"));
     }
@@ -518,7 +518,7 @@ DatasetHeader read_dataset_header(const std::string& path) {
   Json object;
   try {
     object = Json::parse(line);
-  } catch (const Json::parse_error&) {
+  } catch (const Json::exception&) {
     throw FormatError(describe_file_problem(path, "line 1 is not JSON, so this is not a self-study dataset",
                                             "pass a dataset.jsonl written by `cartridge synthesize`"));
   }

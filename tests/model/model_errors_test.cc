@@ -86,6 +86,10 @@ TEST(ModelErrors, MalformedConfigJson) {
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 3})";
   expect_one_line_error<FormatError>([&] { ModelConfig::from_hf_config_json(config.string()); },
                                      {config.string(), "multiple"});
+  // A number no double holds is nlohmann's out_of_range, not its parse_error: still a FormatError.
+  std::ofstream(config) << R"({"model_type": "llama", "hidden_size": 64, "rope_theta": 1e999})";
+  expect_one_line_error<FormatError>([&] { ModelConfig::from_hf_config_json(config.string()); },
+                                     {config.string(), "not valid JSON"});
   expect_one_line_error<FileNotFoundError>(
       [&] { ModelConfig::from_hf_config_json((folder / "absent.json").string()); }, {"absent.json"});
   fs::remove_all(folder);

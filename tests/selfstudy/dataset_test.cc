@@ -336,6 +336,18 @@ TEST_F(DatasetTest, DamagedLinesAreReportedWithTheirLineNumber) {
   fs::remove(path_);
   append_bytes(path_, make_header().to_json().dump() + "\n{not json\n");
   EXPECT_THROW(read_dataset(path_), FormatError);
+  // A number no double holds (found by fuzz/dataset_fuzz.cc): nlohmann throws out_of_range, not
+  // parse_error; it must still be a FormatError naming the line.
+  fs::remove(path_);
+  std::string line = conversation_to_json_line(good);
+  line.replace(line.find("\"target_logprobs\":[[") + 20, 0, "-4.9e746,");
+  append_bytes(path_, make_header().to_json().dump() + "\n" + line + "\n");
+  try {
+    read_dataset(path_);
+    ADD_FAILURE() << "a number past double was accepted";
+  } catch (const FormatError& error) {
+    EXPECT_NE(std::string(error.what()).find("line 2"), std::string::npos) << error.what();
+  }
 }
 
 }  // namespace
