@@ -442,6 +442,17 @@ std::vector<Conversation> read_group_file(const std::string& path, const std::st
   return conversations;
 }
 
+// True when `path` holds a finished group for this run: our header line and `expected` conversation lines.
+// Anything else (missing, or left by a run with other settings or another --samples) is made again.
+bool group_file_is_finished(const std::string& path, const std::string& header_line, int64_t expected) {
+  std::ifstream file(path, std::ios::binary);
+  std::string line;
+  if (!file || !std::getline(file, line) || line != header_line) return false;
+  int64_t lines = 0;
+  while (std::getline(file, line)) ++lines;
+  return lines == expected;
+}
+
 // Synthesis in chunk groups across the ranks of a run (docs/distributed.md): rank r generates groups
 // r, r + W, ... of those the file does not hold yet, each written atomically to
 // <dataset>.groups/group-<g>.jsonl (the header line, then its conversations), so an interrupted run
@@ -480,7 +491,8 @@ SynthesisStats synthesize_in_groups(const SynthesisContext& context, const Proce
     const int64_t first = std::max(group * per_group, stats.existing_conversations);
     const int64_t end = std::min((group + 1) * per_group, options.samples);
     const std::string path = group_file_path(groups_folder, group);
-    if (!std::filesystem::exists(path)) {  // else made by an interrupted run, merged below
+    // A finished file is an interrupted run's work (with any world size): merged below as it is.
+    if (!group_file_is_finished(path, header_line, end - group * per_group)) {
       std::string text = header_line + "\n";
       for (const Conversation& conversation :
            generate_group(context, group, group * per_group, end, counts)) {

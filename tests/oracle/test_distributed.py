@@ -146,11 +146,13 @@ def test_synthesis_on_two_ranks_writes_the_same_bytes(tmp_path):
     assert not (tmp_path / "two" / "dataset.jsonl.groups").exists()
 
     # An interrupted run across processes leaves finished chunk groups in dataset.jsonl.groups/: one process
-    # continues it (groups 0 and 2 generated, group 1 taken from its file) to the same bytes.
+    # continues it (groups 0 and 2 generated, group 1 taken from its file) to the same bytes. Group 2's file
+    # is from a run with another --samples (3 conversations where this run's last group has 2): made again.
     lines = reference.decode("utf-8").split("\n")
     groups = tmp_path / "three" / "dataset.jsonl.groups"
     groups.mkdir(parents=True)
     (groups / "group-00000001.jsonl").write_text("\n".join([lines[0], *lines[4:7]]) + "\n", encoding="utf-8")
+    (groups / "group-00000002.jsonl").write_text("\n".join([lines[0], *lines[1:4]]) + "\n", encoding="utf-8")
     three = run(synthesize_args(tmp_path / "three"))
     assert (tmp_path / "three" / "dataset.jsonl").read_bytes() == reference
     assert three["rank_conversations"] == [5] and not groups.exists()
