@@ -32,10 +32,11 @@ std::string canonical_or_empty(const fs::path& path) {
 }  // namespace
 
 CartridgeRegistry::CartridgeRegistry(std::string directory, int64_t memory_budget_bytes,
-                                     CartridgeLoader loader)
+                                     CartridgeLoader loader, CartridgeSizer sizer)
     : directory_(std::move(directory)),
       memory_budget_bytes_(memory_budget_bytes),
-      loader_(std::move(loader)) {
+      loader_(std::move(loader)),
+      sizer_(std::move(sizer)) {
   std::error_code error;
   if (!fs::is_directory(directory_, error)) {
     throw FileNotFoundError(
@@ -223,11 +224,18 @@ std::vector<std::shared_ptr<const KvPrefix>> CartridgeRegistry::acquire(
   for (size_t i = 0; i < names.size(); ++i) {
     std::shared_ptr<const KvPrefix> part = find_fresh(names[i], signatures[i]);
     if (!part) {
+      const std::string what = "cartridge '" + names[i] + "'";
+      // The parts taken so far are held by `parts` (in use), so room is never made by evicting them.
+      if (sizer_) {
+        // Before the weights are read: a load that cannot fit never holds its bytes, even for a moment.
+        const int64_t expected = sizer_(folders[i]);
+        check_fits_budget(what, expected);
+        make_room(what, expected);
+      }
       auto loaded = std::make_shared<const KvPrefix>(loader_(folders[i]));
       const int64_t bytes = prefix_bytes(*loaded);
-      check_fits_budget("cartridge '" + names[i] + "'", bytes);
-      // The parts taken so far are held by `parts` (in use), so room is never made by evicting them.
-      make_room("cartridge '" + names[i] + "'", bytes);
+      check_fits_budget(what, bytes);  // the bytes themselves, whatever the config said
+      make_room(what, bytes);
       ++stats_.loads;
       insert(names[i], signatures[i], loaded, bytes);
       part = std::move(loaded);

@@ -31,6 +31,10 @@ namespace cartridge {
 // model's dtype and device. Throws the typed errors of util/error.h (FormatError for a damaged adapter,
 // MismatchError for an adapter made for another model).
 using CartridgeLoader = std::function<KvPrefix(const std::string& folder)>;
+// The bytes of KV the loader would return for the cartridge in `folder`, from its adapter_config.json
+// alone (no weights read), so that a load that cannot fit is refused before it holds any memory. Throws
+// as the loader does for a config it cannot read.
+using CartridgeSizer = std::function<int64_t(const std::string& folder)>;
 
 // The cartridges in use fill the memory budget: nothing can be evicted for another one now (retry when
 // requests have ended).
@@ -41,8 +45,10 @@ class CartridgeMemoryFullError : public Error {
 
 class CartridgeRegistry {
  public:
-  // `memory_budget_bytes`: most bytes of loaded prefixes kept in the cache (0 = no limit).
-  CartridgeRegistry(std::string directory, int64_t memory_budget_bytes, CartridgeLoader loader);
+  // `memory_budget_bytes`: most bytes of loaded prefixes kept in the cache (0 = no limit). With a `sizer`,
+  // the room for a cartridge is made (or refused) before its weights are read; without one, after.
+  CartridgeRegistry(std::string directory, int64_t memory_budget_bytes, CartridgeLoader loader,
+                    CartridgeSizer sizer = nullptr);
 
   // True when `name` is acceptable as a cartridge name (one safe path component).
   static bool is_valid_name(const std::string& name);
@@ -112,6 +118,7 @@ class CartridgeRegistry {
   std::string canonical_directory_;  // after symlinks, for containment checks
   int64_t memory_budget_bytes_;
   CartridgeLoader loader_;
+  CartridgeSizer sizer_;  // may be empty
 
   mutable std::mutex mutex_;  // guards everything below; loads run under it (one at a time)
   std::map<std::string, Entry> entries_;

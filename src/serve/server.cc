@@ -7,10 +7,14 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <limits>
 #include <random>
 
+#include "cartridge/adapter_config.h"
 #include "cartridge/adapter_io.h"
+#include "cartridge/cartridge_shape.h"
 #include "cartridge/fingerprint.h"
+#include "io/checked_math.h"
 #include "util/error.h"
 
 namespace cartridge {
@@ -515,7 +519,8 @@ Server::Server(LoadedModel model, ServerOptions options) : impl_(std::make_uniqu
       impl.options.model_id.empty() ? default_model_id(impl.model.files) : impl.options.model_id;
   impl.limits.max_tokens_limit = impl.options.max_tokens_limit;
   impl.registry = std::make_unique<CartridgeRegistry>(
-      impl.options.cartridges_directory, impl.options.max_cartridge_memory, make_adapter_loader(impl.model));
+      impl.options.cartridges_directory, impl.options.max_cartridge_memory, make_adapter_loader(impl.model),
+      make_adapter_sizer(impl.model));
   SchedulerOptions scheduler_options;
   scheduler_options.max_batch = impl.options.max_batch;
   scheduler_options.max_prefill_tokens = impl.options.max_prefill_tokens;
@@ -574,6 +579,28 @@ std::string default_model_id(const ModelFiles& files) {
     if (!name.empty() && name != "." && name != "..") return name;
   }
   return files.name;  // a Hub id: org/name
+}
+
+CartridgeSizer make_adapter_sizer(const LoadedModel& model) {
+  const CartridgeShape shape = CartridgeShape::of_model(model.model->config());
+  const auto element_bytes = static_cast<uint64_t>(c10::elementSize(model.model->dtype()));
+  return [shape, element_bytes](const std::string& folder) {
+    const AdapterConfig config = AdapterConfig::read(folder + "/" + kAdapterConfigFileName);
+    // p slots of keys and values for every layer, in the served dtype: what the loader's prefix holds
+    // (an adapter of another shape is refused by the loader).
+    uint64_t bytes = 0;
+    if (config.num_virtual_tokens < 0 ||
+        !checked_multiply(static_cast<uint64_t>(config.num_virtual_tokens),
+                          static_cast<uint64_t>(shape.width()), &bytes) ||
+        !checked_multiply(bytes, element_bytes, &bytes) ||
+        bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      throw FormatError(describe_file_problem(folder + "/" + kAdapterConfigFileName,
+                                              "num_virtual_tokens " +
+                                                  std::to_string(config.num_virtual_tokens) +
+                                                  " is too large for any memory"));
+    }
+    return static_cast<int64_t>(bytes);
+  };
 }
 
 CartridgeLoader make_adapter_loader(const LoadedModel& model) {

@@ -71,6 +71,8 @@ class Server {
 // the request; an adapter without a fingerprint, e.g. one PEFT saved, is only checked for fit), and
 // returns its KV prefix in the model's dtype and device.
 CartridgeLoader make_adapter_loader(const LoadedModel& model);
+// Its sizer: the KV bytes an adapter folder's config says the loader would return on this model.
+CartridgeSizer make_adapter_sizer(const LoadedModel& model);
 
 // The API id of a model loaded from `files` (file name without .gguf, or the folder's name).
 std::string default_model_id(const ModelFiles& files);

@@ -82,6 +82,16 @@ struct FakeLoader {
     auto found = loads->find(name);
     return found == loads->end() ? 0 : found->second;
   }
+  // The bytes its loader will return, from the folder's files without loading (as a real sizer reads the
+  // adapter's config).
+  static CartridgeSizer sizer() {
+    return [](const std::string& folder) {
+      std::ifstream in(fs::path(folder) / "slots.txt");
+      int64_t slots = 0;
+      in >> slots;
+      return bytes_of(slots);
+    };
+  }
 };
 
 TEST(CartridgeRegistryTest, AcceptsOnlySafeNames) {
@@ -195,6 +205,25 @@ TEST(CartridgeRegistryTest, NeverEvictsACartridgeInUseAndRefusesWhatCannotFitBes
   // A composition never evicts its own earlier parts to make room for a later one.
   a.clear();
   EXPECT_THROW(registry.acquire({"a", "b", "c"}), CartridgeMemoryFullError);
+}
+
+TEST(CartridgeRegistryTest, WithASizerALoadThatCannotFitIsRefusedBeforeItsWeightsAreRead) {
+  TemporaryFolder root;
+  for (const char* name : {"a", "b", "c"}) make_cartridge(root.path() / name, 4);
+  make_cartridge(root.path() / "big", 10);
+  FakeLoader fake;
+  CartridgeRegistry registry(root.path().string(), 2 * bytes_of(4), fake.loader(), FakeLoader::sizer());
+  auto a = registry.acquire({"a"});
+  auto b = registry.acquire({"b"});
+  EXPECT_THROW(registry.acquire({"c"}), CartridgeMemoryFullError);
+  EXPECT_THROW(registry.acquire({"big"}), InvalidArgumentError);  // larger than the whole budget
+  EXPECT_EQ(fake.count("c"), 0);                                  // never loaded
+  EXPECT_EQ(fake.count("big"), 0);
+  EXPECT_EQ(registry.stats().held_bytes, 2 * bytes_of(4));
+  b.clear();
+  EXPECT_EQ(registry.acquire({"c"}).front()->length(), 4);
+  EXPECT_EQ(fake.count("c"), 1);
+  EXPECT_EQ(registry.stats().held_bytes, 2 * bytes_of(4));
 }
 
 TEST(CartridgeRegistryTest, ACartridgeReplacedOnDiskWhileInUseCountsUntilReleased) {

@@ -140,6 +140,15 @@ Server* ServerTest::server_ = nullptr;
 std::thread* ServerTest::thread_ = nullptr;
 int ServerTest::port_ = 0;
 
+TEST_F(ServerTest, TheSizerGivesTheBytesTheLoaderHolds) {
+  const CartridgeLoader loader = make_adapter_loader(serve_model());
+  const CartridgeSizer sizer = make_adapter_sizer(serve_model());
+  for (const char* name : {"treaty", "bakery", "hexfall"}) {
+    const std::string folder = folder_->path() + "/" + name;
+    EXPECT_EQ(sizer(folder), CartridgeRegistry::prefix_bytes(loader(folder))) << name;
+  }
+}
+
 TEST_F(ServerTest, HealthAndModels) {
   expect_healthy();
   auto result = client().Get("/v1/models");
