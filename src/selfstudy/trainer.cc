@@ -236,16 +236,26 @@ std::vector<int64_t> batch_for_step(int64_t training_count, int64_t batch_size, 
   return batch;
 }
 
+namespace {
+
+// The rows at the positions ProcessGroup::share gives this rank (all of them for one process).
+std::vector<const Conversation*> rows_of_rank(const std::vector<const Conversation*>& rows,
+                                              const ProcessGroup& group) {
+  if (!group.distributed()) return rows;
+  std::vector<const Conversation*> share;
+  for (const int64_t position : group.share(static_cast<int64_t>(rows.size())))
+    share.push_back(rows[position]);
+  return share;
+}
+
+}  // namespace
+
 std::vector<const Conversation*> rank_share_of_batch(std::vector<const Conversation*> batch,
                                                      const ProcessGroup& group) {
   std::stable_sort(batch.begin(), batch.end(), [](const Conversation* a, const Conversation* b) {
     return a->input_ids.size() < b->input_ids.size();
   });
-  if (!group.distributed()) return batch;
-  std::vector<const Conversation*> share;
-  for (const int64_t position : group.share(static_cast<int64_t>(batch.size())))
-    share.push_back(batch[position]);
-  return share;
+  return rows_of_rank(batch, group);
 }
 
 const char* distill_tokens_name(DistillTokens tokens) {
@@ -407,16 +417,10 @@ TrainingHistoryEntry DistillationTrainer::step(int64_t step) {
 
 EvaluationEntry DistillationTrainer::evaluate(int64_t step) const {
   const KvPrefix current = prefix(/*with_grad=*/false);
-  const auto take_share = [this](const std::vector<const Conversation*>& rows) {
-    std::vector<const Conversation*> share;
-    for (const int64_t position : group_->share(static_cast<int64_t>(rows.size())))
-      share.push_back(rows[position]);
-    return share;
-  };
   auto [kl_sum, positions] =
-      heldout_kl_sum(*model_, &current, take_share(heldout_), top_k_, options_.max_batch_tokens);
+      heldout_kl_sum(*model_, &current, rows_of_rank(heldout_, *group_), top_k_, options_.max_batch_tokens);
   const std::vector<double> means =
-      mean_target_nlls(*model_, &current, take_share(validation_), options_.max_batch_tokens);
+      mean_target_nlls(*model_, &current, rows_of_rank(validation_, *group_), options_.max_batch_tokens);
   double nll_sum = std::accumulate(means.begin(), means.end(), 0.0);
   if (group_->distributed()) {
     at::Tensor sums = at::tensor({kl_sum, static_cast<double>(positions), nll_sum}, at::kDouble);
