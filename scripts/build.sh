@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-2}
 TORCH_PREFIX=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
-if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+# ggml's quantised kernels (built once into .cache/ggml/; a no-op afterwards).
+GGML_DIR=$(bash scripts/build_ggml.sh)
+if [ ! -f "$BUILD_DIR/build.ninja" ] || ! grep -q "^CARTRIDGE_GGML_DIR:PATH=$GGML_DIR\$" "$BUILD_DIR/CMakeCache.txt"; then
   cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-Release}" \
-    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DPython3_EXECUTABLE="$PWD/.venv/bin/python" >/dev/null
+    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DPython3_EXECUTABLE="$PWD/.venv/bin/python" \
+    -DCARTRIDGE_GGML_DIR="$GGML_DIR" >/dev/null
 fi
 # Optional arguments are target names (default: everything).
 targets=()

@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
+#include "model/quantized_kernels.h"
 #include "model/rope.h"
 #include "model/weight_source.h"
 #include "util/error.h"
@@ -129,7 +130,7 @@ at::Tensor Model::forward(const at::Tensor& input_ids_in, const at::Tensor& toke
   static const ForwardKernels kFastKernels;
   const ForwardKernels& kernels = options.kernels != nullptr ? *options.kernels : kFastKernels;
 
-  at::Tensor hidden = at::embedding(embedding_, ids);  // [B, T, hidden]
+  at::Tensor hidden = weight_rows(embedding_, ids);  // [B, T, hidden]
   for (size_t layer = 0; layer < layers_.size(); ++layer) {
     hidden = transformer_layer(layer_configs_[layer], layers_[layer], hidden, inputs, cache, kernels);
   }
@@ -156,7 +157,7 @@ at::Tensor Model::output_head(at::Tensor hidden, const at::Tensor& last_columns,
 }
 
 at::Tensor Model::logits_from_hidden(const at::Tensor& hidden) const {
-  return at::linear(hidden, lm_head_).to(at::kFloat);
+  return linear(hidden, lm_head_).to(at::kFloat);
 }
 
 // --- building from a weight source -------------------------------------------------------------------
@@ -200,6 +201,43 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
     return tensor->to(target, /*non_blocking=*/false, /*copy=*/true);
   };
 
+  const QuantizedKernels* kernels = nullptr;
+  if (options.keep_quantized) {
+    if (options.dtype != at::kFloat || !options.device.is_cpu()) {
+      throw InvalidArgumentError(
+          "quantised weights multiply float32 activations on the CPU: use --dtype fp32 --device cpu with "
+          "--weights stored");
+    }
+    kernels = &QuantizedKernels::for_this_cpu();
+  }
+  // The matrices `parts` (name, rows), each with `columns` columns, stacked by rows: in their stored block
+  // type when keep_quantized and every part is stored in the same one, else dense in the model dtype.
+  auto fetch_matrix = [&](const std::vector<std::pair<std::string, int64_t>>& parts,
+                          int64_t columns) -> LinearWeight {
+    if (kernels != nullptr) {
+      std::vector<at::Tensor> rows;  // each [part rows, bytes per row] uint8
+      uint32_t type = 0;
+      for (const auto& [name, row_count] : parts) {
+        std::optional<StoredBlocks> blocks = source.get_blocks(name, *kernels);
+        if (!blocks.has_value() || blocks->columns != columns || blocks->rows.size(0) != row_count ||
+            (!rows.empty() && blocks->ggml_type != type)) {
+          break;
+        }
+        type = blocks->ggml_type;
+        rows.push_back(std::move(blocks->rows));
+      }
+      if (rows.size() == parts.size()) {
+        model->has_quantized_weights_ = true;
+        return ggml_blocks_weight(rows.size() == 1 ? rows[0] : at::cat(rows, 0), type, columns, *kernels);
+      }
+    }
+    std::vector<at::Tensor> dense;  // each [part rows, columns]
+    for (const auto& [name, row_count] : parts) dense.push_back(fetch(name, {row_count, columns}));
+    LinearWeight weight;
+    weight.weight = dense.size() == 1 ? dense[0] : at::cat(dense, 0);
+    return weight;
+  };
+
   const int64_t hidden = config.hidden_size;
   const int64_t head_dim = config.head_dim;
   const int64_t q_rows = config.num_attention_heads * head_dim;
@@ -207,11 +245,12 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
   const int64_t width = config.intermediate_size;
   ProgressBar progress("loading weights", config.num_layers + 2, "layers", options.show_progress);
 
-  model->embedding_ = fetch("model.embed_tokens.weight", {config.vocab_size, hidden});
+  model->embedding_ = fetch_matrix({{"model.embed_tokens.weight", config.vocab_size}}, hidden);
   model->final_norm_ = fetch("model.norm.weight", {hidden});
   // transformers ties whenever the config says so, even if the checkpoint also has lm_head.weight.
-  model->lm_head_ =
-      config.tie_word_embeddings ? model->embedding_ : fetch("lm_head.weight", {config.vocab_size, hidden});
+  model->lm_head_ = config.tie_word_embeddings
+                        ? model->embedding_
+                        : fetch_matrix({{"lm_head.weight", config.vocab_size}}, hidden);
   at::Tensor frequency_factors;
   if (std::optional<at::Tensor> factors = source.get("rope_freqs.weight")) frequency_factors = *factors;
   model->inverse_frequencies_ = rope_inverse_frequencies(config, frequency_factors).to(options.device);
@@ -222,10 +261,10 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
     const std::string prefix = "model.layers." + std::to_string(index) + ".";
     LayerWeights layer;
     layer.input_norm = fetch(prefix + "input_layernorm.weight", {hidden});
-    layer.qkv.weight = at::cat({fetch(prefix + "self_attn.q_proj.weight", {q_rows, hidden}),
-                                fetch(prefix + "self_attn.k_proj.weight", {kv_rows, hidden}),
-                                fetch(prefix + "self_attn.v_proj.weight", {kv_rows, hidden})},
-                               0);
+    layer.qkv = fetch_matrix({{prefix + "self_attn.q_proj.weight", q_rows},
+                              {prefix + "self_attn.k_proj.weight", kv_rows},
+                              {prefix + "self_attn.v_proj.weight", kv_rows}},
+                             hidden);
     if (config.attention_bias) {
       layer.qkv.bias = at::cat({fetch(prefix + "self_attn.q_proj.bias", {q_rows}),
                                 fetch(prefix + "self_attn.k_proj.bias", {kv_rows}),
@@ -236,13 +275,12 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
       layer.q_norm = fetch(prefix + "self_attn.q_norm.weight", {head_dim});
       layer.k_norm = fetch(prefix + "self_attn.k_norm.weight", {head_dim});
     }
-    layer.output.weight = fetch(prefix + "self_attn.o_proj.weight", {hidden, q_rows});
+    layer.output = fetch_matrix({{prefix + "self_attn.o_proj.weight", hidden}}, q_rows);
     if (config.attention_output_bias) layer.output.bias = fetch(prefix + "self_attn.o_proj.bias", {hidden});
     layer.post_norm = fetch(prefix + "post_attention_layernorm.weight", {hidden});
-    layer.gate_up.weight = at::cat({fetch(prefix + "mlp.gate_proj.weight", {width, hidden}),
-                                    fetch(prefix + "mlp.up_proj.weight", {width, hidden})},
-                                   0);
-    layer.down.weight = fetch(prefix + "mlp.down_proj.weight", {hidden, width});
+    layer.gate_up = fetch_matrix(
+        {{prefix + "mlp.gate_proj.weight", width}, {prefix + "mlp.up_proj.weight", width}}, hidden);
+    layer.down = fetch_matrix({{prefix + "mlp.down_proj.weight", hidden}}, width);
     if (config.mlp_bias) {
       layer.gate_up.bias = at::cat(
           {fetch(prefix + "mlp.gate_proj.bias", {width}), fetch(prefix + "mlp.up_proj.bias", {width})}, 0);

@@ -24,6 +24,10 @@ struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // kFloat (exact parity), kBFloat16 or kHalf
   at::Device device = at::kCPU;       // e.g. at::Device(at::kCUDA, 0) when torch::cuda::is_available()
   bool show_progress = true;          // progress bar on stderr while reading weights
+  // GGUF only: matrices stored in a quantised block type (Q4_1, Q8_0, Q4_K, ...) stay in it and multiply
+  // with ggml's kernels (quantized_kernels.h), several times faster to decode than dequantised fp32 but not
+  // bit-identical to it; needs dtype kFloat on the CPU. Other tensors load as without it.
+  bool keep_quantized = false;
 };
 
 struct ForwardOptions {
@@ -49,6 +53,9 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
+  // Whether some matrices are held in GGUF block types (LoadOptions::keep_quantized): such a model runs
+  // inference only (no gradients flow through its quantised products).
+  bool has_quantized_weights() const { return has_quantized_weights_; }
   at::Device device() const { return device_; }
   // RoPE inverse frequencies [D / 2] float32 on the model's device (rope.h's rotate_positions takes them).
   const at::Tensor& inverse_frequencies() const { return inverse_frequencies_; }
@@ -98,9 +105,10 @@ class Model {
   ModelConfig config_;
   at::ScalarType dtype_ = at::kFloat;
   at::Device device_ = at::kCPU;
-  at::Tensor embedding_;                    // [V, hidden]
+  bool has_quantized_weights_ = false;
+  LinearWeight embedding_;                  // [V, hidden], looked up by weight_rows
   at::Tensor final_norm_;                   // [hidden]
-  at::Tensor lm_head_;                      // [V, hidden] (the embedding itself when tied)
+  LinearWeight lm_head_;                    // [V, hidden] (the embedding itself when tied)
   at::Tensor inverse_frequencies_;          // [D / 2] float32, RoPE (after scaling)
   std::vector<LayerConfig> layer_configs_;  // per layer: heads, norms (transformer_layer.h)
   std::vector<LayerWeights> layers_;        // per layer, in the model dtype

@@ -1,4 +1,5 @@
 // Model::load: weight sources for Hugging Face safetensors checkpoints and GGUF files.
+#include <cstring>
 #include <memory>
 #include <unordered_map>
 
@@ -7,6 +8,7 @@
 #include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/quantized_kernels.h"
 #include "model/safetensors_dtype.h"
 #include "model/weight_source.h"
 #include "util/error.h"
@@ -84,6 +86,34 @@ class GgufWeightSource : public WeightSource {
       }
     }
     return tensor;
+  }
+
+  std::optional<StoredBlocks> get_blocks(const std::string& hf_name,
+                                         const QuantizedKernels& kernels) override {
+    const std::string name = gguf_name(hf_name);
+    if (name.empty()) return std::nullopt;
+    const GgufTensorInfo* info = gguf_.find_tensor(name);
+    if (info == nullptr || info->dims.size() != 2 || !kernels.supports(static_cast<uint32_t>(info->type))) {
+      return std::nullopt;
+    }
+    StoredBlocks blocks;
+    blocks.ggml_type = static_cast<uint32_t>(info->type);
+    blocks.columns = info->dims[0];
+    const int64_t row_count = info->dims[1];
+    const int64_t bytes_per_row = QuantizedKernels::row_bytes(blocks.ggml_type, blocks.columns);
+    TORCH_CHECK(static_cast<uint64_t>(row_count * bytes_per_row) == info->byte_size, "GGUF tensor ", name,
+                ": ", info->byte_size, " bytes for ", row_count, " rows of ", bytes_per_row);
+    blocks.rows = at::empty({row_count, bytes_per_row}, at::kByte);
+    std::memcpy(blocks.rows.data_ptr<uint8_t>(), gguf_.tensor_data(*info), info->byte_size);
+    // Blocks run along a row, so the RoPE un-permutation of get() moves whole rows of bytes just the same.
+    if (config_.architecture == Architecture::kLlama) {
+      if (name.find(".attn_q.") != std::string::npos) {
+        blocks.rows = unpermute_rope_rows(blocks.rows, config_.num_attention_heads);
+      } else if (name.find(".attn_k.") != std::string::npos) {
+        blocks.rows = unpermute_rope_rows(blocks.rows, config_.num_key_value_heads);
+      }
+    }
+    return blocks;
   }
 
   std::string describe(const std::string& hf_name) const override {

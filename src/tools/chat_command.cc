@@ -70,6 +70,7 @@ void add_chat_command(CLI::App& app) {
       "Example:\n  cartridge chat --model " +
       std::string(kDefaultModelPath) + " --cartridge doc-cartridge --system 'Be brief.'");
   add_model_options(*command, options->model);
+  add_weights_option(*command, options->model);
   add_cartridge_options(*command, options->cartridges);
   command->add_option("--system", options->system, "A system message that starts the conversation");
   command->add_option("-n,--max-new-tokens", options->max_new_tokens, "Most tokens per reply")

@@ -51,9 +51,12 @@ struct ModelOptions {
   std::string model = kDefaultModelPath;
   std::string dtype = "fp32";
   std::string device = "auto";
-  bool quiet = false;  // no progress bars
+  std::string weights = "dense";  // "dense" or "stored" (LoadOptions::keep_quantized)
+  bool quiet = false;             // no progress bars
 };
 void add_model_options(CLI::App& command, ModelOptions& options);
+// --weights dense|stored, for the commands that only run the model forward (no training).
+void add_weights_option(CLI::App& command, ModelOptions& options);
 LoadedModel load_model_from_options(const ModelOptions& options);
 
 // --cartridge DIR (repeatable: composed in order) and --framing, shared by `generate` and `chat` (defined

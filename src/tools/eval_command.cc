@@ -98,6 +98,7 @@ void run_eval(const EvalCommandOptions& options) {
     output["heldout_conversations"] = heldout.size();
     output["model"] = options.model.model;
     output["dtype"] = options.model.dtype;
+    output["weights"] = options.model.weights;
     std::cout << output.dump(2) << std::endl;
   } else if (options.markdown) {
     std::cout << format_evaluation_markdown(scores);
@@ -129,6 +130,7 @@ void add_eval_command(CLI::App& app) {
       "qa.jsonl \\\n"
       "    --cartridge study --dataset study/dataset.jsonl");
   add_model_options(*command, options->model);
+  add_weights_option(*command, options->model);
   command->add_option("--corpus", options->corpus, "The corpus, for the in-context (ICL) condition");
   command->add_option("--qa", options->qa, "Questions and reference answers (JSON Lines)");
   command->add_option("-c,--cartridge", options->cartridges,

@@ -134,6 +134,7 @@ void add_generate_command(CLI::App& app) {
       " --chat \\\n"
       "    --prompt 'What is the capital of France?' --max-new-tokens 32 [--cartridge my_cartridge]");
   add_model_options(*command, options->model);
+  add_weights_option(*command, options->model);
   command->add_option("-p,--prompt", options->prompt, "The prompt text")->required();
   command->add_flag("--chat", options->chat, "Wrap the prompt in the model's chat template (one user turn)");
   command->add_option("--system", options->system, "With --chat: a system message before the prompt");

@@ -92,6 +92,7 @@ void add_serve_command(CLI::App& app) {
       "    -d '{\"model\": \"my-doc\", \"messages\": [{\"role\": \"user\", \"content\": \"Summarise "
       "it.\"}]}'");
   add_model_options(*command, options->model);
+  add_weights_option(*command, options->model);
   command
       ->add_option("--cartridges", options->server.cartridges_directory,
                    "Folder whose subfolders are cartridges (PEFT adapters), served by folder name")

@@ -144,6 +144,7 @@ void add_synthesize_command(CLI::App& app) {
       " --corpus doc.txt \\\n"
       "    --out study --samples 64 --max-chunk 1024 --description 'A chapter of a history book.'");
   add_model_options(*command, options->model);
+  add_weights_option(*command, options->model);
   command->add_option("--corpus", options->corpus, "The corpus, a UTF-8 text file")->required();
   command
       ->add_option("-o,--out", options->out,
