@@ -8,11 +8,14 @@ llama.cpp: `llama-bench` (prefill of --prompt-tokens, decode of --decode-tokens 
 `llama-batched-bench` (decode with 1 and 8 sequences after a --prompt-tokens prompt each), built from the
 `llama-cpp-python` source distribution on PyPI (its vendor/llama.cpp; pinned by --llama-cpp-python) into
 .cache/llama.cpp/<version>/ the first time (about 8 minutes on 2 cores), reused afterwards.
-cartridge.cpp: build/model_bench with fp32 (the default inference dtype today) and bf16.
+cartridge.cpp: build/model_bench with the GGUF's blocks kept as stored and float32 activations (`stored`,
+the default of generate, chat and serve), with int8 activations as llama.cpp (`stored-int8`), and with
+every weight dequantised to fp32 (`--dtype fp32`, the exact reference).
 
 Every decode row also shows the bandwidth ceiling: memory read bandwidth (measured here, 2 threads
 summing a 1 GiB tensor) divided by the weight bytes each implementation reads per decoded token at batch 1
-(llama.cpp: the GGUF's tensors as stored; ours: every weight in fp32 or bf16), and the fraction of it each
+(the GGUF's tensors as stored for llama.cpp and our stored paths; every weight in fp32 for ours dense),
+and the fraction of it each
 reaches. On a shared machine run it when the machine is otherwise idle.
 """
 import argparse
@@ -93,8 +96,8 @@ def llama_cpp_rows(binaries, args):
     return rows
 
 
-def our_rows(args, dtype):
-    lines = run_json_lines([args.bin, "--model", args.model, "--dtype", dtype, "--prompt-tokens",
+def our_rows(args, weights):
+    lines = run_json_lines([args.bin, "--model", args.model, "--weights", weights, "--prompt-tokens",
                             str(args.prompt_tokens), "--decode-steps", str(args.decode_tokens), "--batches", "1", "8",
                             "--repeats", str(args.repeats)], env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     rows = {}
@@ -143,12 +146,14 @@ def main():
     say("measuring read bandwidth")
     bandwidth = read_bandwidth(args.threads)
     stored_bytes, parameters = weight_bytes(args.model)
-    columns = [("llama.cpp", stored_bytes), ("ours fp32", parameters * 4), ("ours bf16", parameters * 2)]
+    ours = (("stored", "ours stored (default)"), ("stored-int8", "ours stored-int8"), ("dense", "ours fp32"))
+    columns = [("llama.cpp", stored_bytes), ("ours stored (default)", stored_bytes),
+               ("ours stored-int8", stored_bytes), ("ours fp32", parameters * 4)]
     say("running llama.cpp")
     results = {"llama.cpp": llama_cpp_rows(binaries, args)}
-    for dtype, name in (("f32", "ours fp32"), ("bf16", "ours bf16")):
-        say(f"running cartridge.cpp {dtype}")
-        results[name] = our_rows(args, dtype)
+    for weights, name in ours:
+        say(f"running cartridge.cpp --weights {weights}")
+        results[name] = our_rows(args, weights)
 
     print(f"{pathlib.Path(args.model).name}, {args.threads} threads, llama.cpp from llama-cpp-python=="
           f"{args.llama_cpp_python}; read bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per token: "

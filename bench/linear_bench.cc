@@ -1,6 +1,7 @@
 // The matrix product of one weight at a time, for the decisions docs/quantized.md records: how a GGUF
 // matrix kept in its block type (ggml's integer kernels through QuantizedKernels) compares with the same
-// matrix dequantised to fp32 (at::linear), and with dequantising it on every call, for 1 to 256 rows of
+// matrix dequantised to fp32 (at::linear), with our float-activation kernels (float_block_kernels.h), and
+// with dequantising it on every call, for 1 to 256 rows of
 // activations. Real weights: blk.0's matrices and the token embedding of the GGUF given.
 //
 //   linear_bench [--model models/SmolLM2-135M-Instruct.Q4_1.gguf] [--rows 1,2,4,8,16,32,64,128,256]
@@ -9,6 +10,7 @@
 // Prints one markdown table: milliseconds per product (best of --repeats), at the threads libtorch uses.
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -18,6 +20,7 @@
 
 #include "io/gguf.h"
 #include "io/model_files.h"
+#include "model/float_block_kernels.h"
 #include "model/quantized_kernels.h"
 
 namespace {
@@ -53,8 +56,9 @@ int main(int argc, char** argv) {
   std::printf("ggml kernels: %s, %d threads; milliseconds per product, best of %d\n\n",
               kernels.name().c_str(), at::get_num_threads(), repeats);
   std::printf(
-      "| matrix | type | [out, in] | rows | fp32 at::linear | stored (ggml) | dequantise + at::linear |\n");
-  std::printf("|---|---|---|---:|---:|---:|---:|\n");
+      "| matrix | type | [out, in] | rows | fp32 at::linear | stored, float activations | stored, int8 "
+      "activations (ggml) | dequantise + at::linear |\n");
+  std::printf("|---|---|---|---:|---:|---:|---:|---:|\n");
   for (const char* name :
        {"blk.0.attn_q.weight", "blk.0.ffn_up.weight", "blk.0.ffn_down.weight", "token_embd.weight"}) {
     const cartridge::GgufTensorInfo* info = gguf.find_tensor(name);
@@ -70,18 +74,30 @@ int main(int argc, char** argv) {
       const at::Tensor input = at::randn({rows, columns});  // [rows, in]
       at::Tensor output = at::empty({rows, out});           // [rows, out]
       const double dense_ms = best_milliseconds(repeats, [&] { output = at::linear(input, dense); });
-      const double stored_ms = best_milliseconds(repeats, [&] {
+      double float_ms = -1.0;  // a type without float-activation kernel prints "-"
+      if (cartridge::float_block_kernels::supports(type)) {
+        float_ms = best_milliseconds(repeats, [&] {
+          cartridge::float_block_kernels::multiply(type, blocks, out, columns, input.data_ptr<float>(), rows,
+                                                   output.data_ptr<float>());
+        });
+      }
+      const double int8_ms = best_milliseconds(repeats, [&] {
         kernels.multiply(type, blocks, out, columns, input.data_ptr<float>(), rows, output.data_ptr<float>());
       });
       const double dequantise_ms = best_milliseconds(repeats, [&] {
         at::Tensor matrix = at::empty({out, columns});
-        cartridge::QuantizedKernels::dequantize(type, blocks, out, columns, matrix.data_ptr<float>());
+        if (cartridge::float_block_kernels::supports(type)) {
+          cartridge::float_block_kernels::dequantize(type, blocks, out, columns, matrix.data_ptr<float>());
+        } else {
+          cartridge::QuantizedKernels::dequantize(type, blocks, out, columns, matrix.data_ptr<float>());
+        }
         output = at::linear(input, matrix);
       });
-      std::printf("| %s | %s | [%lld, %lld] | %lld | %.3f | %.3f | %.3f |\n", name,
+      const std::string float_text = float_ms < 0 ? "-" : std::to_string(float_ms).substr(0, 6);
+      std::printf("| %s | %s | [%lld, %lld] | %lld | %.3f | %s | %.3f | %.3f |\n", name,
                   cartridge::ggml_type_name(info->type).c_str(), static_cast<long long>(out),
-                  static_cast<long long>(columns), static_cast<long long>(rows), dense_ms, stored_ms,
-                  dequantise_ms);
+                  static_cast<long long>(columns), static_cast<long long>(rows), dense_ms, float_text.c_str(),
+                  int8_ms, dequantise_ms);
     }
   }
   return 0;

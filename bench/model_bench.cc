@@ -2,7 +2,9 @@
 // given dtype on a given device. Prints one JSON object per measurement on stdout; bench/model_bench.py runs
 // this and transformers in the same run and prints the markdown table.
 //
-//   model_bench --model models/SmolLM2-135M-Instruct.Q4_1.gguf [--dtype f32|bf16] [--device cpu|cuda]
+//   model_bench --model models/SmolLM2-135M-Instruct.Q4_1.gguf [--dtype f32|bf16] [--weights
+//   dense|stored|stored-int8]
+//               [--device cpu|cuda]
 //               [--prompt-tokens 256] [--decode-steps 32] [--batches 1,8] [--repeats 3]
 //               [--cartridge-tokens 512]
 //
@@ -38,14 +40,17 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+std::string g_weights = "dense";  // --weights, printed with every result
+
 void print_result(const std::string& phase, int64_t batch, int64_t tokens, double seconds,
                   const std::string& dtype, const std::string& device) {
   std::printf(
       "{\"impl\": \"cartridge.cpp\", \"phase\": \"%s\", \"batch\": %lld, \"tokens\": %lld, \"seconds\": "
       "%.6f, "
-      "\"tokens_per_second\": %.3f, \"dtype\": \"%s\", \"device\": \"%s\", \"threads\": %d}\n",
+      "\"tokens_per_second\": %.3f, \"dtype\": \"%s\", \"weights\": \"%s\", \"device\": \"%s\", "
+      "\"threads\": %d}\n",
       phase.c_str(), static_cast<long long>(batch), static_cast<long long>(tokens), seconds, tokens / seconds,
-      dtype.c_str(), device.c_str(), at::get_num_threads());
+      dtype.c_str(), g_weights.c_str(), device.c_str(), at::get_num_threads());
   std::fflush(stdout);
 }
 
@@ -64,6 +69,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_path, "GGUF file or Hugging Face folder");
   app.add_option("--dtype", dtype_name, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--device", device_name, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--weights", g_weights, "dense, stored or stored-int8 (cartridge --help: --weights)")
+      ->check(CLI::IsMember({"dense", "stored", "stored-int8"}));
   app.add_option("--prompt-tokens", prompt_tokens, "prefill length (tokens)");
   app.add_option("--decode-steps", decode_steps, "decode steps after a prefill");
   app.add_option("--batches", batches, "batch sizes (prefill and decode)")->delimiter(',');
@@ -80,6 +87,9 @@ int main(int argc, char** argv) {
       options.device = at::Device(at::kCUDA, 0);
     }
     options.show_progress = false;
+    options.quantized_weights = g_weights == "stored"        ? cartridge::QuantizedWeights::kFloatActivations
+                                : g_weights == "stored-int8" ? cartridge::QuantizedWeights::kInt8Activations
+                                                             : cartridge::QuantizedWeights::kDequantize;
     const auto load_start = Clock::now();
     const auto model = cartridge::Model::load(cartridge::resolve_model_files(model_path), options);
     std::fprintf(stderr, "loaded %s in %.2f s (%d threads)\n", model_path.c_str(), seconds_since(load_start),

@@ -11,6 +11,7 @@
 
 #include "io/ggml_types.h"
 #include "io/gguf.h"
+#include "io/half.h"
 #include "util/error.h"
 
 #if defined(__clang__)
@@ -42,22 +43,6 @@ inline float bits_to_float(uint32_t bits) {
   std::memcpy(&value, &bits, sizeof(value));
   return value;
 }
-
-// IEEE half to float, exact for every input (subnormals, infinities, NaN payloads kept like numpy).
-inline float half_to_float(uint16_t half) {
-  const uint32_t sign = static_cast<uint32_t>(half & 0x8000) << 16;
-  const uint32_t exponent = (half >> 10) & 0x1F;
-  const uint32_t mantissa = half & 0x3FF;
-  if (exponent == 0) {
-    // Zero or subnormal: mantissa * 2^-24, exact in float32.
-    const float magnitude = static_cast<float>(mantissa) * bits_to_float(0x33800000);  // 2^-24
-    return sign ? -magnitude : magnitude;
-  }
-  if (exponent == 0x1F) return bits_to_float(sign | 0x7F800000 | (mantissa << 13));
-  return bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
-}
-
-inline float load_half(const uint8_t* bytes) { return half_to_float(load_u16(bytes)); }
 
 using BlockDequantizer = void (*)(const uint8_t* blocks, int64_t block_count, float* out);
 

@@ -4,15 +4,17 @@
 
 #include <ATen/ATen.h>
 
+#include "model/float_block_kernels.h"
 #include "model/quantized_kernels.h"
 
 namespace cartridge {
 namespace {
 
-// From this many rows of x on, a kGgmlBlocks product dequantises the weight and multiplies in float32
-// (prefill): the integer dot products win while reading the weight is the cost, BLAS once x is a matrix.
-// Measured with bench/linear_bench (docs/quantized.md).
-constexpr int64_t kDenseFromRows = 32;
+// From this many rows of x on, a block product dequantises the weight and multiplies with BLAS (prefill):
+// the block kernels win while reading the weight is the cost, BLAS once x is a matrix. Measured with
+// bench/linear_bench and bench/model_bench (docs/quantized.md).
+constexpr int64_t kFloatKernelsBelowRows = 16;
+constexpr int64_t kInt8KernelsBelowRows = 32;
 
 // What every storage kind provides: its name, the fast product, and its weight as a dense matrix (for
 // the reference path).
@@ -29,14 +31,27 @@ at::Tensor dense_multiply(const at::Tensor& x, const LinearWeight& weight) {
 
 at::Tensor dense_matrix(const LinearWeight& weight) { return weight.weight; }
 
+// `rows` rows of a block weight from `blocks` -> float32 at `output`: our vectorised dequantisation where it
+// has the type, ggml's (scalar) otherwise.
+void dequantize_rows(const LinearWeight& weight, const uint8_t* blocks, int64_t rows, float* output) {
+  if (float_block_kernels::supports(weight.ggml_type)) {
+    float_block_kernels::dequantize(weight.ggml_type, blocks, rows, weight.columns, output);
+  } else {
+    QuantizedKernels::dequantize(weight.ggml_type, blocks, rows, weight.columns, output);
+  }
+}
+
 at::Tensor ggml_blocks_matrix(const LinearWeight& weight) {
   at::Tensor matrix = at::empty({weight.weight.size(0), weight.columns}, at::kFloat);  // [out, in]
-  QuantizedKernels::dequantize(weight.ggml_type, weight.weight.data_ptr<uint8_t>(), weight.weight.size(0),
-                               weight.columns, matrix.data_ptr<float>());
+  dequantize_rows(weight, weight.weight.data_ptr<uint8_t>(), weight.weight.size(0), matrix.data_ptr<float>());
   return matrix;
 }
 
-at::Tensor ggml_blocks_multiply(const at::Tensor& x, const LinearWeight& weight) {
+// The product of x [..., in] with a block weight: `multiply_rows` (the kind's kernels) below
+// `dense_from_rows` rows of x, dequantisation and at::linear from there on.
+template <typename MultiplyRows>
+at::Tensor blocks_multiply(const at::Tensor& x, const LinearWeight& weight, int64_t dense_from_rows,
+                           MultiplyRows&& multiply_rows) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
               "linear: quantised weights multiply float32 CPU activations, got ", x.scalar_type(), " on ",
               x.device());
@@ -47,12 +62,17 @@ at::Tensor ggml_blocks_multiply(const at::Tensor& x, const LinearWeight& weight)
   const at::Tensor rows = x.reshape({-1, weight.columns}).contiguous();  // [N, in]
   const int64_t out = weight.weight.size(0);
   at::Tensor product;  // [N, out]
-  if (rows.size(0) >= kDenseFromRows) {
-    product = at::linear(rows, ggml_blocks_matrix(weight));
+  if (rows.size(0) >= dense_from_rows) {
+    // The dequantised matrix lives only for this product: a buffer kept per thread spares a fresh
+    // allocation, and its page faults, per call (they cost more than the dequantisation).
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(out * weight.columns));
+    dequantize_rows(weight, weight.weight.data_ptr<uint8_t>(), out, scratch.data());
+    product = at::linear(rows, at::from_blob(scratch.data(), {out, weight.columns}, at::kFloat));
   } else {
     product = at::empty({rows.size(0), out}, at::kFloat);
-    weight.kernels->multiply(weight.ggml_type, weight.weight.data_ptr<uint8_t>(), out, weight.columns,
-                             rows.data_ptr<float>(), rows.size(0), product.data_ptr<float>());
+    multiply_rows(weight.weight.data_ptr<uint8_t>(), out, rows.data_ptr<float>(), rows.size(0),
+                  product.data_ptr<float>());
   }
   if (weight.bias.defined()) product.add_(weight.bias);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
@@ -60,9 +80,27 @@ at::Tensor ggml_blocks_multiply(const at::Tensor& x, const LinearWeight& weight)
   return product.view(shape);
 }
 
+at::Tensor ggml_blocks_multiply(const at::Tensor& x, const LinearWeight& weight) {
+  return blocks_multiply(
+      x, weight, kFloatKernelsBelowRows,
+      [&](const uint8_t* blocks, int64_t out, const float* rows, int64_t count, float* product) {
+        float_block_kernels::multiply(weight.ggml_type, blocks, out, weight.columns, rows, count, product);
+      });
+}
+
+at::Tensor ggml_blocks_int8_multiply(const at::Tensor& x, const LinearWeight& weight) {
+  return blocks_multiply(
+      x, weight, kInt8KernelsBelowRows,
+      [&](const uint8_t* blocks, int64_t out, const float* rows, int64_t count, float* product) {
+        weight.int8_kernels->multiply(weight.ggml_type, blocks, out, weight.columns, rows, count, product);
+      });
+}
+
 constexpr WeightStorageTraits kWeightStorageTraits[] = {
     {WeightStorage::kDense, "dense", &dense_multiply, &dense_matrix},
     {WeightStorage::kGgmlBlocks, "ggml blocks", &ggml_blocks_multiply, &ggml_blocks_matrix},
+    {WeightStorage::kGgmlBlocksInt8, "ggml blocks, int8 activations", &ggml_blocks_int8_multiply,
+     &ggml_blocks_matrix},
 };
 
 const WeightStorageTraits& traits(WeightStorage storage) {
@@ -79,23 +117,25 @@ const char* weight_storage_name(WeightStorage storage) { return traits(storage).
 int64_t LinearWeight::out_features() const { return weight.size(0); }
 
 int64_t LinearWeight::in_features() const {
-  return storage == WeightStorage::kGgmlBlocks ? columns : weight.size(1);
+  return storage == WeightStorage::kDense ? weight.size(1) : columns;
 }
 
 LinearWeight ggml_blocks_weight(at::Tensor rows, uint32_t ggml_type, int64_t columns,
-                                const QuantizedKernels& kernels) {
+                                const QuantizedKernels* int8_kernels) {
   TORCH_CHECK(
       rows.dim() == 2 && rows.scalar_type() == at::kByte && rows.device().is_cpu() && rows.is_contiguous(),
       "ggml_blocks_weight: rows must be a contiguous [out, bytes per row] uint8 CPU tensor");
-  TORCH_CHECK(kernels.supports(ggml_type), "ggml_blocks_weight: no kernel for GGUF type ", ggml_type);
+  TORCH_CHECK(
+      int8_kernels != nullptr ? int8_kernels->supports(ggml_type) : float_block_kernels::supports(ggml_type),
+      "ggml_blocks_weight: no kernel for GGUF type ", ggml_type);
   TORCH_CHECK(rows.size(1) == QuantizedKernels::row_bytes(ggml_type, columns), "ggml_blocks_weight: rows of ",
               rows.size(1), " bytes do not hold ", columns, " values of GGUF type ", ggml_type);
   LinearWeight weight;
-  weight.storage = WeightStorage::kGgmlBlocks;
+  weight.storage = int8_kernels != nullptr ? WeightStorage::kGgmlBlocksInt8 : WeightStorage::kGgmlBlocks;
   weight.weight = std::move(rows);
   weight.ggml_type = ggml_type;
   weight.columns = columns;
-  weight.kernels = &kernels;
+  weight.int8_kernels = int8_kernels;
   return weight;
 }
 
@@ -109,8 +149,8 @@ at::Tensor weight_rows(const LinearWeight& weight, const at::Tensor& ids) {
   for (int64_t index = 0; index < flat_ids.size(0); ++index) {
     TORCH_CHECK(id[index] >= 0 && id[index] < weight.weight.size(0), "weight_rows: id ", id[index],
                 " outside [0, ", weight.weight.size(0), ")");
-    QuantizedKernels::dequantize(weight.ggml_type, blocks + id[index] * bytes_per_row, 1, weight.columns,
-                                 rows.data_ptr<float>() + index * weight.columns);
+    dequantize_rows(weight, blocks + id[index] * bytes_per_row, 1,
+                    rows.data_ptr<float>() + index * weight.columns);
   }
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(weight.columns);

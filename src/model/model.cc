@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
+#include "model/float_block_kernels.h"
 #include "model/quantized_kernels.h"
 #include "model/rope.h"
 #include "model/weight_source.h"
@@ -201,24 +202,27 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
     return tensor->to(target, /*non_blocking=*/false, /*copy=*/true);
   };
 
-  const QuantizedKernels* kernels = nullptr;
-  if (options.keep_quantized) {
-    if (options.dtype != at::kFloat || !options.device.is_cpu()) {
-      throw InvalidArgumentError(
-          "quantised weights multiply float32 activations on the CPU: use --dtype fp32 --device cpu with "
-          "--weights stored");
-    }
-    kernels = &QuantizedKernels::for_this_cpu();
+  const bool keep_blocks = options.quantized_weights != QuantizedWeights::kDequantize;
+  if (keep_blocks && (options.dtype != at::kFloat || !options.device.is_cpu())) {
+    throw InvalidArgumentError(
+        "weights kept in their quantised blocks multiply float32 activations on the CPU: with --weights "
+        "stored or stored-int8 use --dtype auto or fp32, and --device cpu");
   }
+  const QuantizedKernels* int8_kernels = options.quantized_weights == QuantizedWeights::kInt8Activations
+                                             ? &QuantizedKernels::for_this_cpu()
+                                             : nullptr;
+  const std::function<bool(uint32_t)> accepts = [int8_kernels](uint32_t type) {
+    return int8_kernels != nullptr ? int8_kernels->supports(type) : float_block_kernels::supports(type);
+  };
   // The matrices `parts` (name, rows), each with `columns` columns, stacked by rows: in their stored block
-  // type when keep_quantized and every part is stored in the same one, else dense in the model dtype.
+  // type when keeping blocks and every part is stored in the same one, else dense in the model dtype.
   auto fetch_matrix = [&](const std::vector<std::pair<std::string, int64_t>>& parts,
                           int64_t columns) -> LinearWeight {
-    if (kernels != nullptr) {
+    if (keep_blocks) {
       std::vector<at::Tensor> rows;  // each [part rows, bytes per row] uint8
       uint32_t type = 0;
       for (const auto& [name, row_count] : parts) {
-        std::optional<StoredBlocks> blocks = source.get_blocks(name, *kernels);
+        std::optional<StoredBlocks> blocks = source.get_blocks(name, accepts);
         if (!blocks.has_value() || blocks->columns != columns || blocks->rows.size(0) != row_count ||
             (!rows.empty() && blocks->ggml_type != type)) {
           break;
@@ -228,7 +232,7 @@ std::shared_ptr<const Model> Model::build(const ModelConfig& config, WeightSourc
       }
       if (rows.size() == parts.size()) {
         model->has_quantized_weights_ = true;
-        return ggml_blocks_weight(rows.size() == 1 ? rows[0] : at::cat(rows, 0), type, columns, *kernels);
+        return ggml_blocks_weight(rows.size() == 1 ? rows[0] : at::cat(rows, 0), type, columns, int8_kernels);
       }
     }
     std::vector<at::Tensor> dense;  // each [part rows, columns]

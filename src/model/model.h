@@ -20,14 +20,24 @@ namespace cartridge {
 
 class WeightSource;
 
+// How a GGUF's block-quantised matrices (Q4_1, Q8_0, Q4_K, ...) are held and multiplied.
+enum class QuantizedWeights {
+  kDequantize,  // converted to the model dtype at load: exact parity with transformers (the default)
+  // Kept as stored; float32 activations times the blocks (float_block_kernels.h): the dense fp32 results
+  // up to summation order, several times faster to decode. Q4_0, Q4_1 and Q8_0; other types dequantise.
+  kFloatActivations,
+  // Kept as stored; activations rounded to 8-bit blocks and ggml's integer kernels (quantized_kernels.h),
+  // as llama.cpp computes: every block type, fastest with several rows, not equal to fp32.
+  kInt8Activations,
+};
+
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // kFloat (exact parity), kBFloat16 or kHalf
   at::Device device = at::kCPU;       // e.g. at::Device(at::kCUDA, 0) when torch::cuda::is_available()
   bool show_progress = true;          // progress bar on stderr while reading weights
-  // GGUF only: matrices stored in a quantised block type (Q4_1, Q8_0, Q4_K, ...) stay in it and multiply
-  // with ggml's kernels (quantized_kernels.h), several times faster to decode than dequantised fp32 but not
-  // bit-identical to it; needs dtype kFloat on the CPU. Other tensors load as without it.
-  bool keep_quantized = false;
+  // GGUF only: what happens to matrices stored in a quantised block type. Both kinds of kept blocks need
+  // dtype kFloat on the CPU, and run inference only (no backward through them).
+  QuantizedWeights quantized_weights = QuantizedWeights::kDequantize;
 };
 
 struct ForwardOptions {
@@ -53,7 +63,7 @@ class Model {
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
-  // Whether some matrices are held in GGUF block types (LoadOptions::keep_quantized): such a model runs
+  // Whether some matrices are held in GGUF block types (LoadOptions::quantized_weights): such a model runs
   // inference only (no gradients flow through its quantised products).
   bool has_quantized_weights() const { return has_quantized_weights_; }
   at::Device device() const { return device_; }

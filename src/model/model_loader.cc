@@ -89,11 +89,11 @@ class GgufWeightSource : public WeightSource {
   }
 
   std::optional<StoredBlocks> get_blocks(const std::string& hf_name,
-                                         const QuantizedKernels& kernels) override {
+                                         const std::function<bool(uint32_t)>& accepts) override {
     const std::string name = gguf_name(hf_name);
     if (name.empty()) return std::nullopt;
     const GgufTensorInfo* info = gguf_.find_tensor(name);
-    if (info == nullptr || info->dims.size() != 2 || !kernels.supports(static_cast<uint32_t>(info->type))) {
+    if (info == nullptr || info->dims.size() != 2 || !accepts(static_cast<uint32_t>(info->type))) {
       return std::nullopt;
     }
     StoredBlocks blocks;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -11,8 +12,6 @@
 #include "model/model_config.h"
 
 namespace cartridge {
-
-class QuantizedKernels;
 
 // A matrix as a GGUF file stores it, in a quantised block type.
 struct StoredBlocks {
@@ -27,10 +26,10 @@ class WeightSource {
   // The tensor named `hf_name` ("model.layers.0.self_attn.q_proj.weight", ...) on the CPU in its stored
   // float dtype, or nullopt when the checkpoint has none. May alias file memory: the caller copies.
   virtual std::optional<at::Tensor> get(const std::string& hf_name) = 0;
-  // The matrix `hf_name` in its stored block type when the checkpoint holds it in a type `kernels`
-  // multiply, else nullopt (then get() gives it as floats).
+  // The matrix `hf_name` in its stored block type when the checkpoint holds it in a type `accepts` takes
+  // (a GGUF type number), else nullopt (then get() gives it as floats).
   virtual std::optional<StoredBlocks> get_blocks(const std::string& hf_name,
-                                                 const QuantizedKernels& kernels) {
+                                                 const std::function<bool(uint32_t)>& accepts) {
     return std::nullopt;
   }
   // What to name in an error about `hf_name` (the file holding it, or the checkpoint).

@@ -49,15 +49,19 @@ void add_study_command(CLI::App& app);
 // Options shared by every command that loads a model.
 struct ModelOptions {
   std::string model = kDefaultModelPath;
-  std::string dtype = "fp32";
+  std::string dtype = "auto";
   std::string device = "auto";
-  std::string weights = "dense";  // "dense" or "stored" (LoadOptions::keep_quantized)
-  bool quiet = false;             // no progress bars
+  std::string weights =
+      "auto";                   // "auto", "dense", "stored" or "stored-int8" (LoadOptions::quantized_weights)
+  bool offers_weights = false;  // the command has --weights (inference only); "auto" is dense otherwise
+  bool quiet = false;           // no progress bars
 };
 void add_model_options(CLI::App& command, ModelOptions& options);
-// --weights dense|stored, for the commands that only run the model forward (no training).
+// --weights dense|stored|stored-int8, for the commands that only run the model forward (no training).
 void add_weights_option(CLI::App& command, ModelOptions& options);
 LoadedModel load_model_from_options(const ModelOptions& options);
+// What --weights resolves to for these options on `device`: "dense", "stored" or "stored-int8".
+std::string resolved_weights(const ModelOptions& options, const at::Device& device);
 
 // --cartridge DIR (repeatable: composed in order) and --framing, shared by `generate` and `chat` (defined
 // in generate_command.cc).

@@ -98,7 +98,7 @@ void run_eval(const EvalCommandOptions& options) {
     output["heldout_conversations"] = heldout.size();
     output["model"] = options.model.model;
     output["dtype"] = options.model.dtype;
-    output["weights"] = options.model.weights;
+    output["weights"] = resolved_weights(options.model, parse_device(options.model.device));
     std::cout << output.dump(2) << std::endl;
   } else if (options.markdown) {
     std::cout << format_evaluation_markdown(scores);

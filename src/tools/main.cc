@@ -15,8 +15,12 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
                   "A GGUF file, a Hugging Face model folder, or a Hub id (org/name) in the local HF cache")
       ->capture_default_str();
   command
-      .add_option("--dtype", options.dtype,
-                  "Compute dtype: fp32 (exact parity) or bf16 (faster, half memory)")
+      .add_option(
+          "--dtype", options.dtype,
+          "Compute dtype. auto: fp32 arithmetic, with a GGUF's Q4_0/Q4_1/Q8_0 matrices kept as stored "
+          "on the CPU where the command allows it (--weights auto). fp32: every weight dequantised to "
+          "fp32, exact parity with transformers. bf16: faster on CPUs with bf16 units, half memory")
+      ->check(CLI::IsMember({"auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"}))
       ->capture_default_str();
   command.add_option("--device", options.device, "cpu, cuda, cuda:N, or auto (CUDA when available)")
       ->capture_default_str();
@@ -26,18 +30,31 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
 void add_weights_option(CLI::App& command, ModelOptions& options) {
   command
       .add_option("--weights", options.weights,
-                  "dense: every weight in --dtype (exact parity with transformers). stored: a GGUF's "
-                  "quantised matrices (Q4_1, Q8_0, Q4_K, ...) stay as stored and multiply with ggml's "
-                  "kernels: decoding several times faster, results close to but not equal to dense fp32")
-      ->check(CLI::IsMember({"dense", "stored"}))
+                  "auto: stored with --dtype auto on the CPU, else dense. dense: every weight in --dtype "
+                  "(exact parity with transformers). stored: a GGUF's Q4_0, Q4_1 and Q8_0 matrices stay as "
+                  "stored and multiply float32 activations: the fp32 results up to rounding, decoding "
+                  "several times faster. stored-int8: every quantised type stays as stored, activations "
+                  "rounded to 8 bits as llama.cpp does (ggml's kernels): fastest with batches, close to "
+                  "fp32 but not equal (docs/quantized.md)")
+      ->check(CLI::IsMember({"auto", "dense", "stored", "stored-int8"}))
       ->capture_default_str();
+  options.offers_weights = true;
+}
+
+std::string resolved_weights(const ModelOptions& options, const at::Device& device) {
+  if (options.weights != "auto") return options.weights;
+  // The fastest path that keeps fp32's results (docs/quantized.md); an explicit --dtype pins the dense one.
+  return options.offers_weights && options.dtype == "auto" && device.is_cpu() ? "stored" : "dense";
 }
 
 LoadedModel load_model_from_options(const ModelOptions& options) {
   LoadOptions load;
-  load.keep_quantized = options.weights == "stored";
-  load.dtype = parse_dtype(options.dtype);
+  load.dtype = options.dtype == "auto" ? at::kFloat : parse_dtype(options.dtype);
   load.device = parse_device(options.device);
+  const std::string weights = resolved_weights(options, load.device);
+  load.quantized_weights = weights == "stored"        ? QuantizedWeights::kFloatActivations
+                           : weights == "stored-int8" ? QuantizedWeights::kInt8Activations
+                                                      : QuantizedWeights::kDequantize;
   load.show_progress = !options.quiet;
   return load_model(options.model, load);
 }

@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "io/ggml_types.h"
+#include "model/float_block_kernels.h"
 #include "model/linear.h"
 #include "model/quantized_kernels.h"
 #include "model_test_util.h"
@@ -136,7 +137,7 @@ TEST(QuantizedKernelsTest, LinearOnStoredBlocksMatchesTheReferenceForDecodeAndPr
   const QuantizedKernels& kernels = QuantizedKernels::for_this_cpu();
   for (const QuantizedCase& test_case : all_cases(kernels)) {
     const int64_t columns = test_case.dequantized.size(1);
-    LinearWeight weight = ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns, kernels);
+    LinearWeight weight = ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns, &kernels);
     EXPECT_EQ(weight.in_features(), columns);
     EXPECT_EQ(weight.out_features(), test_case.blocks.size(0));
     // 1 and 7 rows go through the integer kernels, all 37 through dequantisation and at::linear.
@@ -162,13 +163,71 @@ TEST(QuantizedKernelsTest, LinearOnStoredBlocksMatchesTheReferenceForDecodeAndPr
   }
 }
 
+// float_block_kernels: no activation rounding, so each output is the float64 product up to float32
+// rounding of the products and of two stages of sums (per block, then over blocks and lanes): at most
+// 4 n 2^-24 sum |w x|, n the values per row.
+at::Tensor float_error_bound(const QuantizedCase& test_case, int64_t tokens) {
+  const at::Tensor x = test_case.input.slice(0, 0, tokens).to(at::kDouble);  // [tokens, C]
+  const at::Tensor w = test_case.dequantized.to(at::kDouble);                // [R, C]
+  return at::matmul(x.abs(), w.abs().t()) * (4.0 * x.size(1) * std::ldexp(1.0, -24));
+}
+
+TEST(FloatBlockKernelsTest, Q4_0Q4_1AndQ8_0AtEveryTargetEqualTheGgufDequantisationUpToFloat32Rounding) {
+  c10::InferenceMode inference;
+  const std::vector<std::string> targets = float_block_kernels::runnable_targets();
+  ASSERT_FALSE(targets.empty());
+  std::vector<QuantizedCase> cases;
+  for (const QuantizedCase& test_case : all_cases(QuantizedKernels::for_this_cpu())) {
+    if (float_block_kernels::supports(test_case.ggml_type)) cases.push_back(test_case);
+  }
+  ASSERT_EQ(cases.size(), 3u) << "Q4_0, Q4_1 and Q8_0";
+  for (const std::string& target : targets) {
+    float_block_kernels::use_target(target);
+    EXPECT_EQ(float_block_kernels::current_target(), target);
+    for (const QuantizedCase& test_case : cases) {
+      const int64_t rows = test_case.blocks.size(0);
+      const int64_t columns = test_case.dequantized.size(1);
+      for (int64_t tokens : {int64_t{1}, int64_t{3}, test_case.input.size(0)}) {
+        at::Tensor output = at::empty({tokens, rows}, at::kFloat);
+        float_block_kernels::multiply(test_case.ggml_type, test_case.blocks.data_ptr<uint8_t>(), rows,
+                                      columns, test_case.input.data_ptr<float>(), tokens,
+                                      output.data_ptr<float>());
+        const at::Tensor error = (output.to(at::kDouble) - reference_product(test_case, tokens)).abs();
+        const int64_t outside = (error > float_error_bound(test_case, tokens)).sum().item<int64_t>();
+        EXPECT_EQ(outside, 0) << target << " " << test_case.name << " x" << tokens << ": largest error "
+                              << error.max().item<double>();
+      }
+    }
+  }
+  float_block_kernels::use_target("");
+  EXPECT_EQ(float_block_kernels::current_target(), targets.front());
+}
+
+TEST(FloatBlockKernelsTest, LinearOnStoredBlocksWithFloatActivationsMatchesTheReference) {
+  c10::InferenceMode inference;
+  for (const QuantizedCase& test_case : all_cases(QuantizedKernels::for_this_cpu())) {
+    if (!float_block_kernels::supports(test_case.ggml_type)) continue;
+    const int64_t columns = test_case.dequantized.size(1);
+    const LinearWeight weight = ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns);
+    EXPECT_EQ(weight.storage, WeightStorage::kGgmlBlocks);
+    // 1 and 7 rows through the kernels, all 37 through dequantisation and at::linear.
+    for (int64_t tokens : {int64_t{1}, int64_t{7}, test_case.input.size(0)}) {
+      const at::Tensor x = test_case.input.slice(0, 0, tokens).view({1, tokens, columns});
+      const at::Tensor error =
+          (linear(x, weight)[0].to(at::kDouble) - reference_product(test_case, tokens)).abs();
+      EXPECT_EQ((error > float_error_bound(test_case, tokens)).sum().item<int64_t>(), 0)
+          << test_case.name << " x" << tokens;
+    }
+  }
+}
+
 TEST(QuantizedKernelsTest, RefusesWhatItCannotMultiply) {
   const QuantizedKernels& kernels = QuantizedKernels::for_this_cpu();
   const std::vector<QuantizedCase> cases = all_cases(kernels);
   ASSERT_FALSE(cases.empty());
   const QuantizedCase& test_case = cases.front();
   const int64_t columns = test_case.dequantized.size(1);
-  const LinearWeight weight = ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns, kernels);
+  const LinearWeight weight = ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns, &kernels);
   // No backward through quantised weights: training must load the model dense.
   const at::Tensor needs_grad = test_case.input.slice(0, 0, 2).clone().requires_grad_(true);
   EXPECT_THROW(linear(needs_grad, weight), c10::Error);
@@ -176,7 +235,7 @@ TEST(QuantizedKernelsTest, RefusesWhatItCannotMultiply) {
   // F32 (type 0) and F16 (1) are not block types: they load dense.
   EXPECT_FALSE(kernels.supports(0));
   EXPECT_FALSE(kernels.supports(1));
-  EXPECT_THROW(ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns + 32, kernels), c10::Error);
+  EXPECT_THROW(ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns + 32, &kernels), c10::Error);
 }
 
 }  // namespace

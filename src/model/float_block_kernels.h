@@ -1,0 +1,41 @@
+// Matrix products of float32 activations with weights kept in GGUF block types (Q4_0, Q4_1, Q8_0), with
+// no rounding of the activations: each block's integers become floats and multiply in float32, so a
+// product equals "dequantise, then at::linear" up to float32 summation order. That keeps greedy decoding
+// where the fp32 path goes (docs/quantized.md) while reading the weights' 4.5-8.5 bits per value instead
+// of 32. Written with Google Highway: one copy of each kernel per instruction set (SSE4, AVX2, AVX-512,
+// ...), the best the CPU has chosen at run time, or the one CARTRIDGE_CPU_ISA caps it at.
+//
+// A row of blocks times x, for a block of 32 values with scale d (and minimum m, or offset -8):
+//   Q8_0: d * sum(q_i x_i)                 q_i int8
+//   Q4_0: d * (sum(q_i x_i) - 8 sum(x_i))   q_i in 0..15
+//   Q4_1: d * sum(q_i x_i) + m * sum(x_i)   q_i in 0..15
+// with sum(x_i) per block computed once per token for every row.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cartridge::float_block_kernels {
+
+// Whether weights of GGUF type number `ggml_type` multiply here.
+bool supports(uint32_t ggml_type);
+
+// output [tokens, rows] float32 = input [tokens, columns] float32 · weight^T, weight being `rows` rows of
+// `columns` values in `ggml_type` blocks, row after row. Parallel over rows (libtorch's threads).
+void multiply(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t columns, const float* input,
+              int64_t tokens, float* output);
+
+// `rows` rows of `ggml_type` blocks -> float32 [rows, columns]: d q (+ m) per value in float32, as ggml and
+// the gguf package dequantise (with an FMA where the target has one: equal up to the last bit of d q + m).
+void dequantize(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t columns, float* output);
+
+// The instruction sets compiled in that this CPU runs, best first ("AVX2", "SSE4", ...), and the one
+// multiply() uses now.
+std::vector<std::string> runnable_targets();
+std::string current_target();
+// Makes multiply() use `target` (one of runnable_targets()) or, with "", the best again. For tests; not
+// thread-safe against concurrent multiply() calls.
+void use_target(const std::string& target);
+
+}  // namespace cartridge::float_block_kernels
