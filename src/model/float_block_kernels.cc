@@ -6,7 +6,7 @@
 
 #include <hwy/highway.h>
 
-#include "io/half.h"
+#include <vector>
 
 // Block layouts (ggml-common.h; docs/quantized.md): every block holds 32 values.
 #ifndef CARTRIDGE_FLOAT_BLOCK_LAYOUTS
@@ -28,6 +28,16 @@ namespace cartridge::float_block_kernels {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// The half at `bytes` broadcast to every float lane: one broadcast and one conversion instruction where the
+// CPU converts halves (F16C), no scalar bit manipulation per block.
+template <class DF>
+HWY_INLINE hn::Vec<DF> BroadcastHalf(DF df, const uint8_t* bytes) {
+  const hn::Rebind<uint16_t, DF> du16;
+  const hn::Rebind<hwy::float16_t, DF> df16;
+  const uint16_t bits = static_cast<uint16_t>(bytes[0] | (bytes[1] << 8));
+  return hn::PromoteTo(df, hn::BitCast(df16, hn::Set(du16, bits)));
+}
+
 // sum over the blocks of d * sum(q_i x_i) for one row of Q4_0 or Q4_1 blocks (the -8 offset or the minimum
 // is added by the caller from the block sums of x).
 template <bool kHasMinimum>
@@ -38,12 +48,15 @@ HWY_INLINE float DotNibbleRow(const uint8_t* row, const float* x, const float* b
   const size_t lanes = hn::Lanes(df);
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
   auto total = hn::Zero(df);
-  float offsets = 0.0f;  // sum over blocks of m * sum(x) (Q4_1) or -8 d * sum(x) (Q4_0)
+  // sum over blocks of m * sum(x) (Q4_1) or -8 d * sum(x) (Q4_0), in every lane
+  auto offsets = hn::Zero(df);
+  const auto minus_eight = hn::Set(df, -8.0f);
   const int64_t stride = kHasMinimum ? 20 : 18;
   for (int64_t block = 0; block < blocks; ++block) {
     const uint8_t* bytes = row + block * stride;
-    const float scale = load_half(bytes);
-    offsets += (kHasMinimum ? load_half(bytes + 2) : -8.0f * scale) * block_sums[block];
+    const auto scale = BroadcastHalf(df, bytes);
+    const auto offset = kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(minus_eight, scale);
+    offsets = hn::MulAdd(offset, hn::Set(df, block_sums[block]), offsets);
     const uint8_t* nibbles = bytes + (kHasMinimum ? 4 : 2);
     const float* values = x + block * kBlockValues;
     auto block_total = hn::Zero(df);
@@ -54,9 +67,9 @@ HWY_INLINE float DotNibbleRow(const uint8_t* row, const float* x, const float* b
       block_total = hn::MulAdd(low, hn::LoadU(df, values + i), block_total);
       block_total = hn::MulAdd(high, hn::LoadU(df, values + kHalfBlock + i), block_total);
     }
-    total = hn::MulAdd(hn::Set(df, scale), block_total, total);
+    total = hn::MulAdd(scale, block_total, total);
   }
-  return hn::GetLane(hn::SumOfLanes(df, total)) + offsets;
+  return hn::GetLane(hn::SumOfLanes(df, total)) + hn::GetLane(offsets);
 }
 
 HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) {
@@ -74,7 +87,7 @@ HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) 
       const auto q = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(di8, quants + i)));
       block_total = hn::MulAdd(q, hn::LoadU(df, values + i), block_total);
     }
-    total = hn::MulAdd(hn::Set(df, load_half(bytes)), block_total, total);
+    total = hn::MulAdd(BroadcastHalf(df, bytes), block_total, total);
   }
   return hn::GetLane(hn::SumOfLanes(df, total));
 }
@@ -95,7 +108,7 @@ void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64
     for (int64_t block = 0; block < blocks; ++block) {
       const uint8_t* bytes = weight + (row * blocks + block) * stride;
       float* values = output + row * columns + block * kBlockValues;
-      const auto scale = hn::Set(df, load_half(bytes));
+      const auto scale = BroadcastHalf(df, bytes);
       if (type == kTypeQ8_0) {
         const int8_t* quants = reinterpret_cast<const int8_t*>(bytes + 2);
         for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
@@ -105,7 +118,8 @@ void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64
         continue;
       }
       // Q4_0: d q - 8 d; Q4_1: d q + m.
-      const auto offset = hn::Set(df, type == kTypeQ4_1 ? load_half(bytes + 2) : -8.0f * load_half(bytes));
+      const auto offset =
+          type == kTypeQ4_1 ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, -8.0f), scale);
       const uint8_t* nibbles = bytes + (type == kTypeQ4_1 ? 4 : 2);
       for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += lanes) {
         const auto packed = hn::LoadU(du8, nibbles + i);
@@ -118,28 +132,48 @@ void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64
   }
 }
 
+// sum(a_i b_i) over `count` floats (a multiple of the lanes), four accumulators deep.
+HWY_INLINE float DotFloats(const float* a, const float* b, int64_t count) {
+  const hn::ScalableTag<float> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  auto sum0 = hn::Zero(df), sum1 = hn::Zero(df), sum2 = hn::Zero(df), sum3 = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + 4 * lanes <= count; i += 4 * lanes) {
+    sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
+    sum1 = hn::MulAdd(hn::LoadU(df, a + i + lanes), hn::LoadU(df, b + i + lanes), sum1);
+    sum2 = hn::MulAdd(hn::LoadU(df, a + i + 2 * lanes), hn::LoadU(df, b + i + 2 * lanes), sum2);
+    sum3 = hn::MulAdd(hn::LoadU(df, a + i + 3 * lanes), hn::LoadU(df, b + i + 3 * lanes), sum3);
+  }
+  for (; i < count; i += lanes) sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(sum0, sum1), hn::Add(sum2, sum3))));
+}
+
 // output[token * rows + row] for row in [row_begin, row_end) and every token. block_sums [tokens, blocks]:
-// sum(x) per block (Q4_0, Q4_1). Rows in tiles of 16 so a tile's weights stay in L1 across the tokens.
+// sum(x) per block (Q4_0, Q4_1).
 void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t columns, const float* input,
                   const float* block_sums, int64_t tokens, int64_t row_begin, int64_t row_end,
                   float* output) {
   const int64_t blocks = columns / kBlockValues;
   const int64_t row_bytes = blocks * block_bytes(type);
-  constexpr int64_t kRowsPerTile = 16;
-  for (int64_t tile = row_begin; tile < row_end; tile += kRowsPerTile) {
-    const int64_t tile_end = tile + kRowsPerTile < row_end ? tile + kRowsPerTile : row_end;
-    for (int64_t token = 0; token < tokens; ++token) {
-      const float* x = input + token * columns;
-      const float* sums = block_sums + token * blocks;
-      float* y = output + token * rows;
-      for (int64_t row = tile; row < tile_end; ++row) {
-        const uint8_t* blocks_of_row = weight + row * row_bytes;
-        switch (type) {
-          case kTypeQ4_0: y[row] = DotNibbleRow<false>(blocks_of_row, x, sums, blocks); break;
-          case kTypeQ4_1: y[row] = DotNibbleRow<true>(blocks_of_row, x, sums, blocks); break;
-          default: y[row] = DotQ8_0Row(blocks_of_row, x, blocks); break;
-        }
+  if (tokens == 1) {
+    // One token: the blocks' integers meet x straight from the weight bytes, which are read once anyway.
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const uint8_t* blocks_of_row = weight + row * row_bytes;
+      switch (type) {
+        case kTypeQ4_0: output[row] = DotNibbleRow<false>(blocks_of_row, input, block_sums, blocks); break;
+        case kTypeQ4_1: output[row] = DotNibbleRow<true>(blocks_of_row, input, block_sums, blocks); break;
+        default: output[row] = DotQ8_0Row(blocks_of_row, input, blocks); break;
       }
+    }
+    return;
+  }
+  // Several tokens: each row is dequantised once into a buffer that stays in L1, then every token's dot
+  // product with it is plain float32 (the integer conversions are not repeated per token).
+  std::vector<float> row_values(static_cast<size_t>(columns));  // [columns]
+  for (int64_t row = row_begin; row < row_end; ++row) {
+    DequantizeRows(type, weight + row * row_bytes, columns, 0, 1, row_values.data());
+    for (int64_t token = 0; token < tokens; ++token) {
+      output[token * rows + row] = DotFloats(row_values.data(), input + token * columns, columns);
     }
   }
 }
@@ -200,7 +234,7 @@ void multiply(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t c
   apply_environment_cap();
   const int64_t blocks = columns / kBlockValues;
   std::vector<float> block_sums(static_cast<size_t>(tokens * blocks), 0.0f);  // [tokens, blocks]
-  if (ggml_type != kTypeQ8_0) {
+  if (ggml_type != kTypeQ8_0 && tokens == 1) {  // only the one-token kernels use them
     for (int64_t token = 0; token < tokens; ++token) {
       for (int64_t block = 0; block < blocks; ++block) {
         const float* values = input + token * columns + block * kBlockValues;

@@ -9,7 +9,8 @@
 //   Q8_0: d * sum(q_i x_i)                 q_i int8
 //   Q4_0: d * (sum(q_i x_i) - 8 sum(x_i))   q_i in 0..15
 //   Q4_1: d * sum(q_i x_i) + m * sum(x_i)   q_i in 0..15
-// with sum(x_i) per block computed once per token for every row.
+// with sum(x_i) per block computed once for all rows. With several tokens, each row is instead dequantised
+// once into a buffer in L1 and every token's product with it is a float32 dot product.
 #pragma once
 
 #include <cstdint>
