@@ -7,7 +7,9 @@
 
 Rows of the table (each in its own process, so peak memory is its own):
   ours                  `cartridge synthesize`: each chunk's prompt prefilled once per group, the group's
-                        questions then answers decoded as one batch, top-20 recorded while decoding
+                        questions then answers decoded as one batch, top-20 recorded while decoding; with
+                        fp32, once with the GGUF's blocks kept as stored (`--weights stored`, the default
+                        path) and once dense (`--weights dense`, the exact reference)
   ours, per-row prefill the same with --no-shared-prefill (every row prefills its whole prompt)
   transformers, 1 row   PEFT's self-study example (examples/cartridge_self_study/synthesize.py, HF path):
                         `model.generate` one conversation at a time, question sampled at 0.6, answer greedy;
@@ -46,15 +48,16 @@ def run_with_rusage(command, env=None):
         return out.read(), usage.ru_maxrss / 1024.0  # KiB -> MiB
 
 
-def synthesis_arguments(args):
+def synthesis_arguments(args, weights="dense"):
     return ["--model", args.model, "--corpus", args.corpus, "--samples", str(args.samples), "--batch",
             str(args.batch), "--min-chunk", str(args.min_chunk), "--max-chunk", str(args.max_chunk),
             "--max-question-tokens", str(args.max_question_tokens), "--max-answer-tokens",
-            str(args.max_answer_tokens), "--dtype", args.dtype, "--device", "cpu", "--seed", "0", "--quiet", "--json"]
+            str(args.max_answer_tokens), "--dtype", args.dtype, "--weights", weights, "--device", "cpu", "--seed", "0",
+            "--quiet", "--json"]
 
 
-def run_ours(args, folder, shared):
-    command = [args.bin, "synthesize", *synthesis_arguments(args), "--out", str(folder)]
+def run_ours(args, folder, shared, weights="dense"):
+    command = [args.bin, "synthesize", *synthesis_arguments(args, weights), "--out", str(folder)]
     if not shared:
         command.append("--no-shared-prefill")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -160,8 +163,12 @@ def main():
 
     with tempfile.TemporaryDirectory() as folder:
         folder = pathlib.Path(folder)
-        rows = [("cartridge.cpp (shared chunk prefill)", run_ours(args, folder / "shared", True)),
-                ("cartridge.cpp (per-row prefill)", run_ours(args, folder / "per_row", False))]
+        rows = []
+        if args.dtype == "fp32":
+            rows.append(("cartridge.cpp (shared chunk prefill, blocks as stored: the default)",
+                         run_ours(args, folder / "stored", True, "stored")))
+        rows += [("cartridge.cpp (shared chunk prefill, dense)", run_ours(args, folder / "shared", True)),
+                 ("cartridge.cpp (per-row prefill, dense)", run_ours(args, folder / "per_row", False))]
         dataset = folder / "shared" / "dataset.jsonl"
         rows.append(("transformers generate, 1 conversation at a time (PEFT example)",
                      run_transformers(args, dataset, 1)))
