@@ -56,7 +56,14 @@ LoadedModel load_model_from_options(const ModelOptions& options) {
                            : weights == "stored-int8" ? QuantizedWeights::kInt8Activations
                                                       : QuantizedWeights::kDequantize;
   load.show_progress = !options.quiet;
-  return load_model(options.model, load);
+  LoadedModel loaded = load_model(options.model, load);
+  if (!options.quiet && loaded.model->has_quantized_weights()) {
+    std::fprintf(stderr,
+                 "weights: the GGUF's quantised matrices kept as stored (--weights %s; --dtype fp32 "
+                 "for the exact dense path)\n",
+                 weights.c_str());
+  }
+  return loaded;
 }
 
 }  // namespace cartridge::tools
