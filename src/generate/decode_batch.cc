@@ -87,20 +87,29 @@ std::vector<RowId> DecodeBatch::add(const std::vector<const GenerationRequest*>&
     }
     cache = KvCache::with_row_prefixes(model_.config(), model_.dtype(), model_.device(), composed);
   }
-  // A batch that starts here decodes in this cache: one allocation for the whole generation. Rows that
-  // join a running batch are copied into its cache instead.
-  if (rows_.empty()) cache.reserve(longest_prompt + most_new_tokens);
+  // With copied prefixes, a batch that starts here decodes in this cache: one allocation for the whole
+  // generation. Otherwise the prefill's rows move into the row pool below.
+  if (rows_.empty() && prefix_storage_ == PrefixStorage::kCopiedPerRow)
+    cache.reserve(longest_prompt + most_new_tokens);
   const at::Tensor logits = prefill(requests, ids, cache);  // [N, 1, V]
   next_row_id_ += static_cast<RowId>(requests.size());
 
   const std::vector<int64_t> kept = sample(rows, logits.select(1, 0));
   std::vector<RowId> running;
   if (kept.empty()) return running;
-  if (kept.size() != rows.size()) {
-    cache = cache.select_rows(at::tensor(kept, at::kLong));
-    cache.drop_padding_columns();
+  if (prefix_storage_ == PrefixStorage::kShared) {
+    // Into the pool's free rows, with room for the rest of their generation; no running row moves.
+    int64_t most_left = 0;
+    for (int64_t index : kept) most_left = std::max(most_left, rows[index].decoder.tokens_left());
+    if (rows_.empty()) cache_ = KvCache::row_pool(model_.config(), model_.dtype(), model_.device());
+    cache_.add_rows(cache, kept, most_left);
+  } else {
+    if (kept.size() != rows.size()) {
+      cache = cache.select_rows(at::tensor(kept, at::kLong));
+      cache.drop_padding_columns();
+    }
+    cache_ = rows_.empty() ? std::move(cache) : KvCache::concat_rows({cache_, cache});
   }
-  cache_ = rows_.empty() ? std::move(cache) : KvCache::concat_rows({cache_, cache});
   for (int64_t index : kept) {
     running.push_back(rows[index].id);
     rows_.push_back(std::move(rows[index]));
@@ -171,6 +180,21 @@ void DecodeBatch::step() {
 void DecodeBatch::keep_rows(const std::vector<int64_t>& kept) {
   if (kept.empty()) {
     clear();
+    return;
+  }
+  if (cache_.is_row_pool()) {
+    // The pool moves its last rows into the places that free up; the rows follow the same order.
+    std::vector<bool> keep(rows_.size(), false);
+    for (int64_t index : kept) keep[index] = true;
+    std::vector<int64_t> leaving;
+    for (size_t index = 0; index < rows_.size(); ++index) {
+      if (!keep[index]) leaving.push_back(static_cast<int64_t>(index));
+    }
+    const std::vector<int64_t> order = cache_.remove_rows(leaving);
+    std::vector<Row> remaining;
+    remaining.reserve(order.size());
+    for (int64_t index : order) remaining.push_back(std::move(rows_[index]));
+    rows_ = std::move(remaining);
     return;
   }
   cache_ = cache_.select_rows(at::tensor(kept, at::kLong));

@@ -40,8 +40,12 @@ struct DecodeHooks {
 
 // How rows hold their KV prefixes.
 enum class PrefixStorage {
-  kShared,        // one copy per prefix object, read once per step by all its rows (KvCache shared prefixes)
-  kCopiedPerRow,  // each row holds its own copy in its slots (the simple path, kept as a reference)
+  // One copy per prefix object, read once per step by all its rows (KvCache shared prefixes); the rows'
+  // own tokens in a row pool, so rows joining and leaving move no other row's KV.
+  kShared,
+  // Each row holds its own copy in its slots, in a rectangular cache that rows joining or leaving copy
+  // (the simple path, kept as the reference).
+  kCopiedPerRow,
 };
 
 class DecodeBatch {
@@ -76,6 +80,8 @@ class DecodeBatch {
   RowId next_row_id() const { return next_row_id_; }  // the id the next added row will get
   // The running rows' own K and V in use (prefix copies included with kCopiedPerRow), bytes.
   int64_t kv_bytes() const { return cache_.bytes(); }
+  // The storage behind them (the row pool's rows x slots of capacity), bytes.
+  int64_t kv_capacity_bytes() const { return cache_.capacity_bytes(); }
   // The shared prefixes the running rows read, each counted once (0 with kCopiedPerRow), bytes.
   int64_t shared_prefix_bytes() const { return cache_.shared_prefix_bytes(); }
   const Counts& counts() const { return counts_; }

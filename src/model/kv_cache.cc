@@ -1,8 +1,10 @@
 #include "model/kv_cache.h"
 
 #include <algorithm>
+#include <functional>
 
 #include <ATen/ATen.h>
+#include <ATen/TensorIndexing.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
@@ -48,6 +50,48 @@ KvCache::SharedPrefix& find_or_add_shared_prefix(std::vector<KvCache::SharedPref
   }
   entries.push_back(KvCache::SharedPrefix{prefix, occurrence, {}, {}});
   return entries.back();
+}
+
+// The entries of `entries` for the rows that remain, each row r now at new_place[r] (-1 = gone); entries
+// left without rows are dropped.
+std::vector<KvCache::SharedPrefix> renumbered_shared_prefixes(
+    const std::vector<KvCache::SharedPrefix>& entries, const std::vector<int64_t>& new_place,
+    at::Device device) {
+  std::vector<KvCache::SharedPrefix> out;
+  for (const KvCache::SharedPrefix& shared : entries) {
+    KvCache::SharedPrefix kept{shared.prefix, shared.occurrence, {}, {}};
+    for (int64_t row : shared.rows) {
+      if (new_place[row] >= 0) kept.rows.push_back(new_place[row]);
+    }
+    if (kept.rows.empty()) continue;
+    std::sort(kept.rows.begin(), kept.rows.end());
+    set_row_index(kept, device);
+    out.push_back(std::move(kept));
+  }
+  return out;
+}
+
+// Each row's real tokens in token_mask [B, T], which must come first (right padding): a row pool's row
+// grows by that many slots and its padding, after them, is overwritten by the next append.
+std::vector<int64_t> leading_real_tokens(const at::Tensor& token_mask) {
+  const at::Tensor mask = token_mask.to(at::kCPU).to(at::kBool).contiguous();  // [B, T]
+  const int64_t new_tokens = mask.size(1);
+  std::vector<int64_t> counts(mask.size(0));
+  for (int64_t row = 0; row < mask.size(0); ++row) {
+    const bool* real = mask.data_ptr<bool>() + row * new_tokens;
+    counts[row] = std::find(real, real + new_tokens, false) - real;
+    TORCH_CHECK(std::find(real + counts[row], real + new_tokens, true) == real + new_tokens, "row ", row,
+                " of a row pool's input has padding before a real token (a row pool takes right-padded "
+                "tokens)");
+  }
+  return counts;
+}
+
+// Capacity for `needed` when `current` is too small: exactly `needed` the first time (a batch of one
+// that never grows holds no spare row), then at least double.
+int64_t doubled_capacity(int64_t current, int64_t needed) {
+  if (current >= needed) return current;
+  return current == 0 ? needed : std::max(needed, 2 * current);
 }
 
 }  // namespace
@@ -104,7 +148,7 @@ const at::Tensor& KvCache::values(int64_t layer) const {
 }
 
 bool KvCache::requires_grad() const {
-  if (!c10::GradMode::is_enabled()) return false;
+  if (row_pool_ || !c10::GradMode::is_enabled()) return false;
   for (size_t layer = 0; layer < keys_.size(); ++layer) {
     if (keys_[layer].requires_grad() || values_[layer].requires_grad()) return true;
   }
@@ -133,9 +177,34 @@ int64_t KvCache::longest_shared_prefix() const {
 
 int64_t KvCache::bytes() const {
   int64_t total = 0;
+  if (row_pool_) {
+    int64_t slots = 0;  // real slots of all rows
+    for (int64_t length : row_lengths_) slots += length;
+    for (size_t layer = 0; layer < pool_keys_.size(); ++layer) {
+      const at::Tensor& storage = pool_keys_[layer];  // [R, H_kv, C, D]; values the same
+      total += 2 * slots * storage.size(1) * storage.size(3) * storage.element_size();
+    }
+    return total;
+  }
   for (size_t layer = 0; layer < keys_.size(); ++layer) {
     total += keys_[layer].numel() * keys_[layer].element_size() +
              values_[layer].numel() * values_[layer].element_size();
+  }
+  return total;
+}
+
+int64_t KvCache::capacity_bytes() const {
+  int64_t total = 0;
+  auto tensor_bytes = [](const at::Tensor& tensor) { return tensor.numel() * tensor.element_size(); };
+  if (row_pool_) {
+    for (size_t layer = 0; layer < pool_keys_.size(); ++layer)
+      total += tensor_bytes(pool_keys_[layer]) + tensor_bytes(pool_values_[layer]);
+    return total;
+  }
+  for (size_t layer = 0; layer < keys_.size(); ++layer) {
+    const GrowthBuffer* buffer = layer < growth_buffers_.size() ? growth_buffers_[layer].get() : nullptr;
+    total += buffer != nullptr ? tensor_bytes(buffer->keys) + tensor_bytes(buffer->values)
+                               : tensor_bytes(keys_[layer]) + tensor_bytes(values_[layer]);
   }
   return total;
 }
@@ -256,7 +325,16 @@ KvCache KvCache::with_shared_prefixes(
   return cache;
 }
 
+KvCache KvCache::row_pool(const ModelConfig& config, at::ScalarType dtype, at::Device device) {
+  KvCache cache = empty(config, 0, dtype, device);
+  cache.row_pool_ = true;
+  cache.pool_keys_ = cache.keys_;      // per layer [0, H_kv, 0, D] until rows join
+  cache.pool_values_ = cache.values_;  // per layer [0, H_kv, 0, D]
+  return cache;
+}
+
 KvPrefix KvCache::row_prefix(int64_t row, int64_t slots) const {
+  TORCH_CHECK(!row_pool_, "KvCache::row_prefix: not for a row pool");
   TORCH_CHECK(shared_prefixes_.empty(), "KvCache::row_prefix: not for a cache with shared prefixes");
   TORCH_CHECK(row >= 0 && row < batch_size(), "KvCache::row_prefix: row ", row, " of ", batch_size());
   TORCH_CHECK(slots >= 0 && slots <= length(), "KvCache::row_prefix: ", slots, " slots of ", length());
@@ -269,6 +347,7 @@ KvPrefix KvCache::row_prefix(int64_t row, int64_t slots) const {
 }
 
 KvCache KvCache::select_rows(const at::Tensor& row_indices) const {
+  TORCH_CHECK(!row_pool_, "KvCache::select_rows: a row pool takes rows out with remove_rows");
   KvCache out;
   const at::Tensor indices = row_indices.to(at::TensorOptions().dtype(at::kLong).device(slot_mask_.device()));
   for (size_t layer = 0; layer < keys_.size(); ++layer) {
@@ -284,16 +363,7 @@ KvCache KvCache::select_rows(const at::Tensor& row_indices) const {
     const int64_t* selected = cpu_indices.data_ptr<int64_t>();
     std::vector<int64_t> new_place(batch_size(), -1);  // old row -> new row
     for (int64_t index = 0; index < cpu_indices.numel(); ++index) new_place[selected[index]] = index;
-    for (const SharedPrefix& shared : shared_prefixes_) {
-      SharedPrefix kept{shared.prefix, shared.occurrence, {}, {}};
-      for (int64_t row : shared.rows) {
-        if (new_place[row] >= 0) kept.rows.push_back(new_place[row]);
-      }
-      if (kept.rows.empty()) continue;
-      std::sort(kept.rows.begin(), kept.rows.end());
-      set_row_index(kept, slot_mask_.device());
-      out.shared_prefixes_.push_back(std::move(kept));
-    }
+    out.shared_prefixes_ = renumbered_shared_prefixes(shared_prefixes_, new_place, slot_mask_.device());
   }
   return out;
 }
@@ -303,6 +373,7 @@ KvCache KvCache::concat_rows(const std::vector<KvCache>& caches) {
   const size_t num_layers = caches.front().keys_.size();
   int64_t longest = 0;
   for (const KvCache& cache : caches) {
+    TORCH_CHECK(!cache.row_pool_, "KvCache::concat_rows: a row pool takes rows in with add_rows");
     TORCH_CHECK(cache.keys_.size() == num_layers, "KvCache::concat_rows: caches have different layer counts");
     longest = std::max(longest, cache.length());
   }
@@ -346,7 +417,7 @@ KvCache KvCache::concat_rows(const std::vector<KvCache>& caches) {
 }
 
 void KvCache::drop_padding_columns() {
-  if (length() == 0) return;
+  if (row_pool_ || length() == 0) return;             // a row pool holds no padding
   const at::Tensor used_columns = slot_mask_.any(0);  // [S]
   if (used_columns.all().item<bool>()) return;
   const at::Tensor columns = used_columns.nonzero().squeeze(1);  // [S']
@@ -359,6 +430,15 @@ void KvCache::drop_padding_columns() {
 }
 
 KvCache KvCache::clone() const {
+  if (row_pool_) {
+    KvCache out = *this;
+    for (size_t layer = 0; layer < pool_keys_.size(); ++layer) {
+      out.pool_keys_[layer] = pool_keys_[layer].clone();
+      out.pool_values_[layer] = pool_values_[layer].clone();
+    }
+    out.refresh_pool_views(length());
+    return out;
+  }
   KvCache out;
   for (size_t layer = 0; layer < keys_.size(); ++layer) {
     out.keys_.push_back(keys_[layer].detach().clone());
@@ -391,6 +471,10 @@ void KvCache::regrow(int64_t layer, int64_t capacity) {
 }
 
 void KvCache::reserve(int64_t slots) {
+  if (row_pool_) {
+    grow_pool(batch_size(), length() + slots);
+    return;
+  }
   if (requires_grad()) return;
   growth_buffers_.resize(keys_.size());
   for (size_t layer = 0; layer < keys_.size(); ++layer) {
@@ -408,6 +492,10 @@ void KvCache::reserve(int64_t slots) {
 
 void KvCache::append(int64_t layer, const at::Tensor& new_keys, const at::Tensor& new_values) {
   TORCH_CHECK(layer >= 0 && layer < num_layers(), "KvCache::append: layer ", layer, " out of range");
+  if (row_pool_) {
+    append_to_pool(layer, new_keys, new_values);
+    return;
+  }
   at::Tensor& current_keys = keys_[layer];
   at::Tensor& current_values = values_[layer];
   if (growth_buffers_.size() != keys_.size()) growth_buffers_.resize(keys_.size());
@@ -450,8 +538,239 @@ void KvCache::commit_tokens(const at::Tensor& token_mask, const at::Tensor& next
                 " holds ", keys_[layer].size(2), " slots, expected ", length() + new_slots,
                 " (append every layer first)");
   }
+  if (row_pool_) {
+    commit_to_pool(token_mask, next_positions);
+    return;
+  }
   slot_mask_ = at::cat({slot_mask_.to(token_mask.device()), token_mask.to(at::kBool)}, 1);
   next_positions_ = next_positions;
+}
+
+// ---- the row pool -----------------------------------------------------------------------------------
+
+bool KvCache::pool_lengths_equal() const {
+  return std::adjacent_find(row_lengths_.begin(), row_lengths_.end(), std::not_equal_to<>()) ==
+         row_lengths_.end();
+}
+
+void KvCache::refresh_pool_views(int64_t slots) {
+  const int64_t batch = static_cast<int64_t>(row_lengths_.size());
+  for (size_t layer = 0; layer < pool_keys_.size(); ++layer) {
+    keys_[layer] = pool_keys_[layer].narrow(0, 0, batch).narrow(2, 0, slots);      // [B, H_kv, S, D]
+    values_[layer] = pool_values_[layer].narrow(0, 0, batch).narrow(2, 0, slots);  // [B, H_kv, S, D]
+  }
+  const at::Device device = next_positions_.device();
+  const auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
+  const at::Tensor lengths = at::tensor(row_lengths_, at::kLong).to(device);         // [B]
+  slot_mask_ = at::arange(slots, long_options).unsqueeze(0) < lengths.unsqueeze(1);  // [B, S]
+}
+
+void KvCache::grow_pool(int64_t rows, int64_t slots) {
+  if (pool_keys_.empty()) return;
+  const int64_t have_rows = pool_keys_.front().size(0);
+  const int64_t have_slots = pool_keys_.front().size(2);
+  if (have_rows >= rows && have_slots >= slots) return;
+  const int64_t new_rows = doubled_capacity(have_rows, rows);
+  const int64_t new_slots = doubled_capacity(have_slots, slots);
+  const int64_t batch = batch_size();
+  const int64_t used = length();  // no layer holds this forward's tokens yet when the first one grows it
+  for (size_t layer = 0; layer < pool_keys_.size(); ++layer) {
+    for (std::vector<at::Tensor>* storage : {&pool_keys_, &pool_values_}) {
+      const at::Tensor& old_storage = (*storage)[layer];  // [R, H_kv, C, D]
+      // Zeros, not uninitialised memory: slots past a row's length are masked, but a masked score is
+      // added to -inf, and a NaN that happened to be there would survive that (NaN + -inf = NaN).
+      at::Tensor fresh =
+          at::zeros({new_rows, old_storage.size(1), new_slots, old_storage.size(3)}, old_storage.options());
+      if (batch > 0 && used > 0) {
+        fresh.narrow(0, 0, batch)
+            .narrow(2, 0, used)
+            .copy_(old_storage.narrow(0, 0, batch).narrow(2, 0, used));
+      }
+      (*storage)[layer] = std::move(fresh);
+    }
+  }
+  refresh_pool_views(used);
+}
+
+void KvCache::add_rows(const KvCache& joining, const std::vector<int64_t>& rows, int64_t room) {
+  TORCH_CHECK(row_pool_, "KvCache::add_rows: only a row pool takes rows in this way (concat_rows)");
+  TORCH_CHECK(!joining.row_pool_ && joining.num_layers() == num_layers(), "KvCache::add_rows: the joining ",
+              "cache must be rectangular with ", num_layers(), " layers, it has ", joining.num_layers());
+  if (rows.empty()) return;
+  const at::Device device = next_positions_.device();
+  const at::Tensor& first_keys = joining.keys_.front();
+  const at::Tensor& storage = pool_keys_.front();
+  TORCH_CHECK(first_keys.scalar_type() == storage.scalar_type() && first_keys.device() == storage.device() &&
+                  first_keys.size(1) == storage.size(1) && first_keys.size(3) == storage.size(3),
+              "KvCache::add_rows: joining keys ", first_keys.sizes(), " ", first_keys.scalar_type(), " on ",
+              first_keys.device(), ", the pool's ", storage.sizes(), " ", storage.scalar_type(), " on ",
+              storage.device());
+
+  // Each joining row's real slots; usually a leading run (a right-padded prefill after no padding).
+  const at::Tensor joining_mask = joining.slot_mask_.to(at::kCPU).contiguous();  // [B_j, S_j] bool
+  const int64_t joining_slots = joining_mask.size(1);
+  std::vector<std::vector<int64_t>> real_columns;  // per added row
+  bool all_leading = true;
+  int64_t longest = 0;
+  for (int64_t source : rows) {
+    TORCH_CHECK(source >= 0 && source < joining.batch_size(), "KvCache::add_rows: row ", source, " of ",
+                joining.batch_size());
+    const bool* valid = joining_mask.data_ptr<bool>() + source * joining_slots;
+    std::vector<int64_t> columns;
+    for (int64_t column = 0; column < joining_slots; ++column) {
+      if (valid[column]) columns.push_back(column);
+    }
+    all_leading =
+        all_leading && (columns.empty() || columns.back() + 1 == static_cast<int64_t>(columns.size()));
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(columns.size()));
+    real_columns.push_back(std::move(columns));
+  }
+
+  const int64_t batch = batch_size();
+  const int64_t added = static_cast<int64_t>(rows.size());
+  grow_pool(batch + added, std::max(length(), longest + room));
+  const at::Tensor source_rows = at::tensor(rows, at::kLong).to(device);  // [n]
+  for (int64_t layer = 0; layer < num_layers(); ++layer) {
+    for (const auto& [storage_of, joining_of] :
+         {std::pair{&pool_keys_, &joining.keys_}, std::pair{&pool_values_, &joining.values_}}) {
+      at::Tensor& target = (*storage_of)[layer];        // [R, H_kv, C, D]
+      const at::Tensor& source = (*joining_of)[layer];  // [B_j, H_kv, S_j, D]
+      if (all_leading) {
+        // One copy for all rows: each row's first `longest` slots (past a row's length they are padding,
+        // which the row's length leaves out and its appends overwrite).
+        target.narrow(0, batch, added)
+            .narrow(2, 0, longest)
+            .copy_(source.index_select(0, source_rows).narrow(2, 0, longest));
+        continue;
+      }
+      for (int64_t index = 0; index < added; ++index) {
+        const std::vector<int64_t>& columns = real_columns[index];
+        if (columns.empty()) continue;
+        const at::Tensor column_index = at::tensor(columns, at::kLong).to(device);
+        target[batch + index]
+            .narrow(1, 0, static_cast<int64_t>(columns.size()))
+            .copy_(source[rows[index]].index_select(1, column_index));
+      }
+    }
+  }
+  for (const std::vector<int64_t>& columns : real_columns)
+    row_lengths_.push_back(static_cast<int64_t>(columns.size()));
+  next_positions_ =
+      at::cat({next_positions_, joining.next_positions_.to(device).index_select(0, source_rows)});
+
+  // The shared prefixes the joining rows read, with those rows at their new places.
+  std::vector<int64_t> new_place(joining.batch_size(), -1);
+  for (int64_t index = 0; index < added; ++index) new_place[rows[index]] = batch + index;
+  for (const SharedPrefix& shared : renumbered_shared_prefixes(joining.shared_prefixes_, new_place, device)) {
+    SharedPrefix& entry = find_or_add_shared_prefix(shared_prefixes_, shared.prefix, shared.occurrence);
+    entry.rows.insert(entry.rows.end(), shared.rows.begin(), shared.rows.end());
+    set_row_index(entry, device);  // the joining rows come after every row the entry had
+  }
+  write_rows_ = write_columns_ = at::Tensor();
+  refresh_pool_views(*std::max_element(row_lengths_.begin(), row_lengths_.end()));
+}
+
+std::vector<int64_t> KvCache::remove_rows(const std::vector<int64_t>& rows) {
+  TORCH_CHECK(row_pool_, "KvCache::remove_rows: only a row pool drops rows in this way (select_rows)");
+  const int64_t batch = batch_size();
+  std::vector<bool> removed(batch, false);
+  for (int64_t row : rows) {
+    TORCH_CHECK(row >= 0 && row < batch && !removed[row], "KvCache::remove_rows: row ", row,
+                " is not one of the ", batch, " rows, or is named twice");
+    removed[row] = true;
+  }
+  const int64_t new_batch = batch - static_cast<int64_t>(rows.size());
+  std::vector<int64_t> holes, movers;  // places freed below new_batch; rows kept at or above it
+  for (int64_t row = 0; row < batch; ++row) {
+    if (row < new_batch && removed[row]) holes.push_back(row);
+    if (row >= new_batch && !removed[row]) movers.push_back(row);
+  }
+  std::vector<int64_t> order(new_batch);  // new row -> old row
+  for (int64_t row = 0; row < new_batch; ++row) order[row] = row;
+  for (size_t index = 0; index < holes.size(); ++index) order[holes[index]] = movers[index];
+
+  if (!holes.empty()) {
+    const at::Device device = next_positions_.device();
+    int64_t longest = 0;  // slots of the longest moving row
+    for (int64_t row : movers) longest = std::max(longest, row_lengths_[row]);
+    const at::Tensor hole_index = at::tensor(holes, at::kLong).to(device);    // [m]
+    const at::Tensor mover_index = at::tensor(movers, at::kLong).to(device);  // [m]
+    for (size_t layer = 0; layer < pool_keys_.size(); ++layer) {
+      for (at::Tensor* storage : {&pool_keys_[layer], &pool_values_[layer]}) {
+        at::Tensor used = storage->narrow(2, 0, longest);  // [R, H_kv, longest, D], a view
+        used.index_copy_(0, hole_index, used.index_select(0, mover_index));
+      }
+    }
+  }
+  std::vector<int64_t> lengths(new_batch);
+  std::vector<int64_t> new_place(batch, -1);  // old row -> new row
+  for (int64_t row = 0; row < new_batch; ++row) {
+    lengths[row] = row_lengths_[order[row]];
+    new_place[order[row]] = row;
+  }
+  row_lengths_ = std::move(lengths);
+  next_positions_ =
+      next_positions_.index_select(0, at::tensor(order, at::kLong).to(next_positions_.device()));
+  shared_prefixes_ = renumbered_shared_prefixes(shared_prefixes_, new_place, next_positions_.device());
+  write_rows_ = write_columns_ = at::Tensor();
+  refresh_pool_views(row_lengths_.empty() ? 0 : *std::max_element(row_lengths_.begin(), row_lengths_.end()));
+  return order;
+}
+
+AttentionMask KvCache::attention_mask_for(const at::Tensor& token_mask) const {
+  if (row_pool_) leading_real_tokens(token_mask);  // refuses left padding before the cache changes
+  // Rows of one length: the pool's slots are those of a rectangular cache without padding.
+  if (!row_pool_ || pool_lengths_equal()) return attention_mask(slot_mask_, token_mask);
+  const at::Device device = token_mask.device();
+  const auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
+  const int64_t new_tokens = token_mask.size(1);
+  const at::Tensor lengths = at::tensor(row_lengths_, at::kLong).to(device);  // [B]
+  const at::Tensor own_column =
+      lengths.unsqueeze(1) + at::arange(new_tokens, long_options).unsqueeze(0);  // [B, T]
+  const at::Tensor columns = at::arange(length() + new_tokens, long_options);    // [S + T]
+  // Query t of row b sits at column length_b + t and sees every column up to it: the row's slots, then
+  // this call's tokens before it (right-padded, so real ones; a padding query's output is never used).
+  return {(columns.view({1, 1, -1}) <= own_column.unsqueeze(2)).unsqueeze(1)};  // [B, 1, T, S + T]
+}
+
+void KvCache::append_to_pool(int64_t layer, const at::Tensor& new_keys, const at::Tensor& new_values) {
+  TORCH_CHECK(!(c10::GradMode::is_enabled() && (new_keys.requires_grad() || new_values.requires_grad())),
+              "KvCache::append: a row pool does not record autograd (use a rectangular cache)");
+  const int64_t batch = batch_size();
+  const int64_t added = new_keys.size(2);
+  const int64_t used = length();
+  grow_pool(batch, used + added);                    // at most on the first layer of a forward
+  at::Tensor& storage_keys = pool_keys_[layer];      // [R, H_kv, C, D]
+  at::Tensor& storage_values = pool_values_[layer];  // [R, H_kv, C, D]
+  if (pool_lengths_equal()) {
+    storage_keys.narrow(0, 0, batch).narrow(2, used, added).copy_(new_keys);
+    storage_values.narrow(0, 0, batch).narrow(2, used, added).copy_(new_values);
+  } else {
+    if (!write_columns_.defined() || write_columns_.size(1) != added) {
+      const at::Device device = new_keys.device();
+      const auto long_options = at::TensorOptions().dtype(at::kLong).device(device);
+      write_rows_ = at::arange(batch, long_options).unsqueeze(1);  // [B, 1]
+      write_columns_ = at::tensor(row_lengths_, at::kLong).to(device).unsqueeze(1) +
+                       at::arange(added, long_options).unsqueeze(0);  // [B, T]
+    }
+    // storage[b, :, length_b + t, :] = new[b, :, t, :]: the indexed dimensions come first, [B, T, H_kv, D].
+    using at::indexing::Slice;
+    using at::indexing::TensorIndex;
+    storage_keys.index_put_({TensorIndex(write_rows_), Slice(), TensorIndex(write_columns_)},
+                            new_keys.transpose(1, 2));
+    storage_values.index_put_({TensorIndex(write_rows_), Slice(), TensorIndex(write_columns_)},
+                              new_values.transpose(1, 2));
+  }
+  keys_[layer] = storage_keys.narrow(0, 0, batch).narrow(2, 0, used + added);      // [B, H_kv, S + T, D]
+  values_[layer] = storage_values.narrow(0, 0, batch).narrow(2, 0, used + added);  // [B, H_kv, S + T, D]
+}
+
+void KvCache::commit_to_pool(const at::Tensor& token_mask, const at::Tensor& next_positions) {
+  const std::vector<int64_t> counts = leading_real_tokens(token_mask);
+  for (size_t row = 0; row < counts.size(); ++row) row_lengths_[row] += counts[row];
+  next_positions_ = next_positions;
+  write_rows_ = write_columns_ = at::Tensor();
+  refresh_pool_views(*std::max_element(row_lengths_.begin(), row_lengths_.end()));
 }
 
 }  // namespace cartridge

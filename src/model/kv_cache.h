@@ -7,6 +7,17 @@
 // A prefix that several rows start with can instead be *shared*: held once, outside the rows' own slots,
 // and read once per step for all its rows (attention.h's shared_prefix_attention, after Hydragen). Then
 // keys(layer) holds only the rows' own slots and shared_prefixes() says which rows read which prefix.
+//
+// Two layouts of the rows' own slots:
+// - rectangular (every builder below but row_pool): all rows append at the same column, so a row shorter
+//   than the others holds padding, and taking rows out or in (select_rows, concat_rows) copies every row.
+//   Autograd flows through it (training); it is the reference the row pool is tested against.
+// - the row pool (row_pool, for decoding requests that come and go): each row keeps its own length and
+//   appends at its own column of preallocated per-layer storage, so rows of any lengths hold no padding;
+//   a joining row is written into the next free row and a leaving row's place is taken by the last row,
+//   so a request joining moves no other request's KV and one leaving moves at most one row (after
+//   llama.cpp's per-sequence cells and vLLM's block pool, without pages: attention reads each layer's
+//   rows as one tensor). Inference only.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +26,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "model/attention.h"
 #include "model/kv_prefix.h"
 #include "model/model_config.h"
 
@@ -56,6 +68,10 @@ class KvCache {
       const ModelConfig& config, at::ScalarType dtype, at::Device device,
       const std::vector<std::vector<std::shared_ptr<const KvPrefix>>>& prefixes);
 
+  // An empty row pool (no rows; storage grows as rows join). The rows' prompts must be right-padded (a
+  // row's real tokens first), which is how every batched prefill here pads; commit_tokens checks it.
+  static KvCache row_pool(const ModelConfig& config, at::ScalarType dtype, at::Device device);
+
   // A prefix held once and read by several rows; its slots come before each of those rows' own slots.
   struct SharedPrefix {
     std::shared_ptr<const KvPrefix> prefix;  // per layer [H_kv, P, D], never modified
@@ -85,8 +101,12 @@ class KvCache {
   // True when autograd records through the cache (a trainable prefix in it).
   bool requires_grad() const;
   // Bytes of the rows' own K and V in use (rows x slots x layers x heads x dims), padding included,
-  // capacity and shared prefixes excluded.
+  // capacity and shared prefixes excluded. A row pool has no padding: the sum of its rows' lengths.
   int64_t bytes() const;
+  // Bytes of the storage behind the rows' own K and V: a row pool's rows x slots of capacity, or for a
+  // rectangular cache its growth buffers (or bytes() when it has none). Shared prefixes excluded.
+  int64_t capacity_bytes() const;
+  bool is_row_pool() const { return row_pool_; }
 
   // Row `row`'s first `slots` own slots as a prefix (views, no copy). The caller checks they are real
   // slots (slot_mask); e.g. a batch-1 prefill becomes a prefix for many rows this way. Not for a cache with
@@ -109,13 +129,31 @@ class KvCache {
   // appends grow capacity by doubling anyway. No effect when autograd records the cache.
   void reserve(int64_t slots);
 
+  // ---- a row pool's rows (is_row_pool()) -------------------------------------------------------------
+  // Adds rows `rows` (distinct indices, in that order) of `joining`, a rectangular cache with the same
+  // layers, heads, dtype and device (e.g. their prefill), after the pool's rows: each row's real slots
+  // (joining.slot_mask()) are copied to the start of a free row of storage, its next position and the
+  // shared prefixes it reads come along. The storage is made to hold `room` more slots for each of them;
+  // it grows by doubling (copying the pool once) only when rows or slots run out.
+  void add_rows(const KvCache& joining, const std::vector<int64_t>& rows, int64_t room);
+  // Removes rows `rows` (distinct indices; unknown ones are an error). The last rows move into the places
+  // that free up below the new batch size; no other row moves. Returns, for each row of the new order,
+  // its index before, so that callers reorder their per-row state the same way.
+  std::vector<int64_t> remove_rows(const std::vector<int64_t>& rows);
+
   // ---- the forward pass's protocol (Model::forward) ------------------------------------------------
+  // Which slots T new tokens token_mask [B, T] (false = padding) attend to, given where append() will put
+  // them: the free function attention_mask() for a rectangular cache or a pool whose rows have one length;
+  // otherwise query t of row b sees columns [0, length_b + t] of the rows' own slots.
+  AttentionMask attention_mask_for(const at::Tensor& token_mask) const;
   // Appends one layer's new keys/values [B, H_kv, T, D] after the slots: in place in reserved capacity
   // when no autograd is involved, by concatenation otherwise (tensors saved for backward are never
-  // modified). Every layer gets the same T; then commit_tokens() records them.
+  // modified); in a row pool at each row's own length. Every layer gets the same T; then commit_tokens()
+  // records them.
   void append(int64_t layer, const at::Tensor& new_keys, const at::Tensor& new_values);
   // Records the T slots just appended to every layer: token_mask [B, T] bool says which are real, and the
-  // rows' next positions become `next_positions` [B] int64.
+  // rows' next positions become `next_positions` [B] int64. A row pool's rows grow by their real tokens
+  // (their padding, after them, is overwritten by the next append).
   void commit_tokens(const at::Tensor& token_mask, const at::Tensor& next_positions);
 
  private:
@@ -129,6 +167,15 @@ class KvCache {
   };
   // Moves layer `layer` into a fresh buffer of `capacity` slots holding its current slots.
   void regrow(int64_t layer, int64_t capacity);
+  // Row pool: moves every layer into storage of at least `rows` rows and `slots` slots (doubling), keeping
+  // the rows' slots; no effect when the storage is large enough.
+  void grow_pool(int64_t rows, int64_t slots);
+  // Row pool: keys_/values_ become views of the first B rows and `slots` slots of the storage, and
+  // slot_mask_ says which of those slots each row holds.
+  void refresh_pool_views(int64_t slots);
+  bool pool_lengths_equal() const;
+  void append_to_pool(int64_t layer, const at::Tensor& new_keys, const at::Tensor& new_values);
+  void commit_to_pool(const at::Tensor& token_mask, const at::Tensor& next_positions);
 
   std::vector<at::Tensor> keys_;                               // per layer [B, H_kv, S, D]
   std::vector<at::Tensor> values_;                             // per layer [B, H_kv, S, D]
@@ -136,6 +183,15 @@ class KvCache {
   at::Tensor next_positions_;                                  // [B] int64
   std::vector<std::shared_ptr<GrowthBuffer>> growth_buffers_;  // per layer, null when none
   std::vector<SharedPrefix> shared_prefixes_;                  // distinct prefix objects, first use first
+
+  // The row pool (row_pool_ true): keys_[l] / values_[l] are views [B, H_kv, S, D] of the storage.
+  bool row_pool_ = false;
+  std::vector<at::Tensor> pool_keys_;    // per layer [R, H_kv, C, D]: R rows, C slots of capacity
+  std::vector<at::Tensor> pool_values_;  // per layer [R, H_kv, C, D]
+  std::vector<int64_t> row_lengths_;     // [B] own slots of each row (S = the largest)
+  // Where this forward's tokens go when rows have unequal lengths: storage[write_rows_, :, write_columns_].
+  at::Tensor write_rows_;     // [B, 1] int64
+  at::Tensor write_columns_;  // [B, T] int64: length_b + t
 };
 
 }  // namespace cartridge

@@ -127,7 +127,7 @@ at::Tensor Model::forward(const at::Tensor& input_ids_in, const at::Tensor& toke
 
   LayerInputs inputs;
   std::tie(inputs.rope_cos, inputs.rope_sin) = rope_cos_sin(positions, inverse_frequencies_, dtype_);
-  inputs.mask = attention_mask(cache.slot_mask(), token_mask);  // before the cache grows
+  inputs.mask = cache.attention_mask_for(token_mask);  // before the cache grows
   static const ForwardKernels kFastKernels;
   const ForwardKernels& kernels = options.kernels != nullptr ? *options.kernels : kFastKernels;
 

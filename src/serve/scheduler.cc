@@ -200,7 +200,7 @@ void Scheduler::fail_running(const std::string& message) {
 }
 
 void Scheduler::record_stats() {
-  // Caller holds mutex_. The batch's cache counts the slots in use (padding included), not the capacity.
+  // Caller holds mutex_. kv_bytes counts the slots in use (padding included), kv_capacity_bytes the storage.
   const DecodeBatch::Counts& counts = batch_.counts();
   stats_.running = batch_.size();
   stats_.completed += finished_in_batch_;
@@ -210,6 +210,8 @@ void Scheduler::record_stats() {
   stats_.generated_tokens = counts.generated_tokens;
   stats_.kv_bytes = batch_.empty() ? 0 : batch_.kv_bytes();
   stats_.peak_kv_bytes = std::max(stats_.peak_kv_bytes, stats_.kv_bytes);
+  stats_.kv_capacity_bytes = batch_.empty() ? 0 : batch_.kv_capacity_bytes();
+  stats_.peak_kv_capacity_bytes = std::max(stats_.peak_kv_capacity_bytes, stats_.kv_capacity_bytes);
   stats_.cartridge_kv_bytes = batch_.empty() ? 0 : batch_.shared_prefix_bytes();
   stats_.peak_cartridge_kv_bytes = std::max(stats_.peak_cartridge_kv_bytes, stats_.cartridge_kv_bytes);
 }

@@ -91,6 +91,10 @@ class Scheduler {
     // largest so far.
     int64_t kv_bytes = 0;
     int64_t peak_kv_bytes = 0;
+    // The storage behind them (the row pool's rows x slots of capacity, which grows by doubling and is
+    // freed when the batch empties), bytes: now and the largest so far.
+    int64_t kv_capacity_bytes = 0;
+    int64_t peak_kv_capacity_bytes = 0;
     // The cartridge KV the running rows read, each cartridge counted once (also when composed), bytes: now
     // and the largest so far (0 with copied prefixes, where the copies count in kv_bytes).
     int64_t cartridge_kv_bytes = 0;

@@ -361,6 +361,8 @@ void Server::Impl::handle_stats(httplib::Response& response) {
                {"peak_batch", scheduler_stats.peak_batch},
                {"kv_bytes", scheduler_stats.kv_bytes},
                {"peak_kv_bytes", scheduler_stats.peak_kv_bytes},
+               {"kv_capacity_bytes", scheduler_stats.kv_capacity_bytes},
+               {"peak_kv_capacity_bytes", scheduler_stats.peak_kv_capacity_bytes},
                {"cartridge_kv_bytes", scheduler_stats.cartridge_kv_bytes},
                {"peak_cartridge_kv_bytes", scheduler_stats.peak_cartridge_kv_bytes}}},
              {"cartridges",

@@ -1,5 +1,6 @@
 // KvCache operations used by generation and serving (fork, select rows, concatenate rows, drop padding
-// columns, clone, reserve) must not change what the model computes. The reference is the same model
+// columns, clone, reserve; the row pool's rows joining and leaving) must not change what the model
+// computes. The reference is the same model
 // (the tiny Qwen3 whose forward matches transformers, model_parity_test.cc) run on an untouched cache.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -285,6 +286,106 @@ TEST_F(KvCacheTest, ASharedPrefixIsNotCopiedAndRefusesAnotherModelsLayerCount) {
   short_prefix.keys.pop_back();
   short_prefix.values.pop_back();
   EXPECT_THROW(model_->new_cache(2, &short_prefix), MismatchError);
+}
+
+// The row pool against each row alone in a rectangular cache: rows of different lengths join at different
+// times (one of them left-padded in its prefill, so its real slots are gathered), a forward of several
+// tokens with a right-padded row, a row leaving (the last one takes its place), decode steps after each.
+TEST_F(KvCacheTest, RowPoolRowsOfDifferentLengthsComputeWhatTheyComputeAlone) {
+  c10::InferenceMode inference;
+  const at::Tensor& ids = testing::get(cases_, "padded_ids");    // [3, 7]
+  const at::Tensor& mask = testing::get(cases_, "padded_mask");  // row 1 right-, row 2 left-padded
+  KvCache three = prefill(ids, mask);
+  std::vector<KvCache> alone;  // per row: its real tokens alone, no padding
+  alone.push_back(prefill(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool)));
+  alone.push_back(prefill(ids.narrow(0, 1, 1).narrow(1, 0, 5), at::ones({1, 5}, at::kBool)));
+  alone.push_back(prefill(ids.narrow(0, 2, 1).narrow(1, 3, 4), at::ones({1, 4}, at::kBool)));
+
+  KvCache pool = KvCache::row_pool(model_->config(), model_->dtype(), model_->device());
+  EXPECT_TRUE(pool.is_row_pool());
+  pool.add_rows(three, {1}, 8);     // 5 slots
+  pool.add_rows(three, {0, 2}, 8);  // 7 slots, then 4 gathered from the left-padded row
+  EXPECT_EQ(pool.batch_size(), 3);
+  EXPECT_EQ(pool.length(), 7);
+  EXPECT_TRUE(pool.next_positions().equal(tokens({5, 7, 4})));
+  EXPECT_EQ(pool.bytes(), (5 + 7 + 4) * model_->config().kv_bytes_per_token(model_->dtype()));
+  EXPECT_GE(pool.capacity_bytes(), pool.bytes());
+
+  const at::Tensor stepped = step(pool, tokens({11, 12, 13}));
+  EXPECT_LE(max_abs_diff(stepped[0], step(alone[1], tokens({11}))[0]), kTolerance);
+  EXPECT_LE(max_abs_diff(stepped[1], step(alone[0], tokens({12}))[0]), kTolerance);
+  EXPECT_LE(max_abs_diff(stepped[2], step(alone[2], tokens({13}))[0]), kTolerance);
+
+  // Three tokens at once, the first row right-padded to two: each at its own row's length.
+  const at::Tensor block = tokens({21, 22, 0, 31, 32, 33, 41, 42, 43}).view({3, 3});
+  const at::Tensor block_mask =
+      at::tensor(std::vector<uint8_t>{1, 1, 0, 1, 1, 1, 1, 1, 1}).view({3, 3}).to(at::kBool);
+  const at::Tensor logits = model_->forward(block, block_mask, pool);  // [3, 3, V]
+  const std::vector<int> source = {1, 0, 2};                           // pool row -> alone
+  for (int64_t row = 0; row < 3; ++row) {
+    const int64_t real = row == 0 ? 2 : 3;
+    const at::Tensor expected =
+        model_->forward(block[row].narrow(0, 0, real).view({1, -1}), at::ones({1, real}, at::kBool),
+                        alone[source[row]]);  // [1, real, V]
+    EXPECT_LE(max_abs_diff(logits[row].narrow(0, 0, real), expected[0]), kTolerance) << "row " << row;
+  }
+  EXPECT_TRUE(pool.next_positions().equal(tokens({8, 11, 8})));
+  EXPECT_EQ(pool.length(), 11);
+
+  // Row 0 leaves: the last row takes its place, the middle one stays.
+  EXPECT_EQ(pool.remove_rows({0}), (std::vector<int64_t>{2, 1}));
+  EXPECT_TRUE(pool.next_positions().equal(tokens({8, 11})));
+  const at::Tensor after = step(pool, tokens({51, 52}));
+  EXPECT_LE(max_abs_diff(after[0], step(alone[2], tokens({51}))[0]), kTolerance);
+  EXPECT_LE(max_abs_diff(after[1], step(alone[0], tokens({52}))[0]), kTolerance);
+  EXPECT_EQ(pool.remove_rows({0, 1}), std::vector<int64_t>{});
+  EXPECT_EQ(pool.batch_size(), 0);
+}
+
+// Joining within the pool's capacity writes only the new row; leaving moves only the last row. The
+// other rows' slots stay where they are, byte for byte.
+TEST_F(KvCacheTest, RowPoolJoiningAndLeavingMoveNoOtherRow) {
+  c10::InferenceMode inference;
+  KvCache three = prefill(testing::get(cases_, "padded_ids"), testing::get(cases_, "padded_mask"));
+  KvCache pool = KvCache::row_pool(model_->config(), model_->dtype(), model_->device());
+  pool.add_rows(three, {0, 1, 2}, 4);
+  step(pool, tokens({1, 2, 3}));
+  const void* storage = pool.keys(0).data_ptr();
+  auto row_slots = [&](int64_t row, int64_t length) {  // every layer's keys and values of a row, cloned
+    std::vector<at::Tensor> slots;
+    for (int64_t layer = 0; layer < pool.num_layers(); ++layer) {
+      slots.push_back(pool.keys(layer)[row].narrow(1, 0, length).clone());
+      slots.push_back(pool.values(layer)[row].narrow(1, 0, length).clone());
+    }
+    return slots;
+  };
+  auto same = [](const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+    for (size_t index = 0; index < a.size(); ++index) {
+      if (!a[index].equal(b[index])) return false;
+    }
+    return true;
+  };
+  const std::vector<at::Tensor> row0 = row_slots(0, 8), row2 = row_slots(2, 5);
+  EXPECT_EQ(pool.remove_rows({1}), (std::vector<int64_t>{0, 2}));
+  EXPECT_EQ(pool.keys(0).data_ptr(), storage);
+  EXPECT_TRUE(same(row_slots(0, 8), row0));
+  EXPECT_TRUE(same(row_slots(1, 5), row2));  // moved from row 2
+  pool.add_rows(three, {1}, 4);              // into the free row: nothing grows, nothing else is written
+  EXPECT_EQ(pool.keys(0).data_ptr(), storage);
+  EXPECT_TRUE(same(row_slots(0, 8), row0));
+  EXPECT_TRUE(same(row_slots(1, 5), row2));
+  EXPECT_TRUE(pool.next_positions().equal(tokens({8, 5, 5})));
+}
+
+TEST_F(KvCacheTest, RowPoolRefusesPaddingBeforeARealToken) {
+  c10::InferenceMode inference;
+  KvCache three = prefill(testing::get(cases_, "padded_ids"), testing::get(cases_, "padded_mask"));
+  KvCache pool = KvCache::row_pool(model_->config(), model_->dtype(), model_->device());
+  pool.add_rows(three, {0}, 4);
+  const at::Tensor left_padded = at::tensor(std::vector<uint8_t>{0, 1}).view({1, 2}).to(at::kBool);
+  EXPECT_THROW(model_->forward(tokens({0, 5}).view({1, 2}), left_padded, pool), c10::Error);
+  EXPECT_THROW(pool.remove_rows({1}), c10::Error);
+  EXPECT_THROW(pool.select_rows(tokens({0})), c10::Error);
 }
 
 }  // namespace

@@ -523,6 +523,9 @@ def test_requests_on_one_cartridge_hold_one_copy_of_its_kv(cartridges, tmp_path)
     assert shared["peak_cartridge_kv_bytes"] == cartridge_bytes, shared  # one copy, however many rows
     # Their own tokens only: at most 32 prompt + 32 generated slots a row (padding included).
     assert shared["peak_kv_bytes"] <= 64 * 64 * slot_bytes, shared
+    # The row pool behind them grows by doubling rows and slots, so it holds at most 4x that.
+    capacity = shared["peak_kv_capacity_bytes"]
+    assert shared["peak_kv_bytes"] <= capacity <= 4 * 64 * 64 * slot_bytes, shared
     copied = serve_all("--copy-cartridge-kv")
     assert copied["peak_cartridge_kv_bytes"] == 0, copied
     assert copied["peak_kv_bytes"] >= copied["peak_batch"] * cartridge_bytes, copied
