@@ -5,6 +5,9 @@
 # repository. Installed into .cache/ggml/<version>/ (ignored): include/, lib/libggml-base.so and one
 # lib/libggml-cpu-<variant>.so per instruction-set level (x64, sse42, sandybridge, haswell, skylakex,
 # icelake, alderlake, sapphirerapids on x86-64), of which the program loads the best this CPU runs.
+# The same source distribution gives the server its HTTP library: cpp-httplib 0.20.1 as llama.cpp vendors
+# it (header-only, MIT; include/httplib.h), which bounds the connections it holds open (Debian 12's 0.11
+# queues them without limit; docs/reliability.md).
 # Idempotent: does nothing when the stamp of this version is there. About 3 minutes on 2 cores.
 # Usage: scripts/build_ggml.sh   (prints the install folder on its last line)
 set -euo pipefail
@@ -14,7 +17,8 @@ PREFIX=$PWD/.cache/ggml/$VERSION
 STAMP="$PREFIX/installed"
 say() { printf '\033[1m[build_ggml]\033[0m %s\n' "$*" >&2; }
 
-if [ -f "$STAMP" ]; then
+HTTPLIB=vendor/cpp-httplib/httplib.h  # inside vendor/llama.cpp
+if [ -f "$STAMP" ] && [ -f "$PREFIX/include/httplib.h" ]; then
   echo "$PREFIX"
   exit 0
 fi
@@ -30,6 +34,13 @@ if [ -z "$archive" ]; then
 fi
 tar -xzf "$archive" -C "$work" "llama_cpp_python-$VERSION/vendor/llama.cpp"
 source_dir="$work/llama_cpp_python-$VERSION/vendor/llama.cpp"
+if [ -f "$STAMP" ]; then  # ggml installed before the HTTP library came from here too: add just that
+  cp "$source_dir/$HTTPLIB" "$PREFIX/include/httplib.h.part"
+  mv "$PREFIX/include/httplib.h.part" "$PREFIX/include/httplib.h"
+  say "added cpp-httplib to $PREFIX"
+  echo "$PREFIX"
+  exit 0
+fi
 
 # GGML_BACKEND_DL with every CPU variant: each instruction-set level is its own shared library exporting
 # the same symbols, so one program can load the one it wants (CARTRIDGE_CPU_ISA caps it, and the tests
@@ -53,7 +64,7 @@ rm -rf "$PREFIX.part"
 mkdir -p "$PREFIX.part/lib" "$PREFIX.part/include"
 cp "$work/build/bin"/libggml-base.so "$work/build/bin"/libggml-cpu-*.so "$PREFIX.part/lib/"
 cp "$source_dir/ggml/include"/ggml.h "$source_dir/ggml/include"/ggml-cpu.h "$source_dir/ggml/include"/ggml-backend.h \
-  "$source_dir/ggml/include"/ggml-alloc.h "$PREFIX.part/include/"
+  "$source_dir/ggml/include"/ggml-alloc.h "$source_dir/$HTTPLIB" "$PREFIX.part/include/"
 cp "$source_dir/LICENSE" "$PREFIX.part/LICENSE"
 echo "llama-cpp-python==$VERSION ggml, variants: ${variants[*]}" >"$PREFIX.part/installed"
 rm -rf "$PREFIX" && mv "$PREFIX.part" "$PREFIX"

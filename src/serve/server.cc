@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <limits>
 #include <random>
+#include <string_view>
 
 #include "cartridge/adapter_config.h"
 #include "cartridge/adapter_io.h"
@@ -19,6 +20,10 @@
 
 namespace cartridge {
 namespace {
+
+// The cpp-httplib that scripts/build_ggml.sh installs, not Debian's 0.11 at /usr/include (whose thread
+// pool cannot refuse a connection, so the bound on open connections would silently not hold).
+static_assert(std::string_view(CPPHTTPLIB_VERSION) == "0.20.1", "build with scripts/build.sh's cpp-httplib");
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
@@ -101,6 +106,8 @@ struct StreamState {
 };
 
 constexpr std::chrono::milliseconds kKeepAliveInterval{2000};  // SSE comment when nothing else was sent
+// The whole request body must arrive within this (a slow client gets 408 and the connection is closed).
+constexpr std::chrono::seconds kBodyDeadline{30};
 
 }  // namespace
 
@@ -199,20 +206,34 @@ std::string Server::Impl::read_body(const httplib::Request& request, const httpl
         "the request body is larger than this server's limit of " + std::to_string(limit) + " bytes");
   };
   if (request.has_header("Content-Length") &&
-      request.get_header_value<uint64_t>("Content-Length") > static_cast<uint64_t>(limit)) {
+      request.get_header_value_u64("Content-Length") > static_cast<uint64_t>(limit)) {
     throw too_large();
   }
   std::string body;
   bool over = false;
+  bool late = false;
+  const Clock::time_point deadline = Clock::now() + kBodyDeadline;
   const bool complete = reader([&](const char* data, size_t length) {
     if (body.size() + length > limit) {
       over = true;
       return false;  // stop reading
     }
+    // Each read waits at most the read timeout, but a body trickled a byte at a time would hold this
+    // connection's thread for as long as the client likes without a deadline for the whole body.
+    if (Clock::now() > deadline) {
+      late = true;
+      return false;
+    }
     body.append(data, length);
     return true;
   });
   if (over) throw too_large();
+  if (late) {
+    response.set_header("Connection", "close");
+    throw ApiError(
+        408, "invalid_request_error", "request_timeout",
+        "the request body did not arrive within " + std::to_string(kBodyDeadline.count()) + " seconds");
+  }
   if (!complete) {
     response.set_header("Connection", "close");
     throw ApiError(400, "invalid_request_error", "invalid_request", "the request body could not be read");
@@ -400,8 +421,8 @@ void Server::Impl::register_routes() {
            }));
   http.Get("/v1/stats",
            guarded([this](const httplib::Request&, httplib::Response& response) { handle_stats(response); }));
-  // The generation endpoints read their own body: cpp-httplib 0.11 holds set_payload_max_length against a
-  // Content-Length body only, so a chunked one would otherwise be read whole, whatever its size.
+  // The generation endpoints read their own body, to hold the size limit and a deadline however it is
+  // sent (Content-Length or chunked).
   for (const auto& [path, endpoint] : {std::pair{"/v1/completions", Endpoint::kCompletions},
                                        std::pair{"/v1/chat/completions", Endpoint::kChatCompletions}}) {
     const Endpoint chosen = endpoint;
@@ -515,6 +536,12 @@ Server::Server(LoadedModel model, ServerOptions options) : impl_(std::make_uniqu
   if (impl.options.max_batch < 1) throw InvalidArgumentError("--max-batch must be >= 1");
   if (impl.options.max_concurrent_requests < 1)
     throw InvalidArgumentError("--max-concurrent-requests must be >= 1");
+  if (impl.options.max_connections <= impl.options.max_concurrent_requests) {
+    throw InvalidArgumentError("--max-connections (" + std::to_string(impl.options.max_connections) +
+                               ") must be more than --max-concurrent-requests (" +
+                               std::to_string(impl.options.max_concurrent_requests) +
+                               "), so that /health and errors can be answered while every request streams");
+  }
   if (impl.options.max_body_bytes < 1) throw InvalidArgumentError("--max-body-bytes must be >= 1");
   if (impl.options.max_tokens_limit < 1) throw InvalidArgumentError("--max-tokens-limit must be >= 1");
   impl.limits.base_model_id =
@@ -530,12 +557,17 @@ Server::Server(LoadedModel model, ServerOptions options) : impl_(std::make_uniqu
       impl.options.share_cartridge_kv ? PrefixStorage::kShared : PrefixStorage::kCopiedPerRow;
   impl.scheduler = std::make_unique<Scheduler>(impl.model.model, impl.model.tokenizer, scheduler_options);
 
-  // A worker thread per connection being served: streamed requests hold theirs until they end, and idle
-  // keep-alive connections hold one until they time out, so give room beyond the request limit.
-  const size_t threads = static_cast<size_t>(impl.options.max_concurrent_requests) + 8;
-  impl.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // A thread per connection being served (cpp-httplib reads a request on the thread that serves it):
+  // streamed requests hold theirs until they end, idle keep-alive connections until they time out, and a
+  // client that sends its request slowly only its own. As many connections wait for a thread; cpp-httplib
+  // closes any beyond that at once, so slow or idle clients cannot make the process hold connections
+  // without bound.
+  const size_t connections = static_cast<size_t>(impl.options.max_connections);
+  impl.http.new_task_queue = [connections] { return new httplib::ThreadPool(connections, connections); };
   impl.http.set_payload_max_length(static_cast<size_t>(impl.options.max_body_bytes));
-  impl.http.set_keep_alive_timeout(5);  // seconds
+  impl.http.set_keep_alive_timeout(5);  // seconds idle between requests on one connection
+  impl.http.set_read_timeout(5);        // seconds for any one read of a request (then the connection closes)
+  impl.http.set_write_timeout(5);       // seconds for any one write of a response
   impl.register_routes();
 }
 

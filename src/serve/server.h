@@ -31,6 +31,11 @@ struct ServerOptions {
   int64_t max_body_bytes = int64_t{4} << 20;        // largest request body, bytes
   int64_t max_tokens_limit = 2048;                  // largest max_tokens a request may ask for
   int64_t max_concurrent_requests = 64;             // generation requests in flight; more get 429
+  // Connections served at once, each on a thread of its own while it is open (reading its request,
+  // generating, or idle between keep-alive requests), so that clients that send slowly hold only their
+  // own; as many more wait for a thread, and connections beyond those are closed at once. Must exceed
+  // max_concurrent_requests, so that /health answers while every request streams.
+  int64_t max_connections = 256;
   // Rows that use the same cartridge read one copy of its KV (false: each row copies it, the old path).
   bool share_cartridge_kv = true;
   bool log_requests = true;  // one line per request on stderr

@@ -144,6 +144,13 @@ void add_serve_command(CLI::App& app) {
                    "Generation requests served at once; more are answered 429")
       ->capture_default_str()
       ->check(kPositive);
+  command
+      ->add_option("--max-connections", options->server.max_connections,
+                   "Connections served at once, a thread each (a client sending slowly holds only its own); "
+                   "as many more wait, and any beyond are closed at once. Must exceed "
+                   "--max-concurrent-requests")
+      ->capture_default_str()
+      ->check(kPositive);
   command->add_flag(
       "--no-request-log", [options](int64_t) { options->server.log_requests = false; },
       "Do not log one line per request on stderr");

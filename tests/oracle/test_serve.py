@@ -422,6 +422,87 @@ def test_a_chunked_body_past_the_limit_gets_413_without_being_read(server):
     assert_healthy(server)
 
 
+def test_slow_clients_do_not_starve_the_others(server):
+    """150 connections that each send one header byte every 2 s stay open for 20 s. Meanwhile /health and a
+    4-token completion each answer within 10 s: a connection is served on a thread of its own (up to
+    --max-connections, 256 by default), so the slow ones hold only theirs."""
+    import socket
+    import threading
+
+    stop = threading.Event()
+    sockets = []
+
+    def trickle():
+        connection = socket.create_connection(("127.0.0.1", server["port"]), timeout=30)
+        sockets.append(connection)
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            if stop.is_set():
+                break
+            connection.send(bytes([byte]))
+            stop.wait(2.0)
+
+    threads = [threading.Thread(target=trickle, daemon=True) for _ in range(150)]
+    started = time.time()
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(2)  # every slow connection is open and has sent its first bytes
+        assert len(sockets) == 150
+        before = time.time()
+        connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=10)
+        connection.request("GET", "/health")
+        assert connection.getresponse().status == 200
+        connection.close()
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{server['port']}/v1", api_key="unused", timeout=10,
+                            max_retries=0)
+        completion = api.completions.create(model=BASE_ID, prompt="Hello", max_tokens=4)
+        assert completion.usage.completion_tokens >= 1
+        assert time.time() - before < 20, "answered only after the slow connections closed"
+        time.sleep(max(0.0, 20 - (time.time() - started)))  # the slow connections stay open 20 s in all
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        for connection in sockets:
+            connection.close()
+    assert_healthy(server)
+
+
+def test_connections_beyond_the_bound_are_closed_at_once(cartridges, tmp_path):
+    """--max-connections 4: four slow connections hold the four threads and four more wait; a ninth is
+    closed at once rather than queued without bound, and once the slow ones go, /health answers again."""
+    import socket
+
+    with running_server(cartridges, tmp_path / "server.log", "--max-connections", "4",
+                        "--max-concurrent-requests", "2") as served:
+        assert_healthy(served)  # the server is accepting
+        slow = []
+        for _ in range(8):
+            connection = socket.create_connection(("127.0.0.1", served["port"]), timeout=30)
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+            slow.append(connection)
+            # One at a time: a burst can find the threads not yet awake and the wait queue full.
+            time.sleep(0.2)
+        for connection in slow:  # all eight are held open by the server (nothing to read, not closed)
+            connection.settimeout(0)
+            with pytest.raises(BlockingIOError):
+                connection.recv(1, socket.MSG_PEEK)
+        # (within 5 s of the first: then the read timeout frees its thread)
+        with socket.create_connection(("127.0.0.1", served["port"]), timeout=5) as ninth:
+            start = time.time()
+            try:
+                ninth.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = ninth.recv(1024)
+            except (ConnectionResetError, BrokenPipeError):
+                answer = b""
+            assert answer == b"", answer[:200]  # closed without an answer
+            assert time.time() - start < 4, "the ninth connection waited instead of being closed"
+        for connection in slow:
+            connection.close()
+        time.sleep(1)
+        assert_healthy(served)
+
+
 def test_hostile_fields_and_methods(server):
     """A newline in a logged field cannot forge a log line; a number no double holds is a 400; a known path
     with the wrong method is a 405 naming the right one; error bodies do not show the server's paths."""
