@@ -17,6 +17,7 @@
 #include "cartridge/fingerprint.h"
 #include "io/checked_math.h"
 #include "util/error.h"
+#include "util/worker_threads.h"
 
 namespace cartridge {
 namespace {
@@ -27,6 +28,19 @@ static_assert(std::string_view(CPPHTTPLIB_VERSION) == "0.20.1", "build with scri
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
+
+// cpp-httplib's task queue on WorkerThreads: a connection refused here is closed at once by cpp-httplib.
+class ConnectionThreads final : public httplib::TaskQueue {
+ public:
+  ConnectionThreads(size_t max_threads, size_t max_waiting) : workers_(max_threads, max_waiting) {}
+  bool enqueue(std::function<void()> serve_connection) override {
+    return workers_.try_run(std::move(serve_connection));
+  }
+  void shutdown() override { workers_.shutdown(); }
+
+ private:
+  WorkerThreads workers_;
+};
 
 // What the log line of the request being served on this thread says. cpp-httplib runs a request's
 // handler, its streamed body and its logger call on one worker thread, so a thread-local carries the
@@ -561,9 +575,11 @@ Server::Server(LoadedModel model, ServerOptions options) : impl_(std::make_uniqu
   // streamed requests hold theirs until they end, idle keep-alive connections until they time out, and a
   // client that sends its request slowly only its own. As many connections wait for a thread; cpp-httplib
   // closes any beyond that at once, so slow or idle clients cannot make the process hold connections
-  // without bound.
+  // without bound. Threads start on demand and the most recently idle serves next (util/worker_threads.h),
+  // so the process holds the memory of as many threads as connections were ever served at once, not of
+  // all --max-connections.
   const size_t connections = static_cast<size_t>(impl.options.max_connections);
-  impl.http.new_task_queue = [connections] { return new httplib::ThreadPool(connections, connections); };
+  impl.http.new_task_queue = [connections] { return new ConnectionThreads(connections, connections); };
   impl.http.set_payload_max_length(static_cast<size_t>(impl.options.max_body_bytes));
   impl.http.set_keep_alive_timeout(5);  // seconds idle between requests on one connection
   impl.http.set_read_timeout(5);        // seconds for any one read of a request (then the connection closes)
