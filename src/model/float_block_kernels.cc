@@ -8,18 +8,57 @@
 
 #include <vector>
 
-// Block layouts (ggml-common.h; docs/quantized.md): every block holds 32 values.
+// Block layouts (ggml-common.h; docs/quantized.md). Q4_0, Q4_1 and Q8_0 blocks hold 32 values; the
+// K-quants' super-blocks hold 256.
 #ifndef CARTRIDGE_FLOAT_BLOCK_LAYOUTS
 #define CARTRIDGE_FLOAT_BLOCK_LAYOUTS
 namespace cartridge::float_block_kernels {
-constexpr uint32_t kTypeQ4_0 = 2;  // half d, 16 bytes of nibbles: value i = d (q_i - 8)
-constexpr uint32_t kTypeQ4_1 = 3;  // half d, half m, 16 bytes of nibbles: value i = d q_i + m
-constexpr uint32_t kTypeQ8_0 = 8;  // half d, 32 int8: value i = d q_i
+constexpr uint32_t kTypeQ4_0 = 2;   // half d, 16 bytes of nibbles: value i = d (q_i - 8)
+constexpr uint32_t kTypeQ4_1 = 3;   // half d, half m, 16 bytes of nibbles: value i = d q_i + m
+constexpr uint32_t kTypeQ5_0 = 6;   // half d, 32 high bits, 16 bytes of nibbles: value i = d (q_i - 16)
+constexpr uint32_t kTypeQ5_1 = 7;   // half d, half m, 32 high bits, 16 bytes of nibbles: value i = d q_i + m
+constexpr uint32_t kTypeQ8_0 = 8;   // half d, 32 int8: value i = d q_i
+constexpr uint32_t kTypeQ4_K = 12;  // half d, half dmin, 12 bytes of 6-bit scales and minimums, 128 bytes
+                                    // of nibbles: value i of sub-block j = (d sc_j) q_i - (dmin m_j)
+constexpr uint32_t kTypeQ6_K = 14;  // 128 bytes of low nibbles, 64 bytes of 2-bit highs, 16 int8 scales,
+                                    // half d: value i of group g (16 values) = (d sc_g) (q_i - 32)
 constexpr int64_t kBlockValues = 32;
+constexpr int64_t kSuperBlockValues = 256;
 // Low nibbles hold values 0..15 of a block, high nibbles values 16..31.
 constexpr int64_t kHalfBlock = 16;
 
-inline int64_t block_bytes(uint32_t type) { return type == kTypeQ4_0 ? 18 : type == kTypeQ4_1 ? 20 : 34; }
+inline bool is_k_quant(uint32_t type) { return type == kTypeQ4_K || type == kTypeQ6_K; }
+inline bool is_five_bit(uint32_t type) { return type == kTypeQ5_0 || type == kTypeQ5_1; }
+// Whether value i of a block is d q_i plus an offset or minimum times sum(x) (Q4_0, Q4_1, Q5_0, Q5_1) or
+// a sub-block's minimum (Q4_K): the one-token kernels then need sum(x) per 32 values.
+inline bool uses_block_sums(uint32_t type) {
+  return type == kTypeQ4_0 || type == kTypeQ4_1 || is_five_bit(type) || type == kTypeQ4_K;
+}
+inline int64_t block_values(uint32_t type) { return is_k_quant(type) ? kSuperBlockValues : kBlockValues; }
+inline int64_t block_bytes(uint32_t type) {
+  switch (type) {
+    case kTypeQ4_0: return 18;
+    case kTypeQ4_1: return 20;
+    case kTypeQ5_0: return 22;
+    case kTypeQ5_1: return 24;
+    case kTypeQ8_0: return 34;
+    case kTypeQ4_K: return 144;
+    default: return 210;  // Q6_K
+  }
+}
+
+// Q4_K's 6-bit scale and minimum of sub-block j (0..7, 32 values each) from its 12 packed bytes: j < 4 in
+// the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte j + 4 with the top 2 bits of bytes
+// j - 4 and j (ggml's get_scale_min_k4).
+inline void q4_k_scale_and_minimum(const uint8_t* packed, int j, float* scale, float* minimum) {
+  if (j < 4) {
+    *scale = static_cast<float>(packed[j] & 63);
+    *minimum = static_cast<float>(packed[j + 4] & 63);
+  } else {
+    *scale = static_cast<float>((packed[j + 4] & 0x0F) | ((packed[j - 4] >> 6) << 4));
+    *minimum = static_cast<float>((packed[j + 4] >> 4) | ((packed[j] >> 6) << 4));
+  }
+}
 }  // namespace cartridge::float_block_kernels
 #endif
 
@@ -92,6 +131,184 @@ HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) 
   return hn::GetLane(hn::SumOfLanes(df, total));
 }
 
+// The 32 values q_i in 0..31 of a Q5_0 or Q5_1 block as floats, handed to `use(low, high, i)` a vector at a
+// time (values i and 16 + i): the low nibble and then the high nibble of byte i, each with its fifth bit
+// from the block's 32-bit word of high bits (bit i, bit 16 + i).
+template <class DF, class Use>
+HWY_INLINE void ForEachFiveBitVector(DF df, const uint8_t* high_bits, const uint8_t* nibbles, Use&& use) {
+  const hn::Rebind<uint32_t, DF> du32;
+  const hn::Rebind<int32_t, DF> di;
+  const hn::Rebind<uint8_t, DF> du8;
+  const auto low_mask = hn::Set(du8, uint8_t{0x0F});
+  const auto one = hn::Set(du32, 1u);
+  const auto highs = hn::Set(
+      du32, static_cast<uint32_t>(high_bits[0]) | static_cast<uint32_t>(high_bits[1]) << 8 |
+                static_cast<uint32_t>(high_bits[2]) << 16 | static_cast<uint32_t>(high_bits[3]) << 24);
+  for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += hn::Lanes(df)) {
+    const auto packed = hn::LoadU(du8, nibbles + i);
+    const auto low_fifth = hn::ShiftLeft<4>(hn::And(highs >> hn::Iota(du32, static_cast<uint32_t>(i)), one));
+    const auto high_fifth =
+        hn::ShiftLeft<4>(hn::And(highs >> hn::Iota(du32, static_cast<uint32_t>(i + kHalfBlock)), one));
+    const auto low = hn::Or(hn::PromoteTo(du32, hn::And(packed, low_mask)), low_fifth);
+    const auto high = hn::Or(hn::PromoteTo(du32, hn::ShiftRight<4>(packed)), high_fifth);
+    use(hn::ConvertTo(df, hn::BitCast(di, low)), hn::ConvertTo(df, hn::BitCast(di, high)), i);
+  }
+}
+
+// sum over the blocks of d * sum(q_i x_i) + (m or -16 d) * sum(x_i) for one row of Q5_0 or Q5_1 blocks.
+template <bool kHasMinimum>
+HWY_INLINE float DotFiveBitRow(const uint8_t* row, const float* x, const float* block_sums, int64_t blocks) {
+  const hn::ScalableTag<float> df;
+  auto total = hn::Zero(df);
+  auto offsets = hn::Zero(df);  // sum over blocks of the offset times sum(x), in every lane
+  const int64_t stride = kHasMinimum ? 24 : 22;
+  for (int64_t block = 0; block < blocks; ++block) {
+    const uint8_t* bytes = row + block * stride;
+    const auto scale = BroadcastHalf(df, bytes);
+    const auto offset = kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, -16.0f), scale);
+    offsets = hn::MulAdd(offset, hn::Set(df, block_sums[block]), offsets);
+    const uint8_t* high_bits = bytes + (kHasMinimum ? 4 : 2);
+    const float* values = x + block * kBlockValues;
+    auto block_total = hn::Zero(df);
+    ForEachFiveBitVector(df, high_bits, high_bits + 4, [&](auto low, auto high, size_t i) {
+      block_total = hn::MulAdd(low, hn::LoadU(df, values + i), block_total);
+      block_total = hn::MulAdd(high, hn::LoadU(df, values + kHalfBlock + i), block_total);
+    });
+    total = hn::MulAdd(scale, block_total, total);
+  }
+  return hn::GetLane(hn::SumOfLanes(df, total)) + hn::GetLane(offsets);
+}
+
+// The 32 values of Q4_K sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles) of chunk c: the 32 bytes at
+// `nibbles` as floats, handed to `use(low, high, i)` a vector at a time (value i and 32 + i of the chunk).
+template <class DF, class Use>
+HWY_INLINE void ForEachQ4_KChunkVector(DF df, const uint8_t* nibbles, Use&& use) {
+  const hn::Rebind<int32_t, DF> di;
+  const hn::Rebind<uint8_t, DF> du8;
+  const auto low_mask = hn::Set(du8, uint8_t{0x0F});
+  for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += hn::Lanes(df)) {
+    const auto packed = hn::LoadU(du8, nibbles + i);
+    use(hn::ConvertTo(df, hn::PromoteTo(di, hn::And(packed, low_mask))),
+        hn::ConvertTo(df, hn::PromoteTo(di, hn::ShiftRight<4>(packed))), i);
+  }
+}
+
+// sum over the super-blocks of sum_j (d sc_j) sum(q_i x_i) - (dmin m_j) sum(x), sub-block by sub-block;
+// sub_block_sums: sum(x) per 32 values.
+HWY_INLINE float DotQ4_KRow(const uint8_t* row, const float* x, const float* sub_block_sums, int64_t blocks) {
+  const hn::ScalableTag<float> df;
+  auto total = hn::Zero(df);
+  auto minimums = hn::Zero(df);  // sum of dmin m_j sum(x) over the sub-blocks, in every lane
+  for (int64_t block = 0; block < blocks; ++block) {
+    const uint8_t* bytes = row + block * 144;
+    const auto scale = BroadcastHalf(df, bytes);
+    const auto minimum_scale = BroadcastHalf(df, bytes + 2);
+    const uint8_t* packed_scales = bytes + 4;
+    for (int chunk = 0; chunk < 4; ++chunk) {
+      const float* low_x = x + block * kSuperBlockValues + chunk * 64;
+      auto low_total = hn::Zero(df), high_total = hn::Zero(df);
+      ForEachQ4_KChunkVector(df, bytes + 16 + chunk * 32, [&](auto low, auto high, size_t i) {
+        low_total = hn::MulAdd(low, hn::LoadU(df, low_x + i), low_total);
+        high_total = hn::MulAdd(high, hn::LoadU(df, low_x + kBlockValues + i), high_total);
+      });
+      for (int half = 0; half < 2; ++half) {
+        const int sub_block = 2 * chunk + half;
+        float sub_scale, sub_minimum;
+        q4_k_scale_and_minimum(packed_scales, sub_block, &sub_scale, &sub_minimum);
+        total = hn::MulAdd(hn::Mul(scale, hn::Set(df, sub_scale)), half == 0 ? low_total : high_total, total);
+        minimums = hn::MulAdd(hn::Mul(minimum_scale, hn::Set(df, sub_minimum)),
+                              hn::Set(df, sub_block_sums[block * 8 + sub_block]), minimums);
+      }
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, total)) - hn::GetLane(minimums);
+}
+
+// The 128 values of Q6_K half-block `half` (0 or 1) as floats q - 32, handed to `use(q, value index, group)`
+// a vector at a time: values l, 32 + l, 64 + l and 96 + l of the half take the low nibbles of bytes l and
+// 32 + l, then their high nibbles, each with 2 bits of byte l of the highs; `group` is the value's group
+// of 16 within the half (its scale).
+template <class DF, class Use>
+HWY_INLINE void ForEachQ6_KHalfVector(DF df, const uint8_t* block, int half, Use&& use) {
+  const hn::Rebind<int32_t, DF> di;
+  const hn::Rebind<uint8_t, DF> du8;
+  const auto low_mask = hn::Set(du8, uint8_t{0x0F});
+  const auto two_bits = hn::Set(du8, uint8_t{0x03});
+  const auto offset = hn::Set(di, 32);
+  const uint8_t* low_bits = block + half * 64;
+  const uint8_t* high_bits = block + 128 + half * 32;
+  auto to_float = [&](auto q) { return hn::ConvertTo(df, hn::Sub(hn::PromoteTo(di, q), offset)); };
+  for (size_t l = 0; l < 32; l += hn::Lanes(df)) {  // a vector never straddles two groups of 16
+    const auto first = hn::LoadU(du8, low_bits + l);
+    const auto second = hn::LoadU(du8, low_bits + 32 + l);
+    const auto highs = hn::LoadU(du8, high_bits + l);
+    const int group = static_cast<int>(l / 16);
+    use(to_float(hn::Or(hn::And(first, low_mask), hn::ShiftLeft<4>(hn::And(highs, two_bits)))), l, group);
+    use(to_float(
+            hn::Or(hn::And(second, low_mask), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<2>(highs), two_bits)))),
+        32 + l, group + 2);
+    use(to_float(
+            hn::Or(hn::ShiftRight<4>(first), hn::ShiftLeft<4>(hn::And(hn::ShiftRight<4>(highs), two_bits)))),
+        64 + l, group + 4);
+    use(to_float(hn::Or(hn::ShiftRight<4>(second), hn::ShiftLeft<4>(hn::ShiftRight<6>(highs)))), 96 + l,
+        group + 6);
+  }
+}
+
+// sum over the super-blocks of sum_g (d sc_g) sum(q_i x_i), q_i in -32..31.
+HWY_INLINE float DotQ6_KRow(const uint8_t* row, const float* x, int64_t blocks) {
+  const hn::ScalableTag<float> df;
+  auto total = hn::Zero(df);
+  for (int64_t block = 0; block < blocks; ++block) {
+    const uint8_t* bytes = row + block * 210;
+    const int8_t* group_scales = reinterpret_cast<const int8_t*>(bytes + 192);
+    const auto scale = BroadcastHalf(df, bytes + 208);
+    for (int half = 0; half < 2; ++half) {
+      const float* half_x = x + block * kSuperBlockValues + half * 128;
+      const int8_t* half_scales = group_scales + half * 8;
+      ForEachQ6_KHalfVector(df, bytes, half, [&](auto q, size_t value, int group) {
+        const auto products = hn::Mul(q, hn::LoadU(df, half_x + value));
+        total =
+            hn::MulAdd(hn::Mul(scale, hn::Set(df, static_cast<float>(half_scales[group]))), products, total);
+      });
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, total));
+}
+
+// One super-block of Q4_K or Q6_K -> 256 float32 values: (d sc) q - (dmin m), or (d sc) (q - 32), each
+// scale product rounded to float32 first, as ggml and the gguf package do.
+HWY_INLINE void DequantizeKQuantBlock(uint32_t type, const uint8_t* bytes, float* values) {
+  const hn::ScalableTag<float> df;
+  if (type == kTypeQ4_K) {
+    const auto scale = BroadcastHalf(df, bytes);
+    const auto minimum_scale = BroadcastHalf(df, bytes + 2);
+    for (int chunk = 0; chunk < 4; ++chunk) {
+      float low_scale, low_minimum, high_scale, high_minimum;
+      q4_k_scale_and_minimum(bytes + 4, 2 * chunk, &low_scale, &low_minimum);
+      q4_k_scale_and_minimum(bytes + 4, 2 * chunk + 1, &high_scale, &high_minimum);
+      const auto low_step = hn::Mul(scale, hn::Set(df, low_scale));
+      const auto low_offset = hn::Mul(minimum_scale, hn::Set(df, low_minimum));
+      const auto high_step = hn::Mul(scale, hn::Set(df, high_scale));
+      const auto high_offset = hn::Mul(minimum_scale, hn::Set(df, high_minimum));
+      float* chunk_values = values + chunk * 64;
+      ForEachQ4_KChunkVector(df, bytes + 16 + chunk * 32, [&](auto low, auto high, size_t i) {
+        hn::StoreU(hn::MulSub(low, low_step, low_offset), df, chunk_values + i);
+        hn::StoreU(hn::MulSub(high, high_step, high_offset), df, chunk_values + kBlockValues + i);
+      });
+    }
+    return;
+  }
+  const int8_t* group_scales = reinterpret_cast<const int8_t*>(bytes + 192);
+  const auto scale = BroadcastHalf(df, bytes + 208);
+  for (int half = 0; half < 2; ++half) {
+    ForEachQ6_KHalfVector(df, bytes, half, [&](auto q, size_t value, int group) {
+      const auto step = hn::Mul(scale, hn::Set(df, static_cast<float>(group_scales[half * 8 + group])));
+      hn::StoreU(hn::Mul(step, q), df, values + half * 128 + value);
+    });
+  }
+}
+
 // Rows [row_begin, row_end) of blocks -> float32 values, `columns` per row, at output + row * columns: the
 // same d q_i (+ m) in float32 as ggml's and the gguf package's dequantisation.
 void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64_t row_begin, int64_t row_end,
@@ -101,13 +318,17 @@ void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64
   const hn::Rebind<uint8_t, decltype(df)> du8;
   const hn::Rebind<int8_t, decltype(df)> di8;
   const size_t lanes = hn::Lanes(df);
-  const int64_t blocks = columns / kBlockValues;
+  const int64_t blocks = columns / block_values(type);
   const int64_t stride = block_bytes(type);
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t block = 0; block < blocks; ++block) {
       const uint8_t* bytes = weight + (row * blocks + block) * stride;
-      float* values = output + row * columns + block * kBlockValues;
+      float* values = output + row * columns + block * block_values(type);
+      if (is_k_quant(type)) {
+        DequantizeKQuantBlock(type, bytes, values);
+        continue;
+      }
       const auto scale = BroadcastHalf(df, bytes);
       if (type == kTypeQ8_0) {
         const int8_t* quants = reinterpret_cast<const int8_t*>(bytes + 2);
@@ -115,6 +336,17 @@ void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64
           hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(di8, quants + i))), scale), df,
                      values + i);
         }
+        continue;
+      }
+      if (is_five_bit(type)) {
+        // Q5_0: d q - 16 d (one rounding with an FMA, as d (q - 16): 16 d is exact); Q5_1: d q + m.
+        const auto offset =
+            type == kTypeQ5_1 ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, -16.0f), scale);
+        const uint8_t* high_bits = bytes + (type == kTypeQ5_1 ? 4 : 2);
+        ForEachFiveBitVector(df, high_bits, high_bits + 4, [&](auto low, auto high, size_t i) {
+          hn::StoreU(hn::MulAdd(low, scale, offset), df, values + i);
+          hn::StoreU(hn::MulAdd(high, scale, offset), df, values + kHalfBlock + i);
+        });
         continue;
       }
       // Q4_0: d q - 8 d; Q4_1: d q + m.
@@ -148,12 +380,12 @@ HWY_INLINE float DotFloats(const float* a, const float* b, int64_t count) {
   return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(sum0, sum1), hn::Add(sum2, sum3))));
 }
 
-// output[token * rows + row] for row in [row_begin, row_end) and every token. block_sums [tokens, blocks]:
-// sum(x) per block (Q4_0, Q4_1).
+// output[token * rows + row] for row in [row_begin, row_end) and every token. block_sums [tokens, columns
+// / 32]: sum(x) per 32 values (uses_block_sums types, one token only).
 void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t columns, const float* input,
                   const float* block_sums, int64_t tokens, int64_t row_begin, int64_t row_end,
                   float* output) {
-  const int64_t blocks = columns / kBlockValues;
+  const int64_t blocks = columns / block_values(type);
   const int64_t row_bytes = blocks * block_bytes(type);
   if (tokens == 1) {
     // One token: the blocks' integers meet x straight from the weight bytes, which are read once anyway.
@@ -162,6 +394,10 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
       switch (type) {
         case kTypeQ4_0: output[row] = DotNibbleRow<false>(blocks_of_row, input, block_sums, blocks); break;
         case kTypeQ4_1: output[row] = DotNibbleRow<true>(blocks_of_row, input, block_sums, blocks); break;
+        case kTypeQ5_0: output[row] = DotFiveBitRow<false>(blocks_of_row, input, block_sums, blocks); break;
+        case kTypeQ5_1: output[row] = DotFiveBitRow<true>(blocks_of_row, input, block_sums, blocks); break;
+        case kTypeQ4_K: output[row] = DotQ4_KRow(blocks_of_row, input, block_sums, blocks); break;
+        case kTypeQ6_K: output[row] = DotQ6_KRow(blocks_of_row, input, blocks); break;
         default: output[row] = DotQ8_0Row(blocks_of_row, input, blocks); break;
       }
     }
@@ -224,17 +460,19 @@ void apply_environment_cap() {
 }  // namespace
 
 bool supports(uint32_t ggml_type) {
-  return ggml_type == kTypeQ4_0 || ggml_type == kTypeQ4_1 || ggml_type == kTypeQ8_0;
+  return ggml_type == kTypeQ4_0 || ggml_type == kTypeQ4_1 || is_five_bit(ggml_type) ||
+         ggml_type == kTypeQ8_0 || is_k_quant(ggml_type);
 }
 
 void multiply(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t columns, const float* input,
               int64_t tokens, float* output) {
   TORCH_CHECK(supports(ggml_type), "float_block_kernels: no kernel for GGUF type ", ggml_type);
-  TORCH_CHECK(columns % kBlockValues == 0, "float_block_kernels: ", columns, " columns are not whole blocks");
+  TORCH_CHECK(columns % block_values(ggml_type) == 0, "float_block_kernels: ", columns,
+              " columns are not whole blocks");
   apply_environment_cap();
-  const int64_t blocks = columns / kBlockValues;
+  const int64_t blocks = columns / kBlockValues;  // of 32 values, whatever the type's block
   std::vector<float> block_sums(static_cast<size_t>(tokens * blocks), 0.0f);  // [tokens, blocks]
-  if (ggml_type != kTypeQ8_0 && tokens == 1) {  // only the one-token kernels use them
+  if (uses_block_sums(ggml_type) && tokens == 1) {  // only the one-token kernels use them
     for (int64_t token = 0; token < tokens; ++token) {
       for (int64_t block = 0; block < blocks; ++block) {
         const float* values = input + token * columns + block * kBlockValues;
@@ -253,7 +491,8 @@ void multiply(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t c
 
 void dequantize(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t columns, float* output) {
   TORCH_CHECK(supports(ggml_type), "float_block_kernels: no kernel for GGUF type ", ggml_type);
-  TORCH_CHECK(columns % kBlockValues == 0, "float_block_kernels: ", columns, " columns are not whole blocks");
+  TORCH_CHECK(columns % block_values(ggml_type) == 0, "float_block_kernels: ", columns,
+              " columns are not whole blocks");
   apply_environment_cap();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     HWY_DYNAMIC_DISPATCH(DequantizeRows)(ggml_type, weight, columns, begin, end, output);

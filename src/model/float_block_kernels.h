@@ -1,4 +1,5 @@
-// Matrix products of float32 activations with weights kept in GGUF block types (Q4_0, Q4_1, Q8_0), with
+// Matrix products of float32 activations with weights kept in GGUF block types (Q4_0, Q4_1, Q5_0, Q5_1,
+// Q8_0, and the K-quants Q4_K and Q6_K: every type a Q4_K_M file is made of), with
 // no rounding of the activations: each block's integers become floats and multiply in float32, so a
 // product equals "dequantise, then at::linear" up to float32 summation order. That keeps greedy decoding
 // where the fp32 path goes (docs/quantized.md) while reading the weights' 4.5-8.5 bits per value instead
@@ -9,8 +10,13 @@
 //   Q8_0: d * sum(q_i x_i)                 q_i int8
 //   Q4_0: d * (sum(q_i x_i) - 8 sum(x_i))   q_i in 0..15
 //   Q4_1: d * sum(q_i x_i) + m * sum(x_i)   q_i in 0..15
-// with sum(x_i) per block computed once for all rows. With several tokens, each row is instead dequantised
-// once into a buffer in L1 and every token's product with it is a float32 dot product.
+//   Q5_0: d * (sum(q_i x_i) - 16 sum(x_i))  q_i in 0..31 (a nibble and a bit of the block's high word)
+//   Q5_1: d * sum(q_i x_i) + m * sum(x_i)   q_i in 0..31
+// and for a super-block of 256 values, in sub-blocks j of 32 (Q4_K) or groups g of 16 (Q6_K):
+//   Q4_K: sum_j (d sc_j) sum(q_i x_i) - (dmin m_j) sum(x_i)   q_i in 0..15, sc_j and m_j 6-bit
+//   Q6_K: sum_g (d sc_g) sum(q_i x_i)                          q_i in -32..31, sc_g int8
+// with sum(x_i) per 32 values computed once for all rows. With several tokens, each row is instead
+// dequantised once into a buffer in L1 and every token's product with it is a float32 dot product.
 #pragma once
 
 #include <cstdint>

@@ -24,7 +24,8 @@ class WeightSource;
 enum class QuantizedWeights {
   kDequantize,  // converted to the model dtype at load: exact parity with transformers (the default)
   // Kept as stored; float32 activations times the blocks (float_block_kernels.h): the dense fp32 results
-  // up to summation order, several times faster to decode. Q4_0, Q4_1 and Q8_0; other types dequantise.
+  // up to summation order, several times faster to decode. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K;
+  // other types dequantise.
   kFloatActivations,
   // Kept as stored; activations rounded to 8-bit blocks and ggml's integer kernels (quantized_kernels.h),
   // as llama.cpp computes: every block type, fastest with several rows, not equal to fp32.

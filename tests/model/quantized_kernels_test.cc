@@ -172,7 +172,7 @@ at::Tensor float_error_bound(const QuantizedCase& test_case, int64_t tokens) {
   return at::matmul(x.abs(), w.abs().t()) * (4.0 * x.size(1) * std::ldexp(1.0, -24));
 }
 
-TEST(FloatBlockKernelsTest, Q4_0Q4_1AndQ8_0AtEveryTargetEqualTheGgufDequantisationUpToFloat32Rounding) {
+TEST(FloatBlockKernelsTest, EveryTypeAtEveryTargetEqualsTheGgufDequantisationUpToFloat32Rounding) {
   c10::InferenceMode inference;
   const std::vector<std::string> targets = float_block_kernels::runnable_targets();
   ASSERT_FALSE(targets.empty());
@@ -180,13 +180,20 @@ TEST(FloatBlockKernelsTest, Q4_0Q4_1AndQ8_0AtEveryTargetEqualTheGgufDequantisati
   for (const QuantizedCase& test_case : all_cases(QuantizedKernels::for_this_cpu())) {
     if (float_block_kernels::supports(test_case.ggml_type)) cases.push_back(test_case);
   }
-  ASSERT_EQ(cases.size(), 3u) << "Q4_0, Q4_1 and Q8_0";
+  ASSERT_EQ(cases.size(), 7u) << "Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K";
   for (const std::string& target : targets) {
     float_block_kernels::use_target(target);
     EXPECT_EQ(float_block_kernels::current_target(), target);
     for (const QuantizedCase& test_case : cases) {
       const int64_t rows = test_case.blocks.size(0);
       const int64_t columns = test_case.dequantized.size(1);
+      // Dequantisation: d q (+ m) per value in float32 on both sides, up to an FMA's last bit.
+      at::Tensor values = at::empty_like(test_case.dequantized);
+      float_block_kernels::dequantize(test_case.ggml_type, test_case.blocks.data_ptr<uint8_t>(), rows,
+                                      columns, values.data_ptr<float>());
+      EXPECT_LE((values - test_case.dequantized).abs().max().item<double>(),
+                1e-6 * test_case.dequantized.abs().max().item<double>())
+          << target << " " << test_case.name << " dequantised";
       for (int64_t tokens : {int64_t{1}, int64_t{3}, test_case.input.size(0)}) {
         at::Tensor output = at::empty({tokens, rows}, at::kFloat);
         float_block_kernels::multiply(test_case.ggml_type, test_case.blocks.data_ptr<uint8_t>(), rows,
