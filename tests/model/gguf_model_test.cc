@@ -21,13 +21,9 @@ class GgufModelTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(GgufModelTest, LogitsMatchTransformersLoadingTheSameGguf) {
   const std::string path = fixture_path("model_gguf/" + GetParam() + ".gguf");
   const auto cases = testing::read_tensors(fixture_path("model_gguf/" + GetParam() + "_cases.safetensors"));
-  ModelFiles files;
-  files.format = ModelFormat::kGguf;
-  files.name = path;
-  files.gguf_path = path;
   LoadOptions options;
   options.show_progress = false;
-  const auto model = Model::load(files, options);
+  const auto model = Model::load(testing::gguf_model_files(path), options);
 
   const GgufFile gguf(path);
   const ModelConfig& config = model->config();

@@ -49,6 +49,15 @@ inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.detach().to(at::kFloat).cpu() - b.detach().to(at::kFloat).cpu()).abs().max().item<double>();
 }
 
+// The one file of a GGUF model.
+inline ModelFiles gguf_model_files(const std::string& path) {
+  ModelFiles files;
+  files.format = ModelFormat::kGguf;
+  files.name = path;
+  files.gguf_path = path;
+  return files;
+}
+
 // Files of a Hugging Face model folder written by save_pretrained: config.json and model.safetensors, or the
 // shards its index lists (built here so the model tests depend only on the safetensors reader).
 inline ModelFiles hf_model_files(const std::string& folder) {

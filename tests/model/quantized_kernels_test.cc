@@ -40,6 +40,18 @@ struct QuantizedCase {
   int64_t activation_block;
 };
 
+// The fixture of one block type (tests/fixtures/make_quantized.py), read once per test program; the tests
+// only read its tensors.
+const std::map<std::string, at::Tensor>& fixture_tensors(const std::string& type_name) {
+  static std::map<std::string, std::map<std::string, at::Tensor>> read;
+  auto found = read.find(type_name);
+  if (found == read.end()) {
+    found =
+        read.emplace(type_name, read_tensors(fixture_path("quantized/" + type_name + ".safetensors"))).first;
+  }
+  return found->second;
+}
+
 // Every type the kernels support, with its fixture; a supported type without a fixture fails.
 std::vector<QuantizedCase> all_cases(const QuantizedKernels& kernels) {
   std::vector<QuantizedCase> cases;
@@ -48,8 +60,7 @@ std::vector<QuantizedCase> all_cases(const QuantizedKernels& kernels) {
     const GgmlTypeTraits* traits = find_ggml_type(type);
     EXPECT_NE(traits, nullptr) << type;
     if (traits == nullptr) continue;
-    const auto tensors =
-        read_tensors(fixture_path(std::string("quantized/") + traits->name + ".safetensors"));
+    const auto& tensors = fixture_tensors(traits->name);
     cases.push_back({type, traits->name, get(tensors, "blocks"), get(tensors, "dequantized"),
                      get(tensors, "input"), traits->block_elements == 256 ? 256 : 32});
   }

@@ -31,14 +31,12 @@ constexpr double kMaxMarginAtDivergence = 0.05;
 
 std::shared_ptr<const Model> load_default_model(QuantizedWeights quantized_weights) {
   const char* other = std::getenv("CARTRIDGE_TEST_GGUF");
-  ModelFiles files;
-  files.format = ModelFormat::kGguf;
-  files.name = other != nullptr && *other != '\0' ? other : testing::default_model_path();
-  files.gguf_path = files.name;
   LoadOptions options;
   options.show_progress = false;
   options.quantized_weights = quantized_weights;
-  return Model::load(files, options);
+  return Model::load(
+      testing::gguf_model_files(other != nullptr && *other != '\0' ? other : testing::default_model_path()),
+      options);
 }
 
 struct Greedy {

@@ -24,13 +24,10 @@ class SmolLM2Test : public ::testing::Test {
   static void SetUpTestSuite() {
     cases_ = new std::map<std::string, at::Tensor>(
         testing::read_tensors(fixture_path("model_smollm2/smollm2_cases.safetensors")));
-    ModelFiles files;
-    files.format = ModelFormat::kGguf;
-    files.name = testing::default_model_path();
-    files.gguf_path = testing::default_model_path();
     LoadOptions options;
     options.show_progress = false;
-    model_ = new std::shared_ptr<const Model>(Model::load(files, options));
+    model_ = new std::shared_ptr<const Model>(
+        Model::load(testing::gguf_model_files(testing::default_model_path()), options));
   }
   static void TearDownTestSuite() {
     delete cases_;
