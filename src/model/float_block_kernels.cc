@@ -6,6 +6,7 @@
 
 #include <hwy/highway.h>
 
+#include <cstring>
 #include <vector>
 
 // Block layouts (ggml-common.h; docs/quantized.md). Q4_0, Q4_1 and Q8_0 blocks hold 32 values; the
@@ -46,6 +47,17 @@ inline int64_t block_bytes(uint32_t type) {
     default: return 210;  // Q6_K
   }
 }
+
+// Byte b of a Q5 block's 32-bit word of fifth bits -> the 8 values' fifth bits, each as 0 or 16 (bit k of b
+// is value k's): one 8-byte copy per byte instead of a shift per value.
+struct FifthBitTable {
+  uint8_t bytes[256][8];
+  constexpr FifthBitTable() : bytes() {
+    for (int b = 0; b < 256; ++b)
+      for (int k = 0; k < 8; ++k) bytes[b][k] = static_cast<uint8_t>(((b >> k) & 1) << 4);
+  }
+};
+inline constexpr FifthBitTable kFifthBits{};
 
 // Q4_K's 6-bit scale and minimum of sub-block j (0..7, 32 values each) from its 12 packed bytes: j < 4 in
 // the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte j + 4 with the top 2 bits of bytes
@@ -136,22 +148,16 @@ HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) 
 // from the block's 32-bit word of high bits (bit i, bit 16 + i).
 template <class DF, class Use>
 HWY_INLINE void ForEachFiveBitVector(DF df, const uint8_t* high_bits, const uint8_t* nibbles, Use&& use) {
-  const hn::Rebind<uint32_t, DF> du32;
   const hn::Rebind<int32_t, DF> di;
   const hn::Rebind<uint8_t, DF> du8;
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
-  const auto one = hn::Set(du32, 1u);
-  const auto highs = hn::Set(
-      du32, static_cast<uint32_t>(high_bits[0]) | static_cast<uint32_t>(high_bits[1]) << 8 |
-                static_cast<uint32_t>(high_bits[2]) << 16 | static_cast<uint32_t>(high_bits[3]) << 24);
+  uint8_t fifth[kBlockValues];  // value i's fifth bit as 0 or 16
+  for (int byte = 0; byte < 4; ++byte) std::memcpy(fifth + 8 * byte, kFifthBits.bytes[high_bits[byte]], 8);
   for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += hn::Lanes(df)) {
     const auto packed = hn::LoadU(du8, nibbles + i);
-    const auto low_fifth = hn::ShiftLeft<4>(hn::And(highs >> hn::Iota(du32, static_cast<uint32_t>(i)), one));
-    const auto high_fifth =
-        hn::ShiftLeft<4>(hn::And(highs >> hn::Iota(du32, static_cast<uint32_t>(i + kHalfBlock)), one));
-    const auto low = hn::Or(hn::PromoteTo(du32, hn::And(packed, low_mask)), low_fifth);
-    const auto high = hn::Or(hn::PromoteTo(du32, hn::ShiftRight<4>(packed)), high_fifth);
-    use(hn::ConvertTo(df, hn::BitCast(di, low)), hn::ConvertTo(df, hn::BitCast(di, high)), i);
+    const auto low = hn::Or(hn::And(packed, low_mask), hn::LoadU(du8, fifth + i));
+    const auto high = hn::Or(hn::ShiftRight<4>(packed), hn::LoadU(du8, fifth + kHalfBlock + i));
+    use(hn::ConvertTo(df, hn::PromoteTo(di, low)), hn::ConvertTo(df, hn::PromoteTo(di, high)), i);
   }
 }
 
