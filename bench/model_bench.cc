@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> batches = {1, 8};
   int repeats = 3;
   int64_t cartridge_tokens = 0;
+  std::string decode_step = "fused";
   app.add_option("--model", model_path, "GGUF file or Hugging Face folder");
   app.add_option("--dtype", dtype_name, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   app.add_option("--device", device_name, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -76,6 +77,9 @@ int main(int argc, char** argv) {
   app.add_option("--batches", batches, "batch sizes (prefill and decode)")->delimiter(',');
   app.add_option("--repeats", repeats, "best of N runs");
   app.add_option("--cartridge-tokens", cartridge_tokens, "also decode after a shared cartridge of P slots");
+  app.add_option("--decode-step", decode_step,
+                 "fused (the default: model/decode_step.h) or layers (the ATen layers, its oracle)")
+      ->check(CLI::IsMember({"fused", "layers"}));
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -106,6 +110,7 @@ int main(int argc, char** argv) {
       const at::Tensor mask = at::ones({batch, prompt_tokens}, ids_options.dtype(at::kBool));  // [B, T]
       cartridge::ForwardOptions last_only;
       last_only.last_token_only = true;
+      last_only.fused_decode = decode_step == "fused";
       double best = 1e30;
       for (int run = 0; run <= repeats; ++run) {  // run 0 warms up
         cartridge::KvCache cache = model->new_cache(batch);
@@ -126,6 +131,7 @@ int main(int argc, char** argv) {
       const at::Tensor step_mask = at::ones({batch, 1}, ids_options.dtype(at::kBool));
       cartridge::ForwardOptions last_only;
       last_only.last_token_only = true;
+      last_only.fused_decode = decode_step == "fused";
       double best = 1e30;
       for (int run = 0; run <= repeats; ++run) {
         cartridge::KvCache cache = model->new_cache(batch);
@@ -165,6 +171,8 @@ int main(int argc, char** argv) {
                                                                                                 {cartridge});
         cartridge::ForwardOptions last_only;
         last_only.last_token_only = true;
+        last_only.fused_decode = decode_step == "fused";
+        last_only.fused_decode = decode_step == "fused";
         double best = 1e30;
         for (int run = 0; run <= repeats; ++run) {
           cartridge::KvCache cache =

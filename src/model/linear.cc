@@ -24,6 +24,8 @@ struct WeightStorageTraits {
   const char* name;
   at::Tensor (*multiply)(const at::Tensor& x, const LinearWeight& weight);
   at::Tensor (*to_dense)(const LinearWeight& weight);  // [out, in] in any float dtype
+  // The product on raw float32 buffers, x [N, in] -> output [N, out] (linear_rows).
+  void (*multiply_rows)(const LinearWeight& weight, const float* x, int64_t rows, float* output);
 };
 
 at::Tensor dense_multiply(const at::Tensor& x, const LinearWeight& weight) {
@@ -48,11 +50,66 @@ at::Tensor ggml_blocks_matrix(const LinearWeight& weight) {
   return matrix;
 }
 
-// The product of x [..., in] with a block weight: `multiply_rows` (the kind's kernels) below
-// `dense_from_rows` rows of x, dequantisation and at::linear from there on.
+// output [N, out] = x [N, in] W^T (+ b) on raw float32 buffers for a block weight: `multiply_rows` (the
+// kind's kernels) below `dense_from_rows` rows of x, dequantisation and at::mm from there on.
 template <typename MultiplyRows>
-at::Tensor blocks_multiply(const at::Tensor& x, const LinearWeight& weight, int64_t dense_from_rows,
-                           MultiplyRows&& multiply_rows) {
+void blocks_multiply_rows(const LinearWeight& weight, int64_t dense_from_rows, MultiplyRows&& multiply_rows,
+                          const float* x, int64_t rows, float* output) {
+  const int64_t out = weight.weight.size(0);
+  if (rows >= dense_from_rows) {
+    // The dequantised matrix lives only for this product: a buffer kept per thread spares a fresh
+    // allocation, and its page faults, per call (they cost more than the dequantisation).
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(out * weight.columns));
+    dequantize_rows(weight, weight.weight.data_ptr<uint8_t>(), out, scratch.data());
+    at::Tensor product = at::from_blob(output, {rows, out}, at::kFloat);
+    at::mm_out(product, at::from_blob(const_cast<float*>(x), {rows, weight.columns}, at::kFloat),
+               at::from_blob(scratch.data(), {out, weight.columns}, at::kFloat).t());
+  } else {
+    multiply_rows(weight.weight.data_ptr<uint8_t>(), out, x, rows, output);
+  }
+  if (weight.bias.defined()) {
+    const float* bias = weight.bias.data_ptr<float>();
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t index = 0; index < out; ++index) output[row * out + index] += bias[index];
+    }
+  }
+}
+
+void ggml_blocks_multiply_rows(const LinearWeight& weight, const float* x, int64_t rows, float* output) {
+  blocks_multiply_rows(
+      weight, kFloatKernelsBelowRows,
+      [&](const uint8_t* blocks, int64_t out, const float* input, int64_t count, float* product) {
+        float_block_kernels::multiply(weight.ggml_type, blocks, out, weight.columns, input, count, product);
+      },
+      x, rows, output);
+}
+
+void ggml_blocks_int8_multiply_rows(const LinearWeight& weight, const float* x, int64_t rows, float* output) {
+  blocks_multiply_rows(
+      weight, kInt8KernelsBelowRows,
+      [&](const uint8_t* blocks, int64_t out, const float* input, int64_t count, float* product) {
+        weight.int8_kernels->multiply(weight.ggml_type, blocks, out, weight.columns, input, count, product);
+      },
+      x, rows, output);
+}
+
+void dense_multiply_rows(const LinearWeight& weight, const float* x, int64_t rows, float* output) {
+  TORCH_CHECK(weight.weight.scalar_type() == at::kFloat && weight.weight.device().is_cpu(),
+              "linear_rows: a dense weight must be float32 on the CPU, got ", weight.weight.scalar_type(),
+              " on ", weight.weight.device());
+  at::Tensor product = at::from_blob(output, {rows, weight.weight.size(0)}, at::kFloat);  // [N, out]
+  const at::Tensor input = at::from_blob(const_cast<float*>(x), {rows, weight.weight.size(1)}, at::kFloat);
+  if (weight.bias.defined()) {
+    at::addmm_out(product, weight.bias, input, weight.weight.t());
+  } else {
+    at::mm_out(product, input, weight.weight.t());
+  }
+}
+
+// The product of x [..., in] with a block weight through `multiply_rows` (a *_multiply_rows above).
+at::Tensor blocks_multiply(const at::Tensor& x, const LinearWeight& weight,
+                           void (*multiply_rows)(const LinearWeight&, const float*, int64_t, float*)) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat,
               "linear: quantised weights multiply float32 CPU activations, got ", x.scalar_type(), " on ",
               x.device());
@@ -60,48 +117,28 @@ at::Tensor blocks_multiply(const at::Tensor& x, const LinearWeight& weight, int6
               "linear: quantised weights have no backward (load the model dense to train)");
   TORCH_CHECK(x.size(-1) == weight.columns, "linear: x has ", x.size(-1), " features, the weight ",
               weight.columns);
-  const at::Tensor rows = x.reshape({-1, weight.columns}).contiguous();  // [N, in]
-  const int64_t out = weight.weight.size(0);
-  at::Tensor product;  // [N, out]
-  if (rows.size(0) >= dense_from_rows) {
-    // The dequantised matrix lives only for this product: a buffer kept per thread spares a fresh
-    // allocation, and its page faults, per call (they cost more than the dequantisation).
-    thread_local std::vector<float> scratch;
-    scratch.resize(static_cast<size_t>(out * weight.columns));
-    dequantize_rows(weight, weight.weight.data_ptr<uint8_t>(), out, scratch.data());
-    product = at::linear(rows, at::from_blob(scratch.data(), {out, weight.columns}, at::kFloat));
-  } else {
-    product = at::empty({rows.size(0), out}, at::kFloat);
-    multiply_rows(weight.weight.data_ptr<uint8_t>(), out, rows.data_ptr<float>(), rows.size(0),
-                  product.data_ptr<float>());
-  }
-  if (weight.bias.defined()) product.add_(weight.bias);
+  const at::Tensor rows = x.reshape({-1, weight.columns}).contiguous();               // [N, in]
+  at::Tensor product = at::empty({rows.size(0), weight.weight.size(0)}, at::kFloat);  // [N, out]
+  multiply_rows(weight, rows.data_ptr<float>(), rows.size(0), product.data_ptr<float>());
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out;
+  shape.back() = weight.weight.size(0);
   return product.view(shape);
 }
 
 at::Tensor ggml_blocks_multiply(const at::Tensor& x, const LinearWeight& weight) {
-  return blocks_multiply(
-      x, weight, kFloatKernelsBelowRows,
-      [&](const uint8_t* blocks, int64_t out, const float* rows, int64_t count, float* product) {
-        float_block_kernels::multiply(weight.ggml_type, blocks, out, weight.columns, rows, count, product);
-      });
+  return blocks_multiply(x, weight, &ggml_blocks_multiply_rows);
 }
 
 at::Tensor ggml_blocks_int8_multiply(const at::Tensor& x, const LinearWeight& weight) {
-  return blocks_multiply(
-      x, weight, kInt8KernelsBelowRows,
-      [&](const uint8_t* blocks, int64_t out, const float* rows, int64_t count, float* product) {
-        weight.int8_kernels->multiply(weight.ggml_type, blocks, out, weight.columns, rows, count, product);
-      });
+  return blocks_multiply(x, weight, &ggml_blocks_int8_multiply_rows);
 }
 
 constexpr WeightStorageTraits kWeightStorageTraits[] = {
-    {WeightStorage::kDense, "dense", &dense_multiply, &dense_matrix},
-    {WeightStorage::kGgmlBlocks, "ggml blocks", &ggml_blocks_multiply, &ggml_blocks_matrix},
+    {WeightStorage::kDense, "dense", &dense_multiply, &dense_matrix, &dense_multiply_rows},
+    {WeightStorage::kGgmlBlocks, "ggml blocks", &ggml_blocks_multiply, &ggml_blocks_matrix,
+     &ggml_blocks_multiply_rows},
     {WeightStorage::kGgmlBlocksInt8, "ggml blocks, int8 activations", &ggml_blocks_int8_multiply,
-     &ggml_blocks_matrix},
+     &ggml_blocks_matrix, &ggml_blocks_int8_multiply_rows},
 };
 
 const WeightStorageTraits& traits(WeightStorage storage) {
@@ -162,6 +199,10 @@ at::Tensor dense_weight(const LinearWeight& weight) { return traits(weight.stora
 
 at::Tensor linear(const at::Tensor& x, const LinearWeight& weight) {
   return traits(weight.storage).multiply(x, weight);
+}
+
+void linear_rows(const LinearWeight& weight, const float* x, int64_t rows, float* output) {
+  traits(weight.storage).multiply_rows(weight, x, rows, output);
 }
 
 at::Tensor naive_linear(const at::Tensor& x, const LinearWeight& weight) {

@@ -48,6 +48,11 @@ LinearWeight ggml_blocks_weight(at::Tensor rows, uint32_t ggml_type, int64_t col
 // float32 x on the CPU that does not require grad (their kernels have no backward).
 at::Tensor linear(const at::Tensor& x, const LinearWeight& weight);
 
+// The same product on raw float32 CPU buffers, written into `output` [rows, out] from `x` [rows, in] (both
+// contiguous), without allocating a tensor for it: the fused decode step's matrix products. x does not
+// require grad; a dense weight must be float32.
+void linear_rows(const LinearWeight& weight, const float* x, int64_t rows, float* output);
+
 // The rows `ids` [...] int64 of the weight, [..., in] (an embedding lookup): in the weight's dtype for
 // kDense, float32 for the block kinds.
 at::Tensor weight_rows(const LinearWeight& weight, const at::Tensor& ids);

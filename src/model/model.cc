@@ -4,6 +4,7 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
+#include "model/decode_step.h"
 #include "model/float_block_kernels.h"
 #include "model/quantized_kernels.h"
 #include "model/rope.h"
@@ -131,9 +132,18 @@ at::Tensor Model::forward(const at::Tensor& input_ids_in, const at::Tensor& toke
   static const ForwardKernels kFastKernels;
   const ForwardKernels& kernels = options.kernels != nullptr ? *options.kernels : kFastKernels;
 
-  at::Tensor hidden = weight_rows(embedding_, ids);  // [B, T, hidden]
-  for (size_t layer = 0; layer < layers_.size(); ++layer) {
-    hidden = transformer_layer(layer_configs_[layer], layers_[layer], hidden, inputs, cache, kernels);
+  at::Tensor hidden = weight_rows(embedding_, ids);  // [B, T, hidden], a fresh tensor
+  if (options.fused_decode && options.kernels == nullptr &&
+      fused_decode_applies(new_tokens, dtype_, device_, cache)) {
+    hidden = hidden.contiguous();
+    if (inputs.mask.allowed.defined()) inputs.mask.allowed = inputs.mask.allowed.contiguous();
+    for (size_t layer = 0; layer < layers_.size(); ++layer) {
+      fused_decode_layer(layer_configs_[layer], layers_[layer], hidden, inputs, cache);
+    }
+  } else {
+    for (size_t layer = 0; layer < layers_.size(); ++layer) {
+      hidden = transformer_layer(layer_configs_[layer], layers_[layer], hidden, inputs, cache, kernels);
+    }
   }
 
   // Each row continues one past its last real position (explicit positions may jump).

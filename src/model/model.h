@@ -52,6 +52,10 @@ struct ForwardOptions {
   bool final_hidden_states = false;
   // The linear and attention steps to run (null = the fast kernels). Tests pass the naive ones.
   const ForwardKernels* kernels = nullptr;
+  // One new token per row, float32 on the CPU, no autograd, no shared prefix, `kernels` null: run each
+  // layer as the fused decode step (decode_step.h), whose per-token cost is a few calls instead of a few
+  // dozen ATen operations. false = the layer of named ATen steps, which the tests hold it to.
+  bool fused_decode = true;
 };
 
 class Model {

@@ -1,0 +1,139 @@
+// Highway compiles this file once per instruction set (foreach_target.h re-includes it); the part under
+// HWY_ONCE is compiled once and dispatches to the best copy at run time (the same choice, and the same
+// CARTRIDGE_CPU_ISA cap, as float_block_kernels.cc: Highway's chosen target is process-wide).
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "model/decode_kernels.cc"
+#include <hwy/foreach_target.h>  // must come before highway.h
+
+#include <hwy/contrib/math/math-inl.h>
+#include <hwy/highway.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+HWY_BEFORE_NAMESPACE();
+namespace cartridge::decode_kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// sum(a_i b_i) over `count` floats: whole vectors two accumulators deep, then a scalar tail.
+HWY_INLINE float Dot(const float* a, const float* b, int64_t count) {
+  const hn::ScalableTag<float> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  auto sum0 = hn::Zero(df), sum1 = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + 2 * lanes <= count; i += 2 * lanes) {
+    sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
+    sum1 = hn::MulAdd(hn::LoadU(df, a + i + lanes), hn::LoadU(df, b + i + lanes), sum1);
+  }
+  for (; i + lanes <= count; i += lanes) sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
+  float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(sum0, sum1)));
+  for (; i < count; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// output[i] += weight * x[i] for `count` floats.
+HWY_INLINE void AddScaled(float weight, const float* x, int64_t count, float* output) {
+  const hn::ScalableTag<float> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const auto scale = hn::Set(df, weight);
+  int64_t i = 0;
+  for (; i + lanes <= count; i += lanes) {
+    hn::StoreU(hn::MulAdd(scale, hn::LoadU(df, x + i), hn::LoadU(df, output + i)), df, output + i);
+  }
+  for (; i < count; ++i) output[i] += weight * x[i];
+}
+
+// values[i] = exp(values[i] - shift) for `count` floats; returns their sum. -inf becomes 0.
+HWY_INLINE float ExpShiftedAndSum(float* values, int64_t count, float shift) {
+  const hn::ScalableTag<float> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const auto minus_shift = hn::Set(df, -shift);
+  auto sum = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + lanes <= count; i += lanes) {
+    const auto exponentials = hn::Exp(df, hn::Add(hn::LoadU(df, values + i), minus_shift));
+    hn::StoreU(exponentials, df, values + i);
+    sum = hn::Add(sum, exponentials);
+  }
+  float total = hn::GetLane(hn::SumOfLanes(df, sum));
+  for (; i < count; ++i) {
+    values[i] = std::exp(values[i] - shift);
+    total += values[i];
+  }
+  return total;
+}
+
+void AttendOneToken(const float* queries, int64_t group, int64_t head_dim, const float* keys,
+                    const float* values, int64_t slot_stride, int64_t slots, const bool* allowed, float scale,
+                    float* scores, float* output) {
+  constexpr float kMinusInfinity = -std::numeric_limits<float>::infinity();
+  for (int64_t query = 0; query < group; ++query) {
+    float* query_scores = scores + query * slots;
+    const float* query_vector = queries + query * head_dim;
+    float largest = kMinusInfinity;
+    for (int64_t slot = 0; slot < slots; ++slot) {
+      const float score = allowed == nullptr || allowed[slot]
+                              ? Dot(query_vector, keys + slot * slot_stride, head_dim) * scale
+                              : kMinusInfinity;
+      query_scores[slot] = score;
+      largest = std::max(largest, score);
+    }
+    // Every row sees at least its own new token, so `largest` is finite.
+    const float total = ExpShiftedAndSum(query_scores, slots, largest);
+    const float normaliser = 1.0f / total;
+    for (int64_t slot = 0; slot < slots; ++slot) query_scores[slot] *= normaliser;
+    float* query_output = output + query * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) query_output[i] = 0.0f;
+  }
+  // Each value vector is read once for every query of the group.
+  for (int64_t slot = 0; slot < slots; ++slot) {
+    if (allowed != nullptr && !allowed[slot]) continue;
+    const float* value = values + slot * slot_stride;
+    for (int64_t query = 0; query < group; ++query) {
+      AddScaled(scores[query * slots + slot], value, head_dim, output + query * head_dim);
+    }
+  }
+}
+
+void SiluTimesUp(const float* gate, const float* up, int64_t count, float* output) {
+  const hn::ScalableTag<float> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const auto one = hn::Set(df, 1.0f);
+  int64_t i = 0;
+  for (; i + lanes <= count; i += lanes) {
+    const auto x = hn::LoadU(df, gate + i);
+    const auto silu = hn::Div(x, hn::Add(one, hn::Exp(df, hn::Neg(x))));  // x sigmoid(x)
+    hn::StoreU(hn::Mul(silu, hn::LoadU(df, up + i)), df, output + i);
+  }
+  for (; i < count; ++i) output[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace cartridge::decode_kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+#include "model/decode_kernels.h"
+
+namespace cartridge::decode_kernels {
+
+HWY_EXPORT(AttendOneToken);
+HWY_EXPORT(SiluTimesUp);
+
+void attend_one_token(const float* queries, int64_t group, int64_t head_dim, const float* keys,
+                      const float* values, int64_t slot_stride, int64_t slots, const bool* allowed,
+                      float scale, float* output) {
+  thread_local std::vector<float> scores;  // [group, slots]
+  scores.resize(static_cast<size_t>(group * slots));
+  HWY_DYNAMIC_DISPATCH(AttendOneToken)
+  (queries, group, head_dim, keys, values, slot_stride, slots, allowed, scale, scores.data(), output);
+}
+
+void silu_times_up(const float* gate, const float* up, int64_t count, float* output) {
+  HWY_DYNAMIC_DISPATCH(SiluTimesUp)(gate, up, count, output);
+}
+
+}  // namespace cartridge::decode_kernels
+#endif  // HWY_ONCE
