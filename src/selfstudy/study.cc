@@ -130,7 +130,9 @@ StudyResult run_study(const LoadedModel& loaded, const std::string& corpus_text,
   if (older) {
     result.synthesis.existing_conversations = static_cast<int64_t>(older->conversations.size());
   } else {
-    result.synthesis = synthesize(loaded, corpus_text, options.synthesis, result.dataset_path);
+    LoadedModel synthesis_model = loaded;
+    if (options.synthesis_model) synthesis_model.model = options.synthesis_model;
+    result.synthesis = synthesize(synthesis_model, corpus_text, options.synthesis, result.dataset_path);
   }
   const Dataset dataset = older ? std::move(*older) : read_dataset(result.dataset_path);
 

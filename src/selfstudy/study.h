@@ -58,6 +58,10 @@ struct StudyOptions {
   // Questions with answers for early stopping (TrainingOptions::validation_questions), turned into rows in
   // the dataset's framing once it is known.
   std::vector<QuestionAnswer> validation_questions;
+  // The model that decodes the synthetic conversations, e.g. the same GGUF with its blocks kept as stored
+  // (several times faster to decode, fp32's results up to rounding); null = the training model. It must be
+  // the training model's weights: the teacher's log-probabilities are what the student is trained towards.
+  std::shared_ptr<const Model> synthesis_model;
 };
 
 struct StudyResult {

@@ -139,12 +139,17 @@ StudentBatch make_student_batch(const std::vector<const Conversation*>& conversa
 at::Tensor student_cross_entropy(const Model& model, const KvPrefix* prefix, const StudentBatch& batch) {
   const int64_t rows = batch.input_ids.size(0);
   KvCache cache = model.new_cache(rows, prefix);
-  at::Tensor logits = model.forward(batch.input_ids, batch.token_mask, cache);  // [B, T, V] float32
-  const int64_t vocabulary = logits.size(2);
-  // Only the positions that predict a target matter; select them before the log-softmax.
-  const at::Tensor selected = logits.reshape({-1, vocabulary}).index_select(0, batch.logit_rows);  // [N, V]
-  logits = at::Tensor();  // release [B, T, V]; the backward of index_select does not need it
-  return distillation_cross_entropy(selected, batch.teacher_ids, batch.teacher_log_probs);  // [N]
+  // Only the positions that predict a target matter: select their hidden states and run the output head
+  // on those alone. The head is applied row by row, so the logits are the same, and neither its forward
+  // nor its backward (a [hidden, V] matrix product per position) runs for the prompt's positions.
+  ForwardOptions hidden_only;
+  hidden_only.final_hidden_states = true;
+  const at::Tensor hidden =
+      model.forward(batch.input_ids, batch.token_mask, cache, hidden_only);  // [B, T, d]
+  const at::Tensor selected =
+      hidden.reshape({-1, hidden.size(2)}).index_select(0, batch.logit_rows);             // [N, d]
+  const at::Tensor logits = model.logits_from_hidden(selected);                           // [N, V]
+  return distillation_cross_entropy(logits, batch.teacher_ids, batch.teacher_log_probs);  // [N]
 }
 
 BatchScores score_student_batch(const Model& model, const KvPrefix* prefix, const StudentBatch& batch,

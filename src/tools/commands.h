@@ -62,6 +62,10 @@ void add_weights_option(CLI::App& command, ModelOptions& options);
 LoadedModel load_model_from_options(const ModelOptions& options);
 // What --weights resolves to for these options on `device`: "dense", "stored" or "stored-int8".
 std::string resolved_weights(const ModelOptions& options, const at::Device& device);
+// For the commands that train (study): the same files as `training` loaded again with the GGUF's blocks
+// kept as --weights says, to decode the synthetic conversations with; null when --weights resolves to
+// dense or the file has no block the kernels keep (decode with the training model then).
+std::shared_ptr<const Model> load_synthesis_model(const ModelOptions& options, const LoadedModel& training);
 
 // --cartridge DIR (repeatable: composed in order) and --framing, shared by `generate` and `chat` (defined
 // in generate_command.cc).

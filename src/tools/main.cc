@@ -67,6 +67,27 @@ LoadedModel load_model_from_options(const ModelOptions& options) {
   return loaded;
 }
 
+std::shared_ptr<const Model> load_synthesis_model(const ModelOptions& options, const LoadedModel& training) {
+  const at::Device device = parse_device(options.device);
+  const std::string weights = resolved_weights(options, device);
+  if (weights == "dense") return nullptr;
+  LoadOptions load;
+  load.dtype = at::kFloat;  // blocks multiply float32 activations
+  load.device = device;
+  load.quantized_weights =
+      weights == "stored" ? QuantizedWeights::kFloatActivations : QuantizedWeights::kInt8Activations;
+  load.show_progress = !options.quiet;
+  std::shared_ptr<const Model> model = Model::load(training.files, load);
+  if (!model->has_quantized_weights()) return nullptr;  // the same dense weights: no second copy
+  if (!options.quiet) {
+    std::fprintf(stderr,
+                 "synthesis: the GGUF's quantised matrices kept as stored (--weights %s; training uses "
+                 "the dense model)\n",
+                 weights.c_str());
+  }
+  return model;
+}
+
 }  // namespace cartridge::tools
 
 int main(int argc, char** argv) {

@@ -67,7 +67,10 @@ void run_study_command(StudyCommandOptions& options) {
                                                      : read_question_answers(options.validation_qa);
   const auto started = std::chrono::steady_clock::now();
   const std::shared_ptr<const ProcessGroup> ranks = join_ranks(options.distributed_timeout, options.model);
-  const LoadedModel loaded = load_model_from_options(options.model);
+  ModelOptions training_model = options.model;
+  training_model.weights = "dense";  // training runs a backward pass through the frozen model
+  const LoadedModel loaded = load_model_from_options(training_model);
+  options.study.synthesis_model = load_synthesis_model(options.model, loaded);
   options.study.validation_questions = validation;
 
   StudyOptions& study = options.study;
@@ -166,7 +169,9 @@ void add_study_command(CLI::App& app) {
       "--steps continues a finished one. At the end <out> holds the evaluated step with the lowest KL to\n"
       "the teacher on held-out conversations (the initialisation counts; --keep last: the last step) or,\n"
       "with --validation-qa QA.jsonl (questions you wrote, with answers), the lowest answer NLL on them;\n"
-      "<out>/best/ is the same adapter with a file naming its step.\n"
+      "<out>/best/ is the same adapter with a file naming its step. --weights applies to synthesis (the\n"
+      "conversations are decoded with the GGUF's blocks kept as stored by default); training always uses\n"
+      "the dense model.\n"
       "Example:\n  cartridge study --model " +
       std::string(kDefaultModelPath) +
       " --corpus doc.txt --tokens "
@@ -176,6 +181,7 @@ void add_study_command(CLI::App& app) {
       " --cartridge "
       "doc-cartridge");
   add_model_options(*command, options->model);
+  add_weights_option(*command, options->model);
   command->add_option("--corpus", options->corpus, "The document, a UTF-8 text file")->required();
   command->add_option("-o,--out", options->out, "Output folder (the cartridge, its dataset and checkpoints)")
       ->required();

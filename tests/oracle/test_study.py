@@ -501,3 +501,42 @@ def test_first_step_loss_covers_question_and_answer_tokens_as_peft_computes_it(s
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and "conversation" in errors[0] and "answer" in errors[0], result.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_study_on_a_gguf_decodes_the_conversations_with_its_blocks_kept_as_stored(tmp_path):
+    """The default GGUF: synthesis decodes with the file's quantised blocks (float32 activations: fp32's
+    results up to rounding, model_test's SmolLM2QuantizedTest), training with the dense model. The teacher's
+    recorded top-k log-probabilities then equal those of `--weights dense` (every matrix dequantised, the
+    path held to transformers by model_test) wherever the two runs decoded the same tokens."""
+    gguf = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert gguf.is_file(), f"missing {gguf} (run scripts/setup.sh)"
+    small = {"--tokens": "16", "--samples": "2", "--batch": "2", "--steps": "1", "--batch-size": "2",
+             "--eval-every": "0", "--max-question-tokens": "8", "--max-answer-tokens": "8"}
+    runs = {}
+    for weights in ("auto", "dense"):
+        out = tmp_path / weights
+        args = [BIN, "study", "--model", gguf, "--corpus", CORPUS, "--out", out, "--device", "cpu", "--init", "text",
+                "--min-chunk", "60", "--max-chunk", "200", "--seed", "3", "--weights", weights]
+        for option, value in small.items():
+            args += [option, value]
+        result = run(args)
+        assert ("kept as stored" in result.stderr) == (weights == "auto"), result.stderr
+        lines = (out / "dataset.jsonl").read_text(encoding="utf-8").split("\n")[1:-1]
+        runs[weights] = [json.loads(line) for line in lines]
+    compared = 0
+    for stored, dense in zip(runs["auto"], runs["dense"]):
+        assert stored["target_start"] == dense["target_start"]
+        same = 0  # leading tokens both runs hold (prompt, then what each decoded)
+        while (same < min(len(stored["input_ids"]), len(dense["input_ids"]))
+               and stored["input_ids"][same] == dense["input_ids"][same]):
+            same += 1
+        # Target row i is the teacher's top-k after input_ids[: target_start + i + 1].
+        for row in range(max(0, same - stored["target_start"])):
+            stored_top = dict(zip(stored["target_ids"][row], stored["target_logprobs"][row]))
+            dense_top = dict(zip(dense["target_ids"][row], dense["target_logprobs"][row]))
+            common = stored_top.keys() & dense_top.keys()
+            assert len(common) >= 15  # the same top-k up to ties at its edge
+            for token in common:
+                assert stored_top[token] == pytest.approx(dense_top[token], abs=2e-3)
+            compared += 1
+    assert compared >= 8
