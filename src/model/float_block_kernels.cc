@@ -28,15 +28,15 @@ constexpr int64_t kSuperBlockValues = 256;
 // Low nibbles hold values 0..15 of a block, high nibbles values 16..31.
 constexpr int64_t kHalfBlock = 16;
 
-inline bool is_k_quant(uint32_t type) { return type == kTypeQ4_K || type == kTypeQ6_K; }
+constexpr bool is_k_quant(uint32_t type) { return type == kTypeQ4_K || type == kTypeQ6_K; }
 inline bool is_five_bit(uint32_t type) { return type == kTypeQ5_0 || type == kTypeQ5_1; }
 // Whether value i of a block is d q_i plus an offset or minimum times sum(x) (Q4_0, Q4_1, Q5_0, Q5_1) or
 // a sub-block's minimum (Q4_K): the one-token kernels then need sum(x) per 32 values.
 inline bool uses_block_sums(uint32_t type) {
   return type == kTypeQ4_0 || type == kTypeQ4_1 || is_five_bit(type) || type == kTypeQ4_K;
 }
-inline int64_t block_values(uint32_t type) { return is_k_quant(type) ? kSuperBlockValues : kBlockValues; }
-inline int64_t block_bytes(uint32_t type) {
+constexpr int64_t block_values(uint32_t type) { return is_k_quant(type) ? kSuperBlockValues : kBlockValues; }
+constexpr int64_t block_bytes(uint32_t type) {
   switch (type) {
     case kTypeQ4_0: return 18;
     case kTypeQ4_1: return 20;
@@ -102,7 +102,7 @@ HWY_INLINE float DotNibbleRow(const uint8_t* row, const float* x, const float* b
   // sum over blocks of m * sum(x) (Q4_1) or -8 d * sum(x) (Q4_0), in every lane
   auto offsets = hn::Zero(df);
   const auto minus_eight = hn::Set(df, -8.0f);
-  const int64_t stride = kHasMinimum ? 20 : 18;
+  const int64_t stride = block_bytes(kHasMinimum ? kTypeQ4_1 : kTypeQ4_0);
   for (int64_t block = 0; block < blocks; ++block) {
     const uint8_t* bytes = row + block * stride;
     const auto scale = BroadcastHalf(df, bytes);
@@ -130,7 +130,7 @@ HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) 
   const size_t lanes = hn::Lanes(df);
   auto total = hn::Zero(df);
   for (int64_t block = 0; block < blocks; ++block) {
-    const uint8_t* bytes = row + block * 34;
+    const uint8_t* bytes = row + block * block_bytes(kTypeQ8_0);
     const int8_t* quants = reinterpret_cast<const int8_t*>(bytes + 2);
     const float* values = x + block * kBlockValues;
     auto block_total = hn::Zero(df);
@@ -167,7 +167,7 @@ HWY_INLINE float DotFiveBitRow(const uint8_t* row, const float* x, const float* 
   const hn::ScalableTag<float> df;
   auto total = hn::Zero(df);
   auto offsets = hn::Zero(df);  // sum over blocks of the offset times sum(x), in every lane
-  const int64_t stride = kHasMinimum ? 24 : 22;
+  const int64_t stride = block_bytes(kHasMinimum ? kTypeQ5_1 : kTypeQ5_0);
   for (int64_t block = 0; block < blocks; ++block) {
     const uint8_t* bytes = row + block * stride;
     const auto scale = BroadcastHalf(df, bytes);
@@ -206,7 +206,7 @@ HWY_INLINE float DotQ4_KRow(const uint8_t* row, const float* x, const float* sub
   auto total = hn::Zero(df);
   auto minimums = hn::Zero(df);  // sum of dmin m_j sum(x) over the sub-blocks, in every lane
   for (int64_t block = 0; block < blocks; ++block) {
-    const uint8_t* bytes = row + block * 144;
+    const uint8_t* bytes = row + block * block_bytes(kTypeQ4_K);
     const auto scale = BroadcastHalf(df, bytes);
     const auto minimum_scale = BroadcastHalf(df, bytes + 2);
     const uint8_t* packed_scales = bytes + 4;
@@ -266,7 +266,7 @@ HWY_INLINE float DotQ6_KRow(const uint8_t* row, const float* x, int64_t blocks) 
   const hn::ScalableTag<float> df;
   auto total = hn::Zero(df);
   for (int64_t block = 0; block < blocks; ++block) {
-    const uint8_t* bytes = row + block * 210;
+    const uint8_t* bytes = row + block * block_bytes(kTypeQ6_K);
     const int8_t* group_scales = reinterpret_cast<const int8_t*>(bytes + 192);
     const auto scale = BroadcastHalf(df, bytes + 208);
     for (int half = 0; half < 2; ++half) {
@@ -386,6 +386,42 @@ HWY_INLINE float DotFloats(const float* a, const float* b, int64_t count) {
   return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(sum0, sum1), hn::Add(sum2, sum3))));
 }
 
+// The dot products of one row `w` with kTokens (4 or 8) tokens' activations x + t * columns (`count` a
+// multiple of the lanes) into results[t]: each vector of w is loaded once for all the tokens, so the loop
+// issues 1 + 1 / kTokens loads per multiply-add instead of DotFloats' 2.
+template <int kTokens>
+HWY_INLINE void DotFloatsTokens(const float* w, const float* x, int64_t columns, int64_t count,
+                                float* results) {
+  static_assert(kTokens == 4 || kTokens == 8, "four or eight tokens");
+  const hn::ScalableTag<float> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  auto sum0 = hn::Zero(df), sum1 = hn::Zero(df), sum2 = hn::Zero(df), sum3 = hn::Zero(df);
+  auto sum4 = hn::Zero(df), sum5 = hn::Zero(df), sum6 = hn::Zero(df), sum7 = hn::Zero(df);
+  for (int64_t i = 0; i < count; i += lanes) {
+    const auto weights = hn::LoadU(df, w + i);
+    sum0 = hn::MulAdd(weights, hn::LoadU(df, x + i), sum0);
+    sum1 = hn::MulAdd(weights, hn::LoadU(df, x + columns + i), sum1);
+    sum2 = hn::MulAdd(weights, hn::LoadU(df, x + 2 * columns + i), sum2);
+    sum3 = hn::MulAdd(weights, hn::LoadU(df, x + 3 * columns + i), sum3);
+    if constexpr (kTokens == 8) {
+      sum4 = hn::MulAdd(weights, hn::LoadU(df, x + 4 * columns + i), sum4);
+      sum5 = hn::MulAdd(weights, hn::LoadU(df, x + 5 * columns + i), sum5);
+      sum6 = hn::MulAdd(weights, hn::LoadU(df, x + 6 * columns + i), sum6);
+      sum7 = hn::MulAdd(weights, hn::LoadU(df, x + 7 * columns + i), sum7);
+    }
+  }
+  results[0] = hn::GetLane(hn::SumOfLanes(df, sum0));
+  results[1] = hn::GetLane(hn::SumOfLanes(df, sum1));
+  results[2] = hn::GetLane(hn::SumOfLanes(df, sum2));
+  results[3] = hn::GetLane(hn::SumOfLanes(df, sum3));
+  if constexpr (kTokens == 8) {
+    results[4] = hn::GetLane(hn::SumOfLanes(df, sum4));
+    results[5] = hn::GetLane(hn::SumOfLanes(df, sum5));
+    results[6] = hn::GetLane(hn::SumOfLanes(df, sum6));
+    results[7] = hn::GetLane(hn::SumOfLanes(df, sum7));
+  }
+}
+
 // output[token * rows + row] for row in [row_begin, row_end) and every token. block_sums [tokens, columns
 // / 32]: sum(x) per 32 values (uses_block_sums types, one token only).
 void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t columns, const float* input,
@@ -410,11 +446,22 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
     return;
   }
   // Several tokens: each row is dequantised once into a buffer that stays in L1, then every token's dot
-  // product with it is plain float32 (the integer conversions are not repeated per token).
+  // product with it is plain float32 (the integer conversions are not repeated per token), eight or four
+  // tokens at a time.
   std::vector<float> row_values(static_cast<size_t>(columns));  // [columns]
+  float products[8];
   for (int64_t row = row_begin; row < row_end; ++row) {
     DequantizeRows(type, weight + row * row_bytes, columns, 0, 1, row_values.data());
-    for (int64_t token = 0; token < tokens; ++token) {
+    int64_t token = 0;
+    for (; token + 8 <= tokens; token += 8) {
+      DotFloatsTokens<8>(row_values.data(), input + token * columns, columns, columns, products);
+      for (int64_t t = 0; t < 8; ++t) output[(token + t) * rows + row] = products[t];
+    }
+    for (; token + 4 <= tokens; token += 4) {
+      DotFloatsTokens<4>(row_values.data(), input + token * columns, columns, columns, products);
+      for (int64_t t = 0; t < 4; ++t) output[(token + t) * rows + row] = products[t];
+    }
+    for (; token < tokens; ++token) {
       output[token * rows + row] = DotFloats(row_values.data(), input + token * columns, columns);
     }
   }

@@ -17,9 +17,10 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
   command
       .add_option(
           "--dtype", options.dtype,
-          "Compute dtype. auto: fp32 arithmetic, with a GGUF's Q4_0/Q4_1/Q8_0 matrices kept as stored "
-          "on the CPU where the command allows it (--weights auto). fp32: every weight dequantised to "
-          "fp32, exact parity with transformers. bf16: faster on CPUs with bf16 units, half memory")
+          "Compute dtype. auto: fp32 arithmetic, with a GGUF's quantised matrices kept as stored on the "
+          "CPU where the command allows it (--weights auto); `train` and `study` run the frozen model in "
+          "bf16 on CPUs with bf16 units (AVX512-BF16, AMX). fp32: every weight dequantised to fp32, exact "
+          "parity with transformers. bf16: faster on CPUs with bf16 units, half memory")
       ->check(CLI::IsMember({"auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"}))
       ->capture_default_str();
   command.add_option("--device", options.device, "cpu, cuda, cuda:N, or auto (CUDA when available)")
@@ -48,16 +49,28 @@ std::string resolved_weights(const ModelOptions& options, const at::Device& devi
   return options.offers_weights && options.dtype == "auto" && device.is_cpu() ? "stored" : "dense";
 }
 
+at::ScalarType resolved_dtype(const ModelOptions& options, const at::Device& device) {
+  if (options.dtype != "auto") return parse_dtype(options.dtype);
+  // GCC's cpuid test, as ATen's dispatch does its own: bf16 dot products in hardware.
+  const bool bf16_units = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  return options.trains && device.is_cpu() && bf16_units ? at::kBFloat16 : at::kFloat;
+}
+
 LoadedModel load_model_from_options(const ModelOptions& options) {
   LoadOptions load;
-  load.dtype = options.dtype == "auto" ? at::kFloat : parse_dtype(options.dtype);
   load.device = parse_device(options.device);
+  load.dtype = resolved_dtype(options, load.device);
   const std::string weights = resolved_weights(options, load.device);
   load.quantized_weights = weights == "stored"        ? QuantizedWeights::kFloatActivations
                            : weights == "stored-int8" ? QuantizedWeights::kInt8Activations
                                                       : QuantizedWeights::kDequantize;
   load.show_progress = !options.quiet;
   LoadedModel loaded = load_model(options.model, load);
+  if (!options.quiet && options.trains && options.dtype == "auto" && load.dtype == at::kBFloat16) {
+    std::fprintf(stderr,
+                 "training: the frozen model runs in bf16, this CPU has bf16 units (--dtype fp32 for the "
+                 "exact path)\n");
+  }
   if (!options.quiet && loaded.model->has_quantized_weights()) {
     std::fprintf(stderr,
                  "weights: the GGUF's quantised matrices kept as stored (--weights %s; --dtype fp32 "

@@ -69,6 +69,7 @@ void run_study_command(StudyCommandOptions& options) {
   const std::shared_ptr<const ProcessGroup> ranks = join_ranks(options.distributed_timeout, options.model);
   ModelOptions training_model = options.model;
   training_model.weights = "dense";  // training runs a backward pass through the frozen model
+  training_model.trains = true;
   const LoadedModel loaded = load_model_from_options(training_model);
   options.study.synthesis_model = load_synthesis_model(options.model, loaded);
   options.study.validation_questions = validation;

@@ -330,6 +330,7 @@ void add_train_command(CLI::App& app) {
       " --dataset "
       "study/dataset.jsonl \\\n"
       "    --corpus doc.txt --tokens 128 --steps 200 --out study/cartridge");
+  options->model.trains = true;
   add_model_options(*command, options->model);
   command
       ->add_option("-d,--dataset", options->dataset,

@@ -52,7 +52,7 @@ def train_args(out, steps=20, extra=(), checkpoint_every=10, eval_every=5):
             "--init", "random", "--tokens", "6", "--steps", str(steps), "--batch-size", "4",
             "--checkpoint-every", str(checkpoint_every), "--eval-fraction", "0.25", "--eval-every",
             str(eval_every), "--seed", "5", "--validation-qa", str(SELFSTUDY / "qa.jsonl"), "--out", str(out),
-            "--json", "-q", *extra]
+            "--dtype", "fp32", "--json", "-q", *extra]
 
 
 SYNTHESIS_ARGS = ["--samples", "8", "--batch", "3", "--seed", "11", "--min-chunk", "60", "--max-chunk", "200",
@@ -161,7 +161,7 @@ def test_synthesis_on_two_ranks_writes_the_same_bytes(tmp_path):
 def test_study_on_two_ranks_equals_one_process(tmp_path):
     def study(out, ranks):
         args = [BIN, "study", "--model", str(SYNTHESIS / "tiny_llama"), "--corpus", str(SYNTHESIS / "corpus.txt"),
-                "--out", str(out), "--device", "cpu", "-q", "--json", "--init", "text", "--tokens", "16",
+                "--out", str(out), "--device", "cpu", "--dtype", "fp32", "-q", "--json", "--init", "text", "--tokens", "16",
                 "--samples", "6", "--steps", "4", "--batch-size", "2", "--batch", "3", "--min-chunk", "60",
                 "--max-chunk", "200", "--max-question-tokens", "12", "--max-answer-tokens", "24",
                 "--eval-every", "2", "--checkpoint-every", "2", "--seed", "3", "--keep", "last"]

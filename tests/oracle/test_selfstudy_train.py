@@ -29,7 +29,7 @@ def train_args(out, *extra):
     return [BIN, "train", "--model", str(FIXTURES / "model"), "--dataset", str(FIXTURES / "dataset.jsonl"),
             "--init", "random", "--tokens", "6", "--steps", str(STEPS), "--batch-size", "2",
             "--checkpoint-every", "5", "--eval-fraction", "0.25", "--eval-every", "40", "--seed", "5",
-            "--validation-qa", str(FIXTURES / "qa.jsonl"), "--out", str(out), "--json", "-q", *extra]
+            "--validation-qa", str(FIXTURES / "qa.jsonl"), "--out", str(out), "--dtype", "fp32", "--json", "-q", *extra]
 
 
 def run_json(args):

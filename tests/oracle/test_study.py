@@ -47,7 +47,7 @@ STUDY_OPTIONS = {"--init": "text", "--tokens": str(TOKENS), "--samples": str(SAM
 
 def study_command(out, replace=None, extra=()):
     options = dict(STUDY_OPTIONS, **(replace or {}))
-    args = [BIN, "study", "--model", str(MODEL), "--corpus", str(CORPUS), "--out", str(out), "--device", "cpu", "-q"]
+    args = [BIN, "study", "--model", str(MODEL), "--corpus", str(CORPUS), "--out", str(out), "--device", "cpu", "--dtype", "fp32", "-q"]
     for option, value in options.items():
         args += [option, value]
     return args + list(extra)
@@ -393,7 +393,7 @@ def test_raising_steps_continues_from_the_checkpoint(study, tmp_path):
 
 def train_command(dataset, out, *extra):
     return [BIN, "train", "--model", MODEL, "--dataset", dataset, "--out", out, "--steps", "2", "--batch-size", "2",
-            "--seed", "4", "--device", "cpu", "--json", "-q", *extra]
+            "--seed", "4", "--device", "cpu", "--dtype", "fp32", "--json", "-q", *extra]
 
 
 def test_train_init_text_starts_from_peft_text_init(study, tmp_path):
@@ -489,7 +489,7 @@ def test_first_step_loss_covers_question_and_answer_tokens_as_peft_computes_it(s
         out = tmp_path / distill
         run([BIN, "train", "--model", MODEL, "--dataset", dataset, "--out", out, "--init", source, "--steps", "1",
              "--batch-size", len(conversations), "--eval-fraction", "0", "--distill", distill, "--seed", "4",
-             "--device", "cpu", "--json", "-q"])
+             "--device", "cpu", "--dtype", "fp32", "--json", "-q"])
         ours = float(losses(out)[1][0])
         reference = peft_distillation_loss(reference_model, conversations, first_target)
         print(f"\n--distill {distill}: step-1 loss {ours:.6f}, PEFT reference {reference:.6f}")
@@ -505,22 +505,28 @@ def test_first_step_loss_covers_question_and_answer_tokens_as_peft_computes_it(s
 
 def test_study_on_a_gguf_decodes_the_conversations_with_its_blocks_kept_as_stored(tmp_path):
     """The default GGUF: synthesis decodes with the file's quantised blocks (float32 activations: fp32's
-    results up to rounding, model_test's SmolLM2QuantizedTest), training with the dense model. The teacher's
+    results up to rounding, model_test's SmolLM2QuantizedTest), training with the dense model (in bf16 where
+    the CPU has bf16 units). The teacher's
     recorded top-k log-probabilities then equal those of `--weights dense` (every matrix dequantised, the
     path held to transformers by model_test) wherever the two runs decoded the same tokens."""
     gguf = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert gguf.is_file(), f"missing {gguf} (run scripts/setup.sh)"
     small = {"--tokens": "16", "--samples": "2", "--batch": "2", "--steps": "1", "--batch-size": "2",
              "--eval-every": "0", "--max-question-tokens": "8", "--max-answer-tokens": "8"}
+    cpu_flags = pathlib.Path("/proc/cpuinfo").read_text()
+    bf16_units = " avx512_bf16" in cpu_flags or " amx_bf16" in cpu_flags
     runs = {}
     for weights in ("auto", "dense"):
         out = tmp_path / weights
         args = [BIN, "study", "--model", gguf, "--corpus", CORPUS, "--out", out, "--device", "cpu", "--init", "text",
-                "--min-chunk", "60", "--max-chunk", "200", "--seed", "3", "--weights", weights]
+                "--min-chunk", "60", "--max-chunk", "200", "--seed", "3", "--weights", weights,
+                "--dtype", "auto" if weights == "auto" else "fp32"]
         for option, value in small.items():
             args += [option, value]
         result = run(args)
         assert ("kept as stored" in result.stderr) == (weights == "auto"), result.stderr
+        # --dtype auto trains in bf16 exactly where the CPU has bf16 units.
+        assert ("frozen model runs in bf16" in result.stderr) == (weights == "auto" and bf16_units), result.stderr
         lines = (out / "dataset.jsonl").read_text(encoding="utf-8").split("\n")[1:-1]
         runs[weights] = [json.loads(line) for line in lines]
     compared = 0
