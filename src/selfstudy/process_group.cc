@@ -267,23 +267,35 @@ void ProcessGroup::wait_for_all(const std::string& name) const {
   std::vector<Clock::time_point> last_change(world_size_, Clock::now());
   run_collective(*this, "the wait for every rank to finish " + name, [&] {
     c10d::Store& store = *connection_->store;
-    store.add(key, 1);
-    while (store.add(key, 0) < world_size_) {
-      for (int64_t other = 0; other < world_size_; ++other) {
-        if (other == rank_) continue;
-        const int64_t beat = store.add(kAlivePrefix + std::to_string(other), 0);
-        const Clock::time_point now = Clock::now();
-        if (beat != last_beat[other]) {
-          last_beat[other] = beat;
-          last_change[other] = now;
-        } else if (now - last_change[other] > timeout_) {
-          throw DistributedError(fmt::format(
-              "{}: rank {} gave no sign of life for {} s while this rank waited for every rank to finish {} "
-              "(it exited, was stopped, or lost its network); stopping",
-              describe(), other, timeout_.count() / 1000.0, name));
+    // Adds this rank to `counter`, then polls it until every rank has, watching the others' heartbeats.
+    const auto arrive_and_wait = [&](const std::string& counter) {
+      int64_t arrived = store.add(counter, 1);
+      while (arrived < world_size_) {
+        for (int64_t other = 0; other < world_size_; ++other) {
+          if (other == rank_) continue;
+          const int64_t beat = store.add(kAlivePrefix + std::to_string(other), 0);
+          const Clock::time_point now = Clock::now();
+          if (beat != last_beat[other]) {
+            last_beat[other] = beat;
+            last_change[other] = now;
+          } else if (now - last_change[other] > timeout_) {
+            throw DistributedError(fmt::format(
+                "{}: rank {} gave no sign of life for {} s while this rank waited for every rank to finish "
+                "{} (it exited, was stopped, or lost its network); stopping",
+                describe(), other, timeout_.count() / 1000.0, name));
+          }
         }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        arrived = store.add(counter, 0);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    };
+    arrive_and_wait(key);
+    // Rank 0's process holds the store: it leaves only once every rank has seen the count, or a rank still
+    // polling would lose its connection when rank 0 exits.
+    if (rank_ == 0) {
+      arrive_and_wait(key + "/seen");
+    } else {
+      store.add(key + "/seen", 1);
     }
   });
 }

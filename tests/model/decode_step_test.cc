@@ -104,12 +104,11 @@ TEST_P(FusedDecodeTinyModelTest, RowPoolRowsOfDifferentLengthsMatchTheAtenLayers
   }
 }
 
-// The seam is real: the default forward of a decode step runs the fused step, which a broken kernel
-// would change, and the ATen layers do not depend on the flag's default.
-TEST_P(FusedDecodeTinyModelTest, DecodeStepsDifferFromAPrefillOnlyInTheirPath) {
+// The same 7 tokens as one prefill (the ATen layers) and as 7 decode steps (the fused step, from an empty
+// cache: its first step attends to one slot) give the same last logits.
+TEST_P(FusedDecodeTinyModelTest, SevenDecodeStepsEqualOnePrefillOfTheSameTokens) {
   c10::InferenceMode inference;
   const at::Tensor& ids = get(cases_, "padded_ids");  // [3, 7]
-  // The same 7 tokens as one prefill and as 1 + 6 decode steps give the same last logits.
   KvCache whole = model_->new_cache(1);
   const at::Tensor prefill_logits = model_->forward(ids.narrow(0, 0, 1), at::ones({1, 7}, at::kBool), whole);
   KvCache stepped = model_->new_cache(1);
