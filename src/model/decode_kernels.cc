@@ -8,6 +8,8 @@
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
 
+#include "model/float_dot-inl.h"
+
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -17,21 +19,7 @@ namespace cartridge::decode_kernels {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// sum(a_i b_i) over `count` floats: whole vectors two accumulators deep, then a scalar tail.
-HWY_INLINE float Dot(const float* a, const float* b, int64_t count) {
-  const hn::ScalableTag<float> df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  auto sum0 = hn::Zero(df), sum1 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + 2 * lanes <= count; i += 2 * lanes) {
-    sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
-    sum1 = hn::MulAdd(hn::LoadU(df, a + i + lanes), hn::LoadU(df, b + i + lanes), sum1);
-  }
-  for (; i + lanes <= count; i += lanes) sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
-  float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(sum0, sum1)));
-  for (; i < count; ++i) sum += a[i] * b[i];
-  return sum;
-}
+using float_dot::HWY_NAMESPACE::DotFloats;
 
 // output[i] += weight * x[i] for `count` floats.
 HWY_INLINE void AddScaled(float weight, const float* x, int64_t count, float* output) {
@@ -75,7 +63,7 @@ void AttendOneToken(const float* queries, int64_t group, int64_t head_dim, const
     float largest = kMinusInfinity;
     for (int64_t slot = 0; slot < slots; ++slot) {
       const float score = allowed == nullptr || allowed[slot]
-                              ? Dot(query_vector, keys + slot * slot_stride, head_dim) * scale
+                              ? DotFloats(query_vector, keys + slot * slot_stride, head_dim) * scale
                               : kMinusInfinity;
       query_scores[slot] = score;
       largest = std::max(largest, score);

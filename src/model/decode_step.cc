@@ -81,8 +81,10 @@ void fused_decode_layer(const LayerConfig& config, const LayerWeights& weights, 
   }
   float* qkv = sized(buffers.qkv, batch * qkv_width);
   linear_rows(weights.qkv, normed, batch, qkv);
-  const at::Tensor cos = inputs.rope_cos.contiguous();  // [B, 1, 1, D]
-  const at::Tensor sin = inputs.rope_sin.contiguous();  // [B, 1, 1, D]
+  const at::Tensor& cos = inputs.rope_cos;  // [B, 1, 1, D], contiguous
+  const at::Tensor& sin = inputs.rope_sin;  // [B, 1, 1, D], contiguous
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous(),
+              "fused_decode_layer: the RoPE tables must be contiguous");
   for (int64_t row = 0; row < batch; ++row) {
     const float* row_cos = cos.data_ptr<float>() + row * head_dim;
     const float* row_sin = sin.data_ptr<float>() + row * head_dim;

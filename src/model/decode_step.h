@@ -24,7 +24,7 @@ bool fused_decode_applies(int64_t new_tokens, at::ScalarType dtype, at::Device d
 
 // transformer_layer for hidden [B, 1, hidden] float32, contiguous, updated in place: appends the layer's
 // new key and value to `cache` and adds the attention and MLP blocks' outputs to `hidden`. `inputs` as
-// transformer_layer's, with mask.allowed (when defined) contiguous.
+// transformer_layer's, with rope_cos, rope_sin and mask.allowed (when defined) contiguous.
 void fused_decode_layer(const LayerConfig& config, const LayerWeights& weights, at::Tensor& hidden,
                         const LayerInputs& inputs, KvCache& cache);
 

@@ -6,6 +6,8 @@
 
 #include <hwy/highway.h>
 
+#include "model/float_dot-inl.h"
+
 #include <cstring>
 #include <vector>
 
@@ -370,21 +372,7 @@ void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64
   }
 }
 
-// sum(a_i b_i) over `count` floats (a multiple of the lanes), four accumulators deep.
-HWY_INLINE float DotFloats(const float* a, const float* b, int64_t count) {
-  const hn::ScalableTag<float> df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  auto sum0 = hn::Zero(df), sum1 = hn::Zero(df), sum2 = hn::Zero(df), sum3 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + 4 * lanes <= count; i += 4 * lanes) {
-    sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
-    sum1 = hn::MulAdd(hn::LoadU(df, a + i + lanes), hn::LoadU(df, b + i + lanes), sum1);
-    sum2 = hn::MulAdd(hn::LoadU(df, a + i + 2 * lanes), hn::LoadU(df, b + i + 2 * lanes), sum2);
-    sum3 = hn::MulAdd(hn::LoadU(df, a + i + 3 * lanes), hn::LoadU(df, b + i + 3 * lanes), sum3);
-  }
-  for (; i < count; i += lanes) sum0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), sum0);
-  return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(sum0, sum1), hn::Add(sum2, sum3))));
-}
+using float_dot::HWY_NAMESPACE::DotFloats;
 
 // The dot products of one row `w` with kTokens (4 or 8) tokens' activations x + t * columns (`count` a
 // multiple of the lanes) into results[t]: each vector of w is loaded once for all the tokens, so the loop

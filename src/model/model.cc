@@ -135,7 +135,10 @@ at::Tensor Model::forward(const at::Tensor& input_ids_in, const at::Tensor& toke
   at::Tensor hidden = weight_rows(embedding_, ids);  // [B, T, hidden], a fresh tensor
   if (options.fused_decode && options.kernels == nullptr &&
       fused_decode_applies(new_tokens, dtype_, device_, cache)) {
+    // The fused step reads these as raw buffers: made contiguous once here, not in every layer.
     hidden = hidden.contiguous();
+    inputs.rope_cos = inputs.rope_cos.contiguous();
+    inputs.rope_sin = inputs.rope_sin.contiguous();
     if (inputs.mask.allowed.defined()) inputs.mask.allowed = inputs.mask.allowed.contiguous();
     for (size_t layer = 0; layer < layers_.size(); ++layer) {
       fused_decode_layer(layer_configs_[layer], layers_[layer], hidden, inputs, cache);

@@ -49,6 +49,17 @@ std::string resolved_weights(const ModelOptions& options, const at::Device& devi
   return options.offers_weights && options.dtype == "auto" && device.is_cpu() ? "stored" : "dense";
 }
 
+namespace {
+
+// A resolved --weights ("dense", "stored" or "stored-int8") as the loader's option.
+QuantizedWeights quantized_weights_for(const std::string& weights) {
+  return weights == "stored"        ? QuantizedWeights::kFloatActivations
+         : weights == "stored-int8" ? QuantizedWeights::kInt8Activations
+                                    : QuantizedWeights::kDequantize;
+}
+
+}  // namespace
+
 at::ScalarType resolved_dtype(const ModelOptions& options, const at::Device& device) {
   if (options.dtype != "auto") return parse_dtype(options.dtype);
   // GCC's cpuid test, as ATen's dispatch does its own: bf16 dot products in hardware.
@@ -61,9 +72,7 @@ LoadedModel load_model_from_options(const ModelOptions& options) {
   load.device = parse_device(options.device);
   load.dtype = resolved_dtype(options, load.device);
   const std::string weights = resolved_weights(options, load.device);
-  load.quantized_weights = weights == "stored"        ? QuantizedWeights::kFloatActivations
-                           : weights == "stored-int8" ? QuantizedWeights::kInt8Activations
-                                                      : QuantizedWeights::kDequantize;
+  load.quantized_weights = quantized_weights_for(weights);
   load.show_progress = !options.quiet;
   LoadedModel loaded = load_model(options.model, load);
   if (!options.quiet && options.trains && options.dtype == "auto" && load.dtype == at::kBFloat16) {
@@ -83,12 +92,12 @@ LoadedModel load_model_from_options(const ModelOptions& options) {
 std::shared_ptr<const Model> load_synthesis_model(const ModelOptions& options, const LoadedModel& training) {
   const at::Device device = parse_device(options.device);
   const std::string weights = resolved_weights(options, device);
-  if (weights == "dense") return nullptr;
+  // Only a GGUF holds blocks: a Hugging Face folder would be loaded a second time for nothing.
+  if (weights == "dense" || training.files.format != ModelFormat::kGguf) return nullptr;
   LoadOptions load;
   load.dtype = at::kFloat;  // blocks multiply float32 activations
   load.device = device;
-  load.quantized_weights =
-      weights == "stored" ? QuantizedWeights::kFloatActivations : QuantizedWeights::kInt8Activations;
+  load.quantized_weights = quantized_weights_for(weights);
   load.show_progress = !options.quiet;
   std::shared_ptr<const Model> model = Model::load(training.files, load);
   if (!model->has_quantized_weights()) return nullptr;  // the same dense weights: no second copy

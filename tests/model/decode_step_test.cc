@@ -49,17 +49,7 @@ std::vector<at::Tensor> decode_logits(const Model& model, const at::Tensor& ids,
   return logits;
 }
 
-class FusedDecodeTinyModelTest : public ::testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    LoadOptions options;
-    options.show_progress = false;
-    model_ = Model::load(testing::hf_model_files(fixture_path("model/" + GetParam())), options);
-    cases_ = testing::read_tensors(fixture_path("model/" + GetParam() + "_cases.safetensors"));
-  }
-  std::shared_ptr<const Model> model_;
-  std::map<std::string, at::Tensor> cases_;
-};
+class FusedDecodeTinyModelTest : public testing::TinyModelTest {};
 
 // Rows padded differently after a 3-slot prefix: the decode steps read a per-row mask over padding slots.
 TEST_P(FusedDecodeTinyModelTest, PaddedRowsAfterAPrefixMatchTheAtenLayers) {

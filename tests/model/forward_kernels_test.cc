@@ -33,15 +33,8 @@ ForwardKernels naive_kernels() {
   return kernels;
 }
 
-class ForwardKernelsTest : public ::testing::TestWithParam<std::string> {
+class ForwardKernelsTest : public testing::TinyModelTest {
  protected:
-  void SetUp() override {
-    LoadOptions options;
-    options.show_progress = false;
-    model_ = Model::load(testing::hf_model_files(fixture_path("model/" + GetParam())), options);
-    cases_ = testing::read_tensors(fixture_path("model/" + GetParam() + "_cases.safetensors"));
-  }
-
   // Logits of a causal prefill of two rows and a decode step after it (no mask), then of the padded batch
   // after a 3-slot prefix per row and a decode step after that (masks): every case the forward has.
   std::vector<at::Tensor> run(const ForwardKernels* kernels) const {
@@ -64,9 +57,6 @@ class ForwardKernelsTest : public ::testing::TestWithParam<std::string> {
                                      at::ones({3, 1}, at::kBool), cache, options));
     return logits;
   }
-
-  std::shared_ptr<const Model> model_;
-  std::map<std::string, at::Tensor> cases_;
 };
 
 TEST_P(ForwardKernelsTest, NaiveLinearAndAttentionGiveTheFastPathsLogits) {

@@ -14,6 +14,7 @@
 
 #include "io/model_files.h"
 #include "io/safetensors.h"
+#include "model/model.h"
 #include "model/safetensors_dtype.h"
 #include "test_support.h"
 
@@ -78,5 +79,20 @@ inline ModelFiles hf_model_files(const std::string& folder) {
   }
   return files;
 }
+
+// A test over one of the tiny random models of tests/fixtures/make_model.py per parameter (its folder under
+// the fixtures' model/): the model loaded in fp32 and its oracle cases.
+class TinyModelTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    LoadOptions options;
+    options.show_progress = false;
+    model_ = Model::load(hf_model_files(fixture_path("model/" + GetParam())), options);
+    cases_ = read_tensors(fixture_path("model/" + GetParam() + "_cases.safetensors"));
+  }
+
+  std::shared_ptr<const Model> model_;
+  std::map<std::string, at::Tensor> cases_;
+};
 
 }  // namespace cartridge::testing
