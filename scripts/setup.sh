@@ -22,7 +22,7 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # 1. Debian packages (headers and libraries we build against).
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config git unzip nlohmann-json3-dev libpcre2-dev
   libutf8proc-dev libcli11-dev libfmt-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libgloo-dev libhwy-dev clang-format)
+  libgloo-dev libhwy-dev libtcmalloc-minimal4 clang-format)
 # The test command also builds the libFuzzer targets of fuzz/ (scripts/fuzz.sh): clang and its sanitizer
 # and fuzzer runtimes.
 ((want_test_data)) && APT_PACKAGES+=(clang-14 libclang-rt-14-dev)
