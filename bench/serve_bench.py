@@ -63,7 +63,8 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [args.bin, "serve", "--model", args.model, "--cartridges", str(cartridges), "--port", "0",
              "--max-batch", str(max_batch), "--max-tokens-limit", str(args.max_tokens), "--no-request-log",
-             "--quiet", "--dtype", args.dtype, "--max-prefill-tokens", str(args.max_prefill_tokens), *extra],
+             "--quiet", "--dtype", args.dtype, "--max-prefill-tokens", str(args.max_prefill_tokens),
+             *(["--weights", args.weights] if args.weights else []), *extra],
             stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 300
         self.port = None
@@ -215,7 +216,8 @@ def shared_experiment(args, scratch):
 
 
 def print_shared_table(args, results):
-    print(f"Many clients on the same cartridges, {server_model_id(args)} ({args.dtype}): one request per client, "
+    weights = f", --weights {args.weights}" if args.weights else ""
+    print(f"Many clients on the same cartridges, {server_model_id(args)} ({args.dtype}{weights}): one request per client, "
           f"cartridge p = {args.shared_cartridge_tokens} tokens, prompt {max(r['prompt_tokens'] for r in results if r['mode'] != 'in context')} "
           f"tokens, {args.max_tokens} generated tokens (greedy, ignore_eos); in context = the cartridge's "
           f"{8 * args.shared_cartridge_tokens}-token document before the prompt. Peak KV = the requests' own KV at "
@@ -245,6 +247,9 @@ def main():
     parser.add_argument("--bin", default=str(ROOT / "build" / "cartridge"))
     parser.add_argument("--model", default=str(ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--weights", help="serve's --weights (default: serve's own default for --dtype)")
+    parser.add_argument("--per-user-modes", nargs="+", choices=["cartridge", "in context"],
+                        default=["cartridge", "in context"], help="the per-user experiment's modes")
     parser.add_argument("--doc-tokens", type=int, default=1024, help="document length per client, tokens")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--requests-per-client", type=int, default=2)
@@ -288,11 +293,12 @@ def per_user_experiment(args):
 
         results = []
         for clients in args.clients:
-            for mode in ("cartridge", "in context"):
+            for mode in args.per_user_modes:
                 print(f"running {mode} with {clients} clients...", file=sys.stderr)
                 results.append(run_cell(args, cartridges, mode, clients, documents_text, scratch))
 
-    print(f"Serving {server_model_id(args)} ({args.dtype}) with `cartridge serve`: each client has its own "
+    weights = f", --weights {args.weights}" if args.weights else ""
+    print(f"Serving {server_model_id(args)} ({args.dtype}{weights}) with `cartridge serve`: each client has its own "
           f"document of {min(document_tokens)}-{max(document_tokens)} tokens; cartridge p = {cartridge_tokens} tokens (1/8). "
           f"{args.requests_per_client} requests per client, {args.max_tokens} generated tokens each (greedy, "
           f"ignore_eos). Peak KV = the running batch's KV cache at its largest (rows x slots, padding included).\n")
@@ -302,6 +308,8 @@ def per_user_experiment(args):
         print(f"| {row['clients']} | {row['mode']} | {row['requests']} | {row['wall_s']:.2f} | "
               f"{row['requests_per_s']:.2f} | {row['tokens_per_s']:.1f} | {row['peak_batch']} | "
               f"{row['peak_kv_bytes'] / 2**20:.1f} |")
+    if len(args.per_user_modes) < 2:
+        return results
     print()
     print("| clients | throughput ratio (cartridge / in context) | peak KV ratio (in context / cartridge) |")
     print("|---:|---:|---:|")
