@@ -8,6 +8,7 @@
 #include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
 
+#include "model/decode_kernels.h"
 #include "model/float_dot-inl.h"
 
 #include <cmath>
@@ -53,35 +54,45 @@ HWY_INLINE float ExpShiftedAndSum(float* values, int64_t count, float shift) {
   return total;
 }
 
-void AttendOneToken(const float* queries, int64_t group, int64_t head_dim, const float* keys,
-                    const float* values, int64_t slot_stride, int64_t slots, const bool* allowed, float scale,
-                    float* scores, float* output) {
+void AttendOneToken(const float* queries, int64_t group, int64_t head_dim, const KeyValueSlots* parts,
+                    int64_t part_count, int64_t total_slots, float scale, float* scores, float* output) {
   constexpr float kMinusInfinity = -std::numeric_limits<float>::infinity();
   for (int64_t query = 0; query < group; ++query) {
-    float* query_scores = scores + query * slots;
+    float* query_scores = scores + query * total_slots;  // the parts' slots one after another
     const float* query_vector = queries + query * head_dim;
     float largest = kMinusInfinity;
-    for (int64_t slot = 0; slot < slots; ++slot) {
-      const float score = allowed == nullptr || allowed[slot]
-                              ? DotFloats(query_vector, keys + slot * slot_stride, head_dim) * scale
-                              : kMinusInfinity;
-      query_scores[slot] = score;
-      largest = std::max(largest, score);
+    for (int64_t part = 0; part < part_count; ++part) {
+      const KeyValueSlots& slots = parts[part];
+      for (int64_t slot = 0; slot < slots.slots; ++slot) {
+        const float score =
+            slots.allowed == nullptr || slots.allowed[slot]
+                ? DotFloats(query_vector, slots.keys + slot * slots.slot_stride, head_dim) * scale
+                : kMinusInfinity;
+        *query_scores++ = score;
+        largest = std::max(largest, score);
+      }
     }
+    query_scores = scores + query * total_slots;
     // Every row sees at least its own new token, so `largest` is finite.
-    const float total = ExpShiftedAndSum(query_scores, slots, largest);
+    const float total = ExpShiftedAndSum(query_scores, total_slots, largest);
     const float normaliser = 1.0f / total;
-    for (int64_t slot = 0; slot < slots; ++slot) query_scores[slot] *= normaliser;
+    for (int64_t slot = 0; slot < total_slots; ++slot) query_scores[slot] *= normaliser;
     float* query_output = output + query * head_dim;
     for (int64_t i = 0; i < head_dim; ++i) query_output[i] = 0.0f;
   }
   // Each value vector is read once for every query of the group.
-  for (int64_t slot = 0; slot < slots; ++slot) {
-    if (allowed != nullptr && !allowed[slot]) continue;
-    const float* value = values + slot * slot_stride;
-    for (int64_t query = 0; query < group; ++query) {
-      AddScaled(scores[query * slots + slot], value, head_dim, output + query * head_dim);
+  int64_t first_column = 0;  // the part's first slot among the scores
+  for (int64_t part = 0; part < part_count; ++part) {
+    const KeyValueSlots& slots = parts[part];
+    for (int64_t slot = 0; slot < slots.slots; ++slot) {
+      if (slots.allowed != nullptr && !slots.allowed[slot]) continue;
+      const float* value = slots.values + slot * slots.slot_stride;
+      for (int64_t query = 0; query < group; ++query) {
+        AddScaled(scores[query * total_slots + first_column + slot], value, head_dim,
+                  output + query * head_dim);
+      }
     }
+    first_column += slots.slots;
   }
 }
 
@@ -103,20 +114,20 @@ void SiluTimesUp(const float* gate, const float* up, int64_t count, float* outpu
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-#include "model/decode_kernels.h"
 
 namespace cartridge::decode_kernels {
 
 HWY_EXPORT(AttendOneToken);
 HWY_EXPORT(SiluTimesUp);
 
-void attend_one_token(const float* queries, int64_t group, int64_t head_dim, const float* keys,
-                      const float* values, int64_t slot_stride, int64_t slots, const bool* allowed,
-                      float scale, float* output) {
-  thread_local std::vector<float> scores;  // [group, slots]
-  scores.resize(static_cast<size_t>(group * slots));
+void attend_one_token(const float* queries, int64_t group, int64_t head_dim, const KeyValueSlots* parts,
+                      int64_t part_count, float scale, float* output) {
+  int64_t total_slots = 0;
+  for (int64_t part = 0; part < part_count; ++part) total_slots += parts[part].slots;
+  thread_local std::vector<float> scores;  // [group, total_slots]
+  scores.resize(static_cast<size_t>(group * total_slots));
   HWY_DYNAMIC_DISPATCH(AttendOneToken)
-  (queries, group, head_dim, keys, values, slot_stride, slots, allowed, scale, scores.data(), output);
+  (queries, group, head_dim, parts, part_count, total_slots, scale, scores.data(), output);
 }
 
 void silu_times_up(const float* gate, const float* up, int64_t count, float* output) {

@@ -18,8 +18,10 @@
 namespace cartridge {
 
 // Whether fused_decode_layer runs a forward of `new_tokens` per row into `cache`: one new token, float32 on
-// the CPU, no autograd recording through the cache, and no shared prefix (those rows read two KV sources;
-// the ATen layer's shared_prefix_attention handles them).
+// the CPU, no autograd recording through the cache. Rows may read shared prefixes (a served cartridge):
+// the step reads each in place for each of its rows, before the row's own slots, as long as no prefix has
+// more than 4 rows (beyond that the ATen layer's shared_prefix_attention, which reads it once for all of
+// them, is faster).
 bool fused_decode_applies(int64_t new_tokens, at::ScalarType dtype, at::Device device, const KvCache& cache);
 
 // transformer_layer for hidden [B, 1, hidden] float32, contiguous, updated in place: appends the layer's

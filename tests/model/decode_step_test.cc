@@ -1,14 +1,16 @@
 // The fused decode step (model/decode_step.h) against its oracle, the layer of named ATen steps
 // (ForwardOptions::fused_decode = false), on every tiny model family (biases, q/k norms, GQA 2:1 and 4:1,
 // head dims 8 to 32) and on the default model with its blocks kept as stored: decode steps after a
-// cartridge-like prefix with padded rows, and on a row pool whose rows have different lengths (a mask per
-// row). Its two vector kernels are held to explicit float64 references on shapes that reach their scalar
-// tails. ForwardKernelsTest also holds the fused step to the naive float64 kernels.
+// cartridge-like prefix with padded rows, on a row pool whose rows have different lengths (a mask per
+// row), and with rows reading shared prefixes (the server's cartridges). Its two vector kernels are held
+// to explicit float64 references on shapes that reach their scalar tails. ForwardKernelsTest also holds
+// the fused step to the naive float64 kernels.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
 #include "model/decode_kernels.h"
+#include "model/decode_step.h"
 #include "model/float_block_kernels.h"
 #include "model/model.h"
 #include "model_test_util.h"
@@ -94,6 +96,64 @@ TEST_P(FusedDecodeTinyModelTest, RowPoolRowsOfDifferentLengthsMatchTheAtenLayers
   }
 }
 
+// Rows reading shared prefixes held once (what `serve` decodes): one row a prefix, one a composition of
+// two, one none, then a row pool built from them (the server's layout) with rows of different lengths.
+TEST_P(FusedDecodeTinyModelTest, RowsReadingSharedPrefixesMatchTheAtenLayers) {
+  const at::Tensor& ids = get(cases_, "padded_ids");    // [3, 7]
+  const at::Tensor& mask = get(cases_, "padded_mask");  // row 1 right-, row 2 left-padded
+  std::shared_ptr<const KvPrefix> first, second;
+  {
+    c10::InferenceMode inference;
+    KvCache prefill = model_->new_cache(2);
+    model_->forward(ids.narrow(0, 0, 2), at::ones({2, 7}, at::kBool), prefill);
+    first = std::make_shared<const KvPrefix>(prefill.row_prefix(0, 3));
+    second = std::make_shared<const KvPrefix>(prefill.row_prefix(1, 2));
+  }
+  const std::vector<std::vector<std::shared_ptr<const KvPrefix>>> reads = {{first}, {first, second}, {}};
+  const auto shared_cache = [&] {
+    return KvCache::with_shared_prefixes(model_->config(), model_->dtype(), model_->device(), reads);
+  };
+  const std::vector<at::Tensor> fused = decode_logits(*model_, ids, mask, shared_cache, 4, true);
+  const std::vector<at::Tensor> layered = decode_logits(*model_, ids, mask, shared_cache, 4, false);
+  ASSERT_EQ(fused.size(), layered.size());
+  for (size_t step = 0; step < fused.size(); ++step) {
+    EXPECT_LE(max_abs_diff(fused[step], layered[step]), kTinyLogitTolerance) << "step " << step;
+  }
+
+  std::vector<at::Tensor> pooled[2];
+  for (const bool use_fused : {true, false}) {
+    c10::InferenceMode inference;
+    ForwardOptions options;
+    options.fused_decode = use_fused;
+    KvCache joining = shared_cache();
+    model_->forward(ids, mask, joining, options);
+    KvCache pool = KvCache::row_pool(model_->config(), model_->dtype(), model_->device());
+    pool.add_rows(joining, {2, 1}, 8);
+    pool.add_rows(joining, {0}, 8);
+    for (int step = 0; step < 3; ++step) {
+      pooled[use_fused ? 0 : 1].push_back(model_->forward(tokens({21 + step, 22 + step, 23 + step}),
+                                                          at::ones({3, 1}, at::kBool), pool, options));
+    }
+  }
+  for (size_t step = 0; step < pooled[0].size(); ++step) {
+    EXPECT_LE(max_abs_diff(pooled[0][step], pooled[1][step]), kTinyLogitTolerance) << "pool step " << step;
+  }
+}
+
+// A prefix read by more than 4 rows goes to the ATen layer, which reads it once for all of them.
+TEST_P(FusedDecodeTinyModelTest, APrefixOfManyRowsIsLeftToTheAtenLayers) {
+  c10::InferenceMode inference;
+  KvCache prefill = model_->new_cache(1);
+  model_->forward(get(cases_, "padded_ids").narrow(0, 0, 1), at::ones({1, 7}, at::kBool), prefill);
+  const auto prefix = std::make_shared<const KvPrefix>(prefill.row_prefix(0, 3));
+  for (const int64_t rows : {4, 5}) {
+    const KvCache cache = KvCache::with_shared_prefixes(
+        model_->config(), model_->dtype(), model_->device(),
+        std::vector<std::vector<std::shared_ptr<const KvPrefix>>>(rows, {prefix}));
+    EXPECT_EQ(fused_decode_applies(1, at::kFloat, at::kCPU, cache), rows <= 4) << rows << " rows";
+  }
+}
+
 // The same 7 tokens as one prefill (the ATen layers) and as 7 decode steps (the fused step, from an empty
 // cache: its first step attends to one slot) give the same last logits.
 TEST_P(FusedDecodeTinyModelTest, SevenDecodeStepsEqualOnePrefillOfTheSameTokens) {
@@ -144,31 +204,44 @@ TEST(FusedDecodeSmolLM2Test, StoredBlocksMatchTheAtenLayersAtEveryInstructionSet
 }
 
 // attend_one_token against softmax attention in float64, for head dims with and without a scalar tail,
-// with every slot allowed and with some masked.
+// with every slot allowed and with some masked, over one part or split into a prefix part and a part of
+// its own (one softmax over both: a row reading a shared prefix).
 TEST(DecodeKernelsTest, AttendOneTokenEqualsFloat64Attention) {
   at::manual_seed(7);
   for (const std::string& target : float_block_kernels::runnable_targets()) {
     float_block_kernels::use_target(target);
     for (const int64_t head_dim : {8, 20, 64, 128}) {
       for (const bool masked : {false, true}) {
-        const int64_t group = 3, slots = 37, stride = head_dim + 5;  // slots spaced as in a wider buffer
-        const at::Tensor queries = at::randn({group, head_dim});
-        const at::Tensor storage = at::randn({2, slots, stride});  // [keys | values, S, stride]
-        const at::Tensor keys = storage[0].narrow(1, 0, head_dim);
-        const at::Tensor values = storage[1].narrow(1, 0, head_dim);
-        at::Tensor allowed = at::ones({slots}, at::kBool);
-        if (masked) allowed.narrow(0, 3, 10).fill_(false);
-        const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-        at::Tensor output = at::empty({group, head_dim});
-        decode_kernels::attend_one_token(
-            queries.data_ptr<float>(), group, head_dim, keys.data_ptr<float>(), values.data_ptr<float>(),
-            stride, slots, masked ? allowed.data_ptr<bool>() : nullptr, scale, output.data_ptr<float>());
-        at::Tensor scores = at::matmul(queries.to(at::kDouble), keys.to(at::kDouble).t()) * scale;  // [g, S]
-        scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
-        const at::Tensor expected = at::matmul(at::softmax(scores, -1), values.to(at::kDouble));  // [g, D]
-        // float32 products of head_dim terms and a float32 softmax over 37 slots.
-        EXPECT_LE(max_abs_diff(output, expected), 1e-5)
-            << target << " D " << head_dim << " masked " << masked;
+        for (const int64_t prefix_slots : {0, 10}) {
+          const int64_t group = 3, slots = 37, stride = head_dim + 5;  // slots spaced as in a wider buffer
+          const at::Tensor queries = at::randn({group, head_dim});
+          const at::Tensor storage = at::randn({2, slots, stride});  // [keys | values, S, stride]
+          const at::Tensor keys = storage[0].narrow(1, 0, head_dim);
+          const at::Tensor values = storage[1].narrow(1, 0, head_dim);
+          at::Tensor allowed = at::ones({slots}, at::kBool);
+          if (masked) allowed.narrow(0, 13, 10).fill_(false);
+          const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+          // The first prefix_slots slots as a part with no mask, the rest as a part with the mask.
+          std::vector<decode_kernels::KeyValueSlots> parts;
+          if (prefix_slots > 0) {
+            parts.push_back(
+                {keys.data_ptr<float>(), values.data_ptr<float>(), stride, prefix_slots, nullptr});
+          }
+          parts.push_back({keys.data_ptr<float>() + prefix_slots * stride,
+                           values.data_ptr<float>() + prefix_slots * stride, stride, slots - prefix_slots,
+                           masked ? allowed.data_ptr<bool>() + prefix_slots : nullptr});
+          at::Tensor output = at::empty({group, head_dim});
+          decode_kernels::attend_one_token(queries.data_ptr<float>(), group, head_dim, parts.data(),
+                                           static_cast<int64_t>(parts.size()), scale,
+                                           output.data_ptr<float>());
+          at::Tensor scores =
+              at::matmul(queries.to(at::kDouble), keys.to(at::kDouble).t()) * scale;  // [g, S]
+          scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
+          const at::Tensor expected = at::matmul(at::softmax(scores, -1), values.to(at::kDouble));  // [g, D]
+          // float32 products of head_dim terms and a float32 softmax over 37 slots.
+          EXPECT_LE(max_abs_diff(output, expected), 1e-5)
+              << target << " D " << head_dim << " masked " << masked << " prefix " << prefix_slots;
+        }
       }
     }
   }
