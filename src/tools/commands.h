@@ -60,7 +60,8 @@ struct ModelOptions {
   bool quiet = false;  // no progress bars
 };
 void add_model_options(CLI::App& command, ModelOptions& options);
-// --weights dense|stored|stored-int8, for the commands that only run the model forward (no training).
+// --weights auto|dense|stored|stored-int8: how a GGUF's quantised matrices are held to run the model
+// forward (inference, and `study`'s synthesis; training always runs the dense model).
 void add_weights_option(CLI::App& command, ModelOptions& options);
 LoadedModel load_model_from_options(const ModelOptions& options);
 // What --dtype resolves to on `device`. auto: float32, except for a command that trains on a CPU with bf16
