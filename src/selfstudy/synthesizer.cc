@@ -81,6 +81,15 @@ std::shared_ptr<const KvPrefix> prefill_shared(const Model& model, const std::ve
   return std::make_shared<const KvPrefix>(cache.row_prefix(0, length));
 }
 
+// The last group's shared prefill, kept for the next group: groups drawn from the same chunk (every group,
+// when the document fits in one chunk, as in `study`'s recipe) start with the same tokens, the system
+// message with the chunk. Reused only for exactly the same tokens, so the KV is bit for bit what a new
+// prefill would give; prefilling them again per group was a third of the main job's synthesis.
+struct SharedPrefill {
+  std::vector<int32_t> ids;
+  std::shared_ptr<const KvPrefix> prefix;
+};
+
 // Everything one synthesis run needs, built once.
 struct SynthesisContext {
   const LoadedModel* loaded;
@@ -112,7 +121,8 @@ std::vector<int32_t> quote_passage(const SynthesisContext& context, const Chunk&
 // Generates conversations [first, end) of chunk group `group` (all of the group's rows are generated, so
 // that every row sees the same batch whichever of them are needed).
 std::vector<Conversation> generate_group(const SynthesisContext& context, int64_t group, int64_t first,
-                                         int64_t end, BatchDecodeCounts& counts) {
+                                         int64_t end, SharedPrefill& last_prefill,
+                                         BatchDecodeCounts& counts) {
   const LoadedModel& loaded = *context.loaded;
   const SynthesisOptions& options = *context.options;
   const Model& model = *loaded.model;
@@ -166,8 +176,12 @@ std::vector<Conversation> generate_group(const SynthesisContext& context, int64_
       shared_length = std::min<int64_t>(shared_length, static_cast<int64_t>(prompt.size()) - 1);
     }
     if (shared_length > 0) {
-      shared_prefix = prefill_shared(model, reference, shared_length);
-      counts.prefill_tokens += shared_length;
+      std::vector<int32_t> shared_ids(reference.begin(), reference.begin() + shared_length);
+      if (shared_ids != last_prefill.ids) {
+        last_prefill = {std::move(shared_ids), prefill_shared(model, reference, shared_length)};
+        counts.prefill_tokens += shared_length;
+      }
+      shared_prefix = last_prefill.prefix;
     }
   }
 
@@ -486,6 +500,7 @@ SynthesisStats synthesize_in_groups(const SynthesisContext& context, const Proce
                        options.show_progress && ranks.writes());
   int64_t shown = 0;
   BatchDecodeCounts counts;
+  SharedPrefill last_prefill;
   for (const int64_t position : ranks.share(group_count)) {
     const int64_t group = first_group + position;
     const int64_t first = std::max(group * per_group, stats.existing_conversations);
@@ -495,7 +510,7 @@ SynthesisStats synthesize_in_groups(const SynthesisContext& context, const Proce
     if (!group_file_is_finished(path, header_line, end - group * per_group)) {
       std::string text = header_line + "\n";
       for (const Conversation& conversation :
-           generate_group(context, group, group * per_group, end, counts)) {
+           generate_group(context, group, group * per_group, end, last_prefill, counts)) {
         text += conversation_to_json_line(conversation) + "\n";
       }
       write_file_atomic(path, text);
@@ -583,12 +598,14 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
   ProgressBar progress("synthesize", options.samples - writer.conversation_count(), "conversations",
                        options.show_progress);
   BatchDecodeCounts counts;
+  SharedPrefill last_prefill;
   const int64_t per_group = options.conversations_per_chunk;
   for (int64_t group = writer.conversation_count() / per_group; group * per_group < options.samples;
        ++group) {
     const int64_t first = group * per_group;
     const int64_t end = std::min(first + per_group, options.samples);
-    const std::vector<Conversation> conversations = generate_group(context, group, first, end, counts);
+    const std::vector<Conversation> conversations =
+        generate_group(context, group, first, end, last_prefill, counts);
     int64_t appended = 0;
     for (const Conversation& conversation : conversations) {
       if (conversation.index < writer.conversation_count()) continue;  // written before an interruption
