@@ -51,6 +51,38 @@ std::vector<at::Tensor> decode_logits(const Model& model, const at::Tensor& ids,
   return logits;
 }
 
+// Logits of 3 decode steps of a row pool, with the fused step or the ATen layers: `ids` [3, T] with
+// `mask` go through a cache from `make_cache`, whose rows then join an empty pool in two groups (`first`,
+// then `then`, room for 8 more slots); step s feeds tokens first_token + s + row.
+template <typename MakeCache>
+std::vector<at::Tensor> row_pool_logits(const Model& model, const at::Tensor& ids, const at::Tensor& mask,
+                                        MakeCache&& make_cache, const std::vector<int64_t>& first,
+                                        const std::vector<int64_t>& then, int64_t first_token, bool fused) {
+  c10::InferenceMode inference;
+  ForwardOptions options;
+  options.fused_decode = fused;
+  KvCache joining = make_cache();
+  model.forward(ids, mask, joining, options);
+  KvCache pool = KvCache::row_pool(model.config(), model.dtype(), model.device());
+  pool.add_rows(joining, first, 8);
+  pool.add_rows(joining, then, 8);
+  std::vector<at::Tensor> logits;
+  for (int64_t step = 0; step < 3; ++step) {
+    const int64_t token = first_token + step;
+    logits.push_back(
+        model.forward(tokens({token, token + 1, token + 2}), at::ones({3, 1}, at::kBool), pool, options));
+  }
+  return logits;
+}
+
+// Each step's logits of the fused step within kTinyLogitTolerance of the ATen layers'.
+void expect_same_logits(const std::vector<at::Tensor>& fused, const std::vector<at::Tensor>& layered) {
+  ASSERT_EQ(fused.size(), layered.size());
+  for (size_t step = 0; step < fused.size(); ++step) {
+    EXPECT_LE(max_abs_diff(fused[step], layered[step]), kTinyLogitTolerance) << "step " << step;
+  }
+}
+
 class FusedDecodeTinyModelTest : public testing::TinyModelTest {};
 
 // Rows padded differently after a 3-slot prefix: the decode steps read a per-row mask over padding slots.
@@ -64,36 +96,17 @@ TEST_P(FusedDecodeTinyModelTest, PaddedRowsAfterAPrefixMatchTheAtenLayers) {
   }
   const KvPrefix prefix = prefill.row_prefix(0, 3);
   const auto make_cache = [&] { return model_->new_cache(3, &prefix); };
-  const std::vector<at::Tensor> fused = decode_logits(*model_, ids, mask, make_cache, 4, true);
-  const std::vector<at::Tensor> layered = decode_logits(*model_, ids, mask, make_cache, 4, false);
-  ASSERT_EQ(fused.size(), layered.size());
-  for (size_t step = 0; step < fused.size(); ++step) {
-    EXPECT_LE(max_abs_diff(fused[step], layered[step]), kTinyLogitTolerance) << "step " << step;
-  }
+  expect_same_logits(decode_logits(*model_, ids, mask, make_cache, 4, true),
+                     decode_logits(*model_, ids, mask, make_cache, 4, false));
 }
 
 // A row pool whose rows joined with 5, 7 and 4 slots: each row attends to its own length.
 TEST_P(FusedDecodeTinyModelTest, RowPoolRowsOfDifferentLengthsMatchTheAtenLayers) {
   const at::Tensor& ids = get(cases_, "padded_ids");    // [3, 7]
   const at::Tensor& mask = get(cases_, "padded_mask");  // row 1 right-, row 2 left-padded
-  std::vector<at::Tensor> results[2];
-  for (const bool fused : {true, false}) {
-    c10::InferenceMode inference;
-    ForwardOptions options;
-    options.fused_decode = fused;
-    KvCache three = model_->new_cache(3);
-    model_->forward(ids, mask, three, options);
-    KvCache pool = KvCache::row_pool(model_->config(), model_->dtype(), model_->device());
-    pool.add_rows(three, {1}, 8);
-    pool.add_rows(three, {0, 2}, 8);
-    for (int step = 0; step < 3; ++step) {
-      results[fused ? 0 : 1].push_back(model_->forward(tokens({11 + step, 12 + step, 13 + step}),
-                                                       at::ones({3, 1}, at::kBool), pool, options));
-    }
-  }
-  for (size_t step = 0; step < results[0].size(); ++step) {
-    EXPECT_LE(max_abs_diff(results[0][step], results[1][step]), kTinyLogitTolerance) << "step " << step;
-  }
+  const auto make_cache = [&] { return model_->new_cache(3); };
+  expect_same_logits(row_pool_logits(*model_, ids, mask, make_cache, {1}, {0, 2}, 11, true),
+                     row_pool_logits(*model_, ids, mask, make_cache, {1}, {0, 2}, 11, false));
 }
 
 // Rows reading shared prefixes held once (what `serve` decodes): one row a prefix, one a composition of
@@ -113,31 +126,10 @@ TEST_P(FusedDecodeTinyModelTest, RowsReadingSharedPrefixesMatchTheAtenLayers) {
   const auto shared_cache = [&] {
     return KvCache::with_shared_prefixes(model_->config(), model_->dtype(), model_->device(), reads);
   };
-  const std::vector<at::Tensor> fused = decode_logits(*model_, ids, mask, shared_cache, 4, true);
-  const std::vector<at::Tensor> layered = decode_logits(*model_, ids, mask, shared_cache, 4, false);
-  ASSERT_EQ(fused.size(), layered.size());
-  for (size_t step = 0; step < fused.size(); ++step) {
-    EXPECT_LE(max_abs_diff(fused[step], layered[step]), kTinyLogitTolerance) << "step " << step;
-  }
-
-  std::vector<at::Tensor> pooled[2];
-  for (const bool use_fused : {true, false}) {
-    c10::InferenceMode inference;
-    ForwardOptions options;
-    options.fused_decode = use_fused;
-    KvCache joining = shared_cache();
-    model_->forward(ids, mask, joining, options);
-    KvCache pool = KvCache::row_pool(model_->config(), model_->dtype(), model_->device());
-    pool.add_rows(joining, {2, 1}, 8);
-    pool.add_rows(joining, {0}, 8);
-    for (int step = 0; step < 3; ++step) {
-      pooled[use_fused ? 0 : 1].push_back(model_->forward(tokens({21 + step, 22 + step, 23 + step}),
-                                                          at::ones({3, 1}, at::kBool), pool, options));
-    }
-  }
-  for (size_t step = 0; step < pooled[0].size(); ++step) {
-    EXPECT_LE(max_abs_diff(pooled[0][step], pooled[1][step]), kTinyLogitTolerance) << "pool step " << step;
-  }
+  expect_same_logits(decode_logits(*model_, ids, mask, shared_cache, 4, true),
+                     decode_logits(*model_, ids, mask, shared_cache, 4, false));
+  expect_same_logits(row_pool_logits(*model_, ids, mask, shared_cache, {2, 1}, {0}, 21, true),
+                     row_pool_logits(*model_, ids, mask, shared_cache, {2, 1}, {0}, 21, false));
 }
 
 // A prefix read by more than 4 rows goes to the ATen layer, which reads it once for all of them.
