@@ -1,6 +1,7 @@
 #include "model/transformer_layer.h"
 
 #include <cmath>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -42,11 +43,14 @@ at::Tensor attention_block(const LayerConfig& config, const LayerWeights& weight
   const int64_t kv_heads = config.kv_heads;
   const int64_t head_dim = config.head_dim;
   const at::Tensor qkv = kernels.linear(normed, weights.qkv);  // [B, T, (H + 2 H_kv) D]
-  at::Tensor query = qkv.narrow(-1, 0, heads * head_dim).view({batch, tokens, heads, head_dim});
-  at::Tensor key =
-      qkv.narrow(-1, heads * head_dim, kv_heads * head_dim).view({batch, tokens, kv_heads, head_dim});
-  at::Tensor value = qkv.narrow(-1, (heads + kv_heads) * head_dim, kv_heads * head_dim)
-                         .view({batch, tokens, kv_heads, head_dim});
+  // One split rather than three narrows: in training, its backward writes the three gradients into one
+  // [B, T, (H + 2 H_kv) D] tensor (a cat), where each narrow's would zero-fill a tensor of that size and
+  // the three would then be added.
+  const std::vector<at::Tensor> parts =
+      qkv.split_with_sizes({heads * head_dim, kv_heads * head_dim, kv_heads * head_dim}, -1);
+  at::Tensor query = parts[0].view({batch, tokens, heads, head_dim});
+  at::Tensor key = parts[1].view({batch, tokens, kv_heads, head_dim});
+  at::Tensor value = parts[2].view({batch, tokens, kv_heads, head_dim});
   if (config.qk_norm) {
     query = rms_norm(query, weights.q_norm, config.norm_epsilon);
     key = rms_norm(key, weights.k_norm, config.norm_epsilon);
@@ -75,7 +79,9 @@ at::Tensor mlp_block(const LayerConfig& config, const LayerWeights& weights, con
                      const ForwardKernels& kernels) {
   const int64_t width = config.mlp_width;
   const at::Tensor gate_up = kernels.linear(normed, weights.gate_up);  // [B, T, 2 I]
-  const at::Tensor activated = at::silu(gate_up.narrow(-1, 0, width)) * gate_up.narrow(-1, width, width);
+  const std::vector<at::Tensor> gate_and_up =
+      gate_up.split(width, -1);  // one backward, as in attention_block
+  const at::Tensor activated = at::silu(gate_and_up[0]) * gate_and_up[1];
   return kernels.linear(activated, weights.down);  // [B, T, hidden]
 }
 
