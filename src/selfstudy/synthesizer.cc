@@ -427,6 +427,14 @@ std::vector<BatchDecodeOutput> decode_with_teacher_top_k(const Model& model, con
 
 namespace {
 
+// The progress bar's rates: tokens run through the model as prompts (chunks, questions, and the answers
+// that quote conversations score without generating) and tokens generated, each per second of synthesis.
+std::string token_rates(const BatchDecodeCounts& counts, double seconds) {
+  const double per_second = seconds > 0 ? 1.0 / seconds : 0.0;
+  return fmt::format("{:.0f} prompt + {:.1f} generated tok/s", counts.prefill_tokens * per_second,
+                     counts.generated_tokens * per_second);
+}
+
 std::string group_file_path(const std::string& groups_folder, int64_t group) {
   return fmt::format("{}/group-{:08d}.jsonl", groups_folder, group);
 }
@@ -518,9 +526,7 @@ SynthesisStats synthesize_in_groups(const SynthesisContext& context, const Proce
     }
     const int64_t done = ranks.add_to_counter("synthesized conversations", end - first);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    progress.advance(std::max<int64_t>(done - shown, 0),
-                     fmt::format("{:.1f} generated tok/s on rank 0",
-                                 seconds > 0 ? counts.generated_tokens / seconds : 0.0));
+    progress.advance(std::max<int64_t>(done - shown, 0), token_rates(counts, seconds) + " on rank 0");
     shown = std::max(shown, done);
   }
   ranks.wait_for_all("synthesis");
@@ -615,11 +621,8 @@ SynthesisStats synthesize(const LoadedModel& model, const std::string& corpus_te
       if (options.on_conversation) options.on_conversation(conversation);
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    char extra[96];
-    std::snprintf(extra, sizeof(extra), "%.1f generated tok/s, chunk %lld tokens",
-                  seconds > 0 ? counts.generated_tokens / seconds : 0.0,
-                  static_cast<long long>(conversations.empty() ? 0 : conversations.front().chunk_tokens));
-    progress.advance(appended, extra);
+    progress.advance(appended, fmt::format("{}, chunk {} tokens", token_rates(counts, seconds),
+                                           conversations.empty() ? 0 : conversations.front().chunk_tokens));
   }
   progress.finish();
   stats.generated_tokens = counts.generated_tokens;
