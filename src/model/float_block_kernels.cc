@@ -109,79 +109,79 @@ HWY_INLINE hn::Vec<DU8> NibbleByteIndices(DU8 du8, size_t group) {
 }
 #endif
 
-// sum over the blocks of d * sum(q_i x_i) for one row of Q4_0 or Q4_1 blocks (the -8 offset or the minimum
-// is added from the block sums of x).
+// sum over the blocks of d * sum(q_i x_i) + (m, or the offset -8 d or -16 d) * sum(x_i) for one row of
+// Q4_0, Q4_1, Q5_0 or Q5_1 blocks (`kType`), the second term from the block sums of x.
 //
-// The 4-bit integers become floats with one in-lane byte shuffle and one conversion per vector: the 16
-// nibble bytes are loaded once into every 128-bit part, masked (low nibbles) or shifted (high nibbles), and
-// the shuffle moves each lane's byte to the bottom of its int32. On AVX2 that is 16 instructions per block
-// of 32 values where widening 8 bytes at a time to int32 (vpmovzxbd, across 128-bit halves) took 20, and
-// the low and high halves accumulate in separate registers so that their multiply-adds do not wait on
-// each other. The scalar target (one lane) keeps the plain widening loop.
-template <bool kHasMinimum>
-HWY_INLINE float DotNibbleRow(const uint8_t* row, const float* x, const float* block_sums, int64_t blocks) {
+// The integers become floats with one in-lane byte shuffle and one conversion per vector: the 16 nibble
+// bytes are loaded once into every 128-bit part, masked (low nibbles) or shifted (high nibbles), a Q5
+// block's fifth bits are or-ed in as 0 or 16 per byte (kFifthBits), and the shuffle moves each lane's byte
+// to the bottom of its int32. On AVX2 that is 16 instructions per Q4 block of 32 values where widening 8
+// bytes at a time to int32 (vpmovzxbd, across 128-bit halves) took 20, and the low and high halves
+// accumulate in separate registers so that their multiply-adds do not wait on each other. The scalar target
+// (one lane) multiplies value by value.
+template <uint32_t kType>
+HWY_INLINE float DotSmallIntRow(const uint8_t* row, const float* x, const float* block_sums, int64_t blocks) {
+  constexpr bool kFiveBit = kType == kTypeQ5_0 || kType == kTypeQ5_1;
+  constexpr bool kHasMinimum = kType == kTypeQ4_1 || kType == kTypeQ5_1;
+  constexpr int64_t kStride = block_bytes(kType);
   const hn::ScalableTag<float> df;
-  const size_t lanes = hn::Lanes(df);
-  const int64_t stride = block_bytes(kHasMinimum ? kTypeQ4_1 : kTypeQ4_0);
-  const auto minus_eight = hn::Set(df, -8.0f);
+  const auto offset_per_scale =
+      hn::Set(df, kFiveBit ? -16.0f : -8.0f);  // Q4_0, Q5_0: value = d (q - 8 or 16)
   auto total = hn::Zero(df);
-  // sum over blocks of m * sum(x) (Q4_1) or -8 d * sum(x) (Q4_0), in every lane
-  auto offsets = hn::Zero(df);
+  auto offsets = hn::Zero(df);  // sum over blocks of the offset or minimum times sum(x), in every lane
 #if HWY_TARGET != HWY_SCALAR
-  {
-    const hn::Repartition<uint8_t, decltype(df)> du8;
-    const hn::Repartition<int32_t, decltype(df)> di;
-    const hn::Repartition<uint16_t, decltype(df)> du16;
-    const auto low_mask = hn::Set(du8, uint8_t{0x0F});
-    const size_t groups = static_cast<size_t>(kHalfBlock) / lanes;  // vectors per half block: 1, 2 or 4
-    // At most 4 groups (4 float lanes); indices of the groups past `groups` are never used.
-    hn::Vec<decltype(du8)> indices[4];
-    for (size_t group = 0; group < groups; ++group) indices[group] = NibbleByteIndices(du8, group);
-    for (int64_t block = 0; block < blocks; ++block) {
-      const uint8_t* bytes = row + block * stride;
-      const auto scale = BroadcastHalf(df, bytes);
-      const auto offset = kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(minus_eight, scale);
-      offsets = hn::MulAdd(offset, hn::Set(df, block_sums[block]), offsets);
-      const auto packed = hn::LoadDup128(du8, bytes + (kHasMinimum ? 4 : 2));
-      const auto low = hn::And(packed, low_mask);
-      // The shift works on 16-bit lanes; the mask drops what crossed from the byte above.
-      const auto high = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, packed))), low_mask);
-      const float* values = x + block * kBlockValues;
-      auto low_total = hn::Zero(df);
-      auto high_total = hn::Zero(df);
-      for (size_t group = 0; group < groups; ++group) {
-        const auto low_q = hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(low, indices[group])));
-        const auto high_q = hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(high, indices[group])));
-        low_total = hn::MulAdd(low_q, hn::LoadU(df, values + group * lanes), low_total);
-        high_total = hn::MulAdd(high_q, hn::LoadU(df, values + kHalfBlock + group * lanes), high_total);
-      }
-      total = hn::MulAdd(scale, hn::Add(low_total, high_total), total);
-    }
-  }
-#else
-  {
-    const hn::Rebind<int32_t, decltype(df)> di;
-    const hn::Rebind<uint8_t, decltype(df)> du8;
-    const auto low_mask = hn::Set(du8, uint8_t{0x0F});
-    for (int64_t block = 0; block < blocks; ++block) {
-      const uint8_t* bytes = row + block * stride;
-      const auto scale = BroadcastHalf(df, bytes);
-      const auto offset = kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(minus_eight, scale);
-      offsets = hn::MulAdd(offset, hn::Set(df, block_sums[block]), offsets);
-      const uint8_t* nibbles = bytes + (kHasMinimum ? 4 : 2);
-      const float* values = x + block * kBlockValues;
-      auto block_total = hn::Zero(df);
-      for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += lanes) {
-        const auto packed = hn::LoadU(du8, nibbles + i);
-        const auto low = hn::ConvertTo(df, hn::PromoteTo(di, hn::And(packed, low_mask)));
-        const auto high = hn::ConvertTo(df, hn::PromoteTo(di, hn::ShiftRight<4>(packed)));
-        block_total = hn::MulAdd(low, hn::LoadU(df, values + i), block_total);
-        block_total = hn::MulAdd(high, hn::LoadU(df, values + kHalfBlock + i), block_total);
-      }
-      total = hn::MulAdd(scale, block_total, total);
-    }
-  }
+  const size_t lanes = hn::Lanes(df);
+  const hn::Repartition<uint8_t, decltype(df)> du8;
+  const hn::Repartition<int32_t, decltype(df)> di;
+  const hn::Repartition<uint16_t, decltype(df)> du16;
+  const auto low_mask = hn::Set(du8, uint8_t{0x0F});
+  const size_t groups = static_cast<size_t>(kHalfBlock) / lanes;  // vectors per half block: 1, 2 or 4
+  // At most 4 groups (4 float lanes); indices of the groups past `groups` are never used.
+  hn::Vec<decltype(du8)> indices[4];
+  for (size_t group = 0; group < groups; ++group) indices[group] = NibbleByteIndices(du8, group);
 #endif
+  for (int64_t block = 0; block < blocks; ++block) {
+    const uint8_t* bytes = row + block * kStride;
+    const auto scale = BroadcastHalf(df, bytes);
+    const auto offset = kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(offset_per_scale, scale);
+    offsets = hn::MulAdd(offset, hn::Set(df, block_sums[block]), offsets);
+    const uint8_t* high_bits = bytes + (kHasMinimum ? 4 : 2);  // Q5 only
+    const uint8_t* nibbles = high_bits + (kFiveBit ? 4 : 0);
+    const float* values = x + block * kBlockValues;
+#if HWY_TARGET != HWY_SCALAR
+    auto packed = hn::LoadDup128(du8, nibbles);
+    auto low = hn::And(packed, low_mask);
+    // The shift works on 16-bit lanes; the mask drops what crossed from the byte above.
+    auto high = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, packed))), low_mask);
+    if constexpr (kFiveBit) {
+      alignas(16) uint8_t fifth[kBlockValues];  // value i's fifth bit as 0 or 16
+      for (int byte = 0; byte < 4; ++byte)
+        std::memcpy(fifth + 8 * byte, kFifthBits.bytes[high_bits[byte]], 8);
+      low = hn::Or(low, hn::LoadDup128(du8, fifth));
+      high = hn::Or(high, hn::LoadDup128(du8, fifth + kHalfBlock));
+    }
+    auto low_total = hn::Zero(df);
+    auto high_total = hn::Zero(df);
+    for (size_t group = 0; group < groups; ++group) {
+      const auto low_q = hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(low, indices[group])));
+      const auto high_q = hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(high, indices[group])));
+      low_total = hn::MulAdd(low_q, hn::LoadU(df, values + group * lanes), low_total);
+      high_total = hn::MulAdd(high_q, hn::LoadU(df, values + kHalfBlock + group * lanes), high_total);
+    }
+    total = hn::MulAdd(scale, hn::Add(low_total, high_total), total);
+#else
+    float block_total = 0.0f;
+    for (int64_t i = 0; i < kHalfBlock; ++i) {
+      int low = nibbles[i] & 0x0F, high = nibbles[i] >> 4;
+      if constexpr (kFiveBit) {
+        low |= kFifthBits.bytes[high_bits[i / 8]][i % 8];
+        high |= kFifthBits.bytes[high_bits[(kHalfBlock + i) / 8]][i % 8];
+      }
+      block_total += static_cast<float>(low) * values[i] + static_cast<float>(high) * values[kHalfBlock + i];
+    }
+    total = hn::MulAdd(scale, hn::Set(df, block_total), total);
+#endif
+  }
   return hn::GetLane(hn::SumOfLanes(df, total)) + hn::GetLane(offsets);
 }
 
@@ -221,30 +221,6 @@ HWY_INLINE void ForEachFiveBitVector(DF df, const uint8_t* high_bits, const uint
     const auto high = hn::Or(hn::ShiftRight<4>(packed), hn::LoadU(du8, fifth + kHalfBlock + i));
     use(hn::ConvertTo(df, hn::PromoteTo(di, low)), hn::ConvertTo(df, hn::PromoteTo(di, high)), i);
   }
-}
-
-// sum over the blocks of d * sum(q_i x_i) + (m or -16 d) * sum(x_i) for one row of Q5_0 or Q5_1 blocks.
-template <bool kHasMinimum>
-HWY_INLINE float DotFiveBitRow(const uint8_t* row, const float* x, const float* block_sums, int64_t blocks) {
-  const hn::ScalableTag<float> df;
-  auto total = hn::Zero(df);
-  auto offsets = hn::Zero(df);  // sum over blocks of the offset times sum(x), in every lane
-  const int64_t stride = block_bytes(kHasMinimum ? kTypeQ5_1 : kTypeQ5_0);
-  for (int64_t block = 0; block < blocks; ++block) {
-    const uint8_t* bytes = row + block * stride;
-    const auto scale = BroadcastHalf(df, bytes);
-    const auto offset = kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, -16.0f), scale);
-    offsets = hn::MulAdd(offset, hn::Set(df, block_sums[block]), offsets);
-    const uint8_t* high_bits = bytes + (kHasMinimum ? 4 : 2);
-    const float* values = x + block * kBlockValues;
-    auto block_total = hn::Zero(df);
-    ForEachFiveBitVector(df, high_bits, high_bits + 4, [&](auto low, auto high, size_t i) {
-      block_total = hn::MulAdd(low, hn::LoadU(df, values + i), block_total);
-      block_total = hn::MulAdd(high, hn::LoadU(df, values + kHalfBlock + i), block_total);
-    });
-    total = hn::MulAdd(scale, block_total, total);
-  }
-  return hn::GetLane(hn::SumOfLanes(df, total)) + hn::GetLane(offsets);
 }
 
 // The 32 values of Q4_K sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles) of chunk c: the 32 bytes at
@@ -482,10 +458,18 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
     for (int64_t row = row_begin; row < row_end; ++row) {
       const uint8_t* blocks_of_row = weight + row * row_bytes;
       switch (type) {
-        case kTypeQ4_0: output[row] = DotNibbleRow<false>(blocks_of_row, input, block_sums, blocks); break;
-        case kTypeQ4_1: output[row] = DotNibbleRow<true>(blocks_of_row, input, block_sums, blocks); break;
-        case kTypeQ5_0: output[row] = DotFiveBitRow<false>(blocks_of_row, input, block_sums, blocks); break;
-        case kTypeQ5_1: output[row] = DotFiveBitRow<true>(blocks_of_row, input, block_sums, blocks); break;
+        case kTypeQ4_0:
+          output[row] = DotSmallIntRow<kTypeQ4_0>(blocks_of_row, input, block_sums, blocks);
+          break;
+        case kTypeQ4_1:
+          output[row] = DotSmallIntRow<kTypeQ4_1>(blocks_of_row, input, block_sums, blocks);
+          break;
+        case kTypeQ5_0:
+          output[row] = DotSmallIntRow<kTypeQ5_0>(blocks_of_row, input, block_sums, blocks);
+          break;
+        case kTypeQ5_1:
+          output[row] = DotSmallIntRow<kTypeQ5_1>(blocks_of_row, input, block_sums, blocks);
+          break;
         case kTypeQ4_K: output[row] = DotQ4_KRow(blocks_of_row, input, block_sums, blocks); break;
         case kTypeQ6_K: output[row] = DotQ6_KRow(blocks_of_row, input, blocks); break;
         default: output[row] = DotQ8_0Row(blocks_of_row, input, blocks); break;
