@@ -61,6 +61,11 @@ struct FifthBitTable {
 };
 inline constexpr FifthBitTable kFifthBits{};
 
+// A Q5 block's 32-bit word of fifth bits at `high_bits` -> fifth[i], value i's fifth bit as 0 or 16.
+inline void fifth_bits_of_block(const uint8_t* high_bits, uint8_t fifth[kBlockValues]) {
+  for (int byte = 0; byte < 4; ++byte) std::memcpy(fifth + 8 * byte, kFifthBits.bytes[high_bits[byte]], 8);
+}
+
 // Q4_K's 6-bit scale and minimum of sub-block j (0..7, 32 values each) from its 12 packed bytes: j < 4 in
 // the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte j + 4 with the top 2 bits of bytes
 // j - 4 and j (ggml's get_scale_min_k4).
@@ -153,10 +158,9 @@ HWY_INLINE float DotSmallIntRow(const uint8_t* row, const float* x, const float*
     auto low = hn::And(packed, low_mask);
     // The shift works on 16-bit lanes; the mask drops what crossed from the byte above.
     auto high = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, packed))), low_mask);
+    alignas(16) uint8_t fifth[kBlockValues];  // Q5: value i's fifth bit as 0 or 16
     if constexpr (kFiveBit) {
-      alignas(16) uint8_t fifth[kBlockValues];  // value i's fifth bit as 0 or 16
-      for (int byte = 0; byte < 4; ++byte)
-        std::memcpy(fifth + 8 * byte, kFifthBits.bytes[high_bits[byte]], 8);
+      fifth_bits_of_block(high_bits, fifth);
       low = hn::Or(low, hn::LoadDup128(du8, fifth));
       high = hn::Or(high, hn::LoadDup128(du8, fifth + kHalfBlock));
     }
@@ -170,12 +174,14 @@ HWY_INLINE float DotSmallIntRow(const uint8_t* row, const float* x, const float*
     }
     total = hn::MulAdd(scale, hn::Add(low_total, high_total), total);
 #else
+    uint8_t fifth[kBlockValues];  // Q5: value i's fifth bit as 0 or 16
+    if constexpr (kFiveBit) fifth_bits_of_block(high_bits, fifth);
     float block_total = 0.0f;
     for (int64_t i = 0; i < kHalfBlock; ++i) {
       int low = nibbles[i] & 0x0F, high = nibbles[i] >> 4;
       if constexpr (kFiveBit) {
-        low |= kFifthBits.bytes[high_bits[i / 8]][i % 8];
-        high |= kFifthBits.bytes[high_bits[(kHalfBlock + i) / 8]][i % 8];
+        low |= fifth[i];
+        high |= fifth[kHalfBlock + i];
       }
       block_total += static_cast<float>(low) * values[i] + static_cast<float>(high) * values[kHalfBlock + i];
     }
@@ -214,7 +220,7 @@ HWY_INLINE void ForEachFiveBitVector(DF df, const uint8_t* high_bits, const uint
   const hn::Rebind<uint8_t, DF> du8;
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
   uint8_t fifth[kBlockValues];  // value i's fifth bit as 0 or 16
-  for (int byte = 0; byte < 4; ++byte) std::memcpy(fifth + 8 * byte, kFifthBits.bytes[high_bits[byte]], 8);
+  fifth_bits_of_block(high_bits, fifth);
   for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += hn::Lanes(df)) {
     const auto packed = hn::LoadU(du8, nibbles + i);
     const auto low = hn::Or(hn::And(packed, low_mask), hn::LoadU(du8, fifth + i));
