@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
   std::printf("ggml kernels: %s, %d threads; milliseconds per product, best of %d\n\n",
               kernels.name().c_str(), at::get_num_threads(), repeats);
   std::printf(
-      "| matrix | type | [out, in] | rows | fp32 at::linear | stored, float activations | stored, int8 "
+      "| matrix | type | [out, in] | rows | fp32 at::linear | stored (float, or int16 for one token) | "
+      "stored, int8 "
       "activations (ggml) | dequantise + at::linear |\n");
   std::printf("|---|---|---|---:|---:|---:|---:|---:|\n");
   for (const char* name :

@@ -32,11 +32,6 @@ constexpr int64_t kHalfBlock = 16;
 
 constexpr bool is_k_quant(uint32_t type) { return type == kTypeQ4_K || type == kTypeQ6_K; }
 inline bool is_five_bit(uint32_t type) { return type == kTypeQ5_0 || type == kTypeQ5_1; }
-// Whether value i of a block is d q_i plus an offset or minimum times sum(x) (Q4_0, Q4_1, Q5_0, Q5_1) or
-// a sub-block's minimum (Q4_K): the one-token kernels then need sum(x) per 32 values.
-inline bool uses_block_sums(uint32_t type) {
-  return type == kTypeQ4_0 || type == kTypeQ4_1 || is_five_bit(type) || type == kTypeQ4_K;
-}
 constexpr int64_t block_values(uint32_t type) { return is_k_quant(type) ? kSuperBlockValues : kBlockValues; }
 constexpr int64_t block_bytes(uint32_t type) {
   switch (type) {
@@ -49,6 +44,30 @@ constexpr int64_t block_bytes(uint32_t type) {
     default: return 210;  // Q6_K
   }
 }
+
+// The types whose one-token kernel rounds the activations to int16 (DotSmallIntRow): 4 or 5 bits per
+// value, one scale (and minimum) per block of 32.
+inline bool rounds_activations(uint32_t type) {
+  return type == kTypeQ4_0 || type == kTypeQ4_1 || is_five_bit(type);
+}
+// What multiplies sum(x) of a block in each value's offset: m (Q4_1, Q5_1; the factor 1 leaves it to the
+// block's m), -8 d (Q4_0) or -16 d (Q5_0).
+inline float offset_factor(uint32_t type) {
+  return type == kTypeQ4_0 ? -8.0f : type == kTypeQ5_0 ? -16.0f : 1.0f;
+}
+// Largest |int16| an activation rounds to: the block's largest |x| maps here.
+constexpr float kInt16Steps = 32767.0f;
+// The two floats per block of 32 activations that DotSmallIntRow reads with one load: the int16 step
+// (max |x| / 32767, the value of 1 in the rounded block) and sum(x) times offset_factor.
+constexpr int64_t kCoefficientsPerBlock = 2;
+
+// What the one-token kernels read besides x itself, per block of 32 values of x (computed once per product
+// for all rows). Each pointer is set only where the type needs it.
+struct OneTokenActivations {
+  const float* block_sums = nullptr;    // [columns / 32]: sum(x) (Q4_K)
+  const int16_t* rounded = nullptr;     // [columns]: x / step rounded to int16 (rounds_activations types)
+  const float* coefficients = nullptr;  // [columns / 32, kCoefficientsPerBlock] (rounds_activations types)
+};
 
 // Byte b of a Q5 block's 32-bit word of fifth bits -> the 8 values' fifth bits, each as 0 or 16 (bit k of b
 // is value k's): one 8-byte copy per byte instead of a shift per value.
@@ -97,8 +116,8 @@ HWY_INLINE hn::Vec<DF> BroadcastHalf(DF df, const uint8_t* bytes) {
 }
 
 // Byte-select indices for TableLookupBytesOr0 that turn a block's 16 nibble bytes, repeated in every
-// 128-bit part of a vector (LoadDup128), into int32 lanes: for `group` g, lane k takes byte g * lanes + k
-// into its lowest byte and zeros above it (an index with the top bit set gives 0). Every index stays within
+// 128-bit part of a vector (LoadDup128), into int16 lanes: for `group` g, lane k takes byte g * lanes + k
+// into its low byte and a zero above it (an index with the top bit set gives 0). Every index stays within
 // its own 128-bit part, as the byte shuffle (pshufb) of x86 wants.
 #if HWY_TARGET != HWY_SCALAR
 template <class DU8>
@@ -106,89 +125,141 @@ HWY_INLINE hn::Vec<DU8> NibbleByteIndices(DU8 du8, size_t group) {
   constexpr size_t kMaxBytes = hn::MaxLanes(DU8());
   alignas(64) uint8_t indices[kMaxBytes];
   const size_t bytes = hn::Lanes(du8);
-  const size_t lanes = bytes / 4;  // int32 (and float) lanes
+  const size_t lanes = bytes / 2;  // int16 lanes
   for (size_t byte = 0; byte < bytes; ++byte) {
-    indices[byte] = byte % 4 == 0 ? static_cast<uint8_t>(group * lanes + byte / 4) : uint8_t{0x80};
+    indices[byte] = byte % 2 == 0 ? static_cast<uint8_t>(group * lanes + byte / 2) : uint8_t{0x80};
   }
   return hn::Load(du8, indices);
 }
 #endif
 
+// One token's activations x [columns] -> rounded [columns] int16 and coefficients [columns / 32, 2]: per
+// block of 32 values, step = max |x| / 32767 and x / step rounded to the nearest integer (so x = step *
+// rounded up to step / 2 per value, 2^-16 of the block's largest |x|), then (step, sum(x) * factor), the
+// sum unrounded. An all-zero block gets step 0 and zeros.
+void RoundActivationBlocks(const float* x, int64_t columns, float factor, int16_t* rounded,
+                           float* coefficients) {
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<int16_t, decltype(df)> d16;
+  const size_t lanes = hn::Lanes(df);
+  for (int64_t block = 0; block < columns / kBlockValues; ++block) {
+    const float* values = x + block * kBlockValues;
+    auto largest = hn::Zero(df);
+    auto sum = hn::Zero(df);
+    for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
+      const auto value = hn::LoadU(df, values + i);
+      largest = hn::Max(largest, hn::Abs(value));
+      sum = hn::Add(sum, value);
+    }
+    const float amax = hn::GetLane(hn::MaxOfLanes(df, largest));
+    const auto inverse = hn::Set(df, amax > 0.0f ? kInt16Steps / amax : 0.0f);
+    for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
+      // |x| * inverse <= 32767 up to a rounding, and DemoteTo saturates.
+      const auto steps = hn::NearestInt(hn::Mul(hn::LoadU(df, values + i), inverse));
+      hn::StoreU(hn::DemoteTo(d16, steps), d16, rounded + block * kBlockValues + i);
+    }
+    coefficients[block * kCoefficientsPerBlock] = amax / kInt16Steps;
+    coefficients[block * kCoefficientsPerBlock + 1] = hn::GetLane(hn::SumOfLanes(df, sum)) * factor;
+  }
+}
+
 // sum over the blocks of d * sum(q_i x_i) + (m, or the offset -8 d or -16 d) * sum(x_i) for one row of
-// Q4_0, Q4_1, Q5_0 or Q5_1 blocks (`kType`), the second term from the block sums of x.
+// Q4_0, Q4_1, Q5_0 or Q5_1 blocks (`kType`) and one token, x rounded per block to int16
+// (RoundActivationBlocks: x_i = step * r_i, so sum(q_i x_i) = step * sum(q_i r_i)).
 //
-// The integers become floats with one in-lane byte shuffle and one conversion per vector: the 16 nibble
-// bytes are loaded once into every 128-bit part, masked (low nibbles) or shifted (high nibbles), a Q5
-// block's fifth bits are or-ed in as 0 or 16 per byte (kFifthBits), and the shuffle moves each lane's byte
-// to the bottom of its int32. On AVX2 that is 16 instructions per Q4 block of 32 values where widening 8
-// bytes at a time to int32 (vpmovzxbd, across 128-bit halves) took 20, and the low and high halves
-// accumulate in separate registers so that their multiply-adds do not wait on each other. The scalar target
-// (one lane) multiplies value by value.
+// sum(q_i r_i) is exact in int32 (at most 31 * 32767 * 32 < 2^31) and comes from int16 pair
+// multiply-adds (pmaddwd, 16 values per AVX2 instruction where float32 needs a conversion and a
+// multiply-add per 8); one conversion and one multiply-add by d * step per block then make it float. The
+// integers come from the 16 nibble bytes loaded once into every 128-bit part (LoadDup128), masked (low
+// nibbles) or shifted (high nibbles), a Q5 block's fifth bits or-ed in as 0 or 16 per byte (kFifthBits),
+// and an in-lane byte shuffle (pshufb) that puts each lane's byte at the bottom of its int16. d and m (or d
+// twice) are converted together and multiplied by the block's (step, sum(x) * factor) in one two-lane
+// product. On AVX2 that is 15 vector instructions per Q4_1 block of 32 values where float32 activations
+// took 24. The scalar target multiplies value by value, in the same integers.
 template <uint32_t kType>
-HWY_INLINE float DotSmallIntRow(const uint8_t* row, const float* x, const float* block_sums, int64_t blocks) {
+HWY_INLINE float DotSmallIntRow(const uint8_t* row, const OneTokenActivations& activations, int64_t blocks) {
   constexpr bool kFiveBit = kType == kTypeQ5_0 || kType == kTypeQ5_1;
   constexpr bool kHasMinimum = kType == kTypeQ4_1 || kType == kTypeQ5_1;
   constexpr int64_t kStride = block_bytes(kType);
-  const hn::ScalableTag<float> df;
-  const auto offset_per_scale =
-      hn::Set(df, kFiveBit ? -16.0f : -8.0f);  // Q4_0, Q5_0: value = d (q - 8 or 16)
-  auto total = hn::Zero(df);
-  auto offsets = hn::Zero(df);  // sum over blocks of the offset or minimum times sum(x), in every lane
+  const int16_t* rounded = activations.rounded;
+  const float* coefficients = activations.coefficients;
 #if HWY_TARGET != HWY_SCALAR
-  const size_t lanes = hn::Lanes(df);
-  const hn::Repartition<uint8_t, decltype(df)> du8;
-  const hn::Repartition<int32_t, decltype(df)> di;
-  const hn::Repartition<uint16_t, decltype(df)> du16;
+  const hn::CappedTag<int16_t, kHalfBlock> d16;  // at most a half block per vector
+  const hn::Repartition<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<uint16_t, decltype(d16)> du16;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Repartition<float, decltype(d16)> df;
+  const hn::CappedTag<float, kCoefficientsPerBlock> d2;  // (d, m) times (step, sum(x) * factor)
+  const hn::Rebind<hwy::float16_t, decltype(d2)> d2_half;
+  const size_t lanes = hn::Lanes(d16);
+  const size_t groups = static_cast<size_t>(kHalfBlock) / lanes;  // vectors per half block: 1 or 2
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
-  const size_t groups = static_cast<size_t>(kHalfBlock) / lanes;  // vectors per half block: 1, 2 or 4
-  // At most 4 groups (4 float lanes); indices of the groups past `groups` are never used.
-  hn::Vec<decltype(du8)> indices[4];
+  hn::Vec<decltype(du8)> indices[2];  // the second only where groups is 2
   for (size_t group = 0; group < groups; ++group) indices[group] = NibbleByteIndices(du8, group);
-#endif
+  auto total = hn::Zero(df);
+  auto offsets = hn::Zero(d2);  // lane 1: the offset or minimum times sum(x), summed over the blocks
   for (int64_t block = 0; block < blocks; ++block) {
     const uint8_t* bytes = row + block * kStride;
-    const auto scale = BroadcastHalf(df, bytes);
-    const auto offset = kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(offset_per_scale, scale);
-    offsets = hn::MulAdd(offset, hn::Set(df, block_sums[block]), offsets);
+    // (d, m) for Q4_1 and Q5_1, (d, d) for Q4_0 and Q5_0, whose factor -8 or -16 is in the coefficients.
+    auto scales = hn::PromoteTo(d2, hn::LoadU(d2_half, reinterpret_cast<const hwy::float16_t*>(bytes)));
+    if constexpr (!kHasMinimum) scales = hn::Broadcast<0>(scales);
+    const auto scaled = hn::Mul(scales, hn::LoadU(d2, coefficients + block * kCoefficientsPerBlock));
+    offsets = hn::Add(offsets, scaled);
     const uint8_t* high_bits = bytes + (kHasMinimum ? 4 : 2);  // Q5 only
     const uint8_t* nibbles = high_bits + (kFiveBit ? 4 : 0);
-    const float* values = x + block * kBlockValues;
-#if HWY_TARGET != HWY_SCALAR
-    auto packed = hn::LoadDup128(du8, nibbles);
+    const int16_t* values = rounded + block * kBlockValues;
+    const auto packed = hn::LoadDup128(du8, nibbles);
     auto low = hn::And(packed, low_mask);
     // The shift works on 16-bit lanes; the mask drops what crossed from the byte above.
     auto high = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, packed))), low_mask);
-    alignas(16) uint8_t fifth[kBlockValues];  // Q5: value i's fifth bit as 0 or 16
     if constexpr (kFiveBit) {
+      alignas(16) uint8_t fifth[kBlockValues];  // value i's fifth bit as 0 or 16
       fifth_bits_of_block(high_bits, fifth);
       low = hn::Or(low, hn::LoadDup128(du8, fifth));
       high = hn::Or(high, hn::LoadDup128(du8, fifth + kHalfBlock));
     }
-    auto low_total = hn::Zero(df);
-    auto high_total = hn::Zero(df);
+    // Separate low and high sums, so that their multiply-adds do not wait on each other. On x86 the
+    // products arrive whole in the first sum and `odd` stays zero.
+    auto low_sum = hn::Zero(d32), high_sum = hn::Zero(d32), odd = hn::Zero(d32);
     for (size_t group = 0; group < groups; ++group) {
-      const auto low_q = hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(low, indices[group])));
-      const auto high_q = hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(high, indices[group])));
-      low_total = hn::MulAdd(low_q, hn::LoadU(df, values + group * lanes), low_total);
-      high_total = hn::MulAdd(high_q, hn::LoadU(df, values + kHalfBlock + group * lanes), high_total);
+      const auto low_q = hn::BitCast(d16, hn::TableLookupBytesOr0(low, indices[group]));
+      const auto high_q = hn::BitCast(d16, hn::TableLookupBytesOr0(high, indices[group]));
+      low_sum =
+          hn::ReorderWidenMulAccumulate(d32, low_q, hn::LoadU(d16, values + group * lanes), low_sum, odd);
+      high_sum = hn::ReorderWidenMulAccumulate(
+          d32, high_q, hn::LoadU(d16, values + kHalfBlock + group * lanes), high_sum, odd);
     }
-    total = hn::MulAdd(scale, hn::Add(low_total, high_total), total);
+    const auto block_sum = hn::RearrangeToOddPlusEven(hn::Add(low_sum, high_sum), odd);  // lanes add up
+    total = hn::MulAdd(hn::ConvertTo(df, block_sum), hn::Set(df, hn::GetLane(scaled)), total);
+  }
+  return hn::GetLane(hn::SumOfLanes(df, total)) + hn::ExtractLane(offsets, 1);
 #else
+  const hn::ScalableTag<float> df;
+  float total = 0.0f;
+  float offsets = 0.0f;
+  for (int64_t block = 0; block < blocks; ++block) {
+    const uint8_t* bytes = row + block * kStride;
+    const float scale = hn::GetLane(BroadcastHalf(df, bytes));
+    const float minimum_or_scale = kHasMinimum ? hn::GetLane(BroadcastHalf(df, bytes + 2)) : scale;
+    const uint8_t* high_bits = bytes + (kHasMinimum ? 4 : 2);  // Q5 only
+    const uint8_t* nibbles = high_bits + (kFiveBit ? 4 : 0);
+    const int16_t* values = rounded + block * kBlockValues;
     uint8_t fifth[kBlockValues];  // Q5: value i's fifth bit as 0 or 16
     if constexpr (kFiveBit) fifth_bits_of_block(high_bits, fifth);
-    float block_total = 0.0f;
+    int32_t block_sum = 0;
     for (int64_t i = 0; i < kHalfBlock; ++i) {
-      int low = nibbles[i] & 0x0F, high = nibbles[i] >> 4;
+      int32_t low = nibbles[i] & 0x0F, high = nibbles[i] >> 4;
       if constexpr (kFiveBit) {
         low |= fifth[i];
         high |= fifth[kHalfBlock + i];
       }
-      block_total += static_cast<float>(low) * values[i] + static_cast<float>(high) * values[kHalfBlock + i];
+      block_sum += low * values[i] + high * values[kHalfBlock + i];
     }
-    total = hn::MulAdd(scale, hn::Set(df, block_total), total);
-#endif
+    total += static_cast<float>(block_sum) * (scale * coefficients[block * kCoefficientsPerBlock]);
+    offsets += minimum_or_scale * coefficients[block * kCoefficientsPerBlock + 1];
   }
-  return hn::GetLane(hn::SumOfLanes(df, total)) + hn::GetLane(offsets);
+  return total + offsets;
+#endif
 }
 
 HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) {
@@ -452,10 +523,10 @@ HWY_INLINE void DotFloatsTokens(const float* w, const float* x, int64_t columns,
   }
 }
 
-// output[token * rows + row] for row in [row_begin, row_end) and every token. block_sums [tokens, columns
-// / 32]: sum(x) per 32 values (uses_block_sums types, one token only).
+// output[token * rows + row] for row in [row_begin, row_end) and every token; `one_token` is read only
+// with one token.
 void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t columns, const float* input,
-                  const float* block_sums, int64_t tokens, int64_t row_begin, int64_t row_end,
+                  const OneTokenActivations& one_token, int64_t tokens, int64_t row_begin, int64_t row_end,
                   float* output) {
   const int64_t blocks = columns / block_values(type);
   const int64_t row_bytes = blocks * block_bytes(type);
@@ -464,19 +535,11 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
     for (int64_t row = row_begin; row < row_end; ++row) {
       const uint8_t* blocks_of_row = weight + row * row_bytes;
       switch (type) {
-        case kTypeQ4_0:
-          output[row] = DotSmallIntRow<kTypeQ4_0>(blocks_of_row, input, block_sums, blocks);
-          break;
-        case kTypeQ4_1:
-          output[row] = DotSmallIntRow<kTypeQ4_1>(blocks_of_row, input, block_sums, blocks);
-          break;
-        case kTypeQ5_0:
-          output[row] = DotSmallIntRow<kTypeQ5_0>(blocks_of_row, input, block_sums, blocks);
-          break;
-        case kTypeQ5_1:
-          output[row] = DotSmallIntRow<kTypeQ5_1>(blocks_of_row, input, block_sums, blocks);
-          break;
-        case kTypeQ4_K: output[row] = DotQ4_KRow(blocks_of_row, input, block_sums, blocks); break;
+        case kTypeQ4_0: output[row] = DotSmallIntRow<kTypeQ4_0>(blocks_of_row, one_token, blocks); break;
+        case kTypeQ4_1: output[row] = DotSmallIntRow<kTypeQ4_1>(blocks_of_row, one_token, blocks); break;
+        case kTypeQ5_0: output[row] = DotSmallIntRow<kTypeQ5_0>(blocks_of_row, one_token, blocks); break;
+        case kTypeQ5_1: output[row] = DotSmallIntRow<kTypeQ5_1>(blocks_of_row, one_token, blocks); break;
+        case kTypeQ4_K: output[row] = DotQ4_KRow(blocks_of_row, input, one_token.block_sums, blocks); break;
         case kTypeQ6_K: output[row] = DotQ6_KRow(blocks_of_row, input, blocks); break;
         default: output[row] = DotQ8_0Row(blocks_of_row, input, blocks); break;
       }
@@ -521,6 +584,7 @@ HWY_AFTER_NAMESPACE();
 namespace cartridge::float_block_kernels {
 
 HWY_EXPORT(MultiplyRows);
+HWY_EXPORT(RoundActivationBlocks);
 HWY_EXPORT(DequantizeRows);
 
 namespace {
@@ -562,21 +626,33 @@ void multiply(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t c
               " columns are not whole blocks");
   apply_environment_cap();
   const int64_t blocks = columns / kBlockValues;  // of 32 values, whatever the type's block
-  std::vector<float> block_sums(static_cast<size_t>(tokens * blocks), 0.0f);  // [tokens, blocks]
-  if (uses_block_sums(ggml_type) && tokens == 1) {  // only the one-token kernels use them
-    for (int64_t token = 0; token < tokens; ++token) {
-      for (int64_t block = 0; block < blocks; ++block) {
-        const float* values = input + token * columns + block * kBlockValues;
-        float sum = 0.0f;
-        for (int64_t i = 0; i < kBlockValues; ++i) sum += values[i];
-        block_sums[token * blocks + block] = sum;
-      }
+  // What the one-token kernels read besides x, once for all rows; kept per thread so that a decode step
+  // allocates nothing.
+  thread_local std::vector<float> block_sums;    // [blocks]
+  thread_local std::vector<int16_t> rounded;     // [columns]
+  thread_local std::vector<float> coefficients;  // [blocks, kCoefficientsPerBlock]
+  OneTokenActivations one_token;
+  if (tokens == 1 && rounds_activations(ggml_type)) {
+    rounded.resize(static_cast<size_t>(columns));
+    coefficients.resize(static_cast<size_t>(blocks * kCoefficientsPerBlock));
+    HWY_DYNAMIC_DISPATCH(RoundActivationBlocks)
+    (input, columns, offset_factor(ggml_type), rounded.data(), coefficients.data());
+    one_token.rounded = rounded.data();
+    one_token.coefficients = coefficients.data();
+  } else if (tokens == 1 && ggml_type == kTypeQ4_K) {
+    block_sums.resize(static_cast<size_t>(blocks));
+    for (int64_t block = 0; block < blocks; ++block) {
+      const float* values = input + block * kBlockValues;
+      float sum = 0.0f;
+      for (int64_t i = 0; i < kBlockValues; ++i) sum += values[i];
+      block_sums[static_cast<size_t>(block)] = sum;
     }
+    one_token.block_sums = block_sums.data();
   }
   constexpr int64_t kRowsPerTask = 16;
   at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
     HWY_DYNAMIC_DISPATCH(MultiplyRows)
-    (ggml_type, weight, rows, columns, input, block_sums.data(), tokens, begin, end, output);
+    (ggml_type, weight, rows, columns, input, one_token, tokens, begin, end, output);
   });
 }
 

@@ -1,10 +1,10 @@
 // Matrix products of float32 activations with weights kept in GGUF block types (Q4_0, Q4_1, Q5_0, Q5_1,
-// Q8_0, and the K-quants Q4_K and Q6_K: every type a Q4_K_M file is made of), with
-// no rounding of the activations: each block's integers become floats and multiply in float32, so a
-// product equals "dequantise, then at::linear" up to float32 summation order. That keeps greedy decoding
-// where the fp32 path goes (docs/quantized.md) while reading the weights' 4.5-8.5 bits per value instead
-// of 32. Written with Google Highway: one copy of each kernel per instruction set (SSE4, AVX2, AVX-512,
-// ...), the best the CPU has chosen at run time, or the one CARTRIDGE_CPU_ISA caps it at.
+// Q8_0, and the K-quants Q4_K and Q6_K: every type a Q4_K_M file is made of), rounding the activations
+// little or not at all, so that a product equals "dequantise, then at::linear" up to rounding far below
+// the weights' own. That keeps greedy decoding where the fp32 path goes (docs/quantized.md) while reading
+// the weights' 4.5-8.5 bits per value instead of 32. Written with Google Highway: one copy of each kernel
+// per instruction set (SSE4, AVX2, AVX-512, ...), the best the CPU has chosen at run time, or the one
+// CARTRIDGE_CPU_ISA caps it at.
 //
 // A row of blocks times x, for a block of 32 values with scale d (and minimum m, or offset -8):
 //   Q8_0: d * sum(q_i x_i)                 q_i int8
@@ -15,8 +15,15 @@
 // and for a super-block of 256 values, in sub-blocks j of 32 (Q4_K) or groups g of 16 (Q6_K):
 //   Q4_K: sum_j (d sc_j) sum(q_i x_i) - (dmin m_j) sum(x_i)   q_i in 0..15, sc_j and m_j 6-bit
 //   Q6_K: sum_g (d sc_g) sum(q_i x_i)                          q_i in -32..31, sc_g int8
-// with sum(x_i) per 32 values computed once for all rows. With several tokens, each row is instead
-// dequantised once into a buffer in L1 and every token's product with it is a float32 dot product.
+// with sum(x_i) per 32 values computed once for all rows (from the float32 x).
+//
+// One token (decoding): Q8_0, Q4_K and Q6_K turn each block's integers into floats and multiply in
+// float32 (the float32 product up to summation order). Q4_0, Q4_1, Q5_0 and Q5_1 round x once per
+// product, per block of 32 values, to int16 (step = max |x| / 32767, so each value moves by at most 2^-16
+// of the block's largest, where llama.cpp's 8 bits move it by 2^-8), and sum(q_i x_i) is an exact int32
+// sum of int16 pair products: half the instructions of the float32 form on AVX2, where those kernels are
+// bound by instructions rather than memory. Several tokens: each row is dequantised once into a buffer in
+// L1 and every token's product with it is a float32 dot product.
 #pragma once
 
 #include <cstdint>
