@@ -116,18 +116,19 @@ HWY_INLINE hn::Vec<DF> BroadcastHalf(DF df, const uint8_t* bytes) {
 }
 
 // Byte-select indices for TableLookupBytesOr0 that turn a block's 16 nibble bytes, repeated in every
-// 128-bit part of a vector (LoadDup128), into int16 lanes: for `group` g, lane k takes byte g * lanes + k
-// into its low byte and a zero above it (an index with the top bit set gives 0). Every index stays within
-// its own 128-bit part, as the byte shuffle (pshufb) of x86 wants.
+// 128-bit part of a vector (LoadDup128), into lanes of kLaneBytes (2: int16, 4: int32): for `group` g,
+// lane k takes byte g * lanes + k into its low byte and zeros above it (an index with the top bit set gives
+// 0). Every index stays within its own 128-bit part, as the byte shuffle (pshufb) of x86 wants.
 #if HWY_TARGET != HWY_SCALAR
-template <class DU8>
+template <size_t kLaneBytes, class DU8>
 HWY_INLINE hn::Vec<DU8> NibbleByteIndices(DU8 du8, size_t group) {
   constexpr size_t kMaxBytes = hn::MaxLanes(DU8());
   alignas(64) uint8_t indices[kMaxBytes];
   const size_t bytes = hn::Lanes(du8);
-  const size_t lanes = bytes / 2;  // int16 lanes
+  const size_t lanes = bytes / kLaneBytes;
   for (size_t byte = 0; byte < bytes; ++byte) {
-    indices[byte] = byte % 2 == 0 ? static_cast<uint8_t>(group * lanes + byte / 2) : uint8_t{0x80};
+    indices[byte] =
+        byte % kLaneBytes == 0 ? static_cast<uint8_t>(group * lanes + byte / kLaneBytes) : uint8_t{0x80};
   }
   return hn::Load(du8, indices);
 }
@@ -195,7 +196,7 @@ HWY_INLINE float DotSmallIntRow(const uint8_t* row, const OneTokenActivations& a
   const size_t groups = static_cast<size_t>(kHalfBlock) / lanes;  // vectors per half block: 1 or 2
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
   hn::Vec<decltype(du8)> indices[2];  // the second only where groups is 2
-  for (size_t group = 0; group < groups; ++group) indices[group] = NibbleByteIndices(du8, group);
+  for (size_t group = 0; group < groups; ++group) indices[group] = NibbleByteIndices<2>(du8, group);
   auto total = hn::Zero(df);
   auto offsets = hn::Zero(d2);  // lane 1: the offset or minimum times sum(x), summed over the blocks
   for (int64_t block = 0; block < blocks; ++block) {
@@ -282,22 +283,74 @@ HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) 
   return hn::GetLane(hn::SumOfLanes(df, total));
 }
 
-// The 32 values q_i in 0..31 of a Q5_0 or Q5_1 block as floats, handed to `use(low, high, i)` a vector at a
-// time (values i and 16 + i): the low nibble and then the high nibble of byte i, each with its fifth bit
-// from the block's 32-bit word of high bits (bit i, bit 16 + i).
-template <class DF, class Use>
-HWY_INLINE void ForEachFiveBitVector(DF df, const uint8_t* high_bits, const uint8_t* nibbles, Use&& use) {
-  const hn::Rebind<int32_t, DF> di;
-  const hn::Rebind<uint8_t, DF> du8;
+// The 32 values q_i of a Q4_0 or Q4_1 (0..15), Q5_0 or Q5_1 (0..31) block as floats, handed to
+// `use(low, high, i)` a vector at a time (values i and 16 + i): the low nibble and then the high nibble of
+// byte i of `nibbles`, Q5 (`kFiveBit`) with its fifth bit from the block's 32-bit word at `high_bits` (bit
+// i, bit 16 + i). Vector targets load the 16 bytes once into every 128-bit part (LoadDup128), mask or
+// shift them, or in the fifth bits, and move each lane's byte to the bottom of its int32 with an in-lane
+// byte shuffle: on AVX2 that replaces widening 8 bytes at a time (vpmovzxbd, across 128-bit halves).
+template <bool kFiveBit, class DF, class Use>
+HWY_INLINE void ForEachSmallIntVector(DF df, const uint8_t* high_bits, const uint8_t* nibbles, Use&& use) {
+  const size_t lanes = hn::Lanes(df);
+  alignas(16) uint8_t fifth[kBlockValues];  // Q5: value i's fifth bit as 0 or 16
+  if constexpr (kFiveBit) fifth_bits_of_block(high_bits, fifth);
+#if HWY_TARGET != HWY_SCALAR
+  const hn::Repartition<uint8_t, DF> du8;
+  const hn::Repartition<uint16_t, DF> du16;
+  const hn::Repartition<int32_t, DF> di;
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
-  uint8_t fifth[kBlockValues];  // value i's fifth bit as 0 or 16
-  fifth_bits_of_block(high_bits, fifth);
-  for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += hn::Lanes(df)) {
-    const auto packed = hn::LoadU(du8, nibbles + i);
-    const auto low = hn::Or(hn::And(packed, low_mask), hn::LoadU(du8, fifth + i));
-    const auto high = hn::Or(hn::ShiftRight<4>(packed), hn::LoadU(du8, fifth + kHalfBlock + i));
-    use(hn::ConvertTo(df, hn::PromoteTo(di, low)), hn::ConvertTo(df, hn::PromoteTo(di, high)), i);
+  const auto packed = hn::LoadDup128(du8, nibbles);
+  auto low = hn::And(packed, low_mask);
+  // The shift works on 16-bit lanes; the mask drops what crossed from the byte above.
+  auto high = hn::And(hn::BitCast(du8, hn::ShiftRight<4>(hn::BitCast(du16, packed))), low_mask);
+  if constexpr (kFiveBit) {
+    low = hn::Or(low, hn::LoadDup128(du8, fifth));
+    high = hn::Or(high, hn::LoadDup128(du8, fifth + kHalfBlock));
   }
+  for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += lanes) {
+    const auto indices = NibbleByteIndices<4>(du8, i / lanes);
+    use(hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(low, indices))),
+        hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(high, indices))), i);
+  }
+#else
+  const hn::Rebind<int32_t, DF> di;
+  for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += lanes) {
+    const int32_t low = (nibbles[i] & 0x0F) | (kFiveBit ? fifth[i] : 0);
+    const int32_t high = (nibbles[i] >> 4) | (kFiveBit ? fifth[kHalfBlock + i] : 0);
+    use(hn::ConvertTo(df, hn::Set(di, low)), hn::ConvertTo(df, hn::Set(di, high)), i);
+  }
+#endif
+}
+
+// A Q8_0 block -> its 32 float32 values d q.
+HWY_INLINE void DequantizeQ8_0Block(const uint8_t* bytes, float* values) {
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<int32_t, decltype(df)> di;
+  const hn::Rebind<int8_t, decltype(df)> di8;
+  const auto scale = BroadcastHalf(df, bytes);
+  const int8_t* quants = reinterpret_cast<const int8_t*>(bytes + 2);
+  for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += hn::Lanes(df)) {
+    hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(di8, quants + i))), scale), df,
+               values + i);
+  }
+}
+
+// Block `bytes` of Q4_0, Q4_1, Q5_0 or Q5_1 (`kType`) -> its 32 float32 values: d q - 8 d (Q4_0), d q -
+// 16 d (Q5_0), d q + m (Q4_1, Q5_1), each with one rounding (an FMA; 8 d and 16 d are exact).
+template <uint32_t kType>
+HWY_INLINE void DequantizeSmallIntBlock(const uint8_t* bytes, float* values) {
+  constexpr bool kFiveBit = kType == kTypeQ5_0 || kType == kTypeQ5_1;
+  constexpr bool kHasMinimum = kType == kTypeQ4_1 || kType == kTypeQ5_1;
+  const hn::ScalableTag<float> df;
+  const auto scale = BroadcastHalf(df, bytes);
+  const auto offset =
+      kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, kFiveBit ? -16.0f : -8.0f), scale);
+  const uint8_t* high_bits = bytes + (kHasMinimum ? 4 : 2);  // Q5 only
+  ForEachSmallIntVector<kFiveBit>(df, high_bits, high_bits + (kFiveBit ? 4 : 0),
+                                  [&](auto low, auto high, size_t i) {
+                                    hn::StoreU(hn::MulAdd(low, scale, offset), df, values + i);
+                                    hn::StoreU(hn::MulAdd(high, scale, offset), df, values + kHalfBlock + i);
+                                  });
 }
 
 // The 32 values of Q4_K sub-blocks 2c (low nibbles) and 2c + 1 (high nibbles) of chunk c: the 32 bytes at
@@ -434,52 +487,19 @@ HWY_INLINE void DequantizeKQuantBlock(uint32_t type, const uint8_t* bytes, float
 // same d q_i (+ m) in float32 as ggml's and the gguf package's dequantisation.
 void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64_t row_begin, int64_t row_end,
                     float* output) {
-  const hn::ScalableTag<float> df;
-  const hn::Rebind<int32_t, decltype(df)> di;
-  const hn::Rebind<uint8_t, decltype(df)> du8;
-  const hn::Rebind<int8_t, decltype(df)> di8;
-  const size_t lanes = hn::Lanes(df);
   const int64_t blocks = columns / block_values(type);
   const int64_t stride = block_bytes(type);
-  const auto low_mask = hn::Set(du8, uint8_t{0x0F});
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t block = 0; block < blocks; ++block) {
       const uint8_t* bytes = weight + (row * blocks + block) * stride;
       float* values = output + row * columns + block * block_values(type);
-      if (is_k_quant(type)) {
-        DequantizeKQuantBlock(type, bytes, values);
-        continue;
-      }
-      const auto scale = BroadcastHalf(df, bytes);
-      if (type == kTypeQ8_0) {
-        const int8_t* quants = reinterpret_cast<const int8_t*>(bytes + 2);
-        for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
-          hn::StoreU(hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(di8, quants + i))), scale), df,
-                     values + i);
-        }
-        continue;
-      }
-      if (is_five_bit(type)) {
-        // Q5_0: d q - 16 d (one rounding with an FMA, as d (q - 16): 16 d is exact); Q5_1: d q + m.
-        const auto offset =
-            type == kTypeQ5_1 ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, -16.0f), scale);
-        const uint8_t* high_bits = bytes + (type == kTypeQ5_1 ? 4 : 2);
-        ForEachFiveBitVector(df, high_bits, high_bits + 4, [&](auto low, auto high, size_t i) {
-          hn::StoreU(hn::MulAdd(low, scale, offset), df, values + i);
-          hn::StoreU(hn::MulAdd(high, scale, offset), df, values + kHalfBlock + i);
-        });
-        continue;
-      }
-      // Q4_0: d q - 8 d; Q4_1: d q + m.
-      const auto offset =
-          type == kTypeQ4_1 ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, -8.0f), scale);
-      const uint8_t* nibbles = bytes + (type == kTypeQ4_1 ? 4 : 2);
-      for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += lanes) {
-        const auto packed = hn::LoadU(du8, nibbles + i);
-        const auto low = hn::ConvertTo(df, hn::PromoteTo(di, hn::And(packed, low_mask)));
-        const auto high = hn::ConvertTo(df, hn::PromoteTo(di, hn::ShiftRight<4>(packed)));
-        hn::StoreU(hn::MulAdd(low, scale, offset), df, values + i);
-        hn::StoreU(hn::MulAdd(high, scale, offset), df, values + kHalfBlock + i);
+      switch (type) {
+        case kTypeQ4_0: DequantizeSmallIntBlock<kTypeQ4_0>(bytes, values); break;
+        case kTypeQ4_1: DequantizeSmallIntBlock<kTypeQ4_1>(bytes, values); break;
+        case kTypeQ5_0: DequantizeSmallIntBlock<kTypeQ5_0>(bytes, values); break;
+        case kTypeQ5_1: DequantizeSmallIntBlock<kTypeQ5_1>(bytes, values); break;
+        case kTypeQ8_0: DequantizeQ8_0Block(bytes, values); break;
+        default: DequantizeKQuantBlock(type, bytes, values); break;
       }
     }
   }
