@@ -45,15 +45,14 @@ constexpr int64_t block_bytes(uint32_t type) {
   }
 }
 
-// The types whose one-token kernel rounds the activations to int16 (DotSmallIntRow): 4 or 5 bits per
-// value, one scale (and minimum) per block of 32.
+// The types whose one-token kernel rounds the activations to int16 (DotSmallIntRow, DotQ6_KRow).
 inline bool rounds_activations(uint32_t type) {
-  return type == kTypeQ4_0 || type == kTypeQ4_1 || is_five_bit(type);
+  return type == kTypeQ4_0 || type == kTypeQ4_1 || is_five_bit(type) || type == kTypeQ6_K;
 }
 // What multiplies sum(x) of a block in each value's offset: m (Q4_1, Q5_1; the factor 1 leaves it to the
-// block's m), -8 d (Q4_0) or -16 d (Q5_0).
+// block's m), -8 d (Q4_0) or -16 d (Q5_0); Q6_K's -32 is in its integers (factor 0, unused).
 inline float offset_factor(uint32_t type) {
-  return type == kTypeQ4_0 ? -8.0f : type == kTypeQ5_0 ? -16.0f : 1.0f;
+  return type == kTypeQ4_0 ? -8.0f : type == kTypeQ5_0 ? -16.0f : type == kTypeQ6_K ? 0.0f : 1.0f;
 }
 // Largest |int16| an activation rounds to: the block's largest |x| maps here.
 constexpr float kInt16Steps = 32767.0f;
@@ -429,25 +428,105 @@ HWY_INLINE void ForEachQ6_KHalfVector(DF df, const uint8_t* block, int half, Use
   }
 }
 
-// sum over the super-blocks of sum_g (d sc_g) sum(q_i x_i), q_i in -32..31.
-HWY_INLINE float DotQ6_KRow(const uint8_t* row, const float* x, int64_t blocks) {
-  const hn::ScalableTag<float> df;
+// sum over the super-blocks of sum_g (d sc_g) sum(q_i x_i), q_i in -32..31, for one token, x rounded per
+// block of 32 to int16 (RoundActivationBlocks: x_i = step_b r_i).
+//
+// Each group's integers are built in int16 lanes from the zero-extended bytes (ForEachQ6_KHalfVector's
+// layout), made signed (q - 32) and multiplied by the group's int8 scale there: |(q - 32) sc| <= 32 * 128
+// fits int16. int16 pair multiply-adds with r (pmaddwd) then sum each block of 32 values into int32 lanes
+// exactly: a lane holds at most 8 products of at most 4096 * 32767 (SSE4; 4 on AVX2), below 2^31. One
+// conversion and one multiply-add by d step_b per block of 32 make it float. The scalar target sums the
+// same integers in int64.
+HWY_INLINE float DotQ6_KRow(const uint8_t* row, const OneTokenActivations& activations, int64_t blocks) {
+  const int16_t* rounded = activations.rounded;
+  const float* coefficients = activations.coefficients;
+  constexpr int64_t kBlocksPerSuperBlock = kSuperBlockValues / kBlockValues;  // 8 blocks of 32 values
+  constexpr int64_t kHalfValues = kSuperBlockValues / 2;                      // 128
+#if HWY_TARGET != HWY_SCALAR
+  const hn::CappedTag<int16_t, kHalfBlock> d16;  // at most 16 lanes: a vector never straddles two groups
+  const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Repartition<float, decltype(d16)> df;
+  const size_t lanes = hn::Lanes(d16);
+  const auto low_mask = hn::Set(d16, int16_t{0x0F});
+  const auto high_mask = hn::Set(d16, int16_t{0x30});
+  const auto offset = hn::Set(d16, int16_t{32});
   auto total = hn::Zero(df);
   for (int64_t block = 0; block < blocks; ++block) {
     const uint8_t* bytes = row + block * block_bytes(kTypeQ6_K);
     const int8_t* group_scales = reinterpret_cast<const int8_t*>(bytes + 192);
-    const auto scale = BroadcastHalf(df, bytes + 208);
+    const float scale = hn::GetLane(BroadcastHalf(df, bytes + 208));
+    const int16_t* block_x = rounded + block * kSuperBlockValues;
+    const float* block_steps = coefficients + block * kBlocksPerSuperBlock * kCoefficientsPerBlock;
     for (int half = 0; half < 2; ++half) {
-      const float* half_x = x + block * kSuperBlockValues + half * 128;
+      const uint8_t* low_bits = bytes + half * 64;
+      const uint8_t* high_bits = bytes + 128 + half * 32;
       const int8_t* half_scales = group_scales + half * 8;
-      ForEachQ6_KHalfVector(df, bytes, half, [&](auto q, size_t value, int group) {
-        const auto products = hn::Mul(q, hn::LoadU(df, half_x + value));
-        total =
-            hn::MulAdd(hn::Mul(scale, hn::Set(df, static_cast<float>(half_scales[group]))), products, total);
-      });
+      const int16_t* half_x = block_x + half * kHalfValues;
+      // Blocks 4 half + k (k = 0..3: values 32 k + l of the half) accumulate in sums[k].
+      // On x86 the products arrive whole in sums[k] and odds[k] stays zero.
+      hn::Vec<decltype(d32)> sums[4] = {hn::Zero(d32), hn::Zero(d32), hn::Zero(d32), hn::Zero(d32)};
+      hn::Vec<decltype(d32)> odds[4] = {hn::Zero(d32), hn::Zero(d32), hn::Zero(d32), hn::Zero(d32)};
+      for (size_t l = 0; l < 32; l += lanes) {
+        const int group = static_cast<int>(l / 16);
+        const auto first = hn::BitCast(
+            d16, hn::PromoteTo(hn::Rebind<uint16_t, decltype(d16)>(), hn::LoadU(du8, low_bits + l)));
+        const auto second = hn::BitCast(
+            d16, hn::PromoteTo(hn::Rebind<uint16_t, decltype(d16)>(), hn::LoadU(du8, low_bits + 32 + l)));
+        const auto highs = hn::BitCast(
+            d16, hn::PromoteTo(hn::Rebind<uint16_t, decltype(d16)>(), hn::LoadU(du8, high_bits + l)));
+        const hn::Vec<decltype(d16)> q[4] = {
+            hn::Or(hn::And(first, low_mask), hn::And(hn::ShiftLeft<4>(highs), high_mask)),
+            hn::Or(hn::And(second, low_mask), hn::And(hn::ShiftLeft<2>(highs), high_mask)),
+            hn::Or(hn::ShiftRight<4>(first), hn::And(highs, high_mask)),
+            hn::Or(hn::ShiftRight<4>(second), hn::And(hn::ShiftRight<2>(highs), high_mask)),
+        };
+        for (int k = 0; k < 4; ++k) {
+          const auto scaled =
+              hn::Mul(hn::Sub(q[k], offset), hn::Set(d16, int16_t{half_scales[group + 2 * k]}));
+          sums[k] = hn::ReorderWidenMulAccumulate(d32, scaled, hn::LoadU(d16, half_x + 32 * k + l), sums[k],
+                                                  odds[k]);
+        }
+      }
+      for (int k = 0; k < 4; ++k) {
+        const float step = block_steps[(4 * half + k) * kCoefficientsPerBlock];
+        const auto block_sum = hn::RearrangeToOddPlusEven(sums[k], odds[k]);
+        total = hn::MulAdd(hn::ConvertTo(df, block_sum), hn::Set(df, scale * step), total);
+      }
     }
   }
   return hn::GetLane(hn::SumOfLanes(df, total));
+#else
+  const hn::ScalableTag<float> df;
+  float total = 0.0f;
+  for (int64_t block = 0; block < blocks; ++block) {
+    const uint8_t* bytes = row + block * block_bytes(kTypeQ6_K);
+    const int8_t* group_scales = reinterpret_cast<const int8_t*>(bytes + 192);
+    const float scale = hn::GetLane(BroadcastHalf(df, bytes + 208));
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* low_bits = bytes + half * 64;
+      const uint8_t* high_bits = bytes + 128 + half * 32;
+      const int16_t* half_x = rounded + block * kSuperBlockValues + half * kHalfValues;
+      int64_t sums[4] = {0, 0, 0, 0};  // blocks 4 half + k
+      for (int l = 0; l < 32; ++l) {
+        const int q[4] = {(low_bits[l] & 0x0F) | ((high_bits[l] & 3) << 4),
+                          (low_bits[l + 32] & 0x0F) | (((high_bits[l] >> 2) & 3) << 4),
+                          (low_bits[l] >> 4) | (((high_bits[l] >> 4) & 3) << 4),
+                          (low_bits[l + 32] >> 4) | ((high_bits[l] >> 6) << 4)};
+        for (int k = 0; k < 4; ++k) {
+          sums[k] += static_cast<int64_t>((q[k] - 32) * group_scales[half * 8 + l / 16 + 2 * k]) *
+                     half_x[32 * k + l];
+        }
+      }
+      for (int k = 0; k < 4; ++k) {
+        const float step =
+            coefficients[(block * kBlocksPerSuperBlock + 4 * half + k) * kCoefficientsPerBlock];
+        total += static_cast<float>(sums[k]) * (scale * step);
+      }
+    }
+  }
+  return total;
+#endif
 }
 
 // One super-block of Q4_K or Q6_K -> 256 float32 values: (d sc) q - (dmin m), or (d sc) (q - 32), each
@@ -560,7 +639,7 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
         case kTypeQ5_0: output[row] = DotSmallIntRow<kTypeQ5_0>(blocks_of_row, one_token, blocks); break;
         case kTypeQ5_1: output[row] = DotSmallIntRow<kTypeQ5_1>(blocks_of_row, one_token, blocks); break;
         case kTypeQ4_K: output[row] = DotQ4_KRow(blocks_of_row, input, one_token.block_sums, blocks); break;
-        case kTypeQ6_K: output[row] = DotQ6_KRow(blocks_of_row, input, blocks); break;
+        case kTypeQ6_K: output[row] = DotQ6_KRow(blocks_of_row, one_token, blocks); break;
         default: output[row] = DotQ8_0Row(blocks_of_row, input, blocks); break;
       }
     }

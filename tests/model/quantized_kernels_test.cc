@@ -183,30 +183,33 @@ at::Tensor float_error_bound(const QuantizedCase& test_case, int64_t tokens) {
   return at::matmul(x.abs(), w.abs().t()) * (4.0 * x.size(1) * std::ldexp(1.0, -24));
 }
 
-// One token times Q4_0, Q4_1, Q5_0 or Q5_1 rounds each block of 32 activations to int16 (step = amax /
-// 32767; a value moves by at most step / 2, and the float32 x / step by a rounding more, 2^-22 amax), so
-// the term d q_i x_i moves by at most |d q_i| amax (1/65534 + 2^-22). |d q_i| = |w_i - offset| <= |w_i| +
-// max|w| of the block: in the fixtures (gguf quantisations) the block's offset (m, or -8 d, -16 d) is the
-// value of its element with q = 0. Float32 rounding then adds the float bound above over the terms d q_i
-// x_i and offset x_i, each at most (|w_i| + max|w|) |x_i|.
+// One token times Q4_0, Q4_1, Q5_0, Q5_1 or Q6_K rounds each block of 32 activations to int16 (step = amax
+// / 32767; a value moves by at most step / 2, and the float32 x / step by a rounding more, 2^-22 amax),
+// so the term d q_i x_i moves by at most |d q_i| amax (1/65534 + 2^-22). For Q6_K, d q_i (q_i - 32 there,
+// times its group's scale) is w_i. For the others |d q_i| = |w_i - offset| <= |w_i| + max|w| of the block:
+// in the fixtures (gguf quantisations) the block's offset (m, or -8 d, -16 d) is the value of its element
+// with q = 0. Float32 rounding then adds the float bound above over the terms d q_i x_i and offset x_i,
+// each at most (|w_i| + max|w|) |x_i|.
 bool rounds_one_token(const QuantizedCase& test_case) {
   return test_case.name == "Q4_0" || test_case.name == "Q4_1" || test_case.name == "Q5_0" ||
-         test_case.name == "Q5_1";
+         test_case.name == "Q5_1" || test_case.name == "Q6_K";
 }
 
 at::Tensor rounded_error_bound(const QuantizedCase& test_case) {
   const at::Tensor x = test_case.input.slice(0, 0, 1).to(at::kDouble);  // [1, C]
   const at::Tensor w = test_case.dequantized.to(at::kDouble);           // [R, C]
   const int64_t blocks = x.size(1) / 32;
-  const at::Tensor activation_amax = x.abs().view({1, blocks, 32}).amax(-1);     // [1, B]
-  const at::Tensor activation_sum = x.abs().view({1, blocks, 32}).sum(-1);       // [1, B]
-  const at::Tensor weight_sum = w.abs().view({w.size(0), blocks, 32}).sum(-1);   // [R, B]
-  const at::Tensor weight_max = w.abs().view({w.size(0), blocks, 32}).amax(-1);  // [R, B]
+  const at::Tensor activation_amax = x.abs().view({1, blocks, 32}).amax(-1);    // [1, B]
+  const at::Tensor activation_sum = x.abs().view({1, blocks, 32}).sum(-1);      // [1, B]
+  const at::Tensor weight_sum = w.abs().view({w.size(0), blocks, 32}).sum(-1);  // [R, B]
+  // The offset's share of |d q_i|: max|w| of the block, none for Q6_K.
+  const at::Tensor offset = test_case.name == "Q6_K"
+                                ? at::zeros_like(weight_sum)
+                                : w.abs().view({w.size(0), blocks, 32}).amax(-1);  // [R, B]
   const double step_half = 1.0 / 65534.0 + std::ldexp(1.0, -22);
   const double float_rounding = 4.0 * x.size(1) * std::ldexp(1.0, -24);
-  return at::matmul(activation_amax, (weight_sum + 32.0 * weight_max).t()) * step_half +
-         (at::matmul(x.abs(), w.abs().t()) + 2.0 * at::matmul(activation_sum, weight_max.t())) *
-             float_rounding;
+  return at::matmul(activation_amax, (weight_sum + 32.0 * offset).t()) * step_half +
+         (at::matmul(x.abs(), w.abs().t()) + 2.0 * at::matmul(activation_sum, offset.t())) * float_rounding;
 }
 
 // The bound of one product: rounded_error_bound for one token of the rounding types, float_error_bound
