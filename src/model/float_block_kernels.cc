@@ -131,6 +131,29 @@ HWY_INLINE hn::Vec<DU8> NibbleByteIndices(DU8 du8, size_t group) {
   }
   return hn::Load(du8, indices);
 }
+
+// The byte-select indices of every group of lanes of kLaneBytes (NibbleByteIndices), built once per kernel
+// call: the compiler does not fold their construction from arrays, and building them per block or per row
+// costs more than the arithmetic.
+template <size_t kLaneBytes, class DU8>
+struct SmallIntShuffles {
+  SmallIntShuffles() {
+    const DU8 du8;
+    const size_t groups = static_cast<size_t>(kHalfBlock) / (hn::Lanes(du8) / kLaneBytes);  // at most 4
+    for (size_t group = 0; group < groups; ++group) {
+      nibble_indices[group] = NibbleByteIndices<kLaneBytes>(du8, group);
+    }
+  }
+  hn::Vec<DU8> nibble_indices[4];
+};
+
+// The two layouts' indices: int16 lanes of at most a half block (the one-token products, DotSmallIntRow)
+// and int32 lanes of a float vector (dequantisation, ForEachSmallIntVector).
+using Int16Shuffles = SmallIntShuffles<2, hn::Repartition<uint8_t, hn::CappedTag<int16_t, kHalfBlock>>>;
+using Int32Shuffles = SmallIntShuffles<4, hn::Repartition<uint8_t, hn::ScalableTag<float>>>;
+#else
+struct Int16Shuffles {};  // the scalar target multiplies value by value
+struct Int32Shuffles {};
 #endif
 
 // One token's activations x [columns] -> rounded [columns] int16 and coefficients [columns / 32, 2]: per
@@ -177,7 +200,8 @@ void RoundActivationBlocks(const float* x, int64_t columns, float factor, int16_
 // product. On AVX2 that is 15 vector instructions per Q4_1 block of 32 values where float32 activations
 // took 24. The scalar target multiplies value by value, in the same integers.
 template <uint32_t kType>
-HWY_INLINE float DotSmallIntRow(const uint8_t* row, const OneTokenActivations& activations, int64_t blocks) {
+HWY_INLINE float DotSmallIntRow(const uint8_t* row, const OneTokenActivations& activations, int64_t blocks,
+                                const Int16Shuffles& shuffles) {
   constexpr bool kFiveBit = kType == kTypeQ5_0 || kType == kTypeQ5_1;
   constexpr bool kHasMinimum = kType == kTypeQ4_1 || kType == kTypeQ5_1;
   constexpr int64_t kStride = block_bytes(kType);
@@ -194,8 +218,6 @@ HWY_INLINE float DotSmallIntRow(const uint8_t* row, const OneTokenActivations& a
   const size_t lanes = hn::Lanes(d16);
   const size_t groups = static_cast<size_t>(kHalfBlock) / lanes;  // vectors per half block: 1 or 2
   const auto low_mask = hn::Set(du8, uint8_t{0x0F});
-  hn::Vec<decltype(du8)> indices[2];  // the second only where groups is 2
-  for (size_t group = 0; group < groups; ++group) indices[group] = NibbleByteIndices<2>(du8, group);
   auto total = hn::Zero(df);
   auto offsets = hn::Zero(d2);  // lane 1: the offset or minimum times sum(x), summed over the blocks
   for (int64_t block = 0; block < blocks; ++block) {
@@ -222,8 +244,8 @@ HWY_INLINE float DotSmallIntRow(const uint8_t* row, const OneTokenActivations& a
     // products arrive whole in the first sum and `odd` stays zero.
     auto low_sum = hn::Zero(d32), high_sum = hn::Zero(d32), odd = hn::Zero(d32);
     for (size_t group = 0; group < groups; ++group) {
-      const auto low_q = hn::BitCast(d16, hn::TableLookupBytesOr0(low, indices[group]));
-      const auto high_q = hn::BitCast(d16, hn::TableLookupBytesOr0(high, indices[group]));
+      const auto low_q = hn::BitCast(d16, hn::TableLookupBytesOr0(low, shuffles.nibble_indices[group]));
+      const auto high_q = hn::BitCast(d16, hn::TableLookupBytesOr0(high, shuffles.nibble_indices[group]));
       low_sum =
           hn::ReorderWidenMulAccumulate(d32, low_q, hn::LoadU(d16, values + group * lanes), low_sum, odd);
       high_sum = hn::ReorderWidenMulAccumulate(
@@ -234,6 +256,7 @@ HWY_INLINE float DotSmallIntRow(const uint8_t* row, const OneTokenActivations& a
   }
   return hn::GetLane(hn::SumOfLanes(df, total)) + hn::ExtractLane(offsets, 1);
 #else
+  (void)shuffles;
   const hn::ScalableTag<float> df;
   float total = 0.0f;
   float offsets = 0.0f;
@@ -289,7 +312,8 @@ HWY_INLINE float DotQ8_0Row(const uint8_t* row, const float* x, int64_t blocks) 
 // shift them, or in the fifth bits, and move each lane's byte to the bottom of its int32 with an in-lane
 // byte shuffle: on AVX2 that replaces widening 8 bytes at a time (vpmovzxbd, across 128-bit halves).
 template <bool kFiveBit, class DF, class Use>
-HWY_INLINE void ForEachSmallIntVector(DF df, const uint8_t* high_bits, const uint8_t* nibbles, Use&& use) {
+HWY_INLINE void ForEachSmallIntVector(DF df, const Int32Shuffles& shuffles, const uint8_t* high_bits,
+                                      const uint8_t* nibbles, Use&& use) {
   const size_t lanes = hn::Lanes(df);
   alignas(16) uint8_t fifth[kBlockValues];  // Q5: value i's fifth bit as 0 or 16
   if constexpr (kFiveBit) fifth_bits_of_block(high_bits, fifth);
@@ -307,11 +331,12 @@ HWY_INLINE void ForEachSmallIntVector(DF df, const uint8_t* high_bits, const uin
     high = hn::Or(high, hn::LoadDup128(du8, fifth + kHalfBlock));
   }
   for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += lanes) {
-    const auto indices = NibbleByteIndices<4>(du8, i / lanes);
+    const auto& indices = shuffles.nibble_indices[i / lanes];
     use(hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(low, indices))),
         hn::ConvertTo(df, hn::BitCast(di, hn::TableLookupBytesOr0(high, indices))), i);
   }
 #else
+  (void)shuffles;
   const hn::Rebind<int32_t, DF> di;
   for (size_t i = 0; i < static_cast<size_t>(kHalfBlock); i += lanes) {
     const int32_t low = (nibbles[i] & 0x0F) | (kFiveBit ? fifth[i] : 0);
@@ -337,7 +362,7 @@ HWY_INLINE void DequantizeQ8_0Block(const uint8_t* bytes, float* values) {
 // Block `bytes` of Q4_0, Q4_1, Q5_0 or Q5_1 (`kType`) -> its 32 float32 values: d q - 8 d (Q4_0), d q -
 // 16 d (Q5_0), d q + m (Q4_1, Q5_1), each with one rounding (an FMA; 8 d and 16 d are exact).
 template <uint32_t kType>
-HWY_INLINE void DequantizeSmallIntBlock(const uint8_t* bytes, float* values) {
+HWY_INLINE void DequantizeSmallIntBlock(const Int32Shuffles& shuffles, const uint8_t* bytes, float* values) {
   constexpr bool kFiveBit = kType == kTypeQ5_0 || kType == kTypeQ5_1;
   constexpr bool kHasMinimum = kType == kTypeQ4_1 || kType == kTypeQ5_1;
   const hn::ScalableTag<float> df;
@@ -345,7 +370,7 @@ HWY_INLINE void DequantizeSmallIntBlock(const uint8_t* bytes, float* values) {
   const auto offset =
       kHasMinimum ? BroadcastHalf(df, bytes + 2) : hn::Mul(hn::Set(df, kFiveBit ? -16.0f : -8.0f), scale);
   const uint8_t* high_bits = bytes + (kHasMinimum ? 4 : 2);  // Q5 only
-  ForEachSmallIntVector<kFiveBit>(df, high_bits, high_bits + (kFiveBit ? 4 : 0),
+  ForEachSmallIntVector<kFiveBit>(df, shuffles, high_bits, high_bits + (kFiveBit ? 4 : 0),
                                   [&](auto low, auto high, size_t i) {
                                     hn::StoreU(hn::MulAdd(low, scale, offset), df, values + i);
                                     hn::StoreU(hn::MulAdd(high, scale, offset), df, values + kHalfBlock + i);
@@ -562,25 +587,31 @@ HWY_INLINE void DequantizeKQuantBlock(uint32_t type, const uint8_t* bytes, float
   }
 }
 
-// Rows [row_begin, row_end) of blocks -> float32 values, `columns` per row, at output + row * columns: the
-// same d q_i (+ m) in float32 as ggml's and the gguf package's dequantisation.
+// One row of blocks (`columns` values) -> float32 values: the same d q_i (+ m) in float32 as ggml's and
+// the gguf package's dequantisation.
+HWY_INLINE void DequantizeRow(uint32_t type, const Int32Shuffles& shuffles, const uint8_t* row,
+                              int64_t columns, float* values) {
+  for (int64_t block = 0; block < columns / block_values(type); ++block) {
+    const uint8_t* bytes = row + block * block_bytes(type);
+    float* block_start = values + block * block_values(type);
+    switch (type) {
+      case kTypeQ4_0: DequantizeSmallIntBlock<kTypeQ4_0>(shuffles, bytes, block_start); break;
+      case kTypeQ4_1: DequantizeSmallIntBlock<kTypeQ4_1>(shuffles, bytes, block_start); break;
+      case kTypeQ5_0: DequantizeSmallIntBlock<kTypeQ5_0>(shuffles, bytes, block_start); break;
+      case kTypeQ5_1: DequantizeSmallIntBlock<kTypeQ5_1>(shuffles, bytes, block_start); break;
+      case kTypeQ8_0: DequantizeQ8_0Block(bytes, block_start); break;
+      default: DequantizeKQuantBlock(type, bytes, block_start); break;
+    }
+  }
+}
+
+// Rows [row_begin, row_end) of blocks -> float32 values, `columns` per row, at output + row * columns.
 void DequantizeRows(uint32_t type, const uint8_t* weight, int64_t columns, int64_t row_begin, int64_t row_end,
                     float* output) {
-  const int64_t blocks = columns / block_values(type);
-  const int64_t stride = block_bytes(type);
+  const int64_t row_bytes = columns / block_values(type) * block_bytes(type);
+  const Int32Shuffles shuffles{};
   for (int64_t row = row_begin; row < row_end; ++row) {
-    for (int64_t block = 0; block < blocks; ++block) {
-      const uint8_t* bytes = weight + (row * blocks + block) * stride;
-      float* values = output + row * columns + block * block_values(type);
-      switch (type) {
-        case kTypeQ4_0: DequantizeSmallIntBlock<kTypeQ4_0>(bytes, values); break;
-        case kTypeQ4_1: DequantizeSmallIntBlock<kTypeQ4_1>(bytes, values); break;
-        case kTypeQ5_0: DequantizeSmallIntBlock<kTypeQ5_0>(bytes, values); break;
-        case kTypeQ5_1: DequantizeSmallIntBlock<kTypeQ5_1>(bytes, values); break;
-        case kTypeQ8_0: DequantizeQ8_0Block(bytes, values); break;
-        default: DequantizeKQuantBlock(type, bytes, values); break;
-      }
-    }
+    DequantizeRow(type, shuffles, weight + row * row_bytes, columns, output + row * columns);
   }
 }
 
@@ -630,14 +661,23 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
   const int64_t blocks = columns / block_values(type);
   const int64_t row_bytes = blocks * block_bytes(type);
   if (tokens == 1) {
+    const Int16Shuffles one_token_shuffles{};
     // One token: the blocks' integers meet x straight from the weight bytes, which are read once anyway.
     for (int64_t row = row_begin; row < row_end; ++row) {
       const uint8_t* blocks_of_row = weight + row * row_bytes;
       switch (type) {
-        case kTypeQ4_0: output[row] = DotSmallIntRow<kTypeQ4_0>(blocks_of_row, one_token, blocks); break;
-        case kTypeQ4_1: output[row] = DotSmallIntRow<kTypeQ4_1>(blocks_of_row, one_token, blocks); break;
-        case kTypeQ5_0: output[row] = DotSmallIntRow<kTypeQ5_0>(blocks_of_row, one_token, blocks); break;
-        case kTypeQ5_1: output[row] = DotSmallIntRow<kTypeQ5_1>(blocks_of_row, one_token, blocks); break;
+        case kTypeQ4_0:
+          output[row] = DotSmallIntRow<kTypeQ4_0>(blocks_of_row, one_token, blocks, one_token_shuffles);
+          break;
+        case kTypeQ4_1:
+          output[row] = DotSmallIntRow<kTypeQ4_1>(blocks_of_row, one_token, blocks, one_token_shuffles);
+          break;
+        case kTypeQ5_0:
+          output[row] = DotSmallIntRow<kTypeQ5_0>(blocks_of_row, one_token, blocks, one_token_shuffles);
+          break;
+        case kTypeQ5_1:
+          output[row] = DotSmallIntRow<kTypeQ5_1>(blocks_of_row, one_token, blocks, one_token_shuffles);
+          break;
         case kTypeQ4_K: output[row] = DotQ4_KRow(blocks_of_row, input, one_token.block_sums, blocks); break;
         case kTypeQ6_K: output[row] = DotQ6_KRow(blocks_of_row, one_token, blocks); break;
         default: output[row] = DotQ8_0Row(blocks_of_row, input, blocks); break;
@@ -649,9 +689,10 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
   // product with it is plain float32 (the integer conversions are not repeated per token), eight or four
   // tokens at a time.
   std::vector<float> row_values(static_cast<size_t>(columns));  // [columns]
+  const Int32Shuffles dequantize_shuffles{};
   float products[8];
   for (int64_t row = row_begin; row < row_end; ++row) {
-    DequantizeRows(type, weight + row * row_bytes, columns, 0, 1, row_values.data());
+    DequantizeRow(type, dequantize_shuffles, weight + row * row_bytes, columns, row_values.data());
     int64_t token = 0;
     for (; token + 8 <= tokens; token += 8) {
       DotFloatsTokens<8>(row_values.data(), input + token * columns, columns, columns, products);
