@@ -17,8 +17,8 @@
 //   Q6_K: sum_g (d sc_g) sum(q_i x_i)                          q_i in -32..31, sc_g int8
 // with sum(x_i) per 32 values computed once for all rows (from the float32 x).
 //
-// One token (decoding): Q8_0, Q4_K and Q6_K turn each block's integers into floats and multiply in
-// float32 (the float32 product up to summation order). Q4_0, Q4_1, Q5_0 and Q5_1 round x once per
+// One token (decoding): Q8_0 and Q4_K turn each block's integers into floats and multiply in float32
+// (the float32 product up to summation order). Q4_0, Q4_1, Q5_0, Q5_1 and Q6_K round x once per
 // product, per block of 32 values, to int16 (step = max |x| / 32767, so each value moves by at most 2^-16
 // of the block's largest, where llama.cpp's 8 bits move it by 2^-8), and sum(q_i x_i) is an exact int32
 // sum of int16 pair products: half the instructions of the float32 form on AVX2, where those kernels are
