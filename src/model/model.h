@@ -23,8 +23,8 @@ class WeightSource;
 // How a GGUF's block-quantised matrices (Q4_1, Q8_0, Q4_K, ...) are held and multiplied.
 enum class QuantizedWeights {
   kDequantize,  // converted to the model dtype at load: exact parity with transformers (the default)
-  // Kept as stored; float32 activations times the blocks (float_block_kernels.h; for Q4_0, Q4_1, Q5_0,
-  // Q5_1 and Q6_K rounded to int16 steps per 32 values, 2^-16 of their largest): the dense fp32
+  // Kept as stored; float32 activations times the blocks (float_block_kernels.h; one token times Q4_0,
+  // Q4_1, Q5_0, Q5_1 or Q6_K rounds them to int16 per 32 values, 2^-16 of their largest): the dense fp32
   // results up to rounding, several times faster to decode. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K;
   // other types dequantise.
   kFloatActivations,

@@ -1,11 +1,11 @@
 // The default model with its matrices kept as the GGUF stores them (Q4_1, and Q8_0 for the tied embedding;
 // LoadOptions::quantized_weights) against the same model dequantised to fp32, which smollm2_test.cc holds to
-// transformers. The weights are the same numbers. With float activations (int16 steps per 32 values for Q4,
-// Q5 and Q6_K blocks: 2^-16 of their largest, where llama.cpp's 8 bits are 2^-8) only rounding differs, so a
-// greedy continuation may leave fp32's only where fp32 itself nearly hesitated: at the first token where the
-// two differ, fp32's two best logits are within kMaxMarginAtDivergence. The quantised runs decode one prompt
-// at a time, as `cartridge generate` does; the 32 prompts are tests/fixtures/make_model_smollm2.py's (chat
-// questions and plain text).
+// transformers. The weights are the same numbers. With float activations (int16 per 32 values for one token
+// times Q4, Q5 or Q6_K blocks: 2^-16 of their largest, where llama.cpp's 8 bits are 2^-8) only rounding
+// differs, so a greedy continuation may leave fp32's only where fp32 itself nearly hesitated: at the first
+// token where the two differ, fp32's two best logits are within kMaxMarginAtDivergence. The quantised runs
+// decode one prompt at a time, as `cartridge generate` does; the 32 prompts are
+// tests/fixtures/make_model_smollm2.py's (chat questions and plain text).
 //
 // CARTRIDGE_TEST_GGUF names another GGUF of the same vocabulary to hold to the same bar, e.g. the default
 // model requantised to Q4_K_M by llama.cpp's llama-quantize (Q5_0, Q8_0, Q4_K and Q6_K matrices; see
