@@ -45,6 +45,10 @@ constexpr int64_t block_bytes(uint32_t type) {
   }
 }
 
+// The types whose one-token kernel rounds the activations to int16 (DotSmallIntRow, DotQ6_KRow).
+inline bool rounds_activations(uint32_t type) {
+  return type == kTypeQ4_0 || type == kTypeQ4_1 || is_five_bit(type) || type == kTypeQ6_K;
+}
 // What multiplies sum(x) of a block in each value's offset: m (Q4_1, Q5_1; the factor 1 leaves it to the
 // block's m), -8 d (Q4_0) or -16 d (Q5_0); Q6_K's -32 is in its integers (factor 0, unused).
 inline float offset_factor(uint32_t type) {
@@ -152,57 +156,33 @@ struct Int16Shuffles {};  // the scalar target multiplies value by value
 struct Int32Shuffles {};
 #endif
 
-// One block of 32 activations at `values`, rounded to int16 steps: step = max |x| / 32767, and
-// `use(r, i, step)` gets r = x / step rounded to the nearest integer (int32 lanes, at most 32767 in
-// magnitude: |x| * (32767 / max |x|) rounds to at most 32767) for values i.. of the block, so x = step * r
-// up to step / 2, 2^-16 of the block's largest |x|. An all-zero block gets step 0 and zeros.
-template <class Use>
-HWY_INLINE void RoundBlock(const float* values, Use&& use) {
-  const hn::ScalableTag<float> df;
-  const size_t lanes = hn::Lanes(df);
-  auto largest = hn::Zero(df);
-  for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
-    largest = hn::Max(largest, hn::Abs(hn::LoadU(df, values + i)));
-  }
-  const float amax = hn::GetLane(hn::MaxOfLanes(df, largest));
-  const auto inverse = hn::Set(df, amax > 0.0f ? kInt16Steps / amax : 0.0f);
-  const float step = amax / kInt16Steps;
-  for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
-    use(hn::NearestInt(hn::Mul(hn::LoadU(df, values + i), inverse)), i, step);
-  }
-}
-
 // One token's activations x [columns] -> rounded [columns] int16 and coefficients [columns / 32, 2]: per
-// block of 32 values (RoundBlock), r and (step, step * sum(r) * factor). sum(r) is exact in int32, so
-// step * sum(r) is the sum of the rounded values step * r_i up to one rounding: the products of one token
-// and of several (RoundActivationValues, then float32) agree up to float32 rounding.
+// block of 32 values, step = max |x| / 32767 and x / step rounded to the nearest integer (so x = step *
+// rounded up to step / 2 per value, 2^-16 of the block's largest |x|), then (step, sum(x) * factor), the
+// sum unrounded. An all-zero block gets step 0 and zeros.
 void RoundActivationBlocks(const float* x, int64_t columns, float factor, int16_t* rounded,
                            float* coefficients) {
   const hn::ScalableTag<float> df;
-  const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<int16_t, decltype(df)> d16;
+  const size_t lanes = hn::Lanes(df);
   for (int64_t block = 0; block < columns / kBlockValues; ++block) {
-    auto sum = hn::Zero(di);
-    float step = 0.0f;
-    RoundBlock(x + block * kBlockValues, [&](auto r, size_t i, float block_step) {
-      hn::StoreU(hn::DemoteTo(d16, r), d16, rounded + block * kBlockValues + i);
-      sum = hn::Add(sum, r);
-      step = block_step;
-    });
-    coefficients[block * kCoefficientsPerBlock] = step;
-    coefficients[block * kCoefficientsPerBlock + 1] =
-        static_cast<float>(hn::GetLane(hn::SumOfLanes(di, sum))) * step * factor;
-  }
-}
-
-// x [count] (count a multiple of 32) -> output [count]: step * r per block of 32 values (RoundBlock), the
-// values the one-token kernels multiply by, as float32.
-void RoundActivationValues(const float* x, int64_t count, float* output) {
-  const hn::ScalableTag<float> df;
-  for (int64_t block = 0; block < count / kBlockValues; ++block) {
-    RoundBlock(x + block * kBlockValues, [&](auto r, size_t i, float step) {
-      hn::StoreU(hn::Mul(hn::ConvertTo(df, r), hn::Set(df, step)), df, output + block * kBlockValues + i);
-    });
+    const float* values = x + block * kBlockValues;
+    auto largest = hn::Zero(df);
+    auto sum = hn::Zero(df);
+    for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
+      const auto value = hn::LoadU(df, values + i);
+      largest = hn::Max(largest, hn::Abs(value));
+      sum = hn::Add(sum, value);
+    }
+    const float amax = hn::GetLane(hn::MaxOfLanes(df, largest));
+    const auto inverse = hn::Set(df, amax > 0.0f ? kInt16Steps / amax : 0.0f);
+    for (size_t i = 0; i < static_cast<size_t>(kBlockValues); i += lanes) {
+      // |x| * inverse <= 32767 up to a rounding, and DemoteTo saturates.
+      const auto steps = hn::NearestInt(hn::Mul(hn::LoadU(df, values + i), inverse));
+      hn::StoreU(hn::DemoteTo(d16, steps), d16, rounded + block * kBlockValues + i);
+    }
+    coefficients[block * kCoefficientsPerBlock] = amax / kInt16Steps;
+    coefficients[block * kCoefficientsPerBlock + 1] = hn::GetLane(hn::SumOfLanes(df, sum)) * factor;
   }
 }
 
@@ -745,7 +725,6 @@ namespace cartridge::float_block_kernels {
 
 HWY_EXPORT(MultiplyRows);
 HWY_EXPORT(RoundActivationBlocks);
-HWY_EXPORT(RoundActivationValues);
 HWY_EXPORT(DequantizeRows);
 
 namespace {
@@ -775,16 +754,6 @@ void apply_environment_cap() {
 
 }  // namespace
 
-bool rounds_activations(uint32_t ggml_type) {
-  return ggml_type == kTypeQ4_0 || ggml_type == kTypeQ4_1 || is_five_bit(ggml_type) || ggml_type == kTypeQ6_K;
-}
-
-void round_activations(const float* x, int64_t count, float* output) {
-  TORCH_CHECK(count % kBlockValues == 0, "float_block_kernels: ", count, " activations are not whole blocks");
-  apply_environment_cap();
-  HWY_DYNAMIC_DISPATCH(RoundActivationValues)(x, count, output);
-}
-
 bool supports(uint32_t ggml_type) {
   return ggml_type == kTypeQ4_0 || ggml_type == kTypeQ4_1 || is_five_bit(ggml_type) ||
          ggml_type == kTypeQ8_0 || is_k_quant(ggml_type);
@@ -810,13 +779,6 @@ void multiply(uint32_t ggml_type, const uint8_t* weight, int64_t rows, int64_t c
     (input, columns, offset_factor(ggml_type), rounded.data(), coefficients.data());
     one_token.rounded = rounded.data();
     one_token.coefficients = coefficients.data();
-  } else if (tokens > 1 && rounds_activations(ggml_type)) {
-    // Several tokens multiply the rounded values in float32: each token's product equals its one-token
-    // product up to float32 rounding, whatever else shares the call.
-    thread_local std::vector<float> rounded_input;  // [tokens, columns]
-    rounded_input.resize(static_cast<size_t>(tokens * columns));
-    HWY_DYNAMIC_DISPATCH(RoundActivationValues)(input, tokens * columns, rounded_input.data());
-    input = rounded_input.data();
   } else if (tokens == 1 && ggml_type == kTypeQ4_K) {
     block_sums.resize(static_cast<size_t>(blocks));
     for (int64_t block = 0; block < blocks; ++block) {

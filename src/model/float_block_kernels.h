@@ -17,14 +17,13 @@
 //   Q6_K: sum_g (d sc_g) sum(q_i x_i)                          q_i in -32..31, sc_g int8
 // with sum(x_i) per 32 values computed once for all rows (from the float32 x).
 //
-// Q4_0, Q4_1, Q5_0, Q5_1 and Q6_K (rounds_activations) multiply x rounded per block of 32 values to int16
-// steps (round_activations: step = max |x| / 32767, so each value moves by at most 2^-16 of the block's
-// largest, where llama.cpp's 8 bits move it by 2^-8), at any number of tokens, so that a row's product
-// does not depend on what shares the call (a server's batch). One token (decoding): sum(q_i x_i) is an
-// exact int32 sum of int16 pair products, half the instructions of the float32 form on AVX2, where those
-// kernels are bound by instructions rather than memory; Q8_0 and Q4_K turn each block's integers into
-// floats and multiply x unrounded. Several tokens: each row is dequantised once into a buffer in L1 and
-// every token's product with it is a float32 dot product.
+// One token (decoding): Q8_0 and Q4_K turn each block's integers into floats and multiply in float32
+// (the float32 product up to summation order). Q4_0, Q4_1, Q5_0, Q5_1 and Q6_K round x once per
+// product, per block of 32 values, to int16 (step = max |x| / 32767, so each value moves by at most 2^-16
+// of the block's largest, where llama.cpp's 8 bits move it by 2^-8), and sum(q_i x_i) is an exact int32
+// sum of int16 pair products: half the instructions of the float32 form on AVX2, where those kernels are
+// bound by instructions rather than memory. Several tokens: each row is dequantised once into a buffer in
+// L1 and every token's product with it is a float32 dot product.
 #pragma once
 
 #include <cstdint>
@@ -35,14 +34,6 @@ namespace cartridge::float_block_kernels {
 
 // Whether weights of GGUF type number `ggml_type` multiply here.
 bool supports(uint32_t ggml_type);
-
-// Whether multiply() sees the activations of `ggml_type` products as round_activations gives them (Q4_0,
-// Q4_1, Q5_0, Q5_1, Q6_K). A product computed another way (dequantise, then BLAS) rounds them first to
-// give the same results.
-bool rounds_activations(uint32_t ggml_type);
-// x [count] float32 (count a multiple of 32) -> output [count]: per block of 32 values, step * round(x /
-// step) with step = max |x| / 32767.
-void round_activations(const float* x, int64_t count, float* output);
 
 // output [tokens, rows] float32 = input [tokens, columns] float32 · weight^T, weight being `rows` rows of
 // `columns` values in `ggml_type` blocks, row after row. Parallel over rows (libtorch's threads).

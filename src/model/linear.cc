@@ -77,14 +77,6 @@ void blocks_multiply_rows(const LinearWeight& weight, int64_t dense_from_rows, M
 }
 
 void ggml_blocks_multiply_rows(const LinearWeight& weight, const float* x, int64_t rows, float* output) {
-  // BLAS multiplies the activations the block kernels see (float_block_kernels.h), so that a row's product
-  // does not depend on how many rows share the call (a server step mixing a prefill with decoding rows).
-  if (rows >= kFloatKernelsBelowRows && float_block_kernels::rounds_activations(weight.ggml_type)) {
-    thread_local std::vector<float> rounded;  // [rows, in]
-    rounded.resize(static_cast<size_t>(rows * weight.columns));
-    float_block_kernels::round_activations(x, rows * weight.columns, rounded.data());
-    x = rounded.data();
-  }
   blocks_multiply_rows(
       weight, kFloatKernelsBelowRows,
       [&](const uint8_t* blocks, int64_t out, const float* input, int64_t count, float* product) {

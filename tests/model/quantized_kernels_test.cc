@@ -183,52 +183,40 @@ at::Tensor float_error_bound(const QuantizedCase& test_case, int64_t tokens) {
   return at::matmul(x.abs(), w.abs().t()) * (4.0 * x.size(1) * std::ldexp(1.0, -24));
 }
 
-// Q4_0, Q4_1, Q5_0, Q5_1 and Q6_K round each block of 32 activations to int16 steps at any number of
-// tokens (step = amax / 32767; a value moves by at most step / 2, and the float32 x / step by a rounding
-// more, 2^-22 amax). With one token the term d q_i x_i moves by at most |d q_i| amax (1/65534 + 2^-22);
-// with several, w_i x_i by |w_i| times that, which is less. For Q6_K, d q_i (q_i - 32 there, times its
-// group's scale) is w_i. For the others |d q_i| = |w_i - offset| <= |w_i| + max|w| of the block: in the
-// fixtures (gguf quantisations) the block's offset (m, or -8 d, -16 d) is the value of its element with q
-// = 0. Float32 rounding then adds the float bound above over the terms d q_i x_i and offset x_i, each at
-// most (|w_i| + max|w|) |x_i|.
-bool rounds_activations(const QuantizedCase& test_case) {
+// One token times Q4_0, Q4_1, Q5_0, Q5_1 or Q6_K rounds each block of 32 activations to int16 (step = amax
+// / 32767; a value moves by at most step / 2, and the float32 x / step by a rounding more, 2^-22 amax),
+// so the term d q_i x_i moves by at most |d q_i| amax (1/65534 + 2^-22). For Q6_K, d q_i (q_i - 32 there,
+// times its group's scale) is w_i. For the others |d q_i| = |w_i - offset| <= |w_i| + max|w| of the block:
+// in the fixtures (gguf quantisations) the block's offset (m, or -8 d, -16 d) is the value of its element
+// with q = 0. Float32 rounding then adds the float bound above over the terms d q_i x_i and offset x_i,
+// each at most (|w_i| + max|w|) |x_i|.
+bool rounds_one_token(const QuantizedCase& test_case) {
   return test_case.name == "Q4_0" || test_case.name == "Q4_1" || test_case.name == "Q5_0" ||
          test_case.name == "Q5_1" || test_case.name == "Q6_K";
 }
 
-// The offset's share of |d q_i| per row and block of 32 values: max|w| of the block for Q4_0, Q4_1, Q5_0
-// and Q5_1, none for Q6_K (see below), [R, B].
-at::Tensor offset_bound(const QuantizedCase& test_case) {
-  const at::Tensor w = test_case.dequantized.to(at::kDouble).abs();  // [R, C]
-  const at::Tensor blocks = w.view({w.size(0), w.size(1) / 32, 32});
-  return test_case.name == "Q6_K" ? at::zeros_like(blocks.sum(-1)) : blocks.amax(-1);
-}
-
-// Float32 rounding over the terms of a product, each at most (|w_i| + offset) |x_i|: 4 n 2^-24 of their
-// sum, [tokens, R].
-at::Tensor float_terms_bound(const QuantizedCase& test_case, int64_t tokens) {
-  const at::Tensor x = test_case.input.slice(0, 0, tokens).to(at::kDouble).abs();  // [T, C]
-  const at::Tensor w = test_case.dequantized.to(at::kDouble).abs();                // [R, C]
-  const at::Tensor activation_sum = x.view({tokens, x.size(1) / 32, 32}).sum(-1);  // [T, B]
-  return (at::matmul(x, w.t()) + 2.0 * at::matmul(activation_sum, offset_bound(test_case).t())) *
-         (4.0 * x.size(1) * std::ldexp(1.0, -24));
-}
-
-at::Tensor rounded_error_bound(const QuantizedCase& test_case, int64_t tokens) {
-  const at::Tensor x = test_case.input.slice(0, 0, tokens).to(at::kDouble);  // [T, C]
-  const at::Tensor w = test_case.dequantized.to(at::kDouble);                // [R, C]
+at::Tensor rounded_error_bound(const QuantizedCase& test_case) {
+  const at::Tensor x = test_case.input.slice(0, 0, 1).to(at::kDouble);  // [1, C]
+  const at::Tensor w = test_case.dequantized.to(at::kDouble);           // [R, C]
   const int64_t blocks = x.size(1) / 32;
-  const at::Tensor activation_amax = x.abs().view({tokens, blocks, 32}).amax(-1);  // [T, B]
-  const at::Tensor weight_sum = w.abs().view({w.size(0), blocks, 32}).sum(-1);     // [R, B]
+  const at::Tensor activation_amax = x.abs().view({1, blocks, 32}).amax(-1);    // [1, B]
+  const at::Tensor activation_sum = x.abs().view({1, blocks, 32}).sum(-1);      // [1, B]
+  const at::Tensor weight_sum = w.abs().view({w.size(0), blocks, 32}).sum(-1);  // [R, B]
+  // The offset's share of |d q_i|: max|w| of the block, none for Q6_K.
+  const at::Tensor offset = test_case.name == "Q6_K"
+                                ? at::zeros_like(weight_sum)
+                                : w.abs().view({w.size(0), blocks, 32}).amax(-1);  // [R, B]
   const double step_half = 1.0 / 65534.0 + std::ldexp(1.0, -22);
-  return at::matmul(activation_amax, (weight_sum + 32.0 * offset_bound(test_case)).t()) * step_half +
-         float_terms_bound(test_case, tokens);
+  const double float_rounding = 4.0 * x.size(1) * std::ldexp(1.0, -24);
+  return at::matmul(activation_amax, (weight_sum + 32.0 * offset).t()) * step_half +
+         (at::matmul(x.abs(), w.abs().t()) + 2.0 * at::matmul(activation_sum, offset.t())) * float_rounding;
 }
 
-// The bound of one product: rounded_error_bound for the rounding types, float_error_bound otherwise.
+// The bound of one product: rounded_error_bound for one token of the rounding types, float_error_bound
+// otherwise.
 at::Tensor float_kernels_error_bound(const QuantizedCase& test_case, int64_t tokens) {
-  return rounds_activations(test_case) ? rounded_error_bound(test_case, tokens)
-                                       : float_error_bound(test_case, tokens);
+  return tokens == 1 && rounds_one_token(test_case) ? rounded_error_bound(test_case)
+                                                    : float_error_bound(test_case, tokens);
 }
 
 TEST(FloatBlockKernelsTest, EveryTypeAtEveryTargetEqualsTheGgufDequantisationUpToFloat32Rounding) {
@@ -283,38 +271,6 @@ TEST(FloatBlockKernelsTest, LinearOnStoredBlocksWithFloatActivationsMatchesTheRe
           (linear(x, weight)[0].to(at::kDouble) - reference_product(test_case, tokens)).abs();
       EXPECT_EQ((error > float_kernels_error_bound(test_case, tokens)).sum().item<int64_t>(), 0)
           << test_case.name << " x" << tokens;
-    }
-  }
-}
-
-// A server step multiplies one request's token together with other requests' tokens (several-token
-// kernels, or BLAS from 64 rows on); alone, the same token goes through the one-token kernels. Its product
-// must be the same up to float32 rounding on both sides, or a seeded sample would depend on the batch: the
-// rounding types round every token's activations the same way (round_activations) on every path. The
-// bound is float32's worst case, which is wider than the int16 rounding itself (2^-16 of a block's
-// largest activation): that every path rounds is held end to end by tests/oracle/test_serve.py's seeded
-// samples, alone and batched, which differed before the several-token and BLAS paths rounded too.
-TEST(FloatBlockKernelsTest, ARowsProductDoesNotDependOnTheRowsBesideIt) {
-  c10::InferenceMode inference;
-  for (const QuantizedCase& test_case : all_cases(QuantizedKernels::for_this_cpu())) {
-    if (!float_block_kernels::supports(test_case.ggml_type)) continue;
-    const int64_t columns = test_case.dequantized.size(1);
-    const LinearWeight weight = ggml_blocks_weight(test_case.blocks, test_case.ggml_type, columns);
-    const int64_t all = test_case.input.size(0);                                             // 37 rows: BLAS
-    const at::Tensor together = linear(test_case.input.view({1, all, columns}), weight)[0];  // [37, R]
-    const at::Tensor seven =
-        linear(test_case.input.slice(0, 0, 7).view({1, 7, columns}), weight)[0];  // [7, R]
-    const at::Tensor bound = 2.0 * (rounds_activations(test_case) ? float_terms_bound(test_case, all)
-                                                                  : float_error_bound(test_case, all));
-    for (int64_t token = 0; token < 7; ++token) {
-      const at::Tensor alone =
-          linear(test_case.input.slice(0, token, token + 1).view({1, 1, columns}), weight)[0][0];
-      for (const at::Tensor& batched : {together[token], seven[token]}) {
-        const at::Tensor difference = (alone.to(at::kDouble) - batched.to(at::kDouble)).abs();
-        EXPECT_EQ((difference > bound[token]).sum().item<int64_t>(), 0)
-            << test_case.name << " token " << token << ": largest difference "
-            << difference.max().item<double>() << ", bound " << bound[token].max().item<double>();
-      }
     }
   }
 }
