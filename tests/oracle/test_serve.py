@@ -293,7 +293,7 @@ def test_seed_makes_sampling_reproducible_and_equal_to_generate(cartridges, tmp_
     # On dense weights, where a row's product is the same alone and among other rows up to float32
     # summation order. With the blocks kept as stored (the default), decoding one row rounds the activations
     # to int16 steps and several rows multiply them in float32 (docs/quantized.md), so logits differ by
-    # about 1e-3 and a sample at temperature 0.9 can take another token alone than in a batch.
+    # what the rounding moves, and a sample at temperature 0.9 took another token alone than in a batch.
     with running_server(cartridges, tmp_path / "server.log", "--max-batch", "16", "--weights", "dense") as server:
         check_seeded_samples(server, cartridges)
 
