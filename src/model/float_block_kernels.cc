@@ -470,9 +470,14 @@ HWY_INLINE float DotQ6_KRow(const uint8_t* row, const OneTokenActivations& activ
 #if HWY_TARGET != HWY_SCALAR
   const hn::CappedTag<int16_t, kHalfBlock> d16;  // at most 16 lanes: a vector never straddles two groups
   const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Rebind<uint16_t, decltype(d16)> du16;
   const hn::Repartition<int32_t, decltype(d16)> d32;
   const hn::Repartition<float, decltype(d16)> df;
   const size_t lanes = hn::Lanes(d16);
+  // A value's byte zero-extended to an int16 lane.
+  const auto widened = [&](const uint8_t* bytes) {
+    return hn::BitCast(d16, hn::PromoteTo(du16, hn::LoadU(du8, bytes)));
+  };
   const auto low_mask = hn::Set(d16, int16_t{0x0F});
   const auto high_mask = hn::Set(d16, int16_t{0x30});
   const auto offset = hn::Set(d16, int16_t{32});
@@ -494,12 +499,9 @@ HWY_INLINE float DotQ6_KRow(const uint8_t* row, const OneTokenActivations& activ
       hn::Vec<decltype(d32)> odds[4] = {hn::Zero(d32), hn::Zero(d32), hn::Zero(d32), hn::Zero(d32)};
       for (size_t l = 0; l < 32; l += lanes) {
         const int group = static_cast<int>(l / 16);
-        const auto first = hn::BitCast(
-            d16, hn::PromoteTo(hn::Rebind<uint16_t, decltype(d16)>(), hn::LoadU(du8, low_bits + l)));
-        const auto second = hn::BitCast(
-            d16, hn::PromoteTo(hn::Rebind<uint16_t, decltype(d16)>(), hn::LoadU(du8, low_bits + 32 + l)));
-        const auto highs = hn::BitCast(
-            d16, hn::PromoteTo(hn::Rebind<uint16_t, decltype(d16)>(), hn::LoadU(du8, high_bits + l)));
+        const auto first = widened(low_bits + l);
+        const auto second = widened(low_bits + 32 + l);
+        const auto highs = widened(high_bits + l);
         const hn::Vec<decltype(d16)> q[4] = {
             hn::Or(hn::And(first, low_mask), hn::And(hn::ShiftLeft<4>(highs), high_mask)),
             hn::Or(hn::And(second, low_mask), hn::And(hn::ShiftLeft<2>(highs), high_mask)),
