@@ -8,6 +8,7 @@
 
 #include "model/float_dot-inl.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -689,23 +690,42 @@ void MultiplyRows(uint32_t type, const uint8_t* weight, int64_t rows, int64_t co
   }
   // Several tokens: each row is dequantised once into a buffer that stays in L1, then every token's dot
   // product with it is plain float32 (the integer conversions are not repeated per token), eight or four
-  // tokens at a time.
-  std::vector<float> row_values(static_cast<size_t>(columns));  // [columns]
+  // tokens at a time. The columns go in chunks whose activations, for every token, fit beside that buffer
+  // in L1 (`kActivationBytesInL1`), and each chunk passes over all the task's rows before the next: with
+  // 8 tokens a row of 1536 columns has 48 KiB of activations, and read whole for every row they came from
+  // L2 (`linear_bench --rows 8`, one thread: [576, 1536] took 0.355 ms where [1536, 576], the same work,
+  // took 0.236). A chunk's products are added to the earlier chunks' in the output.
+  constexpr int64_t kActivationBytesInL1 = 24 * 1024;
+  const int64_t activation_bytes = columns * tokens * static_cast<int64_t>(sizeof(float));
+  const int64_t chunks = (activation_bytes + kActivationBytesInL1 - 1) / kActivationBytesInL1;
+  const int64_t chunk_blocks = (blocks + chunks - 1) / chunks;  // whole blocks per chunk
+  std::vector<float> row_values(static_cast<size_t>(chunk_blocks * block_values(type)));  // [chunk columns]
   const Int32Shuffles dequantize_shuffles{};
   float products[8];
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    DequantizeRow(type, dequantize_shuffles, weight + row * row_bytes, columns, row_values.data());
-    int64_t token = 0;
-    for (; token + 8 <= tokens; token += 8) {
-      DotFloatsTokens<8>(row_values.data(), input + token * columns, columns, columns, products);
-      for (int64_t t = 0; t < 8; ++t) output[(token + t) * rows + row] = products[t];
-    }
-    for (; token + 4 <= tokens; token += 4) {
-      DotFloatsTokens<4>(row_values.data(), input + token * columns, columns, columns, products);
-      for (int64_t t = 0; t < 4; ++t) output[(token + t) * rows + row] = products[t];
-    }
-    for (; token < tokens; ++token) {
-      output[token * rows + row] = DotFloats(row_values.data(), input + token * columns, columns);
+  for (int64_t first_block = 0; first_block < blocks; first_block += chunk_blocks) {
+    const int64_t first_column = first_block * block_values(type);
+    const int64_t count = std::min(chunk_blocks, blocks - first_block) * block_values(type);  // columns
+    const float* chunk_input = input + first_column;
+    // The first chunk writes the output, the later ones add to it.
+    const auto store = [&](int64_t token, int64_t row, float product) {
+      float& result = output[token * rows + row];
+      result = first_block == 0 ? product : result + product;
+    };
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      DequantizeRow(type, dequantize_shuffles, weight + row * row_bytes + first_block * block_bytes(type),
+                    count, row_values.data());
+      int64_t token = 0;
+      for (; token + 8 <= tokens; token += 8) {
+        DotFloatsTokens<8>(row_values.data(), chunk_input + token * columns, columns, count, products);
+        for (int64_t t = 0; t < 8; ++t) store(token + t, row, products[t]);
+      }
+      for (; token + 4 <= tokens; token += 4) {
+        DotFloatsTokens<4>(row_values.data(), chunk_input + token * columns, columns, count, products);
+        for (int64_t t = 0; t < 4; ++t) store(token + t, row, products[t]);
+      }
+      for (; token < tokens; ++token) {
+        store(token, row, DotFloats(row_values.data(), chunk_input + token * columns, count));
+      }
     }
   }
 }
