@@ -31,15 +31,14 @@ void add_model_options(CLI::App& command, ModelOptions& options) {
 void add_weights_option(CLI::App& command, ModelOptions& options) {
   command
       .add_option("--weights", options.weights,
-                  "auto: stored with --dtype auto on the CPU, else dense. dense: every weight in --dtype "
-                  "(exact parity with transformers). stored: a GGUF's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and "
-                  "Q6_K matrices stay as "
-                  "stored and multiply float32 activations (one token times Q4, Q5 or Q6_K blocks: rounded "
-                  "to 16 bits "
+                  "auto: stored with --dtype auto on the CPU, else dense. "
+                  "dense: every weight in --dtype (exact parity with transformers). "
+                  "stored: a GGUF's Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K and Q6_K matrices stay as stored and "
+                  "multiply float32 activations (one token times Q4, Q5 or Q6_K blocks: rounded to 16 bits "
                   "per 32 values): the fp32 results up to rounding, decoding several times faster. "
-                  "stored-int8: every quantised type stays as stored, activations "
-                  "rounded to 8 bits as llama.cpp does (ggml's kernels): fastest with batches, close to "
-                  "fp32 but not equal (docs/quantized.md)")
+                  "stored-int8: every quantised type stays as stored, activations rounded to 8 bits as "
+                  "llama.cpp does (ggml's kernels): fastest with batches, close to fp32 but not equal "
+                  "(docs/quantized.md)")
       ->check(CLI::IsMember({"auto", "dense", "stored", "stored-int8"}))
       ->capture_default_str();
   options.offers_weights = true;
